@@ -1,0 +1,58 @@
+"""The Typer app object and what every command shares: consoles, progress, output checks."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn,
+                           TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+
+from ..errors import InputFileError
+
+app = typer.Typer(
+    name="embeval",
+    help="Exact, fast retrieval / re-identification metrics from saved embeddings.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+stdout = Console(soft_wrap=True)
+stderr = Console(stderr=True)
+
+
+def interactive() -> bool:
+    """True when stderr is a terminal: only then do progress bars and notes appear."""
+    return sys.stderr.isatty()
+
+
+@contextmanager
+def progress_bar(description: str, unit: str = "") -> Iterator[Callable[[int, int], None]]:
+    """Yield ``update(done, total)``; draws a Rich bar on stderr only on a terminal."""
+    if not interactive():
+        yield lambda done, total: None
+        return
+    columns = [TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+               MofNCompleteColumn(), TextColumn(unit), TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=stderr, transient=True) as bar:
+        task = bar.add_task(description, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+def check_writable(path: Path | None, option: str) -> None:
+    """Fail early (exit 2) when an output file could not be written, before any work."""
+    if path is None:
+        return
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise InputFileError(path, f"{option}: is a folder, expected a file name")
+    if not parent.is_dir():
+        raise InputFileError(path, f"{option}: folder {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise InputFileError(path, f"{option}: folder {str(parent)!r} is not writable")

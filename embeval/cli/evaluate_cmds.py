@@ -1,0 +1,1 @@
+"""score, knn, cmc, pr: placeholder replaced by the evaluation commands."""

@@ -1,0 +1,277 @@
+"""The embedding file: safetensors with ``embeddings`` [N, D], ``labels`` [N], ``cameras`` [N].
+
+Layout (DESIGN.md section 2):
+
+============  ==========================  =======  ========
+tensor        dtype                       shape    required
+============  ==========================  =======  ========
+embeddings    float32 / float16 / bfloat16 [N, D]  yes
+labels        int64                       [N]      yes
+cameras       int64                       [N]      no
+paths_utf8    uint8                       [B]      no
+paths_offsets int64                       [N + 1]  no
+============  ==========================  =======  ========
+
+Per-item paths live in the file as one UTF-8 byte tensor plus offsets (item i is
+``paths_utf8[offsets[i]:offsets[i + 1]]``), never in the JSON header, so a
+million-item file keeps a small header. Metadata holds ``embeval.format = "1"``
+and, where known, ``model``, ``normalized``, ``source`` and ``label_names``.
+
+Reads are lazy: labels are loaded, embedding rows are sliced from the file on
+demand (``safe_open(...).get_slice``), so galleries larger than RAM stream.
+Writes go to a temporary file in the target folder and are renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .errors import InputFileError
+
+__all__ = ["EmbeddingSet", "load", "save", "atomic_path", "FORMAT_VERSION"]
+
+FORMAT_VERSION = "1"
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+class EmbeddingSet:
+    """Embeddings with labels (and optional cameras), in memory or read lazily from a file.
+
+    ``labels``: [N] int64, a label < 0 means "unknown" (never a positive).
+    ``cameras``: [N] int64 or None. Rows come back as float32 through :meth:`rows`.
+    """
+
+    def __init__(
+        self,
+        embeddings: torch.Tensor | None,
+        labels: torch.Tensor | Sequence[int],
+        cameras: torch.Tensor | Sequence[int] | None = None,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        paths: Sequence[str] | None = None,
+        name: str = "<tensor>",
+        _file: Path | None = None,
+        _shape: tuple[int, int] | None = None,
+    ) -> None:
+        self.name = name
+        self.metadata = dict(metadata or {})
+        self._file = _file
+        self._paths = list(paths) if paths is not None else None
+        self.labels = torch.as_tensor(labels).reshape(-1)
+        self.cameras = None if cameras is None else torch.as_tensor(cameras).reshape(-1)
+        if embeddings is not None:
+            if not isinstance(embeddings, torch.Tensor):
+                embeddings = torch.as_tensor(embeddings)
+            self._emb: torch.Tensor | None = embeddings
+            shape = tuple(embeddings.shape)
+        else:
+            self._emb = None
+            shape = _shape  # type: ignore[assignment]
+        _validate(name, shape, embeddings.dtype if embeddings is not None else None,
+                  self.labels, self.cameras, self._paths)
+        self.n, self.dim = int(shape[0]), int(shape[1])
+        if embeddings is not None:
+            _check_finite(name, embeddings, 0)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __repr__(self) -> str:
+        where = "lazy" if self._emb is None else "in memory"
+        return f"EmbeddingSet({self.name!r}, n={self.n}, dim={self.dim}, {where})"
+
+    @property
+    def is_lazy(self) -> bool:
+        return self._emb is None
+
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        """Rows ``[start, stop)`` as a float32 [n, D] tensor (checked finite when read lazily)."""
+        if self._emb is not None:
+            return self._emb[start:stop].float()
+        with _open(self._file) as f:  # type: ignore[arg-type]
+            block = f.get_slice("embeddings")[start:stop].float()
+        _check_finite(self.name, block, start)
+        return block
+
+    def take(self, index: torch.Tensor) -> torch.Tensor:
+        """Rows at ``index`` ([M] int64, any order) as float32 [M, D]."""
+        if self._emb is not None:
+            return self._emb[index].float()
+        out = torch.empty(len(index), self.dim)
+        order = torch.argsort(index)
+        sorted_idx = index[order]
+        step = max(1, (64 << 20) // max(1, 4 * self.dim))  # read at most 64 MB at once
+        for a in range(0, self.n, step):
+            lo, hi = torch.searchsorted(sorted_idx, torch.tensor([a, a + step]))
+            if hi > lo:
+                block = self.rows(a, min(a + step, self.n))
+                out[order[lo:hi]] = block[sorted_idx[lo:hi] - a]
+        return out
+
+    @property
+    def embeddings(self) -> torch.Tensor:
+        """All rows as float32 [N, D] (loads a lazy file into memory)."""
+        return self.rows(0, self.n)
+
+    def in_memory(self) -> EmbeddingSet:
+        """This set with its embeddings loaded (itself when already in memory)."""
+        if self._emb is not None:
+            return self
+        return EmbeddingSet(self.embeddings, self.labels, self.cameras, metadata=self.metadata,
+                            paths=self._paths, name=self.name)
+
+    @property
+    def paths(self) -> list[str] | None:
+        """Per-item source paths, when the file records them."""
+        if self._paths is None and self._file is not None:
+            with _open(self._file) as f:
+                if "paths_utf8" in f.keys():
+                    raw = bytes(f.get_tensor("paths_utf8").numpy())
+                    off = f.get_tensor("paths_offsets").tolist()
+                    self._paths = [raw[a:b].decode("utf-8") for a, b in zip(off[:-1], off[1:])]
+        return self._paths
+
+    @property
+    def label_names(self) -> list[str] | None:
+        raw = self.metadata.get("label_names")
+        return json.loads(raw) if raw else None
+
+
+def load(path: str | os.PathLike[str], *, lazy: bool = True) -> EmbeddingSet:
+    """Open an embedding file, validating it (section 6 of the design).
+
+    With ``lazy=True`` only labels/cameras are read now; rows are sliced on demand.
+    Raises :class:`InputFileError` naming the file and the problem.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputFileError(p, "no such file")
+    if p.is_dir():
+        raise InputFileError(p, "is a folder, expected a .safetensors embedding file")
+    try:
+        with _open(p) as f:
+            keys = set(f.keys())
+            meta = f.metadata() or {}
+            for required in ("embeddings", "labels"):
+                if required not in keys:
+                    raise InputFileError(
+                        p, f"missing tensor {required!r} (found: {', '.join(sorted(keys)) or 'none'})"
+                    )
+            emb = f.get_slice("embeddings")
+            shape = tuple(emb.get_shape())
+            dtype = _DTYPES.get(emb.get_dtype())
+            labels = f.get_tensor("labels")
+            cameras = f.get_tensor("cameras") if "cameras" in keys else None
+            embeddings = None if lazy else f.get_tensor("embeddings")
+    except SafetensorError as e:
+        raise InputFileError(p, f"not a readable safetensors file ({e})") from None
+    except OSError as e:
+        raise InputFileError(p, f"cannot read ({e.strerror or e})") from None
+    if len(shape) != 2:
+        raise InputFileError(p, f"'embeddings' must be 2-D [N, D], got shape {list(shape)}")
+    if dtype not in FLOAT_DTYPES:
+        raise InputFileError(p, "'embeddings' must be float32, float16 or bfloat16, "
+                                f"got {emb.get_dtype()}")
+    try:
+        return EmbeddingSet(embeddings, labels, cameras, metadata=meta, name=str(p),
+                            _file=p if lazy else None, _shape=shape)  # type: ignore[arg-type]
+    except InputFileError:
+        raise
+    except ValueError as e:
+        raise InputFileError(p, str(e)) from None
+
+
+def save(
+    path: str | os.PathLike[str],
+    embeddings: torch.Tensor,
+    labels: torch.Tensor | Sequence[int],
+    cameras: torch.Tensor | Sequence[int] | None = None,
+    *,
+    metadata: Mapping[str, str] | None = None,
+    paths: Sequence[str] | None = None,
+) -> Path:
+    """Validate and write an embedding file atomically; returns the path."""
+    p = Path(path)
+    s = EmbeddingSet(embeddings, torch.as_tensor(labels, dtype=torch.int64),
+                     None if cameras is None else torch.as_tensor(cameras, dtype=torch.int64),
+                     metadata=metadata, paths=paths, name=str(p))
+    tensors = {"embeddings": s._emb.contiguous(), "labels": s.labels.contiguous()}  # type: ignore[union-attr]
+    if s.cameras is not None:
+        tensors["cameras"] = s.cameras.contiguous()
+    if paths is not None:
+        encoded = [x.encode("utf-8") for x in paths]
+        lengths = torch.tensor([0] + [len(b) for b in encoded], dtype=torch.int64)
+        tensors["paths_offsets"] = torch.cumsum(lengths, 0)
+        tensors["paths_utf8"] = torch.frombuffer(bytearray(b"".join(encoded)) or bytearray(1),
+                                                 dtype=torch.uint8)[: int(lengths.sum())].clone()
+    meta = {"embeval.format": FORMAT_VERSION, **{k: str(v) for k, v in s.metadata.items()}}
+    with atomic_path(p) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return p
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it into place only on success."""
+    p = Path(path)
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputFileError(p, f"cannot write: folder {str(parent)!r} does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=parent)
+    except OSError as e:
+        raise InputFileError(p, f"cannot write ({e.strerror or e})") from None
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+_DTYPES = {
+    "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
+    "I64": torch.int64, "I32": torch.int32,
+}
+
+
+def _open(path: Path):  # noqa: ANN202 - safetensors' handle type is private
+    return safe_open(str(path), framework="pt")
+
+
+def _validate(name: str, shape: tuple[int, ...] | None, dtype: torch.dtype | None,
+              labels: torch.Tensor, cameras: torch.Tensor | None,
+              paths: Sequence[str] | None) -> None:
+    if shape is None or len(shape) != 2:
+        raise InputFileError(name, f"embeddings must be 2-D [N, D], got shape {list(shape or [])}")
+    n, d = shape
+    if dtype is not None and dtype not in FLOAT_DTYPES:
+        raise InputFileError(name, f"embeddings must be float32, float16 or bfloat16, got {dtype}")
+    if n == 0 or d == 0:
+        raise InputFileError(name, f"empty set: embeddings have shape [{n}, {d}]")
+    for key, t in (("labels", labels), ("cameras", cameras)):
+        if t is None:
+            continue
+        if t.dtype != torch.int64:
+            raise InputFileError(name, f"{key!r} must be int64, got {t.dtype}")
+        if t.dim() != 1 or t.numel() != n:
+            raise InputFileError(name, f"{key!r} has {t.numel()} entries but embeddings have "
+                                       f"{n} rows")
+    if paths is not None and len(paths) != n:
+        raise InputFileError(name, f"{len(paths)} paths for {n} embeddings")
+
+
+def _check_finite(name: str, block: torch.Tensor, offset: int) -> None:
+    if block.is_floating_point() and not bool(torch.isfinite(block).all()):
+        bad = int(torch.nonzero(~torch.isfinite(block).all(dim=1))[0, 0]) + offset
+        raise InputFileError(name, f"embedding row {bad} contains NaN or Inf")
