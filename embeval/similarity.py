@@ -59,7 +59,14 @@ def transform(dot: torch.Tensor, qa: torch.Tensor, ga: torch.Tensor, metric: str
     if metric == "cosine":
         return dot * qa * ga
     d2 = ((qa + ga) - 2.0 * dot).clamp_min(0.0)
-    return -torch.sqrt(d2) if metric == "euclid" else -d2
+    return -_sqrt(d2) if metric == "euclid" else -d2
+
+
+def _sqrt(x: torch.Tensor) -> torch.Tensor:
+    """Correctly rounded float32 sqrt. PyTorch's vectorised CPU float32 sqrt is off by an ulp
+    for some inputs (sqrt(34) → 5.830952, IEEE 5.8309517), which would split ties between
+    scores computed on different paths; float64 sqrt rounded to float32 is exact."""
+    return torch.sqrt(x) if x.is_cuda else torch.sqrt(x.double()).float()
 
 
 def scores(query: torch.Tensor, gallery: torch.Tensor, metric: str = "cosine") -> torch.Tensor:

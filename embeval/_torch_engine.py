@@ -1,0 +1,119 @@
+"""Negative pass in plain PyTorch ops: the CUDA path, and the CPU path for bf16/fp16/tf32.
+
+Blocks of (queries × gallery items) sized to the memory budget: one matmul, the
+metric transform, the negative mask, a batched ``searchsorted`` of the block against
+each query's ascending positive scores (padded with +inf), and a ``scatter_add`` into
+padded per-query histograms. Top-k keeps the lowest gallery index on score ties.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .similarity import matmul_dtype, precision_context, transform
+from .store import EmbeddingSet
+
+BYTES_PER_SCORE = 40  # dot, score, bucket (int64), masks and top-k temporaries
+
+
+def negative_pass(stats, query: EmbeddingSet, gallery: EmbeddingSet, qemb: torch.Tensor,
+                  qa: torch.Tensor, ga: torch.Tensor, protocol, g_range: tuple[int, int],
+                  rows: int, *, device: torch.device, precision: str, budget: int,
+                  progress=None) -> None:
+    """Fill ``stats`` (in place) from gallery items ``g_range`` streamed in blocks of ``rows``."""
+    nq = query.n
+    dtype = matmul_dtype(precision)
+    q_all = qemb.to(device)
+    qa_all, ga_all = qa.to(device), ga.to(device)
+    qlab = query.labels.to(device)
+    glab = gallery.labels.to(device)
+    qcam = query.cameras.to(device) if protocol.exclude_same_camera else None
+    gcam = gallery.cameras.to(device) if protocol.exclude_same_camera else None
+    counts = stats.n_pos.to(device)
+    offsets = stats.pos_offsets.to(device)
+    pos = stats.pos_scores.to(device)
+    k = stats.topk_scores.shape[1] if stats.topk_scores is not None else 0
+    a, b = g_range
+    qb = max(1, min(nq, budget // (BYTES_PER_SCORE * max(1, min(rows, b - a)))))
+    hist_out = torch.zeros_like(stats.neg_hist, device=device)
+    n_neg = stats.n_neg.to(device)
+    max_neg = stats.max_neg.to(device)
+    topv = stats.topk_scores.to(device) if k else None
+    topi = stats.topk_indices.to(device) if k else None
+    with torch.inference_mode(), precision_context(precision):
+        for start in range(a, b, rows):
+            stop = min(start + rows, b)
+            g = gallery.rows(start, stop).to(device, non_blocking=True)
+            gi = torch.arange(start, stop, device=device)
+            g_mm = g.to(dtype)
+            for q0 in range(0, nq, qb):
+                q1 = min(q0 + qb, nq)
+                qi = torch.arange(q0, q1, device=device)
+                dot = (q_all[q0:q1].to(dtype) @ g_mm.T).float()
+                s = transform(dot, qa_all[q0:q1, None], ga_all[None, start:stop], stats.metric)
+                same = (qlab[q0:q1, None] == glab[None, start:stop]) & (qlab[q0:q1, None] >= 0)
+                dropped = qi[:, None] == gi[None, :] if protocol.exclude_self else None
+                neg = ~same if dropped is None else ~same & ~dropped
+                n_neg[q0:q1] += neg.sum(1)
+                masked = torch.where(neg, s, torch.tensor(float("-inf"), device=device))
+                max_neg[q0:q1] = torch.maximum(max_neg[q0:q1], masked.amax(1))
+                _histogram(masked, counts[q0:q1], offsets[q0:q1 + 1], pos, hist_out, q0)
+                if k:
+                    out = same & (qcam[q0:q1, None] == gcam[None, start:stop]) \
+                        if qcam is not None else None
+                    excluded = dropped if out is None else (out if dropped is None
+                                                            else out | dropped)
+                    cand = s if excluded is None else s.masked_fill(excluded, float("-inf"))
+                    _topk_update(cand, gi, topv[q0:q1], topi[q0:q1])
+            if progress is not None:
+                progress(stop - a, b - a)
+    stats.neg_hist += hist_out.cpu()
+    stats.n_neg.copy_(n_neg.cpu())
+    stats.max_neg.copy_(max_neg.cpu())
+    if k:
+        stats.topk_scores.copy_(topv.cpu())
+        stats.topk_indices.copy_(topi.cpu())
+
+
+def _histogram(masked: torch.Tensor, counts: torch.Tensor, offsets: torch.Tensor,
+               pos: torch.Tensor, hist: torch.Tensor, q0: int) -> None:
+    """Add the block's negatives (``masked``: [qb, gb], -inf = not a negative) to the bins."""
+    pmax = int(counts.max()) if counts.numel() else 0
+    if pmax == 0:
+        return
+    qb = masked.shape[0]
+    idx = offsets[:-1, None] + torch.arange(pmax, device=masked.device)[None, :]
+    valid = torch.arange(pmax, device=masked.device)[None, :] < counts[:, None]
+    padded = torch.where(valid, pos[idx.clamp_max(max(len(pos) - 1, 0))],
+                         torch.tensor(float("inf"), device=masked.device))
+    bucket = torch.searchsorted(padded, masked.contiguous(), right=True)  # [qb, gb] in 0..P
+    local = torch.zeros(qb, pmax + 1, dtype=torch.int64, device=masked.device)
+    local.scatter_add_(1, bucket, torch.ones_like(bucket))
+    # query r's bins start at offsets[r] + (q0 + r) in the global histogram; bin 0 is never used
+    rows = torch.arange(qb, device=masked.device)
+    bins = torch.arange(1, pmax + 1, device=masked.device)[None, :]
+    target = offsets[:-1, None] + (q0 + rows)[:, None] + bins
+    keep = bins <= counts[:, None]
+    hist.index_add_(0, target[keep], local[:, 1:][keep])
+
+
+def _topk_update(cand: torch.Tensor, gi: torch.Tensor, topv: torch.Tensor,
+                 topi: torch.Tensor) -> None:
+    """Merge the block's exact top-k (ties → lower gallery index) into ``topv``/``topi``."""
+    k = topv.shape[1]
+    kk = min(k, cand.shape[1])
+    kth = torch.topk(cand, kk, dim=1).values[:, -1:]
+    above = cand > kth
+    tied = cand == kth
+    room = kk - above.sum(1, keepdim=True)
+    keep = above | (tied & (torch.cumsum(tied, 1) <= room))
+    r, c = keep.nonzero(as_tuple=True)  # row-major: exactly kk per row, gallery order
+    bv = cand[r, c].view(-1, kk)
+    bi = gi[c].view(-1, kk).masked_fill(bv == float("-inf"), torch.iinfo(torch.int64).max)
+    v = torch.cat([topv, bv], 1)
+    i = torch.cat([topi, bi], 1)
+    order = torch.argsort(i, dim=1, stable=True)
+    v, i = v.gather(1, order), i.gather(1, order)
+    order = torch.argsort(v, dim=1, descending=True, stable=True)[:, :k]
+    topv.copy_(v.gather(1, order))
+    topi.copy_(i.gather(1, order))

@@ -1,0 +1,141 @@
+"""One call from two embedding sets to every metric: what the CLI and ``import embeval`` share.
+
+>>> import torch, embeval
+>>> q = embeval.EmbeddingSet(torch.eye(2), torch.tensor([0, 1]))
+>>> g = embeval.EmbeddingSet(torch.tensor([[1., 0.], [0., 1.], [.7, .7]]), torch.tensor([0, 1, 1]))
+>>> res = embeval.evaluate(q, g, ks=(1, 2), device="cpu")
+>>> res.metrics["rank1"], res.metrics["mAP"]
+(1.0, 1.0)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from . import metrics as M
+from .errors import OptionError
+from .ranking import Protocol, RankStats, rank_stats
+from .store import EmbeddingSet
+
+__all__ = ["EvalResult", "evaluate", "aggregate_mean"]
+
+
+@dataclass
+class EvalResult:
+    """Metrics (fractions in [0, 1]; hard_* are scores), per-query values and the raw stats."""
+
+    metrics: dict[str, float]
+    n_query: int
+    n_gallery: int
+    n_valid: int
+    stats: RankStats
+    per_query: dict[str, torch.Tensor]
+    options: dict[str, object] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+    pr_curves: tuple[torch.Tensor, ...] | None = None
+
+
+def aggregate_mean(gallery: EmbeddingSet) -> EmbeddingSet:
+    """One L2-normalised mean embedding per known label (class prototypes), labels ascending.
+
+    Items with an unknown label (< 0) stay as they are, L2-normalised, after the prototypes.
+    """
+    emb = torch.nn.functional.normalize(gallery.embeddings, dim=1)
+    labels = gallery.labels
+    known = labels >= 0
+    classes, inverse = torch.unique(labels[known], return_inverse=True)
+    sums = torch.zeros(len(classes), emb.shape[1]).index_add_(0, inverse, emb[known])
+    protos = torch.nn.functional.normalize(sums, dim=1)
+    return EmbeddingSet(torch.cat([protos, emb[~known]]), torch.cat([classes, labels[~known]]),
+                        metadata=gallery.metadata, name=f"{gallery.name} (class means)")
+
+
+def evaluate(
+    query: EmbeddingSet,
+    gallery: EmbeddingSet,
+    *,
+    metric: str = "cosine",
+    ks: Sequence[int] = (1, 5, 10),
+    knn_k: int | None = None,
+    exclude_same_camera: bool = False,
+    exclude_self: bool = False,
+    aggregate: str | None = None,
+    no_positive: str = "skip",
+    pr: bool = False,
+    device: str = "auto",
+    precision: str = "fp32",
+    memory: int | str | None = None,
+    block_size: int | None = None,
+    progress=None,
+) -> EvalResult:
+    """Evaluate ``query`` against ``gallery``: every metric of DESIGN.md section 3.
+
+    ``metrics`` keys: ``accuracy``, ``top{k}_accuracy``, ``rank{k}``, ``mAP``, ``mINP``,
+    ``hard_pos``, ``hard_neg``; ``knn_accuracy`` with ``knn_k``; ``maxF1``, ``P@maxF1``,
+    ``R@maxF1``, ``T@maxF1`` with ``pr=True``. ``per_query``: [Q] tensors ``n_pos``,
+    ``first_rank``, ``last_rank``, ``ap``, ``hard_pos``, ``hard_neg`` (+ ``knn_pred``).
+    """
+    t0 = time.perf_counter()
+    if no_positive not in ("skip", "zero"):
+        raise OptionError(f"--no-positive: unknown policy {no_positive!r} (skip, zero)")
+    if aggregate not in (None, "none", "mean"):
+        raise OptionError(f"--aggregate: unknown mode {aggregate!r} (mean)")
+    if aggregate == "mean":
+        if exclude_same_camera or exclude_self:
+            raise OptionError("--aggregate mean cannot be combined with --exclude-same-camera "
+                              "or --exclude-self (prototypes have no camera or index)")
+        gallery = aggregate_mean(gallery)
+    ks = M.check_ks(ks, gallery.n)
+    if knn_k is not None:
+        M.check_ks([knn_k], gallery.n, "-k (kNN)")
+    stats = rank_stats(query, gallery, metric=metric,
+                       protocol=Protocol(exclude_same_camera, exclude_self),
+                       topk=knn_k or 0, device=device, precision=precision, memory=memory,
+                       block_size=block_size, progress=progress)
+    return summarize(stats, gallery.labels, ks=ks, knn_k=knn_k, no_positive=no_positive, pr=pr,
+                     options=dict(metric=metric, exclude_same_camera=exclude_same_camera,
+                                  exclude_self=exclude_self, aggregate=aggregate or "none",
+                                  no_positive=no_positive, precision=precision),
+                     t0=t0)
+
+
+def summarize(stats: RankStats, gallery_labels: torch.Tensor, *, ks: Sequence[int],
+              knn_k: int | None = None, no_positive: str = "skip", pr: bool = False,
+              options: dict[str, object] | None = None, t0: float | None = None) -> EvalResult:
+    """Every metric from (possibly merged) statistics."""
+    first, last = M.first_hit_rank(stats), M.last_hit_rank(stats)
+    hard_pos, hard_neg = M.hard_scores(stats)
+    per_query = {"n_pos": stats.n_pos, "first_rank": first, "last_rank": last,
+                 "ap": M.average_precision(stats), "hard_pos": hard_pos, "hard_neg": hard_neg}
+    values: dict[str, float] = {}
+    top = M.topk_accuracy(stats, ks=sorted(set([1, *ks])))
+    values["accuracy"] = top[1]
+    values.update({f"top{k}_accuracy": top[k] for k in ks})
+    values.update({f"rank{k}": v for k, v in M.cmc(stats, ks=ks, no_positive=no_positive).items()})
+    values["mAP"] = M.mean_average_precision(stats, no_positive=no_positive)
+    values["mINP"] = M.mean_inp(stats, no_positive=no_positive)
+    values["hard_pos"] = _nanmean(hard_pos)
+    values["hard_neg"] = _nanmean(hard_neg)
+    curves = None
+    if knn_k:
+        per_query["knn_pred"] = M.knn_predict(stats, gallery_labels, k=knn_k)
+        values["knn_accuracy"] = M.knn_accuracy(stats, gallery_labels, k=knn_k)
+    if pr:
+        f1 = M.max_f1(stats, no_positive=no_positive)
+        values.update({key: float(f1[key]) for key in ("maxF1", "P@maxF1", "R@maxF1", "T@maxF1")})
+        per_query.update({"max_f1": f1["f1"], "threshold@maxF1": f1["threshold"]})
+        curves = M.pr_points(stats)
+    n_valid = int((stats.n_pos > 0).sum())
+    return EvalResult(metrics=values, n_query=stats.n_query, n_gallery=stats.n_gallery,
+                      n_valid=n_valid, stats=stats, per_query=per_query, options=options or {},
+                      elapsed_s=time.perf_counter() - t0 if t0 is not None else 0.0,
+                      pr_curves=curves)
+
+
+def _nanmean(x: torch.Tensor) -> float:
+    ok = ~torch.isnan(x)
+    return float(x[ok].double().mean()) if bool(ok.any()) else float("nan")

@@ -1,0 +1,234 @@
+"""Pure functions: :class:`~embeval.ranking.RankStats` → metrics (DESIGN.md section 3).
+
+Ties are pessimistic: a negative tied with a positive ranks ahead of it; positives tied
+with each other share one threshold (as scikit-learn). A query with P > 0 positives
+(``valid``) ranks positive j at ``N_j = TP_j + #negatives with score ≥ s_j``.
+Fractions are in [0, 1]; per-query outputs are [Q] tensors.
+
+>>> import torch, embeval
+>>> q = embeval.EmbeddingSet(torch.eye(2), torch.tensor([0, 1]))
+>>> g = embeval.EmbeddingSet(torch.tensor([[1., 0.], [.9, .1], [0., 1.]]), torch.tensor([0, 1, 1]))
+>>> stats = embeval.rank_stats(q, g, metric="inner", device="cpu")
+>>> first_hit_rank(stats).tolist(), average_precision(stats).tolist()
+([1.0, 1.0], [1.0, 1.0])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .errors import OptionError
+from .ranking import NO_INDEX, RankStats
+
+__all__ = [
+    "positive_ranks", "average_precision", "mean_average_precision", "first_hit_rank",
+    "last_hit_rank", "cmc", "topk_accuracy", "inverse_negative_penalty", "mean_inp",
+    "hard_scores", "pr_points", "max_f1", "knn_predict", "knn_accuracy", "check_ks",
+]
+
+
+def _segments(stats: RankStats) -> tuple[torch.Tensor, torch.Tensor]:
+    """Query id of every positive [M], and each query's first position [Q]."""
+    counts = stats.n_pos
+    return torch.repeat_interleave(torch.arange(stats.n_query), counts), stats.pos_offsets[:-1]
+
+
+def positive_ranks(stats: RankStats) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(TP, N)`` for every positive, [M] int64 each, in ``pos_scores`` order (ascending).
+
+    TP = #positives scoring ≥ it, N = TP + #negatives scoring ≥ it.
+    """
+    qid, starts = _segments(stats)
+    pos = stats.pos_scores
+    m = len(pos)
+    idx = torch.arange(m)
+    seg_start = starts[qid]
+    new_group = (idx == seg_start)
+    new_group[1:] |= pos[1:] != pos[:-1]
+    group_first = torch.cummax(torch.where(new_group, idx, torch.zeros_like(idx)), 0).values
+    tp = stats.n_pos[qid] - (group_first - seg_start)
+    # #negatives ≥ the i-th ascending positive (1-based i) = sum of bins i..P of the query
+    hist_cum = torch.cumsum(stats.neg_hist, 0)
+    hist_start = stats.pos_offsets[:-1] + torch.arange(stats.n_query)
+    hist_end = hist_start + stats.n_pos  # index of the query's last bin
+    bin_i = hist_start[qid] + (idx - seg_start) + 1
+    neg_ge = hist_cum[hist_end[qid]] - hist_cum[bin_i - 1]
+    return tp, tp + neg_ge
+
+
+def _segment_sum(values: torch.Tensor, stats: RankStats) -> torch.Tensor:
+    qid, _ = _segments(stats)
+    return torch.zeros(stats.n_query, dtype=values.dtype).index_add_(0, qid, values)
+
+
+def average_precision(stats: RankStats) -> torch.Tensor:
+    """[Q] float64 AP = (1/P) Σ_j TP_j / N_j (scikit-learn's, ties included); nan when P = 0."""
+    tp, n = positive_ranks(stats)
+    p = stats.n_pos.double()
+    return _segment_sum(tp.double() / n.double(), stats) / p  # 0/0 → nan when P = 0
+
+
+def _valid_mean(values: torch.Tensor, stats: RankStats, no_positive: str) -> float:
+    valid = stats.n_pos > 0
+    if no_positive == "zero":
+        return float(torch.where(valid, values, torch.zeros_like(values)).mean())
+    if no_positive != "skip":
+        raise OptionError(f"--no-positive: unknown policy {no_positive!r} (skip, zero)")
+    return float(values[valid].mean()) if bool(valid.any()) else float("nan")
+
+
+def mean_average_precision(stats: RankStats, *, no_positive: str = "skip") -> float:
+    """mAP over queries with positives (``skip``), or counting them as AP 0 (``zero``)."""
+    return _valid_mean(average_precision(stats), stats, no_positive)
+
+
+def _hist_bin(stats: RankStats, bin_of_query: torch.Tensor) -> torch.Tensor:
+    cum = torch.cumsum(stats.neg_hist, 0)
+    start = stats.pos_offsets[:-1] + torch.arange(stats.n_query)
+    end = start + stats.n_pos
+    return cum[end] - cum[start + bin_of_query - 1]  # Σ bins [bin, P]
+
+
+def first_hit_rank(stats: RankStats) -> torch.Tensor:
+    """[Q] float64: 1 + #negatives scoring ≥ the best positive; inf when P = 0."""
+    p = stats.n_pos
+    ahead = _hist_bin(stats, p.clamp_min(1))
+    return torch.where(p > 0, 1.0 + ahead.double(), torch.tensor(float("inf"), dtype=torch.float64))
+
+
+def last_hit_rank(stats: RankStats) -> torch.Tensor:
+    """[Q] float64 rank of the hardest positive: P + #negatives ≥ it; inf when P = 0."""
+    p = stats.n_pos
+    ahead = _hist_bin(stats, torch.ones_like(p))
+    return torch.where(p > 0, (p + ahead).double(), torch.tensor(float("inf"), dtype=torch.float64))
+
+
+def check_ks(ks: Sequence[int], n_gallery: int, what: str = "-k") -> list[int]:
+    """Validate rank cut-offs: 1 ≤ k ≤ gallery size."""
+    ks = [int(k) for k in ks]
+    if not ks:
+        raise OptionError(f"{what}: give at least one k")
+    for k in ks:
+        if k <= 0 or k > n_gallery:
+            raise OptionError(f"{what} {k}: must be between 1 and the gallery size ({n_gallery})")
+    return ks
+
+
+def cmc(stats: RankStats, *, ks: Sequence[int] = (1, 5, 10),
+        no_positive: str = "skip") -> dict[int, float]:
+    """CMC rank-k: fraction of queries with positives whose first hit is within the top k."""
+    rank = first_hit_rank(stats)
+    return {k: _valid_mean((rank <= k).double(), stats, no_positive) for k in ks}
+
+
+def topk_accuracy(stats: RankStats, *, ks: Sequence[int] = (1,)) -> dict[int, float]:
+    """Fraction of ALL queries whose first hit is within the top k (no positive = miss)."""
+    rank = first_hit_rank(stats)
+    return {k: float((rank <= k).double().mean()) for k in ks}
+
+
+def inverse_negative_penalty(stats: RankStats) -> torch.Tensor:
+    """[Q] float64 INP = P / N_worst; nan when P = 0."""
+    return stats.n_pos.double() / last_hit_rank(stats).nan_to_num(posinf=float("nan"))
+
+
+def mean_inp(stats: RankStats, *, no_positive: str = "skip") -> float:
+    """mINP: mean INP over queries with positives."""
+    return _valid_mean(inverse_negative_penalty(stats), stats, no_positive)
+
+
+def hard_scores(stats: RankStats) -> tuple[torch.Tensor, torch.Tensor]:
+    """[Q] float32 lowest positive score and highest negative score (nan where none)."""
+    nan = torch.tensor(float("nan"))
+    has_pos = stats.n_pos > 0
+    first = stats.pos_scores[stats.pos_offsets[:-1].clamp_max(max(len(stats.pos_scores) - 1, 0))] \
+        if len(stats.pos_scores) else torch.zeros(stats.n_query)
+    hard_pos = torch.where(has_pos, first, nan)
+    hard_neg = torch.where(stats.n_neg > 0, stats.max_neg, nan)
+    return hard_pos, hard_neg
+
+
+def pr_points(stats: RankStats) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-query PR points at each distinct positive score, thresholds descending.
+
+    Returns ``(precision [M'] float64, recall [M'] float64, threshold [M'] float32,
+    offsets [Q+1] int64)``: query i's points are ``[offsets[i]:offsets[i+1]]``.
+    """
+    tp, n = positive_ranks(stats)
+    qid, starts = _segments(stats)
+    pos = stats.pos_scores
+    idx = torch.arange(len(pos))
+    # one point per tie group: its first (lowest-index) member carries the group's TP and N
+    first = idx == starts[qid]
+    first[1:] |= pos[1:] != pos[:-1]
+    sel = idx[first].flip(0)
+    sel = sel[torch.argsort(qid[sel], stable=True)]  # queries ascending, thresholds descending
+    precision = tp[sel].double() / n[sel].double()
+    recall = tp[sel].double() / stats.n_pos[qid[sel]].double()
+    counts = torch.bincount(qid[sel], minlength=stats.n_query)
+    offsets = torch.zeros(stats.n_query + 1, dtype=torch.int64)
+    torch.cumsum(counts, 0, out=offsets[1:])
+    return precision, recall, pos[sel], offsets
+
+
+def max_f1(stats: RankStats, *, no_positive: str = "skip") -> dict[str, object]:
+    """Per-query best F1 over its PR points (equal F1s: highest threshold) and their means.
+
+    Returns ``{"f1", "precision", "recall", "threshold"}`` → [Q] tensors (nan when P = 0) and
+    ``{"maxF1", "P@maxF1", "R@maxF1", "T@maxF1"}`` → means over queries with positives.
+    """
+    precision, recall, threshold, offsets = pr_points(stats)
+    nq = stats.n_query
+    counts = offsets[1:] - offsets[:-1]
+    has = counts > 0
+    nan = torch.full((nq,), float("nan"), dtype=torch.float64)
+    per = {"f1": nan, "precision": nan, "recall": nan, "threshold": nan}
+    if len(precision):
+        f1 = 2 * precision * recall / (precision + recall)
+        qid = torch.repeat_interleave(torch.arange(nq), counts)
+        best = torch.full((nq,), -1.0, dtype=torch.float64).scatter_reduce(0, qid, f1, "amax")
+        # points run from the highest threshold down: the first best point of a query wins
+        pos_in = torch.arange(len(f1)) - offsets[:-1][qid]
+        pos_in = pos_in.masked_fill(f1 != best[qid], len(f1))
+        first = torch.full((nq,), len(f1)).scatter_reduce(0, qid, pos_in, "amin")
+        at = torch.where(has, offsets[:-1] + first, 0)
+        per = {"f1": torch.where(has, best, nan),
+               "precision": torch.where(has, precision[at], nan),
+               "recall": torch.where(has, recall[at], nan),
+               "threshold": torch.where(has, threshold[at].double(), nan)}
+    summary = {name: _valid_mean(per[key], stats, no_positive) for name, key in
+               (("maxF1", "f1"), ("P@maxF1", "precision"), ("R@maxF1", "recall"),
+                ("T@maxF1", "threshold"))}
+    if no_positive == "zero":  # a threshold of 0 for a query without positives is meaningless
+        summary["T@maxF1"] = _valid_mean(per["threshold"], stats, "skip")
+    return {**per, **summary}
+
+
+def knn_predict(stats: RankStats, gallery_labels: torch.Tensor, *, k: int) -> torch.Tensor:
+    """[Q] int64 majority label among the k best gallery items (-1 = unknown wins).
+
+    Ties between classes go to the class whose best member ranks highest.
+    """
+    if stats.topk_indices is None or stats.topk_indices.shape[1] < k:
+        raise OptionError(f"kNN with k={k} needs statistics kept with topk >= {k}")
+    idx = stats.topk_indices[:, :k]
+    present = idx != NO_INDEX
+    labels = torch.where(present, gallery_labels[idx.clamp_max(len(gallery_labels) - 1)],
+                         torch.full_like(idx, -2))
+    labels = labels.clamp_min(-1).masked_fill(~present, -2)
+    # votes[q, j] = #neighbours of q sharing neighbour j's label; best rank wins ties (argmax
+    # returns the first maximum, and neighbours are ordered best first)
+    votes = ((labels[:, :, None] == labels[:, None, :]) & present[:, None, :]).sum(2)
+    votes = votes.masked_fill(~present, -1)
+    winner = torch.argmax(votes, dim=1)
+    pred = labels.gather(1, winner[:, None]).squeeze(1)
+    return torch.where(present.any(1), pred, torch.full_like(pred, -1))
+
+
+def knn_accuracy(stats: RankStats, gallery_labels: torch.Tensor, *, k: int) -> float:
+    """Fraction of ALL queries whose kNN prediction is their (known) label."""
+    pred = knn_predict(stats, gallery_labels, k=k)
+    correct = (pred == stats.query_labels) & (stats.query_labels >= 0)
+    return float(correct.double().mean())

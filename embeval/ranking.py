@@ -1,0 +1,282 @@
+"""The streaming engine: exact per-query rank statistics without a Q×G matrix or a sort.
+
+DESIGN.md section 4. For every query:
+
+1. its positives' scores are gathered (Q×P dot products) and sorted;
+2. one pass over the gallery in blocks adds each NEGATIVE score to a histogram of
+   ``P + 1`` bins (bin b = "exactly b positives score ≤ it"), keeps the hardest
+   negative and, when asked, the top-k;
+3. every metric then follows from these few numbers (:mod:`embeval.metrics`).
+
+Statistics of disjoint gallery shards add up (:meth:`RankStats.merge`), those of
+disjoint query shards concatenate (:meth:`RankStats.concat`): the same code serves
+blocks, out-of-core galleries and multi-process runs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from . import _kernels
+from .errors import OptionError
+from .similarity import aux, check_metric, matmul_dtype, resolve_device, transform
+from .store import EmbeddingSet
+
+__all__ = ["Protocol", "RankStats", "rank_stats", "positive_pairs", "NO_INDEX", "parse_memory"]
+
+NO_INDEX = torch.iinfo(torch.int64).max  # top-k slot without an item
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Which gallery items a query ignores.
+
+    ``exclude_same_camera``: drop items with the query's label AND camera (Market-1501).
+    ``exclude_self``: query i ignores gallery item i (query set == gallery set).
+    """
+
+    exclude_same_camera: bool = False
+    exclude_self: bool = False
+
+
+@dataclass
+class RankStats:
+    """Mergeable per-query statistics of one evaluation.
+
+    ``pos_offsets`` [Q+1]: query i's positives are ``pos_scores[pos_offsets[i]:pos_offsets[i+1]]``
+    (float32, ascending). ``neg_hist`` [sum(P) + Q] int64: query i owns ``P_i + 1`` bins starting
+    at ``pos_offsets[i] + i``; bin b counts negatives with exactly b positives scoring ≤ them.
+    ``n_neg`` [Q] int64 negatives seen, ``max_neg`` [Q] float32 hardest negative (-inf: none).
+    ``topk_scores`` [Q, k] float32 (desc; -inf where empty) and ``topk_indices`` [Q, k] int64
+    gallery indices (``NO_INDEX`` where empty), present when the pass kept a top-k.
+    """
+
+    metric: str
+    n_gallery: int
+    query_labels: torch.Tensor
+    pos_offsets: torch.Tensor
+    pos_scores: torch.Tensor
+    neg_hist: torch.Tensor
+    n_neg: torch.Tensor
+    max_neg: torch.Tensor
+    topk_scores: torch.Tensor | None = None
+    topk_indices: torch.Tensor | None = None
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def n_query(self) -> int:
+        return int(self.query_labels.numel())
+
+    @property
+    def n_pos(self) -> torch.Tensor:
+        """[Q] int64 positives per query."""
+        return self.pos_offsets[1:] - self.pos_offsets[:-1]
+
+    def merge(self, other: RankStats) -> RankStats:
+        """Combine the statistics of two disjoint gallery shards (same queries, same positives)."""
+        if not torch.equal(self.pos_offsets, other.pos_offsets):
+            raise ValueError("cannot merge statistics computed with different positives")
+        topv, topi = self.topk_scores, self.topk_indices
+        if topv is not None and other.topk_scores is not None:
+            topv, topi = topv.clone(), topi.clone()  # type: ignore[union-attr]
+            _merge_topk(topv, topi, other.topk_scores, other.topk_indices)  # type: ignore[arg-type]
+        return replace(self, neg_hist=self.neg_hist + other.neg_hist, n_neg=self.n_neg + other.n_neg,
+                       max_neg=torch.maximum(self.max_neg, other.max_neg),
+                       topk_scores=topv, topk_indices=topi)
+
+    @staticmethod
+    def concat(parts: Sequence[RankStats]) -> RankStats:
+        """Join the statistics of consecutive query shards, in order."""
+        first = parts[0]
+        offsets = [first.pos_offsets]
+        for p in parts[1:]:
+            offsets.append(p.pos_offsets[1:] + offsets[-1][-1])
+
+        def cat(name: str) -> torch.Tensor | None:
+            values = [getattr(p, name) for p in parts]
+            return None if values[0] is None else torch.cat(values)
+
+        return replace(first, query_labels=cat("query_labels"), pos_offsets=torch.cat(offsets),
+                       pos_scores=cat("pos_scores"), neg_hist=cat("neg_hist"), n_neg=cat("n_neg"),
+                       max_neg=cat("max_neg"), topk_scores=cat("topk_scores"),
+                       topk_indices=cat("topk_indices"))
+
+
+def parse_memory(text: str | int | None) -> int | None:
+    """``"2GB"``, ``"512MB"``, ``"1.5GiB"`` or a byte count → bytes (None passes through)."""
+    if text is None or isinstance(text, int):
+        return text
+    units = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "KIB": 2**10, "M": 1e6, "MB": 1e6, "MIB": 2**20,
+             "G": 1e9, "GB": 1e9, "GIB": 2**30, "T": 1e12, "TB": 1e12, "TIB": 2**40}
+    s = text.strip().upper().replace(" ", "")
+    num = s.rstrip("KMGTIB")
+    try:
+        value = float(num) * units[s[len(num):]]
+    except (ValueError, KeyError):
+        raise OptionError(f"--memory: cannot read {text!r} (examples: 512MB, 2GB)") from None
+    if value < 1 << 20:
+        raise OptionError(f"--memory: {text!r} is too small (at least 1MB)")
+    return int(value)
+
+
+def positive_pairs(query_labels: torch.Tensor, gallery_labels: torch.Tensor,
+                   query_cameras: torch.Tensor | None = None,
+                   gallery_cameras: torch.Tensor | None = None,
+                   protocol: Protocol = Protocol()) -> tuple[torch.Tensor, torch.Tensor]:
+    """All (query, gallery) positive pairs after the protocol's exclusions.
+
+    Returns ``(qid, gid)``, each [M] int64, grouped by query (queries ascending).
+    Labels < 0 are unknown and never positives.
+    """
+    order = torch.argsort(gallery_labels, stable=True)
+    sorted_labels = gallery_labels[order]
+    lo = torch.searchsorted(sorted_labels, query_labels, right=False)
+    hi = torch.searchsorted(sorted_labels, query_labels, right=True)
+    counts = torch.where(query_labels >= 0, hi - lo, torch.zeros_like(lo))
+    qid = torch.repeat_interleave(torch.arange(len(query_labels)), counts)
+    starts = torch.cumsum(counts, 0) - counts
+    within = torch.arange(len(qid)) - torch.repeat_interleave(starts, counts)
+    gid = order[torch.repeat_interleave(lo, counts) + within]
+    keep = torch.ones(len(qid), dtype=torch.bool)
+    if protocol.exclude_same_camera:
+        keep &= gallery_cameras[gid] != query_cameras[qid]  # type: ignore[index]
+    if protocol.exclude_self:
+        keep &= gid != qid
+    return qid[keep], gid[keep]
+
+
+def rank_stats(
+    query: EmbeddingSet,
+    gallery: EmbeddingSet,
+    *,
+    metric: str = "cosine",
+    protocol: Protocol = Protocol(),
+    topk: int = 0,
+    device: str = "auto",
+    precision: str = "fp32",
+    memory: int | str | None = None,
+    block_size: int | None = None,
+    gallery_range: tuple[int, int] | None = None,
+    backend: str = "auto",
+    progress: Progress | None = None,
+) -> RankStats:
+    """Stream the gallery once and return the exact :class:`RankStats` of every query.
+
+    ``block_size``: gallery rows per block (default: from ``memory``, bytes or "2GB").
+    ``gallery_range``: only items ``[a, b)`` take part in the negative pass (a shard);
+    positives always come from the whole gallery, so shards merge exactly.
+    ``backend``: ``"numba"`` (CPU fp32: fused compiled pass over fixed tiles, bit-identical
+    for any block size, shard split or thread count), ``"torch"`` (CUDA, other precisions),
+    or ``"auto"``.
+    """
+    check_metric(metric)
+    _check_inputs(query, gallery, protocol, topk)
+    dev = resolve_device(device)
+    matmul_dtype(precision)
+    if backend == "auto":
+        backend = "numba" if (dev.type == "cpu" and precision == "fp32" and _kernels.AVAILABLE) \
+            else "torch"
+    if backend not in ("numba", "torch"):
+        raise OptionError(f"unknown backend {backend!r} (numba, torch, auto)")
+    a, b = gallery_range or (0, gallery.n)
+    if not 0 <= a <= b <= gallery.n:
+        raise OptionError(f"gallery range [{a}, {b}) is outside the gallery (size {gallery.n})")
+    budget = parse_memory(memory) or _default_memory(dev)
+    rows = block_size or max(1, budget // max(1, 8 * gallery.dim))  # gallery block: ≤ budget / 2
+
+    qemb = query.embeddings
+    qa = aux(qemb, metric)
+    ga = torch.empty(gallery.n, dtype=torch.float32)
+    qid, gid = positive_pairs(query.labels, gallery.labels, query.cameras, gallery.cameras, protocol)
+    pos = _positive_scores(qemb, qa, gallery, ga, qid, gid, metric, rows)
+    counts = torch.bincount(qid, minlength=query.n)
+    offsets = torch.zeros(query.n + 1, dtype=torch.int64)
+    torch.cumsum(counts, 0, out=offsets[1:])
+
+    stats = RankStats(
+        metric=metric, n_gallery=gallery.n, query_labels=query.labels.clone(),
+        pos_offsets=offsets, pos_scores=pos,
+        neg_hist=torch.zeros(len(pos) + query.n, dtype=torch.int64),
+        n_neg=torch.zeros(query.n, dtype=torch.int64),
+        max_neg=torch.full((query.n,), float("-inf")),
+        topk_scores=torch.full((query.n, topk), float("-inf")) if topk else None,
+        topk_indices=torch.full((query.n, topk), NO_INDEX, dtype=torch.int64) if topk else None,
+    )
+    if backend == "numba":
+        from ._cpu_engine import negative_pass
+    else:
+        from ._torch_engine import negative_pass  # type: ignore[assignment]
+    negative_pass(stats, query, gallery, qemb, qa, ga, protocol, (a, b), rows,
+                  device=dev, precision=precision, budget=budget, progress=progress)
+    return stats
+
+
+def _check_inputs(query: EmbeddingSet, gallery: EmbeddingSet, protocol: Protocol,
+                  topk: int) -> None:
+    if query.dim != gallery.dim:
+        raise OptionError(f"{query.name} has {query.dim}-dimensional embeddings but "
+                          f"{gallery.name} has {gallery.dim}")
+    if protocol.exclude_same_camera:
+        for s in (query, gallery):
+            if s.cameras is None:
+                raise OptionError(f"--exclude-same-camera: {s.name} has no 'cameras' tensor")
+    if protocol.exclude_self and query.n != gallery.n:
+        raise OptionError(f"--exclude-self needs the same set as query and gallery, got "
+                          f"{query.n} queries and {gallery.n} gallery items")
+    if topk < 0 or topk > gallery.n:
+        raise OptionError(f"k={topk} must be between 1 and the gallery size ({gallery.n})")
+
+
+def _default_memory(dev: torch.device) -> int:
+    if dev.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(dev)
+        return int(free * 0.6)
+    return int(os.environ.get("EMBEVAL_CPU_MEMORY", 1 << 30))
+
+
+def _positive_scores(qemb: torch.Tensor, qa: torch.Tensor, gallery: EmbeddingSet,
+                     ga: torch.Tensor, qid: torch.Tensor, gid: torch.Tensor, metric: str,
+                     rows: int, chunk: int = 16384) -> torch.Tensor:
+    """Scores of the positive pairs, sorted ascending within each query: [M] float32.
+
+    Streams the gallery once in blocks of ``rows``; fills ``ga`` ([G] gallery aux) on the way.
+    """
+    by_gallery = torch.argsort(gid, stable=True)
+    g_sorted = gid[by_gallery]
+    pos = torch.empty(len(gid), dtype=torch.float32)
+    step = max(rows, 4096)
+    for a in range(0, gallery.n, step):
+        block = gallery.rows(a, min(a + step, gallery.n))
+        ga[a:a + len(block)] = aux(block, metric)
+        lo, hi = (int(x) for x in torch.searchsorted(g_sorted, torch.tensor([a, a + len(block)])))
+        sel = by_gallery[lo:hi]
+        q, g = qid[sel], gid[sel]
+        if _kernels.AVAILABLE:
+            dot = torch.empty(len(sel))
+            _kernels.pair_dots(qemb.numpy(), block.numpy(), q.numpy(), g.numpy(), a, dot.numpy())
+        else:
+            dot = torch.cat([(qemb[q[c:c + chunk]] * block[g[c:c + chunk] - a]).sum(dim=1)
+                             for c in range(0, len(sel), chunk)] or [torch.empty(0)])
+        pos[sel] = transform(dot, qa[q], ga[g], metric)
+    order = torch.argsort(pos, stable=True)
+    order = order[torch.argsort(qid[order], stable=True)]
+    return pos[order]
+
+
+def _merge_topk(av: torch.Tensor, ai: torch.Tensor, bv: torch.Tensor, bi: torch.Tensor) -> None:
+    """In place: ``av``/``ai`` ← the best k of both lists (score desc, index asc)."""
+    if _kernels.AVAILABLE:
+        _kernels.merge_topk(av.numpy(), ai.numpy(), bv.numpy(), bi.numpy())
+        return
+    v = torch.cat([av, bv], 1)
+    i = torch.cat([ai, bi], 1)
+    order = torch.argsort(i, dim=1, stable=True)
+    v, i = v.gather(1, order), i.gather(1, order)
+    order = torch.argsort(v, dim=1, descending=True, stable=True)[:, : av.shape[1]]
+    av.copy_(v.gather(1, order))
+    ai.copy_(i.gather(1, order))
