@@ -5,38 +5,69 @@ Exit codes: 0 success, 2 bad input or usage (one line on stderr), 1 internal err
 
 from __future__ import annotations
 
+import re
 import sys
 
-import click
+import typer
 import typer.main
 
-from ..errors import EmbevalError
-from . import evaluate_cmds  # noqa: F401  (registers score, knn, cmc, pr)
+from embeval.errors import EmbevalError
+
+from . import (
+    evaluate_cmds,  # noqa: F401  (registers score, knn, cmc, pr)
+)
 from ._app import app
 
 __all__ = ["app", "main"]
 
+try:  # Typer >= 0.22 ships its own copy of click
+    from typer._click import exceptions as _click_errors
+except ImportError:  # pragma: no cover - older Typer uses click itself
+    from click import exceptions as _click_errors
+
+MULTI_VALUE = {"-k", "--k"}  # `-k 1 5 10` means `-k 1 -k 5 -k 10`
+_INT = re.compile(r"^[+-]?\d+$")
+
+
+def expand_multi(argv: list[str]) -> list[str]:
+    """Rewrite ``-k 1 5 10`` into repeated options, the form click parses."""
+    out: list[str] = []
+    flag, taken = None, 0
+    for arg in argv:
+        if flag and _INT.match(arg):
+            out += [flag, arg]
+            taken += 1
+            continue
+        if flag and not taken:  # `-k` followed by a non-number: let click report it
+            out.append(flag)
+        flag, taken = (arg, 0) if arg in MULTI_VALUE else (None, 0)
+        if not flag:
+            out.append(arg)
+    if flag and not taken:
+        out.append(flag)
+    return out
+
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app and map errors to exit codes."""
+    args = expand_multi(sys.argv[1:] if argv is None else list(argv))
     cmd = typer.main.get_command(app)
     prog = "embeval"
     try:
-        rc = cmd.main(args=argv, prog_name=prog, standalone_mode=False)
-    except click.exceptions.NoArgsIsHelpError as e:  # `embeval` alone: show help, exit 2
-        print(e.ctx.get_help() if e.ctx else str(e), file=sys.stderr)
+        rc = cmd.main(args=args, prog_name=prog, standalone_mode=False)
+    except _click_errors.NoArgsIsHelpError:  # `embeval` alone: help (already shown), exit 2
         sys.exit(2)
-    except click.UsageError as e:
+    except _click_errors.UsageError as e:
         where = e.ctx.command_path if e.ctx else prog
         print(f"{where}: error: {e.format_message()}", file=sys.stderr)
         sys.exit(2)
-    except click.ClickException as e:
+    except _click_errors.ClickException as e:
         print(f"{prog}: error: {e.format_message()}", file=sys.stderr)
         sys.exit(2)
     except EmbevalError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         sys.exit(2)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         print(f"{prog}: interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(rc if isinstance(rc, int) else 0)

@@ -1,0 +1,71 @@
+"""Render an :class:`~embeval.EvalResult`: a Rich table, or one JSON object (``--json``)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from rich.table import Table
+
+from embeval.evaluate import EvalResult
+
+from ._app import stdout
+
+KEYS = {
+    "score": lambda ks: ["accuracy", *(f"top{k}_accuracy" for k in ks), "hard_pos", "hard_neg"],
+    "knn": lambda ks: ["knn_accuracy"],
+    "cmc": lambda ks: [*(f"rank{k}" for k in ks), "mAP", "mINP"],
+    "pr": lambda ks: ["mAP", "maxF1", "P@maxF1", "R@maxF1", "T@maxF1"],
+}
+SCORES = {"hard_pos", "hard_neg", "T@maxF1"}  # similarity scores, not fractions
+
+
+def _clean(x: float) -> float | None:
+    return None if math.isnan(x) or math.isinf(x) else x
+
+
+def payload(command: str, result: EvalResult, ks: list[int], extra: dict | None = None) -> dict:
+    """The ``--json`` object of DESIGN.md section 5 (NaN → null)."""
+    metrics = {k: _clean(result.metrics[k]) for k in KEYS[command](ks)}
+    out = {"command": command, "metric": result.stats.metric, "n_query": result.n_query,
+           "n_gallery": result.n_gallery, "n_valid": result.n_valid}
+    out.update(extra or {})
+    out["metrics"] = metrics
+    out["options"] = result.options
+    out["elapsed_s"] = round(result.elapsed_s, 4)
+    return out
+
+
+def render(command: str, result: EvalResult, ks: list[int], *, as_json: bool,
+           extra: dict | None = None) -> None:
+    """Print the result on stdout: one JSON object, or a table."""
+    data = payload(command, result, ks, extra)
+    if as_json:
+        print(json.dumps(data))
+        return
+    opts = result.options
+    protocol = [name for name in ("exclude_same_camera", "exclude_self") if opts.get(name)]
+    if opts.get("aggregate", "none") != "none":
+        protocol.append(f"aggregate {opts['aggregate']}")
+    title = (f"embeval {command} · {data['metric']}"
+             + (f" · k={extra['k']}" if extra and "k" in extra else "")
+             + (f" · {', '.join(protocol)}" if protocol else ""))
+    table = Table(title=title, title_justify="left", show_edge=False)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in data["metrics"].items():
+        if value is None:
+            shown = "n/a"
+        elif key in SCORES:
+            shown = f"{value:.4f}"
+        else:
+            shown = f"{100 * value:.2f}%"
+        table.add_row(key, shown)
+    stdout.print(table)
+    skipped = result.n_query - result.n_valid
+    note = (f"{result.n_query} queries × {result.n_gallery} gallery items · {result.n_valid} with "
+            f"positives" + (f" ({skipped} without: " + ("skipped" if opts.get("no_positive") == "skip"
+                                                        else "counted as 0") + " for rank/mAP)"
+                            if skipped else "")
+            + f" · {result.elapsed_s:.2f}s")
+    stdout.print(note, style="dim", highlight=False)

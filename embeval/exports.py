@@ -1,0 +1,161 @@
+"""Result files: per-query CSV, kNN predictions, PR curves, score matrices, PR plots.
+
+Every writer goes through :func:`embeval.store.atomic_path`: a file appears under its
+final name complete, or not at all.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import struct
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from .errors import OptionError
+from .evaluate import EvalResult
+from .store import atomic_path
+
+__all__ = ["write_per_query", "write_predictions", "write_curves", "write_tensor_stream",
+           "write_pr_plot", "interpolated_precision", "require_matplotlib"]
+
+
+def _fmt(x: float) -> str:
+    return "" if math.isnan(x) or math.isinf(x) else (str(int(x)) if float(x).is_integer()
+                                                     else f"{x:.6g}")
+
+
+def write_per_query(path: str | os.PathLike[str], result: EvalResult,
+                    names: Sequence[str] | None = None) -> None:
+    """CSV, one row per query: index, label, n_pos, first_rank, last_rank, ap (+ max_f1, threshold).
+
+    Empty cells where a query has no positive. ``names``: optional label names.
+    """
+    pq = result.per_query
+    labels = result.stats.query_labels.tolist()
+    extra = [c for c in ("max_f1", "threshold@maxF1") if c in pq]
+    cols = ["n_pos", "first_rank", "last_rank", "ap", *extra]
+    values = {c: pq[c].tolist() for c in cols}
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["index", "label", *(["label_name"] if names else []), *cols])
+        for i, lab in enumerate(labels):
+            name = [names[lab] if 0 <= lab < len(names) else ""] if names else []
+            w.writerow([i, lab, *name, *(_fmt(values[c][i]) for c in cols)])
+
+
+def write_predictions(path: str | os.PathLike[str], result: EvalResult) -> None:
+    """CSV, one row per query: index, label, prediction, correct (0/1)."""
+    labels = result.stats.query_labels.tolist()
+    pred = result.per_query["knn_pred"].tolist()
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["index", "label", "prediction", "correct"])
+        for i, (lab, p) in enumerate(zip(labels, pred)):
+            w.writerow([i, lab, p, int(lab >= 0 and lab == p)])
+
+
+def write_curves(path: str | os.PathLike[str], result: EvalResult) -> None:
+    """Safetensors: ``precision``, ``recall`` [M] float64, ``threshold`` [M] float32 and
+    ``offsets`` [Q+1] int64 (query i's points are ``[offsets[i]:offsets[i+1]]``)."""
+    if result.pr_curves is None:
+        raise OptionError("PR curves were not computed (evaluate(..., pr=True))")
+    precision, recall, threshold, offsets = result.pr_curves
+    tensors = {"precision": precision.contiguous(), "recall": recall.contiguous(),
+               "threshold": threshold.contiguous(), "offsets": offsets.contiguous(),
+               "labels": result.stats.query_labels.contiguous()}
+    meta = {"embeval.curves": "1", "metric": result.stats.metric}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+
+
+_ST_DTYPES = {torch.float32: "F32", torch.int64: "I64"}
+
+
+def write_tensor_stream(path: str | os.PathLike[str],
+                        specs: Sequence[tuple[str, torch.dtype, tuple[int, ...]]],
+                        blocks: Iterator[dict[str, torch.Tensor]],
+                        metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file whose tensors arrive as row blocks (bounded memory).
+
+    ``specs``: (name, dtype, shape) of each tensor; ``blocks`` yields ``{name: rows}`` with
+    consecutive rows of every tensor, in order, until each is complete.
+    """
+    header: dict[str, object] = {"__metadata__": dict(metadata or {})}
+    offset = 0
+    for name, dtype, shape in specs:
+        size = int(np.prod(shape)) * torch.empty(0, dtype=dtype).element_size()
+        header[name] = {"dtype": _ST_DTYPES[dtype], "shape": list(shape),
+                        "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    # tensors are laid out one after another: buffer each tensor's later blocks in files
+    names = [s[0] for s in specs]
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        data_start = f.tell()
+        written = dict.fromkeys(names, 0)
+        starts = {n: data_start + header[n]["data_offsets"][0] for n in names}  # type: ignore[index]
+        for block in blocks:
+            for name, rows in block.items():
+                b = rows.contiguous().numpy().tobytes()
+                f.seek(starts[name] + written[name])
+                f.write(b)
+                written[name] += len(b)
+        f.truncate(data_start + offset)
+
+
+def interpolated_precision(result: EvalResult, levels: int = 101) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over queries with positives of the interpolated precision (max precision at recall ≥ r)
+    at ``levels`` recall values in [0, 1]: ``(recall [L], precision [L])``."""
+    precision, recall, _, offsets = (t.numpy() for t in result.pr_curves)  # type: ignore[union-attr]
+    grid = np.linspace(0, 1, levels)
+    total = np.zeros(levels)
+    n = 0
+    for a, b in zip(offsets[:-1], offsets[1:]):
+        if b == a:
+            continue
+        p = np.maximum.accumulate(precision[a:b][::-1])[::-1]  # recall ascending along a..b
+        idx = np.searchsorted(recall[a:b], grid, side="left")
+        total += np.where(idx < b - a, p[np.minimum(idx, b - a - 1)], 0.0)
+        n += 1
+    return grid, total / max(n, 1)
+
+
+def require_matplotlib():  # noqa: ANN201 - returns matplotlib.pyplot
+    """matplotlib.pyplot with the file-only Agg backend, or an OptionError saying how to get it."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise OptionError("--plot needs matplotlib: pip install 'embeval[plot]'") from None
+    return plt
+
+
+def write_pr_plot(path: str | os.PathLike[str], result: EvalResult,
+                  title: Callable[[], str] | str = "") -> None:
+    """PNG of the mean interpolated precision-recall curve (needs matplotlib: ``embeval[plot]``)."""
+    plt = require_matplotlib()
+    r, p = interpolated_precision(result)
+    fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
+    ax.plot(r, p, lw=2)
+    ax.set(xlabel="recall", ylabel="precision (interpolated, mean over queries)",
+           xlim=(0, 1), ylim=(0, 1.02), title=title() if callable(title) else title)
+    ax.grid(alpha=0.3)
+    m = result.metrics
+    ax.text(0.02, 0.04, f"mAP {m['mAP']:.4f}   maxF1 {m.get('maxF1', float('nan')):.4f}",
+            transform=ax.transAxes)
+    fig.tight_layout()
+    suffix = Path(path).suffix.lstrip(".") or "png"
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=suffix)
+    plt.close(fig)
