@@ -1,0 +1,168 @@
+"""``embeval extract``: image folders -> embedding files (options in, summary out)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ..errors import InputFileError, OptionError
+from ..extract import ExtractOptions, extract_to_files
+from ..images import LAYOUTS, Preprocessing, list_image_sets
+from ..models import BACKBONES, load_model
+from ..similarity import resolve_device
+from ._app import app, check_writable, interactive, stderr, stdout
+
+H_W = "H W"
+
+
+@app.command("extract", no_args_is_help=True)
+def extract(
+    model: Annotated[str, typer.Argument(
+        help="An embeval checkpoint (.safetensors), a TorchScript file, a torch.export .pt2, "
+             f"package.module:callable, or a built-in backbone ({', '.join(BACKBONES)}).")],
+    images: Annotated[Optional[Path], typer.Argument(
+        help="One image set to embed into -o FILE (a folder, or a CSV path,label[,camera]).")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", help="Output embedding file for IMAGES.")] = None,
+    query: Annotated[Optional[Path], typer.Option(help="Query image set.")] = None,
+    gallery: Annotated[Optional[Path], typer.Option(help="Gallery image set.")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option(
+        help="Folder for query.safetensors / gallery.safetensors (created if missing).")] = None,
+    size: Annotated[Optional[tuple[int, int]], typer.Option(
+        metavar=H_W, help="Resize to H W (default: the model's own, else 224 224).")] = None,
+    crop: Annotated[Optional[tuple[int, int]], typer.Option(
+        metavar=H_W, help="Center crop to H W after the resize.")] = None,
+    mean: Annotated[Optional[tuple[float, float, float]], typer.Option(
+        metavar="R G B", help="Normalisation mean for [0, 1] pixels (default ImageNet).")] = None,
+    std: Annotated[Optional[tuple[float, float, float]], typer.Option(
+        metavar="R G B", help="Normalisation std (default ImageNet).")] = None,
+    flip: Annotated[bool, typer.Option(
+        "--flip", help="Average the embeddings of each image and its mirror image.")] = False,
+    normalize: Annotated[bool, typer.Option(
+        "--normalize", help="L2-normalise the embeddings.")] = False,
+    layout: Annotated[str, typer.Option(
+        help=f"Image set layout: {', '.join(LAYOUTS)} (auto: a CSV file or a class-folder "
+             "tree, or regex when --label-regex is given).")] = "auto",
+    label_regex: Annotated[Optional[str], typer.Option(
+        help="Regex on flat file names with named groups 'label' and optional 'camera'.")] = None,
+    weights: Annotated[Optional[Path], typer.Option(
+        help="State dict for a module:callable or built-in MODEL (safetensors, or "
+             "torch.save loaded with weights_only=True).")] = None,
+    layer: Annotated[Optional[str], typer.Option(
+        help="Take the (flattened) output of this submodule as the embedding.")] = None,
+    head: Annotated[Optional[str], typer.Option(
+        help="'identity': replace the classifier (fc / classifier / head) by identity.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    precision: Annotated[str, typer.Option(
+        help="fp32, tf32, bf16 or fp16 (autocast; reduced precisions are for CUDA).")] = "fp32",
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
+    workers: Annotated[Optional[int], typer.Option(
+        help="Decoding processes (default min(4, CPU count); 0 decodes in this process).")] = None,
+    skip_bad: Annotated[bool, typer.Option(
+        "--skip-bad", help="Skip images that fail to decode (listed in the metadata).")] = False,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue an interrupted run, reusing its finished chunks.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Embed images with a model: [bold]extract MODEL --query DIR --gallery DIR --out-dir DIR[/]
+    or [bold]extract MODEL IMAGES -o FILE[/]."""
+    sets = _jobs(images, out, query, gallery, out_dir)
+    for _, _, path in sets:
+        if out_dir is None:
+            check_writable(path, "--out")
+    dev = resolve_device(device)
+    image_lists = list_image_sets([src for _, src, _ in sets], layout=layout,
+                                  label_regex=label_regex)
+    loaded = load_model(model, weights=None if weights is None else str(weights), layer=layer,
+                        head=head)
+    base = loaded.preprocessing or Preprocessing()
+    prep = Preprocessing.from_dict(base.to_dict(), size=size, crop=crop, mean=mean, std=std)
+    options = ExtractOptions(prep, device=dev, batch_size=batch_size, workers=workers,
+                             precision=precision, flip=flip, normalize=normalize,
+                             skip_bad=skip_bad)
+    if out_dir is not None:
+        _make_dir(out_dir)
+    if model in BACKBONES and weights is None and interactive():
+        stderr.print(f"note: {model} without --weights is an untrained network (fixed seed): "
+                     "a baseline, not a trained model")
+    start = time.perf_counter()
+    with _images_bar("extracting") as update:
+        results = extract_to_files(loaded, [(im, p) for im, (_, _, p) in zip(image_lists, sets)],
+                                   options, resume=resume, progress=update)
+    wall = time.perf_counter() - start
+    rows = [{"set": name, "path": str(path), "n": ext.embeddings.shape[0],
+             "dim": ext.embeddings.shape[1], "skipped": [n for n, _ in ext.skipped],
+             "resumed": len(ext.images) - ext.computed, "seconds": round(ext.seconds, 3),
+             "images_per_second": round(ext.images_per_second, 1)}
+            for (name, _, _), (path, ext) in zip(sets, results)]
+    if json_out:
+        print(json.dumps({"command": "extract", "model": loaded.name, "device": str(dev),
+                          "preprocessing": prep.to_dict(), "flip": flip, "normalized": normalize,
+                          "seconds": round(wall, 3), "files": rows}))
+        return
+    table = Table(title=f"extract: {loaded.name} on {dev}", title_justify="left")
+    for col in ("set", "file", "N", "D", "skipped", "images/s"):
+        table.add_column(col, justify="left" if col in ("set", "file") else "right")
+    for r in rows:
+        table.add_row(r["set"], r["path"], str(r["n"]), str(r["dim"]), str(len(r["skipped"])),
+                      f"{r['images_per_second']:.0f}")
+    stdout.print(table)
+
+
+def _jobs(images: Path | None, out: Path | None, query: Path | None, gallery: Path | None,
+          out_dir: Path | None) -> list[tuple[str, Path, Path]]:
+    """(set name, source, output file) for each set to embed."""
+    if images is not None:
+        if query is not None or gallery is not None or out_dir is not None:
+            raise OptionError("give either IMAGES -o FILE or --query/--gallery with --out-dir, "
+                              "not both")
+        if out is None:
+            raise OptionError("IMAGES needs -o/--out FILE")
+        return [("images", images, out)]
+    if out is not None:
+        raise OptionError("-o/--out goes with IMAGES; with --query/--gallery use --out-dir")
+    if query is None and gallery is None:
+        raise OptionError("nothing to embed: give IMAGES -o FILE or --query/--gallery DIR")
+    if out_dir is None:
+        raise OptionError("--query/--gallery need --out-dir DIR")
+    return [(name, src, out_dir / f"{name}.safetensors")
+            for name, src in (("query", query), ("gallery", gallery)) if src is not None]
+
+
+def _make_dir(path: Path) -> None:
+    if path.exists() and not path.is_dir():
+        raise InputFileError(path, "--out-dir: exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputFileError(path, f"--out-dir: cannot create ({e.strerror or e})") from None
+
+
+@contextmanager
+def _images_bar(description: str) -> Iterator[Callable[[int, int], None]]:
+    """``update(done, total)`` drawing a bar with images/s on stderr, only on a terminal."""
+    if not interactive():
+        yield lambda done, total: None
+        return
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[rate]}"), TimeElapsedColumn()]
+    with Progress(*columns, console=stderr, transient=True) as bar:
+        task = bar.add_task(description, total=None, rate="")
+        state = {"t0": time.perf_counter(), "first": None}
+
+        def update(done: int, total: int) -> None:
+            if state["first"] is None:  # resumed images do not count towards the rate
+                state["first"], state["t0"] = done, time.perf_counter()
+            dt = time.perf_counter() - state["t0"]
+            rate = f"{(done - state['first']) / dt:,.0f} img/s" if dt > 0 and done else ""
+            bar.update(task, completed=done, total=total, rate=rate)
+
+        yield update
