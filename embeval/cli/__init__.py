@@ -15,6 +15,7 @@ from embeval.errors import EmbevalError
 
 from . import (
     evaluate_cmds,  # noqa: F401  (registers score, knn, cmc, pr)
+    extract_cmd,  # noqa: F401  (registers extract)
 )
 from ._app import app
 
