@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -28,21 +28,21 @@ def extract(
     model: Annotated[str, typer.Argument(
         help="An embeval checkpoint (.safetensors), a TorchScript file, a torch.export .pt2, "
              f"package.module:callable, or a built-in backbone ({', '.join(BACKBONES)}).")],
-    images: Annotated[Optional[Path], typer.Argument(
+    images: Annotated[Path | None, typer.Argument(
         help="One image set to embed into -o FILE (a folder, or a CSV path,label[,camera]).")] = None,
-    out: Annotated[Optional[Path], typer.Option(
+    out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Output embedding file for IMAGES.")] = None,
-    query: Annotated[Optional[Path], typer.Option(help="Query image set.")] = None,
-    gallery: Annotated[Optional[Path], typer.Option(help="Gallery image set.")] = None,
-    out_dir: Annotated[Optional[Path], typer.Option(
+    query: Annotated[Path | None, typer.Option(help="Query image set.")] = None,
+    gallery: Annotated[Path | None, typer.Option(help="Gallery image set.")] = None,
+    out_dir: Annotated[Path | None, typer.Option(
         help="Folder for query.safetensors / gallery.safetensors (created if missing).")] = None,
-    size: Annotated[Optional[tuple[int, int]], typer.Option(
+    size: Annotated[tuple[int, int] | None, typer.Option(
         metavar=H_W, help="Resize to H W (default: the model's own, else 224 224).")] = None,
-    crop: Annotated[Optional[tuple[int, int]], typer.Option(
+    crop: Annotated[tuple[int, int] | None, typer.Option(
         metavar=H_W, help="Center crop to H W after the resize.")] = None,
-    mean: Annotated[Optional[tuple[float, float, float]], typer.Option(
+    mean: Annotated[tuple[float, float, float] | None, typer.Option(
         metavar="R G B", help="Normalisation mean for [0, 1] pixels (default ImageNet).")] = None,
-    std: Annotated[Optional[tuple[float, float, float]], typer.Option(
+    std: Annotated[tuple[float, float, float] | None, typer.Option(
         metavar="R G B", help="Normalisation std (default ImageNet).")] = None,
     flip: Annotated[bool, typer.Option(
         "--flip", help="Average the embeddings of each image and its mirror image.")] = False,
@@ -51,20 +51,20 @@ def extract(
     layout: Annotated[str, typer.Option(
         help=f"Image set layout: {', '.join(LAYOUTS)} (auto: a CSV file or a class-folder "
              "tree, or regex when --label-regex is given).")] = "auto",
-    label_regex: Annotated[Optional[str], typer.Option(
+    label_regex: Annotated[str | None, typer.Option(
         help="Regex on flat file names with named groups 'label' and optional 'camera'.")] = None,
-    weights: Annotated[Optional[Path], typer.Option(
+    weights: Annotated[Path | None, typer.Option(
         help="State dict for a module:callable or built-in MODEL (safetensors, or "
              "torch.save loaded with weights_only=True).")] = None,
-    layer: Annotated[Optional[str], typer.Option(
+    layer: Annotated[str | None, typer.Option(
         help="Take the (flattened) output of this submodule as the embedding.")] = None,
-    head: Annotated[Optional[str], typer.Option(
+    head: Annotated[str | None, typer.Option(
         help="'identity': replace the classifier (fc / classifier / head) by identity.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     precision: Annotated[str, typer.Option(
         help="fp32, tf32, bf16 or fp16 (autocast; reduced precisions are for CUDA).")] = "fp32",
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
-    workers: Annotated[Optional[int], typer.Option(
+    workers: Annotated[int | None, typer.Option(
         help="Decoding processes (default min(4, CPU count); 0 decodes in this process).")] = None,
     skip_bad: Annotated[bool, typer.Option(
         "--skip-bad", help="Skip images that fail to decode (listed in the metadata).")] = False,
