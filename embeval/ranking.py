@@ -119,7 +119,7 @@ def parse_memory(text: str | int | None) -> int | None:
         value = float(num) * units[s[len(num):]]
     except (ValueError, KeyError):
         raise OptionError(f"--memory: cannot read {text!r} (examples: 512MB, 2GB)") from None
-    if value < 1 << 20:
+    if value < 1e6:
         raise OptionError(f"--memory: {text!r} is too small (at least 1MB)")
     return int(value)
 

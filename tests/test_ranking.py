@@ -1,0 +1,145 @@
+"""Engine invariants: blocks, shards, threads, backends, and the top-k tie rule."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import embeval
+from embeval import metrics as M
+from embeval.ranking import NO_INDEX, Protocol, RankStats, rank_stats
+
+FIELDS = ("pos_offsets", "pos_scores", "neg_hist", "n_neg", "max_neg", "topk_scores", "topk_indices")
+
+
+def assert_same(a: RankStats, b: RankStats) -> None:
+    for name in FIELDS:
+        x, y = getattr(a, name), getattr(b, name)
+        assert (x is None) == (y is None), name
+        if x is not None:
+            assert torch.equal(x, y), name
+
+
+def sets(nq: int = 300, ng: int = 2500, d: int = 24, classes: int = 30, seed: int = 0,
+         integer: bool = False) -> tuple[embeval.EmbeddingSet, embeval.EmbeddingSet]:
+    g = torch.Generator().manual_seed(seed)
+    if integer:
+        qe, ge = (torch.randint(-2, 3, (n, d), generator=g).float() for n in (nq, ng))
+    else:
+        centres = torch.randn(classes, d, generator=g)
+        ql, gl = (torch.randint(-1, classes, (n,), generator=g) for n in (nq, ng))
+        qe = centres[ql.clamp_min(0)] + 1.5 * torch.randn(nq, d, generator=g)
+        ge = centres[gl.clamp_min(0)] + 1.5 * torch.randn(ng, d, generator=g)
+        return (embeval.EmbeddingSet(qe, ql, torch.randint(0, 3, (nq,), generator=g)),
+                embeval.EmbeddingSet(ge, gl, torch.randint(0, 3, (ng,), generator=g)))
+    ql, gl = (torch.randint(-1, classes, (n,), generator=g) for n in (nq, ng))
+    return embeval.EmbeddingSet(qe, ql), embeval.EmbeddingSet(ge, gl)
+
+
+@pytest.mark.parametrize("metric", embeval.METRICS)
+def test_bit_identical_for_any_block_size(metric: str) -> None:
+    q, g = sets()
+    ref = rank_stats(q, g, metric=metric, topk=7, device="cpu")
+    for block in (1, 7, 64, 2049, g.n):
+        assert_same(rank_stats(q, g, metric=metric, topk=7, device="cpu", block_size=block), ref)
+
+
+def test_bit_identical_for_any_thread_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    q, g = sets(nq=1100)  # three query tiles: both the shared and the private-state schedules
+    ref = rank_stats(q, g, metric="cosine", topk=5, device="cpu")
+    for threads in ("1", "3", "8"):
+        monkeypatch.setenv("EMBEVAL_THREADS", threads)
+        assert_same(rank_stats(q, g, metric="cosine", topk=5, device="cpu"), ref)
+
+
+@pytest.mark.parametrize("cuts", [(0, 1000, 2500), (0, 1, 2047, 2048, 2500), (0, 2500)])
+def test_gallery_shards_merge_exactly(cuts: tuple[int, ...]) -> None:
+    q, g = sets()
+    protocol = Protocol(exclude_same_camera=True)
+    ref = rank_stats(q, g, metric="euclid", protocol=protocol, topk=4, device="cpu")
+    parts = [rank_stats(q, g, metric="euclid", protocol=protocol, topk=4, device="cpu",
+                        gallery_range=(a, b)) for a, b in zip(cuts[:-1], cuts[1:])]
+    merged = parts[0]
+    for p in reversed(parts[1:]):  # any merge order
+        merged = merged.merge(p)
+    assert_same(merged, ref)
+
+
+def test_query_shards_concatenate_exactly() -> None:
+    q, g = sets()
+    ref = rank_stats(q, g, metric="inner", topk=3, device="cpu")
+    # a query shard is computed as its own query set: tiles shrink to its size, so only
+    # the counts (not the last bits of the scores) are guaranteed: use exact integer data
+    qi, gi = sets(integer=True)
+    ref = rank_stats(qi, gi, metric="inner", topk=3, device="cpu")
+    parts = [rank_stats(embeval.EmbeddingSet(qi.embeddings[a:b], qi.labels[a:b]), gi,
+                        metric="inner", topk=3, device="cpu") for a, b in ((0, 120), (120, 300))]
+    assert_same(RankStats.concat(parts), ref)
+
+
+@pytest.mark.parametrize("metric", embeval.METRICS)
+def test_torch_path_equals_numba_path(metric: str) -> None:
+    """The pure-PyTorch path (what CUDA runs) on CPU: exact on exactly representable data."""
+    q, g = sets(integer=True)
+    a = rank_stats(q, g, metric=metric, topk=6, device="cpu", backend="numba")
+    b = rank_stats(q, g, metric=metric, topk=6, device="cpu", backend="torch", block_size=333)
+    assert_same(a, b)
+    qf, gf = sets()
+    a = embeval.evaluate(qf, gf, metric=metric, device="cpu", knn_k=3)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(embeval.ranking._kernels, "AVAILABLE", False)  # force the fallback
+        b = embeval.evaluate(qf, gf, metric=metric, device="cpu", knn_k=3, block_size=500)
+    for key, value in a.metrics.items():
+        assert b.metrics[key] == pytest.approx(value, abs=1e-5), key
+
+
+def test_topk_ties_prefer_lower_gallery_index() -> None:
+    q = embeval.EmbeddingSet(torch.tensor([[1.0, 0.0]]), [0])
+    g = embeval.EmbeddingSet(torch.tensor([[0.5, 0], [1, 0], [0.5, 0], [0.5, 0], [1, 0]]), [1, 2, 3, 0, 4])
+    for backend, block in (("numba", None), ("numba", 1), ("torch", 2)):
+        s = rank_stats(q, g, metric="inner", topk=4, device="cpu", backend=backend, block_size=block)
+        assert s.topk_indices.tolist() == [[1, 4, 0, 2]], backend
+    same = embeval.EmbeddingSet(torch.ones(2, 2), [0, 0])
+    s = rank_stats(same, same, metric="inner", topk=2, device="cpu", protocol=Protocol(exclude_self=True))
+    assert s.topk_indices.tolist() == [[1, NO_INDEX], [0, NO_INDEX]]  # self dropped, a slot stays empty
+
+
+def test_constant_embedding_scores_pessimistically() -> None:
+    """Everything tied: every negative ranks ahead of every positive."""
+    q = embeval.EmbeddingSet(torch.ones(2, 3), [0, 1])
+    g = embeval.EmbeddingSet(torch.ones(4, 3), [0, 1, 1, 2])
+    s = rank_stats(q, g, metric="cosine", device="cpu")
+    assert M.first_hit_rank(s).tolist() == [4.0, 3.0]  # 3 and 2 negatives ahead
+    assert M.average_precision(s).tolist() == [0.25, 0.5]
+
+
+def test_knn_vote_and_class_tie_rule() -> None:
+    q = embeval.EmbeddingSet(torch.tensor([[1.0, 0.0]]), [7])
+    # ranked: 9 (0.9), 7 (0.8), 9 (0.7), 7 (0.6), -1 (0.5): k=4 ties 9 and 7 -> 9 ranks first
+    g = embeval.EmbeddingSet(torch.tensor([[0.9, 0], [0.8, 0], [0.7, 0], [0.6, 0], [0.5, 0]]),
+                             [9, 7, 9, 7, -1])
+    s = rank_stats(q, g, metric="inner", topk=5, device="cpu")
+    assert M.knn_predict(s, g.labels, k=4).tolist() == [9]
+    assert M.knn_predict(s, g.labels, k=2).tolist() == [9]
+    assert M.knn_predict(s, g.labels, k=1).tolist() == [9]
+
+
+def test_lazy_gallery_streams_with_tiny_blocks(tmp_path) -> None:
+    q, g = sets()
+    p = embeval.save(tmp_path / "g.safetensors", g.embeddings, g.labels, g.cameras)
+    lazy = embeval.load(p)
+    assert lazy.is_lazy
+    ref = rank_stats(q, g, metric="cosine", topk=2, device="cpu")
+    assert_same(rank_stats(q, lazy, metric="cosine", topk=2, device="cpu", memory="1MB"), ref)
+
+
+def test_input_errors() -> None:
+    q, g = sets()
+    with pytest.raises(embeval.OptionError, match="3-dimensional embeddings but .* has 24"):
+        rank_stats(embeval.EmbeddingSet(torch.ones(2, 3), [0, 1]), g, device="cpu")
+    with pytest.raises(embeval.OptionError, match="has no 'cameras'"):
+        rank_stats(*sets(integer=True), protocol=Protocol(exclude_same_camera=True), device="cpu")
+    with pytest.raises(embeval.OptionError, match="same set"):
+        rank_stats(q, g, protocol=Protocol(exclude_self=True), device="cpu")
+    with pytest.raises(embeval.OptionError, match="unknown metric"):
+        rank_stats(q, g, metric="manhattan", device="cpu")

@@ -1,0 +1,89 @@
+"""The embedding file: round trips, lazy reads, validation messages, atomic writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import embeval
+from embeval.errors import InputFileError
+
+
+def test_round_trip_lazy_and_in_memory(tmp_path: Path) -> None:
+    emb = torch.randn(50, 7)
+    labels = torch.arange(50) % 4 - 1
+    cams = torch.arange(50) % 3
+    p = embeval.save(tmp_path / "e.safetensors", emb, labels, cams, metadata={"model": "m"},
+                     paths=[f"img/{i}é.png" for i in range(50)])
+    lazy = embeval.load(p)
+    assert lazy.is_lazy and lazy.n == 50 and lazy.dim == 7
+    assert torch.equal(lazy.rows(10, 20), emb[10:20])
+    idx = torch.tensor([49, 0, 17, 17, 3])
+    assert torch.equal(lazy.take(idx), emb[idx])
+    assert torch.equal(lazy.labels, labels) and torch.equal(lazy.cameras, cams)
+    assert lazy.metadata["embeval.format"] == "1" and lazy.metadata["model"] == "m"
+    assert lazy.paths[3] == "img/3é.png"
+    eager = embeval.load(p, lazy=False)
+    assert not eager.is_lazy and torch.equal(eager.embeddings, emb)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_files_read_as_float32(tmp_path: Path, dtype: torch.dtype) -> None:
+    emb = torch.randn(5, 3).to(dtype)
+    p = embeval.save(tmp_path / "h.safetensors", emb, torch.zeros(5, dtype=torch.int64))
+    rows = embeval.load(p).rows(0, 5)
+    assert rows.dtype == torch.float32 and torch.equal(rows, emb.float())
+
+
+def _raw(path: Path, **tensors: torch.Tensor) -> Path:
+    save_file(tensors, str(path))
+    return path
+
+
+@pytest.mark.parametrize(("tensors", "message"), [
+    (dict(labels=torch.zeros(3, dtype=torch.int64)), "missing tensor 'embeddings'"),
+    (dict(embeddings=torch.zeros(3, 2)), "missing tensor 'labels'"),
+    (dict(embeddings=torch.zeros(3, 2, dtype=torch.int64), labels=torch.zeros(3, dtype=torch.int64)),
+     "must be float32, float16 or bfloat16"),
+    (dict(embeddings=torch.zeros(6), labels=torch.zeros(6, dtype=torch.int64)), "must be 2-D"),
+    (dict(embeddings=torch.zeros(3, 2), labels=torch.zeros(4, dtype=torch.int64)),
+     "'labels' has 4 entries but embeddings have 3 rows"),
+    (dict(embeddings=torch.zeros(3, 2), labels=torch.zeros(3, dtype=torch.int32)),
+     "'labels' must be int64"),
+    (dict(embeddings=torch.zeros(0, 2), labels=torch.zeros(0, dtype=torch.int64)), "empty set"),
+    (dict(embeddings=torch.tensor([[0.0, 1.0], [float("nan"), 0.0]]),
+          labels=torch.zeros(2, dtype=torch.int64)), "row 1 contains NaN or Inf"),
+])
+def test_bad_files_name_the_file_and_the_problem(tmp_path: Path, tensors, message: str) -> None:
+    p = _raw(tmp_path / "bad.safetensors", **tensors)
+    with pytest.raises(InputFileError) as err:
+        embeval.load(p).rows(0, 2)  # lazy NaN checks happen when rows are read
+    assert str(p) in str(err.value) and message in str(err.value)
+
+
+def test_not_a_file(tmp_path: Path) -> None:
+    (tmp_path / "junk.safetensors").write_bytes(b"definitely not safetensors")
+    for path, message in [(tmp_path / "missing.safetensors", "no such file"),
+                          (tmp_path, "is a folder"),
+                          (tmp_path / "junk.safetensors", "not a readable safetensors file")]:
+        with pytest.raises(InputFileError, match=message):
+            embeval.load(path)
+
+
+def test_atomic_save_leaves_nothing_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "out.safetensors"
+    with pytest.raises(InputFileError):
+        embeval.save(target, torch.tensor([[float("inf")]]), torch.zeros(1, dtype=torch.int64))
+    with pytest.raises(InputFileError, match="does not exist"):
+        embeval.save(tmp_path / "nope" / "x.safetensors", torch.ones(1, 1), [0])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_label_names_metadata(tmp_path: Path) -> None:
+    p = embeval.save(tmp_path / "n.safetensors", torch.ones(2, 2), [0, 1],
+                     metadata={"label_names": json.dumps(["cat", "dog"])})
+    assert embeval.load(p).label_names == ["cat", "dog"]
