@@ -13,7 +13,6 @@ import typer
 from embeval import exports
 from embeval.errors import OptionError
 from embeval.evaluate import EvalResult, evaluate
-from embeval.metrics import check_ks
 from embeval.ranking import parse_memory
 from embeval.similarity import resolve_device, scores
 from embeval.store import EmbeddingSet, load
@@ -49,7 +48,8 @@ class NoPositive(str, Enum):
 QueryArg = Annotated[Path, typer.Argument(help="Query embeddings (.safetensors).", show_default=False)]
 GalleryArg = Annotated[Path, typer.Argument(help="Gallery embeddings (.safetensors).",
                                             show_default=False)]
-KsOpt = Annotated[list[int], typer.Option("-k", "--k", help="Rank cut-offs, e.g. -k 1 5 10.")]
+KsOpt = Annotated[list[int] | None, typer.Option(
+    "-k", "--k", help="Rank cut-offs, e.g. -k 1 5 10 (default: 1 5 10, capped at the gallery size).")]
 MetricOpt = Annotated[Metric, typer.Option(help="Similarity: higher = more similar.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 MemoryOpt = Annotated[str | None, typer.Option(help="Block memory budget, e.g. 2GB "
@@ -79,6 +79,14 @@ class Common:
     block_size: int | None
 
 
+def default_ks(ks: list[int] | None, query: Path, gallery: Path) -> list[int]:
+    """The user's -k values, or 1 5 10 capped at the gallery size."""
+    if ks:
+        return ks
+    n = load(gallery).n
+    return [k for k in (1, 5, 10) if k <= n] or [n]
+
+
 def _run(query: Path, gallery: Path, common: Common, *, ks: list[int], knn_k: int | None = None,
          pr: bool = False, outputs: dict[str, Path | None] | None = None) -> tuple[EvalResult, EmbeddingSet]:
     for option, path in (outputs or {}).items():
@@ -86,8 +94,8 @@ def _run(query: Path, gallery: Path, common: Common, *, ks: list[int], knn_k: in
     parse_memory(common.memory)
     resolve_device(common.device)
     q, g = load(query), load(gallery)
-    if common.aggregate == Aggregate.none:
-        check_ks(ks, g.n)
+    if q.dim != g.dim:
+        raise OptionError(f"{q.name} has {q.dim}-dimensional embeddings but {g.name} has {g.dim}")
     with progress_bar("ranking", "items") as update:
         result = evaluate(
             q, g, metric=common.metric.value, ks=ks, knn_k=knn_k,
@@ -105,7 +113,7 @@ def _common(metric, device, memory, precision, exclude_same_camera, exclude_self
 
 
 @app.command()
-def cmc(query: QueryArg, gallery: GalleryArg, ks: KsOpt = [1, 5, 10],
+def cmc(query: QueryArg, gallery: GalleryArg, ks: KsOpt = None,
         per_query: Annotated[Path | None, typer.Option(
             "--per-query", help="CSV, one row per query: ranks of first/last positive, AP.")] = None,
         metric: MetricOpt = Metric.cosine, device: DeviceOpt = "auto", memory: MemoryOpt = None,
@@ -116,6 +124,7 @@ def cmc(query: QueryArg, gallery: GalleryArg, ks: KsOpt = [1, 5, 10],
     """CMC rank-k, mAP and mINP (retrieval / re-identification)."""
     common = _common(metric, device, memory, precision, exclude_same_camera, exclude_self,
                      aggregate, no_positive, block_size)
+    ks = default_ks(ks, query, gallery)
     result, g = _run(query, gallery, common, ks=ks, outputs={"--per-query": per_query})
     if per_query:
         exports.write_per_query(per_query, result, g.label_names)
@@ -123,7 +132,7 @@ def cmc(query: QueryArg, gallery: GalleryArg, ks: KsOpt = [1, 5, 10],
 
 
 @app.command()
-def score(query: QueryArg, gallery: GalleryArg, ks: KsOpt = [1, 5, 10],
+def score(query: QueryArg, gallery: GalleryArg, ks: KsOpt = None,
           out: Annotated[Path | None, typer.Option(
               "--out", help="Write scores (.safetensors): the [Q, G] matrix when it fits 1 GB, "
                             "else the top-k per query.")] = None,
@@ -137,6 +146,7 @@ def score(query: QueryArg, gallery: GalleryArg, ks: KsOpt = [1, 5, 10],
     """Accuracy, top-k accuracy and hardest positive / negative scores."""
     common = _common(metric, device, memory, precision, exclude_same_camera, exclude_self,
                      aggregate, no_positive, block_size)
+    ks = default_ks(ks, query, gallery)
     topn = None
     if out is not None:
         qn, gn = load(query).n, load(gallery).n
