@@ -150,12 +150,8 @@ def hard_scores(stats: RankStats) -> tuple[torch.Tensor, torch.Tensor]:
     return hard_pos, hard_neg
 
 
-def pr_points(stats: RankStats) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-query PR points at each distinct positive score, thresholds descending.
-
-    Returns ``(precision [M'] float64, recall [M'] float64, threshold [M'] float32,
-    offsets [Q+1] int64)``: query i's points are ``[offsets[i]:offsets[i+1]]``.
-    """
+def _pr_counts(stats: RankStats) -> tuple[torch.Tensor, ...]:
+    """(TP, N, P, threshold, offsets) at each query's distinct positive scores, descending."""
     tp, n = positive_ranks(stats)
     qid, starts = _segments(stats)
     pos = stats.pos_scores
@@ -165,12 +161,20 @@ def pr_points(stats: RankStats) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     first[1:] |= pos[1:] != pos[:-1]
     sel = idx[first].flip(0)
     sel = sel[torch.argsort(qid[sel], stable=True)]  # queries ascending, thresholds descending
-    precision = tp[sel].double() / n[sel].double()
-    recall = tp[sel].double() / stats.n_pos[qid[sel]].double()
     counts = torch.bincount(qid[sel], minlength=stats.n_query)
     offsets = torch.zeros(stats.n_query + 1, dtype=torch.int64)
     torch.cumsum(counts, 0, out=offsets[1:])
-    return precision, recall, pos[sel], offsets
+    return tp[sel], n[sel], stats.n_pos[qid[sel]], pos[sel], offsets
+
+
+def pr_points(stats: RankStats) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-query PR points at each distinct positive score, thresholds descending.
+
+    Returns ``(precision [M'] float64, recall [M'] float64, threshold [M'] float32,
+    offsets [Q+1] int64)``: query i's points are ``[offsets[i]:offsets[i+1]]``.
+    """
+    tp, n, p, threshold, offsets = _pr_counts(stats)
+    return tp.double() / n.double(), tp.double() / p.double(), threshold, offsets
 
 
 def max_f1(stats: RankStats, *, no_positive: str = "skip") -> dict[str, object]:
@@ -179,14 +183,16 @@ def max_f1(stats: RankStats, *, no_positive: str = "skip") -> dict[str, object]:
     Returns ``{"f1", "precision", "recall", "threshold"}`` → [Q] tensors (nan when P = 0) and
     ``{"maxF1", "P@maxF1", "R@maxF1", "T@maxF1"}`` → means over queries with positives.
     """
-    precision, recall, threshold, offsets = pr_points(stats)
+    tp, n, p, threshold, offsets = _pr_counts(stats)
+    precision, recall = tp.double() / n.double(), tp.double() / p.double()
     nq = stats.n_query
     counts = offsets[1:] - offsets[:-1]
     has = counts > 0
     nan = torch.full((nq,), float("nan"), dtype=torch.float64)
     per = {"f1": nan, "precision": nan, "recall": nan, "threshold": nan}
     if len(precision):
-        f1 = 2 * precision * recall / (precision + recall)
+        # F1 = 2TP / (N + P): exact integers, so equal F1s compare equal (ties → highest threshold)
+        f1 = (2 * tp).double() / (n + p).double()
         qid = torch.repeat_interleave(torch.arange(nq), counts)
         best = torch.full((nq,), -1.0, dtype=torch.float64).scatter_reduce(0, qid, f1, "amax")
         # points run from the highest threshold down: the first best point of a query wins
