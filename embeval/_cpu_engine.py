@@ -56,7 +56,8 @@ def negative_pass(stats, query: EmbeddingSet, gallery: EmbeddingSet, qemb: torch
         gcam=gallery.cameras.numpy() if gallery.cameras is not None else no_cam,
         qa=qa.numpy(), ga=ga.numpy(), mode=METRIC_CODES[stats.metric],
         exclude_self=protocol.exclude_self, exclude_cam=protocol.exclude_same_camera,
-        lab_order=lab_order, lab_lo=lab_lo, lab_hi=lab_hi,
+        lab_order=lab_order, lab_lo=lab_lo, lab_hi=lab_hi, eps=stats.extra["eps"].numpy(),
+        Qe=q,
     )
     offsets = stats.pos_offsets.numpy()
     k = stats.topk_scores.shape[1] if stats.topk_scores is not None else 0
@@ -80,7 +81,8 @@ def negative_pass(stats, query: EmbeddingSet, gallery: EmbeddingSet, qemb: torch
                 nrows = min(tq, nq - qt * tq)
                 for g_tile, c0, c1, g0 in chunk:
                     np.matmul(q_tiles[qt], g_tile.T, out=out)
-                    _kernels.tile_pass(out, nrows, c0, c1, qt * tq, g0, **shared, **state)
+                    _kernels.tile_pass(out, g_tile, nrows=nrows, c0=c0, c1=c1, q0=qt * tq, g0=g0,
+                                       **shared, **state)
                 if groups > 1:
                     views.merge(qt, state)
 

@@ -1,19 +1,31 @@
 """Compiled CPU kernels (numba) for the ranking pass: one score tile at a time.
 
-Each kernel is single-threaded and releases the GIL (``nogil``), so the engine
-runs several tiles at once from a thread pool; every tile is a full fixed-shape
-matmul, which keeps each score's arithmetic independent of blocks, shards and
-thread counts. Per row of a tile, the kernel:
+Each kernel is single-threaded and releases the GIL (``nogil``), so the engine runs
+several tiles at once from a thread pool.
 
-1. applies the metric transform to the raw dot products (same float32 ops as
-   :func:`embeval.similarity.transform`);
-2. puts the query's own-label items (never negatives; the camera rule may drop
-   them) into the running top-k and masks them and the query itself (``--exclude-self``);
-3. scans the row once for the hardest negative, keeping only the columns whose
-   score reaches min(the query's lowest positive score, the k-th best so far);
-4. ranks those few: top-k insertion (score desc, gallery index asc on ties), and
-   for scores ≥ the lowest positive a count in the query's sorted positive scores,
-   adding one to that bucket of its histogram (``P + 1`` bins).
+Exact ties. A BLAS matmul does not give one pair the same float32 score in every
+position of a tile (OpenBLAS's AVX2 sgemm sums in a position-dependent order), so
+two identical gallery items can score a few ulps apart, and a collapsed model that
+maps everything to one point would rank its positives "first". Every score that
+decides something is therefore the *canonical* score (:func:`canon_score`: a dot
+product in one fixed, vectorisable summation order, then the metric transform), a
+function of the pair alone. The tile's BLAS scores only filter: a BLAS score differs
+from the canonical one by at most ``eps[q]`` (a rounding-error bound, see
+``ranking.tie_tolerance``), so wherever it is more than ``eps`` away from a decision
+(a positive's score, the k-th best, the hardest negative) it decides correctly, and
+within ``eps`` the canonical score is computed (rare: about 1% of scores above the
+lowest positive at D = 512).
+
+Per row of a tile, :func:`tile_pass`:
+
+1. applies the metric transform to the BLAS dot products;
+2. offers the query's own-label items (never negatives; the camera rule may drop
+   them) to the running top-k, then masks them and the query itself (``--exclude-self``);
+3. scans the row once for its largest negative, keeping only the columns whose score
+   reaches min(the query's lowest positive, the k-th best so far) - eps;
+4. ranks those few: top-k insertion (score desc, gallery index asc on ties) and a count
+   in the query's ascending positive scores, adding one to that bucket of its
+   histogram (``P + 1`` bins).
 
 Most scores only pass step 3 (about 1 ns each); the negative count needs no
 per-score work at all (the tile width less the masked columns).
@@ -28,28 +40,73 @@ try:
 except ImportError:  # pragma: no cover - exercised only where numba is missing
     numba = None
 
-__all__ = ["AVAILABLE", "tile_pass", "merge_topk", "pair_dots"]
+__all__ = ["AVAILABLE", "LANES", "tile_pass", "merge_topk", "pair_scores"]
 
 AVAILABLE = numba is not None
 
 
-def _tile_pass(S, nrows, c0, c1, q0, g0, qlab, glab, qcam, gcam, qa, ga, mode,
-               exclude_self, exclude_cam, lab_order, lab_lo, lab_hi,
+LANES = 16  # canonical dot product: 16 running sums, lane l takes elements t ≡ l (mod 16)
+
+
+def _canon_dot(q, g):
+    """q · g in one fixed order (16 lane sums, then a fixed tree), float32.
+
+    The order is part of the definition, so the result depends on the two vectors only
+    (never on blocks, tiles, threads or the BLAS); LLVM vectorises the lanes.
+    """
+    acc = np.zeros(LANES, dtype=np.float32)
+    d = len(q)
+    full = d - d % LANES
+    for t in range(0, full, LANES):
+        for lane in range(LANES):
+            acc[lane] += q[t + lane] * g[t + lane]
+    for t in range(full, d):
+        acc[t - full] += q[t] * g[t]
+    width = LANES
+    while width > 1:
+        width >>= 1
+        for lane in range(width):
+            acc[lane] += acc[lane + width]
+    return acc[0]
+
+
+def _transform(d, qa_i, ga_j, mode):
+    """One score from a dot product: same float32 ops as :func:`embeval.similarity.transform`."""
+    if mode == 0:
+        return d
+    if mode == 1:
+        return d * qa_i * ga_j
+    d2 = (qa_i + ga_j) - np.float32(2.0) * d
+    if d2 < np.float32(0.0):
+        d2 = np.float32(0.0)
+    return np.float32(-np.sqrt(d2)) if mode == 2 else -d2
+
+
+def _canon_score(q, g, qa_i, ga_j, mode):
+    """The canonical score of one pair (see the module docstring)."""
+    return _transform(_canon_dot(q, g), qa_i, ga_j, mode)
+
+
+def _pair_scores(q, g, qid, gid, g0, qa, ga, mode, out):
+    """out[m] = canonical score of (query ``qid[m]``, gallery item ``gid[m]``); ``g`` holds
+    gallery rows ``g0...``."""
+    for m in range(len(qid)):
+        out[m] = _canon_score(q[qid[m]], g[gid[m] - g0], qa[qid[m]], ga[gid[m]], mode)
+
+
+def _tile_pass(S, G, Qe, nrows, c0, c1, q0, g0, qlab, glab, qcam, gcam, qa, ga, mode,
+               exclude_self, exclude_cam, lab_order, lab_lo, lab_hi, eps,
                pos_off, pos, hist, max_neg, n_neg, topv, topi):
     """Update the statistics of tile rows ``[0, nrows)`` from tile columns ``[c0, c1)``.
 
-    S: [TQ, TG] float32 raw dot products, overwritten (scratch); tile row r is query
-    ``q0 + r``, tile column c is gallery item ``g0 + c``. ``lab_order`` [G]: gallery indices
-    grouped by label (ascending within a label); query i's label group is
-    ``lab_order[lab_lo[i]:lab_hi[i]]`` (empty for unknown labels). ``pos_off`` [nrows + 1]
-    and ``pos`` (ascending per row), ``hist`` (P_r + 1 bins per row, row r starts at
-    ``pos_off[r] + r``), ``max_neg``/``n_neg`` [nrows] and ``topv``/``topi`` [nrows, k] are
-    views of this tile's rows, updated in place.
-
-    Per row: (1) the transform, one vectorised loop; (2) the query's own-label items and
-    itself (never negatives) enter the top-k, then their scores become -inf; (3) one
-    branch-light scan takes the hardest negative and picks the few scores that can matter,
-    those ≥ min(lowest positive, k-th best so far); (4) only those are ranked.
+    S: [TQ, TG] float32 BLAS dot products, overwritten (scratch); tile row r is query
+    ``q0 + r``, tile column c is gallery item ``g0 + c``, whose embedding is ``G[c]``; ``Qe``
+    [Q, D] holds the queries. ``lab_order`` [G]: gallery indices grouped by label
+    (ascending within a label); query i's group is ``lab_order[lab_lo[i]:lab_hi[i]]``
+    (empty for unknown labels). ``eps`` [Q]: the BLAS-vs-canonical score bound.
+    ``pos_off`` [nrows + 1] and ``pos`` (canonical, ascending per row), ``hist`` (P_r + 1
+    bins per row, row r starts at ``pos_off[r] + r``), ``max_neg``/``n_neg`` [nrows] and
+    ``topv``/``topi`` [nrows, k] are views of this tile's rows, updated in place.
     """
     two = np.float32(2.0)
     zero = np.float32(0.0)
@@ -58,13 +115,14 @@ def _tile_pass(S, nrows, c0, c1, q0, g0, qlab, glab, qcam, gcam, qa, ga, mode,
     k = topv.shape[1]
     width = c1 - c0
     cand = np.empty(width, dtype=np.int64)  # this row's candidate columns
-    buf = np.empty(width, dtype=np.float32)  # this row's survivors
     gcol = ga[g0 + c0:g0 + c1]
     for r in range(nrows):
         qi = q0 + r
         ql = qlab[qi]
         qc = qcam[qi]
         qa_r = qa[qi]
+        qrow = Qe[qi]
+        e = eps[qi]
         row = S[r, c0:c1]
         if mode == 1:
             for c in range(width):
@@ -85,8 +143,8 @@ def _tile_pass(S, nrows, c0, c1, q0, g0, qlab, glab, qcam, gcam, qa, ga, mode,
                 t += 1
                 if exclude_self and j == qi:
                     continue  # masked below
-                if k > 0 and not (exclude_cam and gcam[j] == qc):
-                    _topk_insert(topv, topi, r, row[c], j)
+                if k > 0 and not (exclude_cam and gcam[j] == qc) and row[c] >= topv[r, k - 1] - e:
+                    _topk_insert(topv, topi, r, _canon_score(qrow, G[c0 + c], qa_r, ga[j], mode), j)
                 row[c] = ninf
                 masked += 1
         if exclude_self and g0 + c0 <= qi < g0 + c1:
@@ -94,13 +152,15 @@ def _tile_pass(S, nrows, c0, c1, q0, g0, qlab, glab, qcam, gcam, qa, ga, mode,
             masked += 1
         p0 = pos_off[r]
         p1 = pos_off[r + 1]
-        thr = pos[p0] if p1 > p0 else np.float32(np.inf)
+        n_p = p1 - p0
+        seg = pos[p0:p1]
+        thr = pos[p0] - e if n_p > 0 else np.float32(np.inf)
         cut = thr
-        if k > 0 and topv[r, k - 1] < cut:
-            cut = topv[r, k - 1]
+        if k > 0 and topv[r, k - 1] - e < cut:
+            cut = topv[r, k - 1] - e
         if cut < lowest:
             cut = lowest
-        mx = max_neg[r]
+        mx = ninf
         n_cand = 0
         for c in range(width):
             s = row[c]
@@ -108,20 +168,31 @@ def _tile_pass(S, nrows, c0, c1, q0, g0, qlab, glab, qcam, gcam, qa, ga, mode,
             if s >= cut:
                 cand[n_cand] = c
                 n_cand += 1
-        n_surv = 0
+        h0 = p0 + r
         for t in range(n_cand):
             c = cand[t]
             s = row[c]
-            if k > 0:
-                _topk_insert(topv, topi, r, s, g0 + c0 + c)
+            j = g0 + c0 + c
+            sc = np.float32(np.nan)  # canonical score, computed at most once
+            if k > 0 and s >= topv[r, k - 1] - e:
+                sc = _canon_score(qrow, G[c0 + c], qa_r, gcol[c], mode)
+                _topk_insert(topv, topi, r, sc, j)
             if s >= thr:
-                buf[n_surv] = s
-                n_surv += 1
-        seg = pos[p0:p1]
-        h0 = p0 + r
-        for t in range(n_surv):  # a separate tight loop: the count vectorises here
-            hist[h0 + _count_le(seg, buf[t])] += 1
-        max_neg[r] = mx
+                b = _count_le(seg, s) if s >= seg[0] else 0
+                if (b > 0 and s - seg[b - 1] <= e) or (b < n_p and seg[b] - s <= e):
+                    if sc != sc:
+                        sc = _canon_score(qrow, G[c0 + c], qa_r, gcol[c], mode)
+                    b = _count_le(seg, sc) if sc >= seg[0] else 0
+                if b > 0:
+                    hist[h0 + b] += 1
+        if mx + e >= max_neg[r] and mx > ninf:  # the hardest negative, canonically
+            best = max_neg[r]
+            floor = mx - two * e
+            for c in range(width):
+                if row[c] >= floor:
+                    sc = _canon_score(qrow, G[c0 + c], qa_r, gcol[c], mode)
+                    best = sc if sc > best else best
+            max_neg[r] = best
         n_neg[r] += width - masked
 
 
@@ -201,26 +272,17 @@ def _merge_topk(av, ai, bv, bi):
 
 
 if AVAILABLE:
-    _count_le = numba.njit(nogil=True, cache=True, inline="always")(_count_le)
-    _count_lt = numba.njit(nogil=True, cache=True)(_count_lt)
-    _topk_insert = numba.njit(nogil=True, cache=True, inline="always")(_topk_insert)
+    _jit = numba.njit(nogil=True, cache=True)
+    _inline = numba.njit(nogil=True, cache=True, inline="always")
+    _count_le = _inline(_count_le)
+    _count_lt = _jit(_count_lt)
+    _topk_insert = _inline(_topk_insert)
+    _canon_dot = _jit(_canon_dot)
+    _transform = _inline(_transform)
+    _canon_score = _inline(_canon_score)
+    pair_scores = _jit(_pair_scores)
     tile_pass = numba.njit(nogil=True, cache=True, boundscheck=False)(_tile_pass)
-    merge_topk = numba.njit(nogil=True, cache=True)(_merge_topk)
+    merge_topk = _jit(_merge_topk)
 else:  # pragma: no cover
-    tile_pass = None
+    pair_scores = tile_pass = None
     merge_topk = _merge_topk
-
-
-def _pair_dots(q, g, qid, gid, g0, out):
-    """out[m] = q[qid[m]] · g[gid[m] - g0], summed in index order (deterministic)."""
-    d = q.shape[1]
-    for m in range(len(qid)):
-        a = qid[m]
-        b = gid[m] - g0
-        acc = np.float32(0.0)
-        for t in range(d):
-            acc += q[a, t] * g[b, t]
-        out[m] = acc
-
-
-pair_dots = numba.njit(nogil=True, cache=True)(_pair_dots) if AVAILABLE else None

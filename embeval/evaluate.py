@@ -42,15 +42,19 @@ class EvalResult:
 def aggregate_mean(gallery: EmbeddingSet) -> EmbeddingSet:
     """One L2-normalised mean embedding per known label (class prototypes), labels ascending.
 
-    Items with an unknown label (< 0) stay as they are, L2-normalised, after the prototypes.
+    The mean is taken over the items' embeddings as stored (DESIGN.md section 3), then
+    normalised. Items with an unknown label (< 0) stay single, L2-normalised, after the
+    prototypes.
     """
-    emb = torch.nn.functional.normalize(gallery.embeddings, dim=1)
+    emb = gallery.embeddings.float()
     labels = gallery.labels
     known = labels >= 0
     classes, inverse = torch.unique(labels[known], return_inverse=True)
-    sums = torch.zeros(len(classes), emb.shape[1]).index_add_(0, inverse, emb[known])
-    protos = torch.nn.functional.normalize(sums, dim=1)
-    return EmbeddingSet(torch.cat([protos, emb[~known]]), torch.cat([classes, labels[~known]]),
+    sums = torch.zeros(len(classes), emb.shape[1], dtype=torch.float64)
+    sums.index_add_(0, inverse, emb[known].double())
+    protos = torch.nn.functional.normalize(sums, dim=1).float()
+    singles = torch.nn.functional.normalize(emb[~known], dim=1)
+    return EmbeddingSet(torch.cat([protos, singles]), torch.cat([classes, labels[~known]]),
                         metadata=gallery.metadata, name=f"{gallery.name} (class means)")
 
 

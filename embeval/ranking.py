@@ -23,7 +23,7 @@ import torch
 
 from . import _kernels
 from .errors import OptionError
-from .similarity import aux, check_metric, matmul_dtype, resolve_device, transform
+from .similarity import METRIC_CODES, aux, check_metric, matmul_dtype, resolve_device, transform
 from .store import EmbeddingSet
 
 __all__ = ["Protocol", "RankStats", "rank_stats", "positive_pairs", "NO_INDEX", "parse_memory"]
@@ -193,7 +193,7 @@ def rank_stats(
     qa = aux(qemb, metric)
     ga = torch.empty(gallery.n, dtype=torch.float32)
     qid, gid = positive_pairs(query.labels, gallery.labels, query.cameras, gallery.cameras, protocol)
-    pos = _positive_scores(qemb, qa, gallery, ga, qid, gid, metric, rows)
+    pos, gmax = _positive_scores(qemb, qa, gallery, ga, qid, gid, metric, rows)
     counts = torch.bincount(qid, minlength=query.n)
     offsets = torch.zeros(query.n + 1, dtype=torch.int64)
     torch.cumsum(counts, 0, out=offsets[1:])
@@ -207,6 +207,7 @@ def rank_stats(
         topk_scores=torch.full((query.n, topk), float("-inf")) if topk else None,
         topk_indices=torch.full((query.n, topk), NO_INDEX, dtype=torch.int64) if topk else None,
     )
+    stats.extra["eps"] = tie_tolerance(qemb, metric, gmax)
     if backend == "numba":
         from ._cpu_engine import negative_pass
     else:
@@ -242,7 +243,8 @@ def _default_memory(dev: torch.device) -> int:
 def _positive_scores(qemb: torch.Tensor, qa: torch.Tensor, gallery: EmbeddingSet,
                      ga: torch.Tensor, qid: torch.Tensor, gid: torch.Tensor, metric: str,
                      rows: int, chunk: int = 16384) -> torch.Tensor:
-    """Scores of the positive pairs, sorted ascending within each query: [M] float32.
+    """Canonical scores of the positive pairs, sorted ascending within each query: [M]
+    float32; and the largest gallery embedding norm (float).
 
     Streams the gallery once in blocks of ``rows``; fills ``ga`` ([G] gallery aux) on the way.
     """
@@ -250,22 +252,53 @@ def _positive_scores(qemb: torch.Tensor, qa: torch.Tensor, gallery: EmbeddingSet
     g_sorted = gid[by_gallery]
     pos = torch.empty(len(gid), dtype=torch.float32)
     step = max(rows, 4096)
+    gmax = 0.0
     for a in range(0, gallery.n, step):
         block = gallery.rows(a, min(a + step, gallery.n))
         ga[a:a + len(block)] = aux(block, metric)
+        gmax = max(gmax, float(torch.linalg.vector_norm(block, dim=1).max()))
         lo, hi = (int(x) for x in torch.searchsorted(g_sorted, torch.tensor([a, a + len(block)])))
         sel = by_gallery[lo:hi]
         q, g = qid[sel], gid[sel]
         if _kernels.AVAILABLE:
-            dot = torch.empty(len(sel))
-            _kernels.pair_dots(qemb.numpy(), block.numpy(), q.numpy(), g.numpy(), a, dot.numpy())
+            out = torch.empty(len(sel))
+            _kernels.pair_scores(qemb.numpy(), block.numpy(), q.numpy(), g.numpy(), a, qa.numpy(),
+                                 ga.numpy(), METRIC_CODES[metric], out.numpy())
+            pos[sel] = out
         else:
             dot = torch.cat([(qemb[q[c:c + chunk]] * block[g[c:c + chunk] - a]).sum(dim=1)
                              for c in range(0, len(sel), chunk)] or [torch.empty(0)])
-        pos[sel] = transform(dot, qa[q], ga[g], metric)
+            pos[sel] = transform(dot, qa[q], ga[g], metric)
     order = torch.argsort(pos, stable=True)
     order = order[torch.argsort(qid[order], stable=True)]
-    return pos[order]
+    return pos[order], gmax
+
+
+def tie_tolerance(qemb: torch.Tensor, metric: str, gallery_max_norm: float) -> torch.Tensor:
+    """[Q] float32: a bound on |BLAS score - canonical score| for any pair of query i.
+
+    Any order of summing D float32 products is within ``γ_D·|q|·|g|`` of the exact dot
+    product (γ_D = D·u / (1 - D·u), u = 2^-24; Higham, *Accuracy and Stability of Numerical
+    Algorithms*, section 3.1), so two orders are within twice that; the metric transform
+    adds a few roundings of its operands. Doubled again for margin.
+    """
+    u = 2.0 ** -24
+    dim = qemb.shape[1]
+    gamma = dim * u / (1 - dim * u)
+    qn = torch.linalg.vector_norm(qemb.double(), dim=1)
+    gn = float(gallery_max_norm) * (1 + 4 * u)
+    m = qn * gn  # bounds |q·g| and Σ|q_i g_i|
+    dot_err = 2 * gamma * m + 4 * u * m
+    if metric == "cosine":  # scaled by 1/(|q||g|), rounded three more times
+        eps = torch.full_like(qn, 2 * gamma + 16 * u)
+    elif metric in ("euclid", "sq_euclid"):
+        big = qn * qn + gn * gn + 2 * m
+        eps = 2 * dot_err + 8 * u * big
+        if metric == "euclid":
+            eps = eps.sqrt() + 8 * u * big.sqrt()
+    else:
+        eps = dot_err
+    return (2 * eps).float().nextafter(torch.tensor(float("inf")))
 
 
 def _merge_topk(av: torch.Tensor, ai: torch.Tensor, bv: torch.Tensor, bi: torch.Tensor) -> None:
