@@ -6,6 +6,7 @@
 """
 
 from . import metrics
+from .concat import ConcatSet, load_many
 from .errors import EmbevalError, InputFileError, OptionError
 from .evaluate import EvalResult, aggregate_mean, evaluate, summarize
 from .ranking import Protocol, RankStats, positive_pairs, rank_stats
@@ -15,7 +16,8 @@ from .store import EmbeddingSet, load, save
 __version__ = "0.1.0"
 
 __all__ = [
-    "EmbeddingSet", "load", "save", "evaluate", "summarize", "EvalResult", "aggregate_mean",
+    "EmbeddingSet", "load", "load_many", "ConcatSet", "save",
+    "evaluate", "summarize", "EvalResult", "aggregate_mean",
     "rank_stats", "RankStats", "Protocol", "positive_pairs", "scores", "METRICS", "metrics",
     "EmbevalError", "InputFileError", "OptionError", "__version__",
 ]

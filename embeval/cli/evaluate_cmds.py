@@ -11,6 +11,7 @@ import torch
 import typer
 
 from embeval import exports
+from embeval.concat import load_many
 from embeval.errors import OptionError
 from embeval.evaluate import EvalResult, evaluate
 from embeval.ranking import parse_memory
@@ -46,8 +47,9 @@ class NoPositive(str, Enum):
 
 
 QueryArg = Annotated[Path, typer.Argument(help="Query embeddings (.safetensors).", show_default=False)]
-GalleryArg = Annotated[Path, typer.Argument(help="Gallery embeddings (.safetensors).",
-                                            show_default=False)]
+GalleryArg = Annotated[list[Path], typer.Argument(
+    help="Gallery embeddings (.safetensors): one file, several, or a quoted glob ('g/*.safetensors'), "
+         "evaluated as one gallery.", show_default=False)]
 KsOpt = Annotated[list[int] | None, typer.Option(
     "-k", "--k", help="Rank cut-offs, e.g. -k 1 5 10 (default: 1 5 10, capped at the gallery size).")]
 MetricOpt = Annotated[Metric, typer.Option(help="Similarity: higher = more similar.")]
@@ -79,21 +81,21 @@ class Common:
     block_size: int | None
 
 
-def default_ks(ks: list[int] | None, query: Path, gallery: Path) -> list[int]:
+def default_ks(ks: list[int] | None, query: Path, gallery: list[Path]) -> list[int]:
     """The user's -k values, or 1 5 10 capped at the gallery size."""
     if ks:
         return ks
-    n = load(gallery).n
+    n = load_many(gallery).n
     return [k for k in (1, 5, 10) if k <= n] or [n]
 
 
-def _run(query: Path, gallery: Path, common: Common, *, ks: list[int], knn_k: int | None = None,
+def _run(query: Path, gallery: list[Path], common: Common, *, ks: list[int], knn_k: int | None = None,
          pr: bool = False, outputs: dict[str, Path | None] | None = None) -> tuple[EvalResult, EmbeddingSet]:
     for option, path in (outputs or {}).items():
         check_writable(path, option)
     parse_memory(common.memory)
     resolve_device(common.device)
-    q, g = load(query), load(gallery)
+    q, g = load(query), load_many(gallery)
     if q.dim != g.dim:
         raise OptionError(f"{q.name} has {q.dim}-dimensional embeddings but {g.name} has {g.dim}")
     with progress_bar("ranking", "items") as update:
@@ -149,7 +151,7 @@ def score(query: QueryArg, gallery: GalleryArg, ks: KsOpt = None,
     ks = default_ks(ks, query, gallery)
     topn = None
     if out is not None:
-        qn, gn = load(query).n, load(gallery).n
+        qn, gn = load(query).n, load_many(gallery).n
         topn = out_topk or (None if qn * gn * 4 <= 1 << 30 else max(ks))
         if topn is not None:
             topn = min(topn, gn)
@@ -231,5 +233,5 @@ def pr(query: QueryArg, gallery: GalleryArg,
     if per_query:
         exports.write_per_query(per_query, result, g.label_names)
     if plot:
-        exports.write_pr_plot(plot, result, f"{query.name} vs {gallery.name} ({metric.value})")
+        exports.write_pr_plot(plot, result, f"{query.name} vs {g.name} ({metric.value})")
     render("pr", result, [1], as_json=json)
