@@ -101,17 +101,19 @@ def process_group(device: str = "auto") -> Iterator[Group]:
     """Join the torchrun group (NCCL on CUDA, gloo on CPU) for the duration of the block."""
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     dev = resolve_device(device)
+    extra: dict[str, object] = {}
     if dev.type == "cuda":
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(dev)
         backend = "nccl"
+        extra["device_id"] = dev  # bind the communicator to this rank's GPU now
     else:
         n = threads_per_rank()
         torch.set_num_threads(n)
         os.environ["EMBEVAL_THREADS"] = str(n)  # the CPU engine's tile workers
         backend = "gloo"
     timeout = timedelta(seconds=float(os.environ.get("EMBEVAL_DIST_TIMEOUT", "1800")))
-    dist.init_process_group(backend, rank=rank, world_size=world, timeout=timeout)
+    dist.init_process_group(backend, rank=rank, world_size=world, timeout=timeout, **extra)
     try:
         yield Group(rank, world, str(dev))
     finally:
