@@ -10,14 +10,19 @@ When torchrun starts the process (``WORLD_SIZE > 1`` in the environment):
   otherwise; on CPU each rank limits its threads to its share of the cores
   (``EMBEVAL_THREADS``, default: usable cores // ``LOCAL_WORLD_SIZE``), so N processes on
   N cores do not oversubscribe them;
-- rank r evaluates GALLERY shard r of N (:func:`embeval.ranking.shard_range`): every rank
-  reads the whole gallery once for the positives' exact scores, and streams only its shard
-  for the negative pass, the O(Q·G) part. Gallery shards (not query shards) because their
-  statistics merge bit for bit on CPU (fixed tile grid) whatever the sizes; a query shard
-  changes the CPU tile shape of small query sets;
-- the statistics are reduced onto rank 0 with tensor collectives: histograms and negative
-  counts by SUM, hardest negatives by MAX (exact), top-k lists gathered and merged in rank
-  order. Rank 0 alone prints and writes files; the other ranks print nothing.
+- by default rank r evaluates GALLERY shard r of N (:func:`embeval.ranking.shard_range`,
+  boundaries on the CPU engine's 2048-item gallery tiles): every rank reads the whole
+  gallery once for the positives' exact scores, and streams only its shard for the negative
+  pass, the O(Q·G) part. The statistics are reduced onto rank 0 with tensor collectives:
+  histograms and negative counts by SUM, hardest negatives by MAX (exact), top-k lists
+  gathered and merged in rank order;
+- when the gallery is too small to give every rank two full gallery tiles
+  (G < 2·N·2048) but the queries give every rank a full 512-query tile (Q ≥ 512·N), rank r
+  takes QUERY shard r instead (boundaries on 512-query tiles, so every score tile is the
+  one a single process computes: still bit-identical on CPU) against the whole gallery, and
+  rank 0 gathers the shards' statistics (``gather_object``) and concatenates them. Not with
+  ``--exclude-self``, which needs the global query index; see :func:`split_axis`;
+- rank 0 alone prints and writes files; the other ranks print nothing.
 """
 
 from __future__ import annotations
@@ -31,10 +36,25 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from .ranking import RankStats, _merge_topk
+from .ranking import RankStats, _merge_topk, shard_range
 from .similarity import resolve_device
 
-__all__ = ["requested", "is_leader", "Group", "process_group", "threads_per_rank"]
+__all__ = ["requested", "is_leader", "Group", "process_group", "threads_per_rank", "split_axis"]
+
+QUERY_TILE = 512  # the CPU engine's tile (embeval._cpu_engine.TILE_Q, TILE_G)
+GALLERY_TILE = 2048
+
+
+def split_axis(n_query: int, n_gallery: int, world: int, *, exclude_self: bool = False) -> str:
+    """``"gallery"`` (the default) or ``"query"``: which axis the ranks share out.
+
+    Query shards when the gallery cannot give every rank two full gallery tiles but the
+    queries can give every rank a full query tile, and ``exclude_self`` is off.
+    """
+    if (not exclude_self and n_gallery < 2 * world * GALLERY_TILE
+            and n_query >= world * QUERY_TILE):
+        return "query"
+    return "gallery"
 
 
 def requested() -> bool:
@@ -69,6 +89,18 @@ class Group:
     @property
     def shard(self) -> tuple[int, int]:
         return self.rank, self.world
+
+    def query_range(self, n_query: int) -> tuple[int, int]:
+        """This rank's queries ``[a, b)`` when the ranks share out queries (tile-aligned)."""
+        return shard_range(n_query, self.rank, self.world, align=QUERY_TILE)
+
+    def concat(self, stats: RankStats) -> RankStats | None:
+        """Concatenate every rank's query-shard statistics on rank 0 (None on the others)."""
+        bucket: list[RankStats | None] | None = [None] * self.world if self.rank == 0 else None
+        dist.gather_object(stats, bucket, dst=0)
+        if bucket is None:
+            return None
+        return RankStats.concat([s for s in bucket if s is not None])
 
     def reduce(self, stats: RankStats) -> RankStats | None:
         """Merge every rank's gallery-shard statistics onto rank 0 (None on the others)."""

@@ -11,10 +11,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from test_partials import cli, without_time
-from test_ranking import sets
+from test_ranking import assert_same, sets
 
 import embeval
 from embeval import distributed
+from embeval.evaluate import evaluation_stats
+from embeval.ranking import RankStats, shard_range
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(),
                                 reason="torch.distributed is not available")
@@ -64,6 +66,42 @@ def test_two_gloo_ranks_equal_one_process(capsys: pytest.CaptureFixture[str], tm
     else:
         x, y = load_file(a), load_file(b)
         assert all(torch.equal(x[k], y[k]) for k in x)
+
+
+@pytest.mark.parametrize("metric", embeval.METRICS)
+def test_tile_aligned_query_shards_concatenate_bit_for_bit(metric: str) -> None:
+    """What the ranks do when queries outnumber a small gallery (split_axis == "query")."""
+    q, g = sets(nq=1300, ng=500, d=16)
+    assert distributed.split_axis(q.n, g.n, 2) == "query"
+    opts = dict(metric=metric, knn_k=4, exclude_same_camera=True, device="cpu")
+    whole = evaluation_stats(q, g, **opts).stats
+    parts = []
+    for i in range(2):
+        a, b = shard_range(q.n, i, 2, align=distributed.QUERY_TILE)
+        assert a % 512 == 0 and b - a >= 512
+        sub = embeval.EmbeddingSet(q.embeddings[a:b], q.labels[a:b], q.cameras[a:b])
+        parts.append(evaluation_stats(sub, g, **opts).stats)
+    assert_same(RankStats.concat(parts), whole)
+
+
+def test_query_split_under_torchrun(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    q, g = sets(nq=1100, ng=600, d=16)
+    qp = embeval.save(tmp_path / "q.safetensors", q.embeddings, q.labels, q.cameras)
+    gp = embeval.save(tmp_path / "g.safetensors", g.embeddings, g.labels, g.cameras)
+    opts = ["-k", "1", "5", "--exclude-same-camera", "--metric", "euclid", "--json"]
+    rc, single, err = cli(capsys, "cmc", qp, gp, *opts, "--per-query", tmp_path / "one.csv")
+    assert rc == 0, err
+    res = torchrun("cmc", qp, gp, *opts, "--per-query", tmp_path / "two.csv")
+    assert res.returncode == 0, res.stderr
+    assert without_time(res.stdout) == without_time(single)
+    assert (tmp_path / "one.csv").read_text() == (tmp_path / "two.csv").read_text()
+
+
+def test_split_axis() -> None:
+    assert distributed.split_axis(1_000_000, 1_000_000, 8) == "gallery"
+    assert distributed.split_axis(1_000_000, 10_000, 8) == "query"
+    assert distributed.split_axis(1_000_000, 10_000, 8, exclude_self=True) == "gallery"
+    assert distributed.split_axis(1000, 1000, 2) == "gallery"  # too few queries for two tiles
 
 
 def test_a_bad_input_fails_every_rank_without_hanging(files: dict[str, Path], tmp_path: Path) -> None:

@@ -111,13 +111,20 @@ def _compute(job: Job, q: EmbeddingSet, g: EmbeddingSet, knn_k: int | None,
              part: tuple[int, int] | None, out_part: Path | None, group) -> None:
     c = job.common
     t0 = time.perf_counter()
+    by_query = group is not None and distributed.split_axis(
+        q.n, g.n, group.world, exclude_self=c.exclude_self) == "query"
+    if by_query:
+        a, b = group.query_range(q.n)
+        q = EmbeddingSet(q.rows(a, b), q.labels[a:b], None if q.cameras is None else q.cameras[a:b],
+                         metadata=q.metadata, name=q.name)
     with progress_bar("ranking", "items", enabled=distributed.is_leader()) as update:
         ev = evaluation_stats(
             q, g, metric=c.metric, ks=job.ks, knn_k=knn_k,
             exclude_same_camera=c.exclude_same_camera, exclude_self=c.exclude_self,
             aggregate=c.aggregate, no_positive=c.no_positive,
             device=group.device if group else c.device, precision=c.precision, memory=c.memory,
-            block_size=c.block_size, shard=part or (group.shard if group else None),
+            block_size=c.block_size,
+            shard=part or (group.shard if group and not by_query else None),
             progress=update)
     if part is not None:
         a, b = ev.gallery_range
@@ -128,7 +135,8 @@ def _compute(job: Job, q: EmbeddingSet, g: EmbeddingSet, knn_k: int | None,
         if interactive():
             stderr.print(f"shard {part[0]}/{part[1]} (gallery items {a}:{b}) → {out_part}")
         return
-    stats = group.reduce(ev.stats) if group else ev.stats
+    stats = ev.stats if group is None else (group.concat(ev.stats) if by_query
+                                           else group.reduce(ev.stats))
     if stats is None:  # a rank other than 0: nothing to print
         return
     result = summarize(stats, ev.gallery.labels, ks=ev.ks, knn_k=knn_k, no_positive=c.no_positive,
