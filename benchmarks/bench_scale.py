@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -87,7 +88,8 @@ def measure(cmd: list[str], timeout: float) -> dict:
         psutil = None
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                start_new_session=True)  # its own process group: killable whole
         peak_tree, status, ru, timed_out = 0, 0, None, False
         root = psutil.Process(proc.pid) if psutil else None
         while True:
@@ -102,7 +104,10 @@ def measure(cmd: list[str], timeout: float) -> dict:
                     pass
             if time.perf_counter() - t > timeout:
                 timed_out = True
-                proc.kill()
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)  # torchrun's ranks too
+                except ProcessLookupError:
+                    pass
             time.sleep(0.05)
         wall = time.perf_counter() - t
         proc.returncode = os.waitstatus_to_exitcode(status)
