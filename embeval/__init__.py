@@ -5,6 +5,10 @@
 >>> embeval.evaluate(q, g, ks=(1, 5, 10)).metrics                                   # doctest: +SKIP
 """
 
+from ._blas import prefer_avx512_kernels
+
+prefer_avx512_kernels()  # before numpy loads OpenBLAS: see embeval/_blas.py
+
 from . import metrics
 from .concat import ConcatSet, load_many
 from .errors import EmbevalError, InputFileError, OptionError

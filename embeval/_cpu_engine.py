@@ -49,12 +49,14 @@ def negative_pass(stats, query: EmbeddingSet, gallery: EmbeddingSet, qemb: torch
     q_tiles = [q[i * tq:(i + 1) * tq] if i < n_qt - 1 else last for i in range(n_qt)]
 
     no_cam = np.zeros(1, np.int64)
+    lab_order, lab_lo, lab_hi = label_groups(query.labels, gallery.labels)
     shared = dict(
         qlab=query.labels.numpy(), glab=gallery.labels.numpy(),
         qcam=query.cameras.numpy() if query.cameras is not None else np.zeros(nq, np.int64),
         gcam=gallery.cameras.numpy() if gallery.cameras is not None else no_cam,
         qa=qa.numpy(), ga=ga.numpy(), mode=METRIC_CODES[stats.metric],
         exclude_self=protocol.exclude_self, exclude_cam=protocol.exclude_same_camera,
+        lab_order=lab_order, lab_lo=lab_lo, lab_hi=lab_hi,
     )
     offsets = stats.pos_offsets.numpy()
     k = stats.topk_scores.shape[1] if stats.topk_scores is not None else 0
@@ -86,6 +88,18 @@ def negative_pass(stats, query: EmbeddingSet, gallery: EmbeddingSet, qemb: torch
                 pass
             if progress is not None:
                 progress(stop - a, b - a)
+
+
+def label_groups(query_labels: torch.Tensor,
+                 gallery_labels: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gallery indices grouped by label, [G] int64 (ascending within a label), and each
+    query's group ``[lo, hi)`` in it, [Q] int64 each (empty for labels < 0)."""
+    order = torch.argsort(gallery_labels, stable=True)
+    sorted_labels = gallery_labels[order]
+    lo = torch.searchsorted(sorted_labels, query_labels)
+    hi = torch.searchsorted(sorted_labels, query_labels, right=True)
+    hi = torch.where(query_labels >= 0, hi, lo)
+    return order.numpy(), lo.numpy(), hi.numpy()
 
 
 def _grid_tiles(block: np.ndarray, start: int, stop: int, tg: int) -> list[tuple]:

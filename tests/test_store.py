@@ -65,6 +65,26 @@ def test_bad_files_name_the_file_and_the_problem(tmp_path: Path, tensors, messag
     assert str(p) in str(err.value) and message in str(err.value)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_finite_check_finds_the_first_bad_row_and_ignores_overflowing_sums(tmp_path: Path,
+                                                                          dtype: torch.dtype) -> None:
+    big = torch.finfo(dtype).max
+    emb = torch.full((40, 8), big, dtype=dtype)  # finite rows whose sums overflow to +inf
+    emb[::2] *= -1
+    p = _raw(tmp_path / "big.safetensors", embeddings=emb, labels=torch.zeros(40, dtype=torch.int64))
+    assert torch.equal(embeval.load(p).rows(0, 40), emb)
+    for bad_row, bad in [(31, float("inf")), (17, float("-inf")), (17, float("nan"))]:
+        emb2 = emb.clone()
+        emb2[bad_row, 3] = bad
+        emb2[35, 0] = float("nan")  # a later bad row must not be the one reported
+        p = _raw(tmp_path / "bad.safetensors", embeddings=emb2, labels=torch.zeros(40, dtype=torch.int64))
+        with pytest.raises(InputFileError, match=f"row {bad_row} contains NaN or Inf"):
+            embeval.load(p).rows(0, 40)
+        embeval.load(p).rows(0, 10)  # clean rows read alone pass
+        with pytest.raises(InputFileError, match=f"row {bad_row} contains"):
+            embeval.load(p).rows(10, 40)  # rows are numbered in the file, not in the block
+
+
 def test_not_a_file(tmp_path: Path) -> None:
     (tmp_path / "junk.safetensors").write_bytes(b"definitely not safetensors")
     for path, message in [(tmp_path / "missing.safetensors", "no such file"),
