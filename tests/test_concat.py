@@ -61,6 +61,14 @@ def test_files_that_differ_are_named(tmp_path: Path) -> None:
         embeval.load_many([a, half])
     with pytest.raises(embeval.InputFileError, match=r"nocam.safetensors: has no 'cameras'"):
         embeval.load_many([a, nocam])
+    bad = torch.randn(3, 4)
+    bad[1, 2] = float("nan")
+    nan = embeval.save(tmp_path / "nan.safetensors", torch.randn(3, 4), [0, 1, 2], [0, 0, 1])
+    from safetensors.torch import save_file  # write the NaN past save()'s check
+    save_file({"embeddings": bad, "labels": torch.arange(3), "cameras": torch.zeros(3, dtype=torch.int64)},
+              str(nan))
+    with pytest.raises(embeval.InputFileError, match=r"nan.safetensors: embedding row 1 contains NaN"):
+        embeval.load_many([a, nan]).rows(2, 6)  # rows 2..5 span both files
 
 
 @pytest.mark.skipif(EXE is None, reason="the embeval console script is not installed")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from safetensors.torch import load_file
 from test_ranking import assert_same, sets
 
@@ -40,12 +42,14 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             "g": embeval.save(d / "g.safetensors", g.embeddings, g.labels, g.cameras)}
 
 
-def test_shard_ranges_cover_the_gallery_once() -> None:
-    for n_items, count in ((10, 3), (2500, 4), (5000, 2), (7, 7), (3, 5)):
-        ranges = [shard_range(n_items, i, count, align=2048) for i in range(count)]
-        assert ranges[0][0] == 0 and ranges[-1][1] == n_items
-        assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
-    assert shard_range(10_000, 1, 2, align=2048) == (4096, 10_000)  # on a tile boundary
+@given(st.integers(1, 100_000), st.integers(1, 64), st.sampled_from([1, 16, 512, 2048]))
+def test_shard_ranges_cover_the_items_once(n_items: int, count: int, align: int) -> None:
+    ranges = [shard_range(n_items, i, count, align=align) for i in range(count)]
+    assert ranges[0][0] == 0 and ranges[-1][1] == n_items
+    assert all(a[1] == b[0] and a[0] <= a[1] for a, b in zip(ranges, ranges[1:]))
+    if count * align <= n_items:  # every shard can get a whole unit: boundaries on units
+        assert all(a % align == 0 for a, _ in ranges) and all(b > a for a, b in ranges)
+    assert shard_range(10_000, 1, 2, align=2048) == (4096, 10_000)
 
 
 @pytest.mark.parametrize("metric", embeval.METRICS)
@@ -125,8 +129,8 @@ def test_merge_rejects_parts_that_do_not_fit(capsys: pytest.CaptureFixture[str],
         ([p0, q], "q.safetensors", "not an embeval partial-statistics file"),
         ([p0, tmp_path / "gone"], "gone", "no such file"),
     ]
-    for given, named, message in cases:
-        rc, out, err = cli(capsys, "merge", *given)
+    for files_given, named, message in cases:
+        rc, out, err = cli(capsys, "merge", *files_given)
         assert rc == 2 and out == "", err
         lines = err.strip().splitlines()
         assert len(lines) == 1 and named in lines[0] and message in lines[0], err
