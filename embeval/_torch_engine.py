@@ -4,9 +4,17 @@ Blocks of (queries × gallery items) sized to the memory budget: one matmul, the
 metric transform, the negative mask, a batched ``searchsorted`` of the block against
 each query's ascending positive scores (padded with +inf), and a ``scatter_add`` into
 padded per-query histograms. Top-k keeps the lowest gallery index on score ties.
+
+Gallery blocks are read ahead by a helper thread (:func:`device_blocks`); on CUDA into
+pinned memory and copied on a side stream, so the disk read and the host→device copy of
+the next block overlap the current block's compute. Two gallery blocks are then on the
+device at once: each is at most a quarter of the budget, the score blocks get the rest.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -34,16 +42,18 @@ def negative_pass(stats, query: EmbeddingSet, gallery: EmbeddingSet, qemb: torch
     pos = stats.pos_scores.to(device)
     k = stats.topk_scores.shape[1] if stats.topk_scores is not None else 0
     a, b = g_range
-    qb = max(1, min(nq, budget // (BYTES_PER_SCORE * max(1, min(rows, b - a)))))
+    score_budget = budget
+    if device.type == "cuda":  # two gallery blocks on the device: each ≤ budget / 4
+        rows = max(1, min(rows, budget // (16 * gallery.dim)))
+        score_budget = max(1, budget - 2 * 4 * gallery.dim * max(1, min(rows, b - a)))
+    qb = max(1, min(nq, score_budget // (BYTES_PER_SCORE * max(1, min(rows, b - a)))))
     hist_out = torch.zeros_like(stats.neg_hist, device=device)
     n_neg = stats.n_neg.to(device)
     max_neg = stats.max_neg.to(device)
     topv = stats.topk_scores.to(device) if k else None
     topi = stats.topk_indices.to(device) if k else None
     with torch.inference_mode(), precision_context(precision):
-        for start in range(a, b, rows):
-            stop = min(start + rows, b)
-            g = gallery.rows(start, stop).to(device, non_blocking=True)
+        for start, stop, g in device_blocks(gallery, a, b, rows, device):
             gi = torch.arange(start, stop, device=device)
             g_mm = g.to(dtype)
             for q0 in range(0, nq, qb):
@@ -73,6 +83,53 @@ def negative_pass(stats, query: EmbeddingSet, gallery: EmbeddingSet, qemb: torch
     if k:
         stats.topk_scores.copy_(topv.cpu())
         stats.topk_indices.copy_(topi.cpu())
+
+
+def device_blocks(gallery: EmbeddingSet, a: int, b: int, rows: int,
+                  device: torch.device) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Yield ``(start, stop, rows [stop - start, D] float32 on device)`` over items ``[a, b)``.
+
+    A helper thread reads block i+1 (pinned on CUDA) while block i is ranked; on CUDA block
+    i+1's copy is queued on a side stream before block i is yielded, and the compute stream
+    waits on that copy's event before using it.
+    """
+    spans = [(s, min(s + rows, b)) for s in range(a, b, rows)]
+    if not spans:
+        return
+    cuda = device.type == "cuda"
+    side = torch.cuda.Stream(device) if cuda else None
+
+    def read(span: tuple[int, int]) -> torch.Tensor:
+        host = gallery.rows(*span)
+        return host.pin_memory() if cuda else host
+
+    def upload(host: torch.Tensor) -> tuple[torch.Tensor, object]:
+        if not cuda:
+            return host, None
+        with torch.cuda.stream(side):
+            on_device = host.to(device, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(side)
+        return on_device, done
+
+    with ThreadPoolExecutor(1) as reader:
+        pending = reader.submit(read, spans[0])
+        current = upload(pending.result())
+        if len(spans) > 1:
+            pending = reader.submit(read, spans[1])
+        for i, (start, stop) in enumerate(spans):
+            following = None
+            if i + 1 < len(spans):
+                following = upload(pending.result())
+                if i + 2 < len(spans):
+                    pending = reader.submit(read, spans[i + 2])
+            block, done = current
+            if done is not None:
+                compute = torch.cuda.current_stream(device)
+                compute.wait_event(done)
+                block.record_stream(compute)  # allocated on the side stream, used here
+            yield start, stop, block
+            current = following  # type: ignore[assignment]
 
 
 def _histogram(masked: torch.Tensor, counts: torch.Tensor, offsets: torch.Tensor,

@@ -18,10 +18,10 @@ import torch
 
 from . import metrics as M
 from .errors import OptionError
-from .ranking import Protocol, RankStats, rank_stats
+from .ranking import Protocol, RankStats, rank_stats, shard_range
 from .store import EmbeddingSet
 
-__all__ = ["EvalResult", "evaluate", "aggregate_mean"]
+__all__ = ["EvalResult", "evaluate", "evaluation_stats", "PartialEvaluation", "summarize", "aggregate_mean"]
 
 
 @dataclass
@@ -84,6 +84,54 @@ def evaluate(
     ``first_rank``, ``last_rank``, ``ap``, ``hard_pos``, ``hard_neg`` (+ ``knn_pred``).
     """
     t0 = time.perf_counter()
+    part = evaluation_stats(query, gallery, metric=metric, ks=ks, knn_k=knn_k,
+                            exclude_same_camera=exclude_same_camera, exclude_self=exclude_self,
+                            aggregate=aggregate, no_positive=no_positive, device=device,
+                            precision=precision, memory=memory, block_size=block_size,
+                            progress=progress)
+    return summarize(part.stats, part.gallery.labels, ks=part.ks, knn_k=knn_k,
+                     no_positive=no_positive, pr=pr, options=part.options, t0=t0)
+
+
+@dataclass
+class PartialEvaluation:
+    """What :func:`evaluation_stats` returns: statistics of one gallery shard, before the summary.
+
+    ``gallery`` is the gallery actually ranked (the class prototypes with ``aggregate="mean"``),
+    ``gallery_range`` the items ``[a, b)`` of it that this shard streamed, ``ks`` the checked
+    cut-offs and ``options`` the options that shape the result (``EvalResult.options``).
+    """
+
+    stats: RankStats
+    gallery: EmbeddingSet
+    gallery_range: tuple[int, int]
+    ks: list[int]
+    options: dict[str, object]
+
+
+def evaluation_stats(
+    query: EmbeddingSet,
+    gallery: EmbeddingSet,
+    *,
+    metric: str = "cosine",
+    ks: Sequence[int] = (1, 5, 10),
+    knn_k: int | None = None,
+    exclude_same_camera: bool = False,
+    exclude_self: bool = False,
+    aggregate: str | None = None,
+    no_positive: str = "skip",
+    device: str = "auto",
+    precision: str = "fp32",
+    memory: int | str | None = None,
+    block_size: int | None = None,
+    shard: tuple[int, int] | None = None,
+    progress=None,
+) -> PartialEvaluation:
+    """Check the options and compute the mergeable statistics, of the gallery shard ``shard``
+    = ``(i, n)`` (:func:`embeval.ranking.shard_range`) or of the whole gallery.
+
+    Shards' statistics combine exactly with :meth:`RankStats.merge`, then :func:`summarize`.
+    """
     if no_positive not in ("skip", "zero"):
         raise OptionError(f"--no-positive: unknown policy {no_positive!r} (skip, zero)")
     if aggregate not in (None, "none", "mean"):
@@ -96,15 +144,15 @@ def evaluate(
     ks = M.check_ks(ks, gallery.n)
     if knn_k is not None:
         M.check_ks([knn_k], gallery.n, "-k (kNN)")
+    g_range = shard_range(gallery.n, *shard) if shard is not None else (0, gallery.n)
     stats = rank_stats(query, gallery, metric=metric,
                        protocol=Protocol(exclude_same_camera, exclude_self),
                        topk=knn_k or 0, device=device, precision=precision, memory=memory,
-                       block_size=block_size, progress=progress)
-    return summarize(stats, gallery.labels, ks=ks, knn_k=knn_k, no_positive=no_positive, pr=pr,
-                     options=dict(metric=metric, exclude_same_camera=exclude_same_camera,
-                                  exclude_self=exclude_self, aggregate=aggregate or "none",
-                                  no_positive=no_positive, precision=precision),
-                     t0=t0)
+                       block_size=block_size, gallery_range=g_range, progress=progress)
+    options: dict[str, object] = dict(metric=metric, exclude_same_camera=exclude_same_camera,
+                                      exclude_self=exclude_self, aggregate=aggregate or "none",
+                                      no_positive=no_positive, precision=precision)
+    return PartialEvaluation(stats, gallery, g_range, list(ks), options)
 
 
 def summarize(stats: RankStats, gallery_labels: torch.Tensor, *, ks: Sequence[int],

@@ -26,7 +26,8 @@ from .errors import OptionError
 from .similarity import METRIC_CODES, aux, check_metric, matmul_dtype, resolve_device, transform
 from .store import EmbeddingSet
 
-__all__ = ["Protocol", "RankStats", "rank_stats", "positive_pairs", "NO_INDEX", "parse_memory"]
+__all__ = ["Protocol", "RankStats", "rank_stats", "positive_pairs", "NO_INDEX", "parse_memory",
+           "shard_range", "parse_shard"]
 
 NO_INDEX = torch.iinfo(torch.int64).max  # top-k slot without an item
 Progress = Callable[[int, int], None]
@@ -122,6 +123,34 @@ def parse_memory(text: str | int | None) -> int | None:
     if value < 1e6:
         raise OptionError(f"--memory: {text!r} is too small (at least 1MB)")
     return int(value)
+
+
+def shard_range(n_items: int, index: int, count: int, *, align: int = 2048) -> tuple[int, int]:
+    """Items ``[a, b)`` of shard ``index`` (0-based) of ``count``: contiguous, near-equal sizes.
+
+    Boundaries fall on multiples of ``align`` (the CPU engine's gallery tile, so no tile is
+    split between shards) whenever every shard can get at least one such unit; shards of
+    small sets split anywhere (results stay bit-identical either way, only slower).
+    """
+    if not 0 <= index < count:
+        raise OptionError(f"shard {index}/{count}: the index must be between 0 and {count - 1}")
+    if count * align > n_items:
+        align = 1
+    units = -(-n_items // align)
+    return (min(n_items, index * units // count * align),
+            min(n_items, (index + 1) * units // count * align))
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` (0 ≤ i < n) → ``(i, n)``; raises :class:`OptionError` naming ``--shard``."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise OptionError(f"--shard: cannot read {text!r} (write i/n, e.g. 0/4 for the first "
+                          "of four shards)") from None
+    if n < 1 or not 0 <= i < n:
+        raise OptionError(f"--shard {text}: need 0 <= i < n (shards are numbered from 0)")
+    return i, n
 
 
 def positive_pairs(query_labels: torch.Tensor, gallery_labels: torch.Tensor,

@@ -61,6 +61,7 @@ class EmbeddingSet:
         name: str = "<tensor>",
         _file: Path | None = None,
         _shape: tuple[int, int] | None = None,
+        _dtype: torch.dtype | None = None,
     ) -> None:
         self.name = name
         self.metadata = dict(metadata or {})
@@ -73,9 +74,11 @@ class EmbeddingSet:
                 embeddings = torch.as_tensor(embeddings)
             self._emb: torch.Tensor | None = embeddings
             shape = tuple(embeddings.shape)
+            _dtype = embeddings.dtype
         else:
             self._emb = None
             shape = _shape  # type: ignore[assignment]
+        self.dtype: torch.dtype | None = _dtype  # stored dtype of the embeddings
         _validate(name, shape, embeddings.dtype if embeddings is not None else None,
                   self.labels, self.cameras, self._paths)
         self.n, self.dim = int(shape[0]), int(shape[1])
@@ -183,7 +186,8 @@ def load(path: str | os.PathLike[str], *, lazy: bool = True) -> EmbeddingSet:
                                 f"got {emb.get_dtype()}")
     try:
         return EmbeddingSet(embeddings, labels, cameras, metadata=meta, name=str(p),
-                            _file=p if lazy else None, _shape=shape)  # type: ignore[arg-type]
+                            _file=p if lazy else None, _shape=shape,  # type: ignore[arg-type]
+                            _dtype=dtype)
     except InputFileError:
         raise
     except ValueError as e:

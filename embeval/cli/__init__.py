@@ -11,11 +11,13 @@ import sys
 import typer
 import typer.main
 
+from embeval import distributed
 from embeval.errors import EmbevalError
 
 from . import (
     evaluate_cmds,  # noqa: F401  (registers score, knn, cmc, pr)
     extract_cmd,  # noqa: F401  (registers extract)
+    merge_cmd,  # noqa: F401  (registers merge)
 )
 from ._app import app
 
@@ -66,7 +68,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{prog}: error: {e.format_message()}", file=sys.stderr)
         sys.exit(2)
     except EmbevalError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        if distributed.is_leader():  # under torchrun every rank fails alike; rank 0 says why
+            print(f"{prog}: error: {e}", file=sys.stderr)
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
         print(f"{prog}: interrupted", file=sys.stderr)

@@ -40,9 +40,10 @@ def interactive() -> bool:
 
 
 @contextmanager
-def progress_bar(description: str, unit: str = "") -> Iterator[Callable[[int, int], None]]:
+def progress_bar(description: str, unit: str = "",
+                 enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
     """Yield ``update(done, total)``; draws a Rich bar on stderr only on a terminal."""
-    if not interactive():
+    if not enabled or not interactive():
         yield lambda done, total: None
         return
     columns = [TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),

@@ -1,0 +1,194 @@
+"""One evaluation command from options to output: a whole run, a ``--shard`` run (writes a
+partial-statistics file), or one rank of a torchrun group (rank 0 prints).
+
+``embeval merge`` ends in the same :func:`finish` as a whole run, so it prints and writes
+exactly what the single run would have.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from embeval import distributed, exports
+from embeval.concat import load_many, source_files
+from embeval.errors import OptionError
+from embeval.evaluate import EvalResult, evaluation_stats, summarize
+from embeval.partials import Partial, fingerprint, save_partial
+from embeval.ranking import parse_memory, parse_shard
+from embeval.similarity import resolve_device, scores
+from embeval.store import EmbeddingSet, load
+
+from ._app import check_writable, interactive, progress_bar, stderr
+from .report import render
+
+MATRIX_LIMIT = 1 << 30  # score --out: the full [Q, G] matrix up to 1 GB, else the top-k
+
+
+@dataclass
+class Common:
+    metric: str
+    device: str
+    memory: str | None
+    precision: str
+    exclude_same_camera: bool
+    exclude_self: bool
+    aggregate: str
+    no_positive: str
+    block_size: int | None
+
+
+@dataclass
+class Job:
+    """``command`` (cmc, score, knn, pr) on ``query`` × ``gallery`` (files), its output files."""
+
+    command: str
+    query: Path
+    gallery: list[Path]
+    common: Common
+    ks: list[int]
+    knn_k: int | None = None
+    pr: bool = False
+    extra: dict = field(default_factory=dict)  # printed in the JSON object (knn: {"k": 5})
+    outputs: dict[str, Path | None] = field(default_factory=dict)
+    out_topk: int | None = None  # score: top-N per query for --out (None: matrix when it fits)
+    as_json: bool = False
+
+    def identity(self, q: EmbeddingSet, g: EmbeddingSet) -> dict:
+        """What every shard of one run shares (the ``job`` of a partial-statistics header)."""
+        c = self.common
+        return {"command": self.command, "ks": self.ks, "knn_k": self.knn_k, "pr": self.pr,
+                "extra": self.extra, "out_topk": self.out_topk,
+                "options": {"metric": c.metric, "precision": c.precision,
+                            "exclude_same_camera": c.exclude_same_camera,
+                            "exclude_self": c.exclude_self, "aggregate": c.aggregate,
+                            "no_positive": c.no_positive},
+                "label_names": g.label_names,
+                "inputs": {"query": [fingerprint(f) for f in source_files(q)],
+                           "gallery": [fingerprint(f) for f in source_files(g)]}}
+
+
+def execute(job: Job, *, shard: str | None = None, out_part: Path | None = None) -> None:
+    """Run ``job``: alone, as shard ``i/n`` of an array job, or as one rank under torchrun."""
+    part = parse_shard(shard) if shard else None
+    lead = distributed.is_leader()
+    if part is not None:
+        given = [option for option, path in job.outputs.items() if path is not None]
+        if given:
+            raise OptionError(f"{given[0]}: a --shard run writes only its partial statistics; "
+                              "give output files to `embeval merge`")
+        if distributed.requested():
+            raise OptionError("--shard: not under torchrun (torchrun shards by itself)")
+        out_part = out_part or Path(f"{job.command}.part-{part[0]}-of-{part[1]}.safetensors")
+        check_writable(out_part, "--out-part")
+    elif out_part is not None:
+        raise OptionError("--out-part needs --shard i/n")
+    if lead:
+        for option, path in job.outputs.items():
+            check_writable(path, option)
+    c = job.common
+    parse_memory(c.memory)
+    resolve_device(c.device)
+    q, g = load(job.query), load_many(job.gallery)
+    if q.dim != g.dim:
+        raise OptionError(f"{q.name} has {q.dim}-dimensional embeddings but {g.name} has {g.dim}")
+    knn_k = job.knn_k
+    if job.command == "score":
+        knn_k = _score_topn(job, q, g) if (part or job.outputs.get("--out")) else None
+    if not distributed.requested():
+        _compute(job, q, g, knn_k, part, out_part, None)
+        return
+    with distributed.process_group(c.device) as group:
+        _compute(job, q, g, knn_k, None, None, group)
+
+
+def _compute(job: Job, q: EmbeddingSet, g: EmbeddingSet, knn_k: int | None,
+             part: tuple[int, int] | None, out_part: Path | None, group) -> None:
+    c = job.common
+    t0 = time.perf_counter()
+    by_query = group is not None and distributed.split_axis(
+        q.n, g.n, group.world, exclude_self=c.exclude_self) == "query"
+    if by_query:
+        a, b = group.query_range(q.n)
+        q = EmbeddingSet(q.rows(a, b), q.labels[a:b], None if q.cameras is None else q.cameras[a:b],
+                         metadata=q.metadata, name=q.name)
+    with progress_bar("ranking", "items", enabled=distributed.is_leader()) as update:
+        ev = evaluation_stats(
+            q, g, metric=c.metric, ks=job.ks, knn_k=knn_k,
+            exclude_same_camera=c.exclude_same_camera, exclude_self=c.exclude_self,
+            aggregate=c.aggregate, no_positive=c.no_positive,
+            device=group.device if group else c.device, precision=c.precision, memory=c.memory,
+            block_size=c.block_size,
+            shard=part or (group.shard if group and not by_query else None),
+            progress=update)
+    if part is not None:
+        a, b = ev.gallery_range
+        header = {"job": job.identity(q, g), "shard": list(part), "gallery_range": [a, b],
+                  "info": {"device": c.device, "memory": c.memory, "host": platform.node(),
+                           "seconds": round(time.perf_counter() - t0, 3)}}
+        save_partial(out_part, Partial(ev.stats, ev.gallery.labels[a:b], header))  # type: ignore[arg-type]
+        if interactive():
+            stderr.print(f"shard {part[0]}/{part[1]} (gallery items {a}:{b}) → {out_part}")
+        return
+    stats = ev.stats if group is None else (group.concat(ev.stats) if by_query
+                                           else group.reduce(ev.stats))
+    if stats is None:  # a rank other than 0: nothing to print
+        return
+    result = summarize(stats, ev.gallery.labels, ks=ev.ks, knn_k=knn_k, no_positive=c.no_positive,
+                       pr=job.pr, options=ev.options, t0=t0)
+    finish(job, result, g.label_names, knn_k)
+
+
+def _score_topn(job: Job, q: EmbeddingSet, g: EmbeddingSet) -> int | None:
+    if job.out_topk is not None:
+        return min(job.out_topk, g.n)
+    return None if q.n * g.n * 4 <= MATRIX_LIMIT else min(max(job.ks), g.n)
+
+
+def finish(job: Job, result: EvalResult, label_names: list[str] | None, knn_k: int | None) -> None:
+    """Write the job's output files, then print the table or the JSON object."""
+    out = job.outputs
+    if out.get("--per-query"):
+        exports.write_per_query(out["--per-query"], result, label_names)  # type: ignore[arg-type]
+    if out.get("--predictions"):
+        exports.write_predictions(out["--predictions"], result)  # type: ignore[arg-type]
+    if out.get("--curves"):
+        exports.write_curves(out["--curves"], result)  # type: ignore[arg-type]
+    if out.get("--plot"):
+        names = job.gallery[0].name + (f" (+{len(job.gallery) - 1} files)" if len(job.gallery) > 1
+                                       else "")
+        exports.write_pr_plot(out["--plot"], result,  # type: ignore[arg-type]
+                              f"{job.query.name} vs {names} ({job.common.metric})")
+    if out.get("--out"):
+        _write_scores(out["--out"], job, result, knn_k)  # type: ignore[arg-type]
+    render(job.command, result, job.ks, as_json=job.as_json, extra=job.extra or None)
+    sys.stdout.flush()
+
+
+def _write_scores(path: Path, job: Job, result: EvalResult, topn: int | None) -> None:
+    meta = {"embeval.scores": "1", "metric": job.common.metric}
+    stats = result.stats
+    if topn is not None:
+        idx = stats.topk_indices
+        empty = idx == torch.iinfo(torch.int64).max
+        exports.write_tensor_stream(
+            path, [("topk_scores", torch.float32, tuple(idx.shape)),
+                   ("topk_indices", torch.int64, tuple(idx.shape))],
+            iter([{"topk_scores": stats.topk_scores, "topk_indices": idx.masked_fill(empty, -1)}]),
+            {**meta, "layout": "topk"})
+        return
+    q, g = load(job.query), load_many(job.gallery)
+    gallery_emb = g.embeddings
+    rows = max(1, (parse_memory(job.common.memory) or 1 << 28) // max(1, 4 * g.n))
+
+    def blocks():
+        for a in range(0, q.n, rows):
+            yield {"scores": scores(q.rows(a, min(a + rows, q.n)), gallery_emb, job.common.metric)}
+
+    exports.write_tensor_stream(path, [("scores", torch.float32, (q.n, g.n))], blocks(),
+                                {**meta, "layout": "matrix"})

@@ -1,0 +1,86 @@
+"""``embeval merge PARTS...``: the result of one run from the partial statistics of its shards."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from embeval import exports
+from embeval.concat import expand_paths
+from embeval.errors import InputFileError, OptionError
+from embeval.evaluate import summarize
+from embeval.partials import fingerprint, load_partial, merge_partials
+
+from ._app import app, check_writable
+from ._job import Common, Job, finish
+from .evaluate_cmds import JsonOpt
+
+OUTPUTS = {"cmc": ("--per-query",), "score": ("--out",), "knn": ("--predictions",),
+           "pr": ("--curves", "--plot", "--per-query")}
+
+
+@app.command()
+def merge(
+    parts: Annotated[list[Path], typer.Argument(
+        help="Partial-statistics files of `--shard i/n` runs (every shard once; globs allowed).",
+        show_default=False)],
+    json: JsonOpt = False,
+    per_query: Annotated[Path | None, typer.Option(
+        "--per-query", help="cmc, pr: CSV, one row per query.")] = None,
+    predictions: Annotated[Path | None, typer.Option(
+        "--predictions", help="knn: CSV, one row per query.")] = None,
+    curves: Annotated[Path | None, typer.Option("--curves", help="pr: per-query PR points.")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="pr: PNG of the mean PR curve.")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="score: scores file (top-k when the shards kept one, else the matrix, "
+                      "recomputed from the input files).")] = None,
+) -> None:
+    """Combine the shards of an array job: prints exactly what one run prints (table or --json)."""
+    t0 = time.perf_counter()
+    merged = merge_partials([load_partial(p) for p in expand_paths(parts)])
+    job = merged.job
+    command = job["command"]
+    given = {"--per-query": per_query, "--predictions": predictions, "--curves": curves,
+             "--plot": plot, "--out": out}
+    for option, path in given.items():
+        if path is not None and option not in OUTPUTS[command]:
+            raise OptionError(f"{option}: not an output of `embeval {command}` (the parts' command); "
+                              f"it writes {', '.join(OUTPUTS[command])}")
+        check_writable(path, option)
+    if plot:
+        exports.require_matplotlib()
+    stats = merged.stats
+    topn = job["knn_k"]
+    if command == "score":
+        topn = stats.topk_scores.shape[1] if stats.topk_scores is not None else None
+        if out is not None and topn is None:
+            _check_inputs_unchanged(job)
+    o = job["options"]
+    options: dict[str, object] = {key: o[key] for key in ("metric", "exclude_same_camera",
+                                                           "exclude_self", "aggregate",
+                                                           "no_positive", "precision")}
+    common = Common(o["metric"], "cpu", None, o["precision"], o["exclude_same_camera"],
+                    o["exclude_self"], o["aggregate"], o["no_positive"], None)
+    inputs = job["inputs"]
+    run = Job(command, Path(inputs["query"][0]["file"]), [Path(f["file"]) for f in inputs["gallery"]],
+              common, job["ks"], knn_k=job["knn_k"], pr=job["pr"], extra=job["extra"],
+              outputs={k: v for k, v in given.items() if k in OUTPUTS[command]},
+              out_topk=job["out_topk"], as_json=json)
+    result = summarize(stats, merged.gallery_labels, ks=job["ks"], knn_k=topn,
+                       no_positive=o["no_positive"], pr=job["pr"], options=options, t0=t0)
+    finish(run, result, job["label_names"], topn)
+
+
+def _check_inputs_unchanged(job: dict) -> None:
+    """score --out recomputes the matrix from the input files: they must be the ones ranked."""
+    for fp in [*job["inputs"]["query"], *job["inputs"]["gallery"]]:
+        path = Path(fp["file"])
+        if not path.exists():
+            raise InputFileError(path, "score --out needs the input files again to write the "
+                                       "matrix, and this one is gone")
+        now = fingerprint(path)
+        if (now["size"], now["sha256"]) != (fp["size"], fp["sha256"]):
+            raise InputFileError(path, "changed since the shards were computed")

@@ -1,0 +1,173 @@
+"""Partial-statistics files: one gallery shard's :class:`RankStats`, saved, checked and merged.
+
+An array job (SLURM ``--array``) runs ``embeval cmc Q G --shard i/n --out-part FILE`` once per
+shard; ``embeval merge FILES...`` combines the parts into the result of one run, bit for bit.
+
+A part is a safetensors file with the statistics tensors (``query_labels``, ``pos_offsets``,
+``pos_scores``, ``neg_hist``, ``n_neg``, ``max_neg``, optionally ``topk_scores`` /
+``topk_indices``), ``gallery_labels`` of its shard's items, and in the metadata
+``embeval.partial = "1"``, ``metric`` and ``header``: a JSON object with
+
+- ``job``: what must be equal in every part: ``command``, ``ks``, ``knn_k``, ``pr``,
+  ``extra``, ``options`` (those that shape the result) and ``inputs``: for the query file and
+  each gallery file its ``file`` (absolute path, informative only), ``size`` and ``sha256`` of
+  its first and last MiB (header, start and end of the data; a cheap fingerprint);
+- ``shard`` ``[i, n]`` and ``gallery_range`` ``[a, b)``; ``info`` (device, memory, host, time:
+  recorded, never compared).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .errors import InputFileError
+from .ranking import RankStats
+from .store import atomic_path
+
+__all__ = ["Partial", "fingerprint", "save_partial", "load_partial", "merge_partials", "FORMAT"]
+
+FORMAT = "1"
+_STATS = ("query_labels", "pos_offsets", "pos_scores", "neg_hist", "n_neg", "max_neg")
+_TOPK = ("topk_scores", "topk_indices")
+
+
+@dataclass
+class Partial:
+    """Statistics of gallery items ``header["gallery_range"]`` (all of them once merged)."""
+
+    stats: RankStats
+    gallery_labels: torch.Tensor
+    header: dict
+    path: Path | None = None
+
+    @property
+    def job(self) -> dict:
+        return self.header["job"]
+
+
+def fingerprint(path: str | os.PathLike[str], chunk: int = 1 << 20) -> dict:
+    """``{"file", "size", "sha256"}``: size and a hash of the first and last ``chunk`` bytes."""
+    p = Path(path)
+    size = p.stat().st_size
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        h.update(f.read(chunk))
+        if size > chunk:
+            f.seek(max(chunk, size - chunk))
+            h.update(f.read(chunk))
+    return {"file": str(p.resolve()), "size": size, "sha256": h.hexdigest()}
+
+
+def save_partial(path: str | os.PathLike[str], part: Partial) -> Path:
+    """Write ``part`` atomically (complete under its final name, or absent)."""
+    s = part.stats
+    tensors = {name: getattr(s, name).contiguous() for name in _STATS}
+    if s.topk_scores is not None:
+        tensors.update({name: getattr(s, name).contiguous() for name in _TOPK})
+    tensors["gallery_labels"] = part.gallery_labels.contiguous()
+    meta = {"embeval.partial": FORMAT, "metric": s.metric, "n_gallery": str(s.n_gallery),
+            "header": json.dumps(part.header)}
+    p = Path(path)
+    with atomic_path(p) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return p
+
+
+def load_partial(path: str | os.PathLike[str]) -> Partial:
+    """Read a part written by :func:`save_partial`; :class:`InputFileError` names the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputFileError(p, "no such file" if not p.exists() else "is not a file")
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("embeval.partial") != FORMAT:
+                raise InputFileError(p, "not an embeval partial-statistics file (write one with "
+                                        "`embeval cmc ... --shard i/n --out-part FILE`)")
+            keys = set(f.keys())
+            missing = [k for k in (*_STATS, "gallery_labels") if k not in keys]
+            if missing:
+                raise InputFileError(p, f"partial-statistics file lacks {', '.join(missing)}")
+            t = {k: f.get_tensor(k) for k in keys}
+        header = json.loads(meta["header"])
+        stats = RankStats(metric=meta["metric"], n_gallery=int(meta["n_gallery"]),
+                          **{k: t[k] for k in _STATS}, **{k: t.get(k) for k in _TOPK})
+        for key in ("job", "shard", "gallery_range"):
+            if key not in header:
+                raise KeyError(key)
+    except InputFileError:
+        raise
+    except SafetensorError as e:
+        raise InputFileError(p, f"not a readable safetensors file ({e})") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise InputFileError(p, f"damaged partial-statistics header ({e!r})") from None
+    return Partial(stats, t["gallery_labels"], header, p)
+
+
+def _identity(job: dict) -> dict:
+    """The job without informative fields: what every part of one run shares."""
+    out = copy.deepcopy(job)
+    for files in out.get("inputs", {}).values():
+        for fp in files:
+            fp.pop("file", None)
+    return out
+
+
+def _difference(a: dict, b: dict) -> str:
+    for key in sorted(set(a) | set(b)):
+        if a.get(key) != b.get(key):
+            if isinstance(a.get(key), dict) and isinstance(b.get(key), dict):
+                return f"{key}.{_difference(a[key], b[key])}"
+            if key == "inputs" or key in ("query", "gallery"):
+                return f"{key} (different files or file contents)"
+            return f"{key}: {json.dumps(a.get(key))} vs {json.dumps(b.get(key))}"
+    return "?"
+
+
+def merge_partials(parts: list[Partial]) -> Partial:
+    """Check that ``parts`` are the shards of one run, each exactly once, and merge them.
+
+    The merge runs in shard order, so the result is the same for any order of ``parts``.
+    Raises :class:`InputFileError` naming the file that does not fit.
+    """
+    if not parts:
+        raise InputFileError("<parts>", "no partial-statistics file given")
+    first = parts[0]
+    ident = _identity(first.job)
+    n = first.header["shard"][1]
+    by_index: dict[int, Partial] = {}
+    for part in parts:
+        where = part.path or "<part>"
+        if _identity(part.job) != ident:
+            raise InputFileError(where, f"is from a different run than {first.path}: "
+                                        f"{_difference(_identity(part.job), ident)}")
+        i, count = part.header["shard"]
+        if count != n:
+            raise InputFileError(where, f"is shard {i}/{count} but {first.path} is one of {n} shards")
+        if i in by_index:
+            raise InputFileError(where, f"shard {i}/{n} is given twice (also {by_index[i].path})")
+        by_index[i] = part
+    missing = [i for i in range(n) if i not in by_index]
+    if missing:
+        shown = ", ".join(f"{i}/{n}" for i in missing)
+        raise InputFileError(first.path or "<parts>",
+                             f"shard(s) {shown} missing: the parts of this run are "
+                             f"{len(parts)} of {n} (run the missing shard(s) with --shard)")
+    ordered = [by_index[i] for i in range(n)]
+    stats = ordered[0].stats
+    for part in ordered[1:]:
+        stats = stats.merge(part.stats)
+    header = {k: v for k, v in first.header.items() if k not in ("shard", "gallery_range", "info")}
+    header["shard"] = [0, 1]
+    header["gallery_range"] = [0, stats.n_gallery]
+    labels = torch.cat([p.gallery_labels for p in ordered])
+    return replace(first, stats=stats, gallery_labels=labels, header=header, path=None)
