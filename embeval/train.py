@@ -58,7 +58,8 @@ class TrainInterrupted(EmbevalError):
 
     def __init__(self, reason: str, run_dir: Path, epoch: int, step: int) -> None:
         self.reason, self.run_dir, self.epoch, self.step = reason, run_dir, epoch, step
-        super().__init__(f"{reason}: stopped in epoch {epoch} after step {step}; resume with "
+        where = f"in epoch {epoch} after step {step}" if step else f"after epoch {epoch}"
+        super().__init__(f"{reason}: stopped {where}; resume with "
                          f"`embeval train --resume {run_dir}`")
 
 
@@ -338,9 +339,9 @@ def _accumulate(a: dict[str, float], loss: torch.Tensor, ce: torch.Tensor, tri: 
     n = len(y)
     top = logits.topk(min(5, logits.shape[1]), dim=1).indices == y[:, None]
     a["n"] += n
-    a["loss"] += float(loss) * n
-    a["ce"] += float(ce) * n
-    a["triplet"] += float(tri) * n
+    a["loss"] += float(loss.detach()) * n
+    a["ce"] += float(ce.detach()) * n
+    a["triplet"] += float(tri.detach()) * n
     a["top1"] += float(top[:, 0].sum())
     a["top5"] += float(top.any(1).sum())
 

@@ -198,18 +198,16 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise InputFileError(p, f"--config: cannot read ({e})") from None
+    suffix = p.suffix.lower()
+    if suffix not in (".toml", ".yaml", ".yml", ".json"):
+        raise InputFileError(p, "--config: expected a .yaml, .yml or .toml file")
+    if suffix == ".toml" and tomllib is None:
+        raise InputFileError(p, "--config: TOML needs Python >= 3.11; use YAML")
     try:
-        if p.suffix.lower() == ".toml":
-            if tomllib is None:
-                raise InputFileError(p, "--config: TOML needs Python >= 3.11; use YAML")
-            data = tomllib.loads(text)
-        elif p.suffix.lower() in (".yaml", ".yml", ".json"):
-            data = yaml.safe_load(text)
-        else:
-            raise InputFileError(p, "--config: expected a .yaml, .yml or .toml file")
+        data = tomllib.loads(text) if suffix == ".toml" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as e:  # tomllib.TOMLDecodeError is a ValueError
         first = " ".join(str(e).split())[:160]
-        raise InputFileError(p, f"not valid {p.suffix.lstrip('.').upper()} ({first})") from None
+        raise InputFileError(p, f"not valid {suffix.lstrip('.').upper()} ({first})") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
