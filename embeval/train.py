@@ -255,6 +255,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         epoch_order_state_next = order_gen.get_state()
         report({"event": "epoch_start", "epoch": epoch + 1, "epochs": c.epochs, "steps": len(batches)})
         model.train()
+        last_lr = optimizer.param_groups[0]["lr"]
         loader = DataLoader(dataset, batch_sampler=batches[step:], num_workers=min(workers, len(batches)),
                             collate_fn=ImageDataset.collate, pin_memory=device.type == "cuda",
                             generator=torch.Generator().manual_seed(c.seed))
@@ -288,6 +289,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
                 scaler.update()
             else:
                 optimizer.step()
+            last_lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
             _accumulate(accum, loss, ce, tri, logits.detach(), y)
             step += 1
@@ -299,7 +301,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
                 raise TrainInterrupted(reason, run, epoch + 1, step)
         report({"event": "eval", "epoch": epoch + 1})
         metrics, sample = _evaluate(c, model, data, prep, device, writer is not None)
-        record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
+        record = {"epoch": epoch + 1, "lr": last_lr,
                   **_train_metrics(accum, len(data.classes)), **metrics,
                   "seconds": round(time.perf_counter() - t0, 3)}
         value = record.get(c.best_metric)

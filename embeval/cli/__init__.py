@@ -16,6 +16,7 @@ from embeval.errors import EmbevalError
 from . import (
     evaluate_cmds,  # noqa: F401  (registers score, knn, cmc, pr)
     extract_cmd,  # noqa: F401  (registers extract)
+    train_cmd,  # noqa: F401  (registers train)
 )
 from ._app import app
 
