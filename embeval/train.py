@@ -65,9 +65,13 @@ class TrainInterrupted(EmbevalError):
 
 @dataclass
 class TrainResult:
+    """The run folder, one record per finished epoch (also in metrics.jsonl), the best
+    epoch ``{"metric", "value", "epoch"}`` and the trained model (final weights)."""
+
     run_dir: Path
     history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] = field(default_factory=dict)
+    model: TrainModel | None = None
 
 
 class TrainModel(nn.Module):
@@ -329,7 +333,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
             raise TrainInterrupted(reason, run, epoch, 0)
     if writer is not None:
         writer.close()
-    return TrainResult(run, history, best)
+    return TrainResult(run, history, best, model)
 
 
 def _new_accum() -> dict[str, float]:

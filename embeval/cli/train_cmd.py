@@ -226,13 +226,13 @@ def _pct(v: float | None) -> str:
 def _table(result: TrainResult, cfg: TrainConfig) -> Table:
     ranks = [f"rank{k}" for k in cfg.ks]
     table = Table(title=f"train: {result.run_dir} (best {cfg.best_metric} "
-                        f"{_pct(result.best.get('value'))} at epoch {result.best.get('epoch')}; "
-                        "metrics in %)", title_justify="left")
-    for col in ("epoch", "lr", "loss", "train acc", *ranks, "mAP", "mINP", "s", "best"):
-        table.add_column(col, justify="right")
+                        f"{_pct(result.best.get('value'))} at epoch {result.best.get('epoch')} *; "
+                        "acc = training accuracy; metrics in %)", title_justify="left",
+                  show_edge=False)
+    for col in ("epoch", "lr", "loss", "acc", *ranks, "mAP", "mINP"):
+        table.add_column(col, justify="right", no_wrap=True)
     for r in result.history:
-        table.add_row(str(r["epoch"]), f"{r['lr']:.3g}", f"{r['train_loss']:.4f}",
-                      _pct(r["train_accuracy"]), *(_pct(r.get(k)) for k in ranks),
-                      _pct(r.get("mAP")), _pct(r.get("mINP")), f"{r['seconds']:.1f}",
-                      "*" if r["best"] else "")
+        table.add_row(f"{r['epoch']}{'*' if r['best'] else ''}", f"{r['lr']:.3g}",
+                      f"{r['train_loss']:.4f}", _pct(r["train_accuracy"]),
+                      *(_pct(r.get(k)) for k in ranks), _pct(r.get("mAP")), _pct(r.get("mINP")))
     return table
