@@ -242,9 +242,13 @@ def config_from(*layers: tuple[str, Mapping[str, Any]]) -> TrainConfig:
 
 
 def save_config(path: Path, config: TrainConfig) -> None:
-    """Write the effective configuration as YAML (atomically)."""
+    """Write the effective configuration as YAML (atomically), with absolute paths."""
     from .store import atomic_path
 
+    values = config.to_dict()
+    for key in ("train", "query", "gallery", "out_dir"):
+        if values[key] is not None:
+            values[key] = str(Path(values[key]).absolute())
     with atomic_path(path) as tmp:
         tmp.write_text("# embeval train: the effective configuration of this run\n"
-                       + yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+                       + yaml.safe_dump(values, sort_keys=False), encoding="utf-8")

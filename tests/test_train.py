@@ -30,7 +30,7 @@ TESTS = Path(__file__).resolve().parent
 TINY = dict(size=[12, 12], widths=[4, 8], embedding_dim=8, batch_size=8, workers=0, lr=0.1,
             ks=[1, 5], epochs=2)
 TINY_ARGS = ["--size", "12", "12", "--widths", "4,8", "--embedding-dim", "8", "--batch-size", "8",
-             "--workers", "0", "--lr", "0.1", "-k", "1", "5"]
+             "--workers", "0", "--lr", "0.1", "-k", "1", "5", "--epochs", "2"]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -121,7 +121,7 @@ def test_loss_decreases_and_every_epoch_is_recorded(reference):
                      "state.pt"]
     saved = config_from((str(result.run_dir / "config.yaml"),
                          load_config_file(result.run_dir / "config.yaml")))
-    assert saved == cfg
+    assert saved == cfg  # the fixture's paths are absolute already
 
 
 @pytest.mark.parametrize("stop_at,lines", [(2, 0), (4, 1), (6, 1)],
@@ -176,29 +176,39 @@ def test_checkpoint_loads_in_extract_and_cmc_gives_the_epoch_metrics(reference, 
 
 
 def test_cli_resume_extends_a_run_like_an_uninterrupted_one(data, tmp_path):
+    full = train(config(data, tmp_path / "full", schedule="constant"))  # in-process, 2 epochs
     common = ["train", str(data / "train"), "--query", str(data / "query"), "--gallery",
               str(data / "gallery"), *TINY_ARGS, "--schedule", "constant"]
-    r = run_cli(*common, "--out-dir", "full", "--epochs", "2", "--json", cwd=tmp_path)
+    r = run_cli(*common, "--out-dir", "part", "--epochs", "1", "--json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert [e["epoch"] for e in json.loads(r.stdout)["epochs"]] == [1, 2]
-    r = run_cli(*common, "--out-dir", "part", "--epochs", "1", cwd=tmp_path)
-    assert r.returncode == 0 and "mAP" in r.stdout, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["command"] == "train" and [e["epoch"] for e in summary["epochs"]] == [1]
+    assert summary["epochs"][0]["train_loss"] == full.history[0]["train_loss"]
     r = run_cli("train", "--resume", "part", "--epochs", "2", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
+    assert "mAP" in r.stdout and r.stderr == ""
     assert_same_weights(tmp_path / "full", tmp_path / "part")
     assert len((tmp_path / "part" / "metrics.jsonl").read_text().splitlines()) == 2
     assert yaml.safe_load((tmp_path / "part" / "config.yaml").read_text())["epochs"] == 2
 
 
+SLOW = dict(backbone="helpers_models:slow_net", batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def slow_reference(data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("slow") / "ref"
+    train(config(data, out, **SLOW))
+    return out
+
+
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_cli_signal_mid_epoch_saves_and_resumes_exactly(data, tmp_path, sig, code):
-    common = ["train", str(data / "train"), "--query", str(data / "query"), "--gallery",
-              str(data / "gallery"), *TINY_ARGS, "--backbone", "helpers_models:slow_net",
-              "--batch-size", "4"]
-    ref = run_cli(*common, "--out-dir", "ref", cwd=tmp_path)
-    assert ref.returncode == 0, ref.stderr
+def test_cli_signal_mid_epoch_saves_and_resumes_exactly(data, tmp_path, slow_reference, sig, code):
     ready = tmp_path / "ready"
-    proc = subprocess.Popen(["embeval", *common, "--out-dir", "run"], cwd=tmp_path,
+    args = ["train", str(data / "train"), "--query", str(data / "query"), "--gallery",
+            str(data / "gallery"), *TINY_ARGS, "--backbone", SLOW["backbone"], "--batch-size", "4",
+            "--out-dir", "run"]
+    proc = subprocess.Popen(["embeval", *args], cwd=tmp_path,
                             env=cli_env({"EMBEVAL_TEST_READY": str(ready)}),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
@@ -210,11 +220,12 @@ def test_cli_signal_mid_epoch_saves_and_resumes_exactly(data, tmp_path, sig, cod
     assert out == "" and err.strip().splitlines() == [
         f"embeval: {sig.name}: stopped in epoch 2 after step 2; resume with "
         "`embeval train --resume run`"]
-    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 1
-    r = run_cli("train", "--resume", "run", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert_same_weights(tmp_path / "ref", tmp_path / "run")
-    model, _ = load_checkpoint(tmp_path / "run" / "best.safetensors")  # module:callable + neck
+    run = tmp_path / "run"
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+    saved = config_from((str(run / "config.yaml"), load_config_file(run / "config.yaml")))
+    train(saved, resume=True)
+    assert_same_weights(slow_reference, run)
+    model, _ = load_checkpoint(run / "best.safetensors")  # module:callable + neck
     assert model(torch.zeros(2, 3, 12, 12)).shape == (2, 8)
 
 
