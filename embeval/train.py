@@ -20,9 +20,7 @@ bit-identical weights to an uninterrupted run.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
-import math
 import os
 import random
 import time
@@ -39,14 +37,13 @@ from torch.utils.data import DataLoader
 
 from . import train_state as S
 from .errors import EmbevalError, InputFileError, OptionError
-from .evaluate import evaluate
-from .extract import ExtractOptions, embed_images
-from .images import ImageDataset, ImageList, Preprocessing, list_image_sets, list_images
-from .losses import batch_hard_triplet, make_classifier, pk_batches, random_batches
-from .models import BACKBONES, NECK_BACKBONE, LoadedModel, NeckNet, _call_factory, _cut, save_checkpoint
+from .images import ImageDataset, Preprocessing
+from .losses import batch_hard_triplet, pk_batches, random_batches
+from .models import save_checkpoint
 from .similarity import resolve_device
-from .store import EmbeddingSet
 from .train_config import TrainConfig, save_config
+from .train_eval import TrainData, evaluate_epoch, load_train_data, log_tensorboard, summary_writer_class
+from .train_model import TrainModel, build_model, lr_factor, make_optimizer
 
 __all__ = ["TrainConfig", "TrainResult", "TrainInterrupted", "TrainModel", "build_model", "train"]
 
@@ -74,112 +71,6 @@ class TrainResult:
     model: TrainModel | None = None
 
 
-class TrainModel(nn.Module):
-    """``embedder`` (backbone + neck, what checkpoints hold) and ``classifier``."""
-
-    def __init__(self, embedder: nn.Module, classifier: nn.Module) -> None:
-        super().__init__()
-        self.embedder, self.classifier = embedder, classifier
-
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None):  # noqa: ANN201
-        emb = self.embedder(x)
-        return emb, self.classifier(emb, labels)
-
-
-def build_model(config: TrainConfig, num_classes: int) -> tuple[TrainModel, dict[str, Any]]:
-    """A fresh model from the seed, and the architecture that rebuilds its embedder."""
-    c = config
-    torch.manual_seed(c.seed)
-    if c.backbone in BACKBONES:
-        arch: dict[str, Any] = {"backbone": c.backbone, "embedding_dim": c.embedding_dim,
-                                "widths": list(c.widths)}
-        embedder = BACKBONES[c.backbone](embedding_dim=c.embedding_dim, widths=tuple(c.widths))
-    elif ":" in c.backbone:
-        base = _call_factory(c.backbone)
-        probe = _cut(copy.deepcopy(base), c.backbone, layer=None) if c.backbone_head == "identity" \
-            else copy.deepcopy(base)
-        h, w = c.crop or c.size
-        try:
-            with torch.no_grad():
-                out = probe.eval()(torch.zeros(2, 3, h, w))
-        except Exception as e:  # noqa: BLE001 - the user's model refused the input
-            raise OptionError(f"--backbone {c.backbone}: forward of a [2, 3, {h}, {w}] batch failed "
-                              f"({type(e).__name__}: {' '.join(str(e).split())[:160]})") from None
-        out = out[0] if isinstance(out, (tuple, list)) else out
-        arch = {"backbone": NECK_BACKBONE, "base": c.backbone, "head": c.backbone_head,
-                "feature_dim": int(torch.flatten(out, 1).shape[1]), "embedding_dim": c.embedding_dim}
-        embedder = NeckNet(**{k: v for k, v in arch.items() if k != "backbone"}, module=base)
-    else:
-        raise OptionError(f"--backbone: {c.backbone!r} is neither a built-in backbone "
-                          f"({', '.join(BACKBONES)}) nor package.module:callable")
-    head = make_classifier(c.classifier, c.embedding_dim, num_classes, scale=c.scale, margin=c.margin)
-    return TrainModel(embedder, head), arch
-
-
-@dataclass
-class _Data:
-    train: ImageList
-    labels: torch.Tensor  # [N] class index 0..C-1 of each training image
-    classes: list[str]
-    query: ImageList
-    gallery: ImageList
-
-
-def _load_data(c: TrainConfig) -> _Data:
-    for key in ("train", "query", "gallery"):
-        if getattr(c, key) is None:
-            raise OptionError(f"no {key} set: give {'TRAIN_DIR' if key == 'train' else '--' + key} "
-                              f"(or {key!r} in the config file)")
-    train = list_images(c.train, layout=c.layout, label_regex=c.label_regex)  # type: ignore[arg-type]
-    known = [i for i, y in enumerate(train.labels) if y >= 0]
-    raw = torch.tensor([train.labels[i] for i in known], dtype=torch.int64)
-    values, labels = torch.unique(raw, return_inverse=True)
-    names = train.label_names
-    classes = [names[v] if names else str(v) for v in values.tolist()]
-    if len(classes) < 2:
-        raise InputFileError(train.source, f"training needs at least 2 classes, found {len(classes)}")
-    train = ImageList(train.source, [train.files[i] for i in known], [train.names[i] for i in known],
-                      [train.labels[i] for i in known])
-    query, gallery = list_image_sets([c.query, c.gallery], layout=c.layout,  # type: ignore[list-item]
-                                     label_regex=c.label_regex)
-    bad = [k for k in c.ks if k > len(gallery)]
-    if bad:
-        raise OptionError(f"-k {bad[0]}: larger than the gallery ({len(gallery)} images)")
-    return _Data(train, labels, classes, query, gallery)
-
-
-def _batches(c: TrainConfig, labels: torch.Tensor, generator: torch.Generator) -> list[list[int]]:
-    if c.use_pk:
-        return pk_batches(labels, batch_size=c.batch_size, instances=c.instances, generator=generator)
-    return random_batches(len(labels), batch_size=c.batch_size, generator=generator)
-
-
-def _lr_factor(c: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
-    warm = round(c.warmup_epochs * steps_per_epoch)
-    total = c.epochs * steps_per_epoch
-
-    def factor(step: int) -> float:  # LR multiplier for optimizer step `step` (0-based)
-        if step < warm:
-            return (step + 1) / warm
-        if c.schedule == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-        if c.schedule == "step":
-            return c.gamma ** ((step // steps_per_epoch) // c.step_size)
-        return 1.0
-
-    return factor  # a plain function: LambdaLR does not store it, resume rebuilds it
-
-
-def _optimizer(c: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]  # BN, biases
-    groups = [{"params": decay, "weight_decay": c.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    if c.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=c.lr)
-    return torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, nesterov=c.momentum > 0)
-
-
 def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
           progress: Progress | None = None, should_stop: Callable[[], str | None] | None = None,
           ) -> TrainResult:
@@ -187,153 +78,193 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
 
     ``progress(event)`` gets ``{"event": "epoch_start" | "step" | "eval" | "epoch", ...}``.
     ``should_stop()`` is polled after every step and epoch: a non-None reason saves a
-    resumable state and raises :class:`TrainInterrupted`.
+    resumable state and raises :class:`TrainInterrupted`. Bad input raises
+    :class:`EmbevalError` before any file is written.
     """
     c = config
-    report = progress or (lambda event: None)
-    stop = should_stop or (lambda: None)
-    run = Path(c.out_dir or "")
     if c.out_dir is None:
         raise OptionError("no run folder: give --out-dir RUN")
-    state = S.load_state(run) if resume else None
+    run_dir = Path(c.out_dir)
+    state = S.load_state(run_dir) if resume else None
     device = resolve_device(c.device)
     if c.precision != "fp32" and device.type != "cuda":
         raise OptionError(f"--precision {c.precision}: mixed precision needs a CUDA device "
                           f"(training on {device})")
     if c.tensorboard:
-        _summary_writer_class()  # fail before any work when tensorboard is missing
-    data = _load_data(c)
-    if state is not None and state["classes"] != data.classes:
-        raise OptionError(f"--resume {run}: the training set's classes changed since the run started")
+        summary_writer_class()  # fail before any work when tensorboard is missing
+    data = load_train_data(c)
+    if state is not None and (state["classes"] != data.classes or state["n_train"] != len(data.labels)):
+        raise OptionError(f"--resume {run_dir}: the training set changed since the run started")
     if not resume:
-        S.check_new_run(run, overwrite=overwrite)
-    writer = _summary_writer_class()(log_dir=str(run / "tensorboard")) if c.tensorboard else None
-    save_config(run / "config.yaml", c)
-    prep = Preprocessing(size=tuple(c.size), crop=tuple(c.crop) if c.crop else None,  # type: ignore[arg-type]
-                         mean=tuple(c.mean), std=tuple(c.std))  # type: ignore[arg-type]
-    model, arch = build_model(c, len(data.classes))
-    model.to(device)
-    order_gen, aug_gen = torch.Generator(), torch.Generator()
-    order_gen.manual_seed(c.seed)
-    aug_gen.manual_seed(c.seed + 1)
-    steps_per_epoch = len(_batches(c, data.labels, torch.Generator().manual_seed(0)))
-    optimizer = _optimizer(c, model)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(c, steps_per_epoch))
-    scaler = torch.amp.GradScaler("cuda") if c.precision == "fp16" else None
-    epoch, step, accum = 0, 0, _new_accum()
-    best: dict[str, Any] = {"metric": c.best_metric, "value": None, "epoch": None}
-    history: list[dict[str, Any]] = []
-    epoch_order_state = order_gen.get_state()
+        S.check_new_run(run_dir, overwrite=overwrite)
+    run = _Run(c, run_dir, data, device, progress or (lambda event: None))
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        epoch, step, accum, best = state["epoch"], state["step"], state["accum"], state["best"]
-        epoch_order_state = state["epoch_order_state"]
-        S.restore_rng_states(state["rng"], aug=aug_gen)
-        history = S.truncate_metrics(run / "metrics.jsonl", epoch)
-    else:
+        run.restore(state)
+    save_config(run_dir / "config.yaml", c)
+    writer = summary_writer_class()(log_dir=str(run_dir / "tensorboard")) if c.tensorboard else None
+    stop = should_stop or (lambda: None)
+    try:
+        while run.epoch < c.epochs:
+            run.train_epoch(stop)
+            record, sample = run.finish_epoch(keep_sample=writer is not None)
+            if writer is not None:
+                log_tensorboard(writer, record, sample, data, run.epoch, c.projector_samples)
+            reason = stop()
+            if reason is not None and run.epoch < c.epochs:
+                raise TrainInterrupted(reason, run_dir, run.epoch, 0)
+    finally:
+        if writer is not None:
+            writer.close()
+    return TrainResult(run_dir, run.history, run.best, run.model)
+
+
+class _Run:
+    """The state of a run between steps: model, optimizer, scheduler, RNGs, counters."""
+
+    def __init__(self, c: TrainConfig, run_dir: Path, data: TrainData, device: torch.device,
+                 report: Progress) -> None:
+        self.c, self.run_dir, self.data, self.device, self.report = c, run_dir, data, device, report
+        self.prep = Preprocessing(size=tuple(c.size), crop=tuple(c.crop) if c.crop else None,  # type: ignore[arg-type]
+                                  mean=tuple(c.mean), std=tuple(c.std))  # type: ignore[arg-type]
+        self.model, self.arch = build_model(c, len(data.classes))
+        self.model.to(device)
         torch.manual_seed(c.seed)
         np.random.seed(c.seed)
         random.seed(c.seed)
+        self.order_gen = torch.Generator().manual_seed(c.seed)
+        self.aug_gen = torch.Generator().manual_seed(c.seed + 1)
+        self.steps_per_epoch = len(self._batches(torch.Generator().manual_seed(0)))
+        self.optimizer = make_optimizer(c, self.model)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                           lr_factor(c, self.steps_per_epoch))
+        self.scaler = torch.amp.GradScaler("cuda") if c.precision == "fp16" else None
+        self.autocast = (torch.autocast("cuda", dtype={"bf16": torch.bfloat16,
+                                                       "fp16": torch.float16}[c.precision])
+                         if c.precision != "fp32" else contextlib.nullcontext())
+        self.epoch, self.step, self.accum = 0, 0, _new_accum()
+        self.epoch_order_state = self.order_gen.get_state()  # batch order of the current epoch
+        self.best: dict[str, Any] = {"metric": c.best_metric, "value": None, "epoch": None}
+        self.history: list[dict[str, Any]] = []
+        self.dataset = ImageDataset(data.train.files, self.prep)
+        self.workers = c.workers if c.workers is not None else min(4, os.cpu_count() or 1)
+        self.last_lr = c.lr
+        self.t0 = time.perf_counter()
 
-    def snapshot(mid_epoch: bool) -> dict[str, Any]:
-        return {"epoch": epoch, "step": step if mid_epoch else 0, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "accum": accum if mid_epoch else _new_accum(), "best": best,
-                "epoch_order_state": epoch_order_state,
-                "rng": S.rng_states(aug=aug_gen), "classes": data.classes,
-                "steps_per_epoch": steps_per_epoch}
+    def _batches(self, generator: torch.Generator) -> list[list[int]]:
+        c = self.c
+        if c.use_pk:
+            return pk_batches(self.data.labels, batch_size=c.batch_size, instances=c.instances,
+                              generator=generator)
+        return random_batches(len(self.data.labels), batch_size=c.batch_size, generator=generator)
 
-    dataset = ImageDataset(data.train.files, prep)
-    workers = c.workers if c.workers is not None else min(4, os.cpu_count() or 1)
-    autocast = (torch.autocast("cuda", dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[c.precision])
-                if c.precision != "fp32" else contextlib.nullcontext())
-    while epoch < c.epochs:
-        t0 = time.perf_counter()
-        order_gen.set_state(epoch_order_state)
-        batches = _batches(c, data.labels, order_gen)
-        epoch_order_state_next = order_gen.get_state()
-        report({"event": "epoch_start", "epoch": epoch + 1, "epochs": c.epochs, "steps": len(batches)})
-        model.train()
-        last_lr = optimizer.param_groups[0]["lr"]
-        loader = DataLoader(dataset, batch_sampler=batches[step:], num_workers=min(workers, len(batches)),
+    # ------------------------------------------------------------ state
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "step": self.step, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "accum": dict(self.accum), "best": self.best,
+                "epoch_order_state": self.epoch_order_state,
+                "rng": S.rng_states(aug=self.aug_gen), "classes": self.data.classes,
+                "n_train": len(self.data.labels), "steps_per_epoch": self.steps_per_epoch}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step, self.accum = state["epoch"], state["step"], dict(state["accum"])
+        self.best, self.epoch_order_state = state["best"], state["epoch_order_state"]
+        S.restore_rng_states(state["rng"], aug=self.aug_gen)
+        self.history = S.truncate_metrics(self.run_dir / "metrics.jsonl", self.epoch)
+
+    # ------------------------------------------------------------ one epoch
+
+    def train_epoch(self, stop: Callable[[], str | None]) -> None:
+        """The steps of the current epoch from ``self.step`` on (all of them on a fresh epoch)."""
+        c, device = self.c, self.device
+        self.t0 = time.perf_counter()
+        self.order_gen.set_state(self.epoch_order_state)
+        batches = self._batches(self.order_gen)
+        self.report({"event": "epoch_start", "epoch": self.epoch + 1, "epochs": c.epochs,
+                     "steps": len(batches)})
+        self.model.train()
+        loader = DataLoader(self.dataset, batch_sampler=batches[self.step:],
+                            num_workers=min(self.workers, len(batches)),
                             collate_fn=ImageDataset.collate, pin_memory=device.type == "cuda",
                             generator=torch.Generator().manual_seed(c.seed))
         for index, x, errors in loader:
             if errors:
-                raise InputFileError(data.train.files[errors[0][0]], errors[0][1])
-            y = data.labels[index]
-            if c.hflip:
-                flip = torch.rand(len(x), generator=aug_gen) < 0.5
-                x[flip] = x[flip].flip(3)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with autocast:
-                emb, logits = model(x, y)
-            ce = F.cross_entropy(logits.float(), y, label_smoothing=c.label_smoothing)
-            tri = (batch_hard_triplet(emb.float(), y, margin=c.triplet_margin)
-                   if c.triplet_weight > 0 else torch.zeros((), device=device))
-            loss = ce + c.triplet_weight * tri
-            if not torch.isfinite(loss):
-                raise EmbevalError(f"training diverged: the loss is {float(loss)} in epoch {epoch + 1} "
-                                   f"step {step + 1}; lower --lr or set --grad-clip")
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                loss.backward()
-            if c.grad_clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            last_lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
-            _accumulate(accum, loss, ce, tri, logits.detach(), y)
-            step += 1
-            report({"event": "step", "epoch": epoch + 1, "step": step, "steps": len(batches),
-                    "loss": accum["loss"] / accum["n"]})
+                raise InputFileError(self.data.train.files[errors[0][0]], errors[0][1])
+            self._step(x, self.data.labels[index])
+            self.report({"event": "step", "epoch": self.epoch + 1, "step": self.step,
+                         "steps": len(batches), "loss": self.accum["loss"] / self.accum["n"]})
             reason = stop()
-            if reason is not None and step < len(batches):
-                S.save_state(run / "state.pt", snapshot(mid_epoch=True))
-                raise TrainInterrupted(reason, run, epoch + 1, step)
-        report({"event": "eval", "epoch": epoch + 1})
-        metrics, sample = _evaluate(c, model, data, prep, device, writer is not None)
-        record = {"epoch": epoch + 1, "lr": last_lr,
-                  **_train_metrics(accum, len(data.classes)), **metrics,
-                  "seconds": round(time.perf_counter() - t0, 3)}
-        value = record.get(c.best_metric)
-        improved = best["value"] is None or (value is not None and value > best["value"])
-        if improved:
-            best = {"metric": c.best_metric, "value": value, "epoch": epoch + 1}
-        record["best"] = improved
-        meta = {"epoch": epoch + 1, "metrics": json.dumps(metrics), "source": str(data.train.source),
-                "label_names": json.dumps(data.classes), "model": f"embeval train {run}"}
-        save_checkpoint(run / "last.safetensors", model.embedder, architecture=arch,
-                        preprocessing=prep, extra_metadata=meta)
-        if improved:
-            save_checkpoint(run / "best.safetensors", model.embedder, architecture=arch,
-                            preprocessing=prep, extra_metadata=meta)
-        epoch, step, accum = epoch + 1, 0, _new_accum()
-        epoch_order_state = epoch_order_state_next
-        S.save_state(run / "state.pt", snapshot(mid_epoch=False))
+            if reason is not None and self.step < len(batches):
+                S.save_state(self.run_dir / "state.pt", self.snapshot())
+                raise TrainInterrupted(reason, self.run_dir, self.epoch + 1, self.step)
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        c, opt = self.c, self.optimizer
+        if c.hflip:
+            flip = torch.rand(len(x), generator=self.aug_gen) < 0.5
+            x[flip] = x[flip].flip(3)
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        with self.autocast:
+            emb, logits = self.model(x, y)
+        ce = F.cross_entropy(logits.float(), y, label_smoothing=c.label_smoothing)
+        tri = (batch_hard_triplet(emb.float(), y, margin=c.triplet_margin)
+               if c.triplet_weight > 0 else torch.zeros((), device=self.device))
+        loss = ce + c.triplet_weight * tri
+        if not torch.isfinite(loss):
+            raise EmbevalError(f"training diverged: the loss is {float(loss)} in epoch "
+                               f"{self.epoch + 1} step {self.step + 1}; lower --lr or set --grad-clip")
+        opt.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(opt)
+        else:
+            loss.backward()
+        if c.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(opt)
+            self.scaler.update()
+        else:
+            opt.step()
+        self.last_lr = opt.param_groups[0]["lr"]
+        self.scheduler.step()
+        _accumulate(self.accum, loss, ce, tri, logits.detach(), y)
+        self.step += 1
+
+    def finish_epoch(self, *, keep_sample: bool) -> tuple[dict[str, Any], Any]:
+        """Evaluate, then write checkpoints, metrics.jsonl and state.pt (in that order)."""
+        c, run = self.c, self.run_dir
+        self.report({"event": "eval", "epoch": self.epoch + 1})
+        metrics, sample = evaluate_epoch(c, self.model, self.data, self.prep, self.device, keep_sample)
+        epoch = self.epoch + 1
+        record = {"epoch": epoch, "lr": self.last_lr,
+                  **_train_metrics(self.accum, len(self.data.classes)), **metrics,
+                  "seconds": round(time.perf_counter() - self.t0, 3)}
+        value, best = record.get(c.best_metric), self.best["value"]
+        record["best"] = best is None or (value is not None and value > best)
+        meta = {"epoch": epoch, "metrics": json.dumps(metrics), "source": str(self.data.train.source),
+                "label_names": json.dumps(self.data.classes), "model": f"embeval train {run}"}
+        save_checkpoint(run / "last.safetensors", self.model.embedder, architecture=self.arch,
+                        preprocessing=self.prep, extra_metadata=meta)
+        if record["best"]:
+            self.best = {"metric": c.best_metric, "value": value, "epoch": epoch}
+            save_checkpoint(run / "best.safetensors", self.model.embedder, architecture=self.arch,
+                            preprocessing=self.prep, extra_metadata=meta)
+        # metrics before state: a kill in between redoes this epoch and rewrites its line
         S.append_metrics(run / "metrics.jsonl", record)
-        history.append(record)
-        if writer is not None:
-            _log_tensorboard(writer, record, sample, data, epoch, c.projector_samples)
-        report({"event": "epoch", "record": record})
-        reason = stop()
-        if reason is not None and epoch < c.epochs:
-            raise TrainInterrupted(reason, run, epoch, 0)
-    if writer is not None:
-        writer.close()
-    return TrainResult(run, history, best, model)
+        self.epoch, self.step, self.accum = epoch, 0, _new_accum()
+        self.epoch_order_state = self.order_gen.get_state()
+        S.save_state(run / "state.pt", self.snapshot())
+        self.history.append(record)
+        self.report({"event": "epoch", "record": record})
+        return record, sample
 
 
 def _new_accum() -> dict[str, float]:
@@ -359,62 +290,3 @@ def _train_metrics(a: dict[str, float], num_classes: int) -> dict[str, float]:
     if num_classes > 5:
         out["train_top5_accuracy"] = a["top5"] / n
     return out
-
-
-def _evaluate(c: TrainConfig, model: TrainModel, data: _Data, prep: Preprocessing,
-              device: torch.device, keep_sample: bool) -> tuple[dict[str, Any], Any]:
-    """Embed query and gallery with a copy of the embedder, evaluate like ``cmc``."""
-    net = copy.deepcopy(model.embedder).eval()
-    loaded = LoadedModel(net, prep, "training", fingerprint="")
-    opts = ExtractOptions(prep, device=device, batch_size=c.eval_batch_size,
-                          workers=c.workers if c.workers is not None else None,
-                          precision=c.precision)
-    with torch.random.fork_rng(devices=[]):  # evaluation never moves the training RNGs
-        sets = []
-        for images in (data.query, data.gallery):
-            ext = embed_images(loaded, images, opts)
-            kept = ext.kept.tolist()
-            cams = None if images.cameras is None else [images.cameras[i] for i in kept]
-            sets.append(EmbeddingSet(ext.embeddings, [images.labels[i] for i in kept], cams,
-                                     name=str(images.source)))
-        try:
-            res = evaluate(sets[0], sets[1], metric=c.metric, ks=c.ks,
-                           exclude_same_camera=c.exclude_same_camera, aggregate=c.aggregate,
-                           no_positive=c.no_positive, device=str(device))
-        except InputFileError as e:  # NaN / Inf embeddings
-            raise EmbevalError(f"training diverged: {e.problem}; lower --lr or set --grad-clip") from None
-    keys = [f"rank{k}" for k in c.ks] + ["mAP", "mINP", "accuracy"]
-    metrics: dict[str, Any] = {k: _finite(res.metrics[k]) for k in keys}
-    metrics.update({f"top{k}_accuracy": res.metrics[f"top{k}_accuracy"] for k in c.ks})
-    metrics.update({"n_query": res.n_query, "n_gallery": res.n_gallery, "n_valid": res.n_valid})
-    return metrics, (sets[1] if keep_sample else None)
-
-
-def _finite(v: float) -> float | None:
-    return None if v is None or math.isnan(v) else float(v)
-
-
-def _summary_writer_class() -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise OptionError("--tensorboard needs the tensorboard package: "
-                          "pip install 'embeval[tensorboard]'") from None
-    return SummaryWriter
-
-
-def _log_tensorboard(writer: Any, record: dict[str, Any], gallery: EmbeddingSet | None,
-                     data: _Data, epoch: int, samples: int) -> None:
-    for key, value in record.items():
-        if isinstance(value, float) and key not in ("seconds",):
-            writer.add_scalar(("train/" if key.startswith("train_") or key == "lr" else "eval/") + key,
-                              value, epoch)
-    if gallery is not None and samples > 0:
-        n = gallery.n
-        pick = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:samples].sort().values
-        names = data.gallery.label_names
-        labels = [names[i] if names and 0 <= i < len(names) else str(i)
-                  for i in gallery.labels[pick].tolist()]
-        writer.add_embedding(gallery.embeddings[pick], metadata=labels, global_step=epoch,
-                             tag="gallery")
-    writer.flush()
