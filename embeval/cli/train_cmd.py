@@ -97,7 +97,7 @@ def train_cmd(
     ks: Annotated[list[int] | None, _opt("Rank cut-offs (default 1 5 10).", "-k", "--k")] = None,
     exclude_same_camera: Annotated[bool | None, _opt(
         "Evaluation: drop gallery items with the query's label AND camera.",
-        "--exclude-same-camera/--no-exclude-same-camera")] = None,
+        "--exclude-same-camera")] = None,
     aggregate: Annotated[str | None, _opt("Evaluation: none or mean (class prototypes).")] = None,
     no_positive: Annotated[str | None, _opt("Queries without positives: skip or zero.")] = None,
     best_metric: Annotated[str | None, _opt(
@@ -105,7 +105,7 @@ def train_cmd(
     eval_batch_size: Annotated[int | None, _opt("Images per forward when evaluating.")] = None,
     tensorboard: Annotated[bool | None, _opt(
         "Log scalars and a projector of gallery embeddings to RUN/tensorboard "
-        "(pip install 'embeval[tensorboard]').", "--tensorboard/--no-tensorboard")] = None,
+        "(pip install 'embeval[tensorboard]').", "--tensorboard")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Train an embedding network, evaluating it like [bold]cmc[/] after every epoch:
