@@ -36,7 +36,12 @@ def load_train_data(c: TrainConfig) -> TrainData:
         if getattr(c, key) is None:
             raise OptionError(f"no {key} set: give {'TRAIN_DIR' if key == 'train' else '--' + key} "
                               f"(or {key!r} in the config file)")
-    train = list_images(c.train, layout=c.layout, label_regex=c.label_regex)  # type: ignore[arg-type]
+    try:
+        train = list_images(c.train, layout=c.layout, label_regex=c.label_regex)  # type: ignore[arg-type]
+        query, gallery = list_image_sets([c.query, c.gallery], layout=c.layout,  # type: ignore[list-item]
+                                         label_regex=c.label_regex)
+    except OSError as e:  # an unreadable folder
+        raise InputFileError(e.filename or c.train, f"cannot read ({e.strerror or e})") from None
     known = [i for i, y in enumerate(train.labels) if y >= 0]
     raw = torch.tensor([train.labels[i] for i in known], dtype=torch.int64)
     values, labels = torch.unique(raw, return_inverse=True)
@@ -46,8 +51,6 @@ def load_train_data(c: TrainConfig) -> TrainData:
         raise InputFileError(train.source, f"training needs at least 2 classes, found {len(classes)}")
     train = ImageList(train.source, [train.files[i] for i in known], [train.names[i] for i in known],
                       [train.labels[i] for i in known])
-    query, gallery = list_image_sets([c.query, c.gallery], layout=c.layout,  # type: ignore[list-item]
-                                     label_regex=c.label_regex)
     bad = [k for k in c.ks if k > len(gallery)]
     if bad:
         raise OptionError(f"-k {bad[0]}: larger than the gallery ({len(gallery)} images)")

@@ -304,6 +304,24 @@ def test_cli_bad_input_exits_2_with_one_line(data, tmp_path, capsys, monkeypatch
     assert cli_error(capsys, *args).startswith(expected)
 
 
+def test_cli_unreadable_folder_exits_2(data, tmp_path, capsys, monkeypatch):
+    """Permissions do not stop root, so the operating system's refusal is simulated."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_iterdir = Path.iterdir
+
+    def iterdir(self: Path):
+        if self == locked:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    line = cli_error(capsys, "train", str(locked), "--query", str(data / "query"), "--gallery",
+                     str(data / "gallery"), "--out-dir", str(tmp_path / "run"), *TINY_ARGS)
+    assert line == f"embeval: error: {locked}: cannot read (Permission denied)"
+    assert not (tmp_path / "run").exists()
+
+
 def test_cli_tensorboard_missing_is_a_clear_error_or_writes_logs(data, tmp_path, capsys):
     args = ["train", str(data / "train"), "--query", str(data / "query"), "--gallery",
             str(data / "gallery"), "--out-dir", str(tmp_path / "run"), *TINY_ARGS, "--epochs", "1",
