@@ -81,7 +81,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     resumable state and raises :class:`TrainInterrupted`. Bad input raises
     :class:`EmbevalError` before any file is written.
     """
-    c = config
+    c = config.check()
     if c.out_dir is None:
         raise OptionError("no run folder: give --out-dir RUN")
     run_dir = Path(c.out_dir)
@@ -93,7 +93,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     if c.tensorboard:
         summary_writer_class()  # fail before any work when tensorboard is missing
     data = load_train_data(c)
-    if state is not None and (state["classes"] != data.classes or state["n_train"] != len(data.labels)):
+    if state is not None and (state["classes"] != data.classes or state.get("n_train") != len(data.labels)):
         raise OptionError(f"--resume {run_dir}: the training set changed since the run started")
     if not resume:
         S.check_new_run(run_dir, overwrite=overwrite)

@@ -25,7 +25,9 @@ class TrainModel(nn.Module):
         super().__init__()
         self.embedder, self.classifier = embedder, classifier
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None):  # noqa: ANN201
+    def forward(self, x: torch.Tensor,
+                labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (embeddings [B, D], logits [B, C]); ``labels`` [B] enable the cosine margin."""
         emb = self.embedder(x)
         return emb, self.classifier(emb, labels)
 
