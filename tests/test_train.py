@@ -172,6 +172,40 @@ def test_checkpoint_loads_in_extract_and_cmc_gives_the_epoch_metrics(reference, 
     assert direct.embeddings.shape == (8, 8)
 
 
+def test_market1501_layout_with_the_same_camera_protocol(tmp_path):
+    """Flat re-ID folders: labels and cameras from file names, same-camera matches dropped."""
+    rng = np.random.default_rng(0)
+
+    def write(folder: str, person: int, camera: int, i: int) -> None:
+        colour = np.array([person * 60 % 256, 255 - person * 50, 128])
+        pixels = np.clip(colour + rng.normal(0, 40, (12, 12, 3)), 0, 255).astype(np.uint8)
+        (tmp_path / folder).mkdir(exist_ok=True)
+        Image.fromarray(pixels).save(tmp_path / folder / f"{person:04d}_c{camera}s1_{i:06d}_00.png")
+
+    for person in (1, 2, 3, 4):
+        for i in range(4):
+            write("train", person, 1 + i % 2, i)
+    for person in (5, 6):
+        write("query", person, 1, 0)
+        for i, camera in enumerate((1, 2, 2)):
+            write("gallery", person, camera, i)
+    cfg = config_from(("cli", {**TINY, "train": str(tmp_path / "train"),
+                               "query": str(tmp_path / "query"), "gallery": str(tmp_path / "gallery"),
+                               "out_dir": str(tmp_path / "run"), "layout": "market1501",
+                               "exclude_same_camera": True, "epochs": 1, "ks": [1, 2]}))
+    [record] = train(cfg).history
+    assert (record["n_query"], record["n_gallery"], record["n_valid"]) == (2, 6, 2)
+    assert json.loads(load_checkpoint_meta(tmp_path / "run" / "last.safetensors")["label_names"]) == [
+        "1", "2", "3", "4"]
+
+
+def load_checkpoint_meta(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata())
+
+
 # ---------------------------------------------------------------- command line
 
 
