@@ -18,9 +18,10 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..errors import OptionError
+from ..errors import InputFileError, OptionError
 from ..train import TrainInterrupted, TrainResult, train
 from ..train_config import TrainConfig, config_from, load_config_file
+from ..train_state import load_state
 from ._app import app, interactive, stderr, stdout
 
 D = TrainConfig()
@@ -132,10 +133,10 @@ def train_cmd(
             raise OptionError(f"--resume {resume}: {name} cannot change a run; it continues with "
                               f"its config.yaml (only {', '.join(RESUMABLE)} may change)")
         saved = resume / "config.yaml"
-        layers = [(str(saved), load_config_file(saved) if saved.exists() else {}),
-                  ("cli", {**cli, "out_dir": str(resume)})]
         if not saved.exists():
-            layers = [("cli", {**cli, "out_dir": str(resume)})]  # load_state reports the problem
+            load_state(resume)  # no run here: it says why
+            raise InputFileError(saved, "--resume: the run has no config.yaml")
+        layers = [(str(saved), load_config_file(saved)), ("cli", {**cli, "out_dir": str(resume)})]
     else:
         layers = [(str(config), load_config_file(config))] if config is not None else []
         layers.append(("cli", cli))
