@@ -58,7 +58,8 @@ from .images import Preprocessing
 from .store import atomic_path
 
 __all__ = [
-    "BACKBONES", "DEFAULT_BACKBONE", "CHECKPOINT_VERSION", "SmallNet", "LoadedModel",
+    "BACKBONES", "DEFAULT_BACKBONE", "CHECKPOINT_VERSION", "NECK_BACKBONE", "SmallNet", "NeckNet",
+    "LoadedModel",
     "Checkpoint", "build_backbone", "save_checkpoint", "read_checkpoint", "load_checkpoint",
     "load_state_dict_file", "load_weights", "load_model",
 ]
@@ -100,7 +101,38 @@ def _conv_bn_relu(c_in: int, c_out: int, stride: int) -> list[nn.Module]:
             nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
 
 
+class NeckNet(nn.Module):
+    """Any ``package.module:callable`` backbone + an embedding neck (linear + BN).
+
+    ``forward(x) -> [B, embedding_dim]``: the backbone's (flattened) output, with its
+    classifier replaced by identity when ``head="identity"``, through ``embedding``
+    ([feature_dim -> embedding_dim] linear) and ``neck`` (BatchNorm1d). A checkpoint
+    of it stores ``{"backbone": "embeval-neck", "base": "pkg.mod:fn", ...}``; reading
+    it back imports and calls the factory again (it must be importable then too).
+    """
+
+    def __init__(self, base: str, feature_dim: int, embedding_dim: int = 128,
+                 head: str = "identity", module: nn.Module | None = None) -> None:
+        super().__init__()
+        if head not in ("identity", "keep"):
+            raise ValueError(f"head must be 'identity' or 'keep', got {head!r}")
+        backbone = module if module is not None else _call_factory(base)
+        if head == "identity":
+            backbone = _cut(backbone, base, layer=None)
+        self.backbone = backbone
+        self.embedding = nn.Linear(feature_dim, embedding_dim)
+        self.neck = nn.BatchNorm1d(embedding_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.backbone(x)
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        return self.neck(self.embedding(torch.flatten(out, 1)))
+
+
 BACKBONES: dict[str, Callable[..., nn.Module]] = {"embeval-small": SmallNet}
+#: architecture name of a ``module:callable`` backbone wrapped by :class:`NeckNet`
+NECK_BACKBONE = "embeval-neck"
 #: preprocessing of a built-in backbone used without a checkpoint
 BUILTIN_PREPROCESSING = Preprocessing(size=(64, 64))
 
@@ -129,9 +161,18 @@ class Checkpoint:
 
 
 def build_backbone(architecture: Mapping[str, Any]) -> nn.Module:
-    """``{"backbone": name, **kwargs}`` -> an untrained module (raises ValueError if unknown)."""
+    """``{"backbone": name, **kwargs}`` -> an untrained module (raises ValueError if unknown).
+
+    ``name`` is a key of :data:`BACKBONES` or :data:`NECK_BACKBONE` (a wrapped
+    ``module:callable``, see :class:`NeckNet`).
+    """
     kwargs = dict(architecture)
     name = kwargs.pop("backbone", None)
+    if name == NECK_BACKBONE:
+        try:
+            return NeckNet(**kwargs)
+        except TypeError as e:
+            raise ValueError(f"bad architecture for {name!r}: {e}") from None
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r} (known: {', '.join(BACKBONES)})")
     if "widths" in kwargs:
@@ -159,7 +200,12 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, *,
         else:
             break
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    expected = build_backbone(architecture).state_dict()
+    if architecture.get("backbone") == NECK_BACKBONE:  # do not call the factory again
+        if not isinstance(model, NeckNet):
+            raise ValueError(f"architecture {NECK_BACKBONE!r} needs a NeckNet model")
+        expected = state
+    else:
+        expected = build_backbone(architecture).state_dict()
     if set(expected) != set(state):
         raise ValueError(f"architecture {dict(architecture)} does not describe this model "
                          f"(keys differ: {sorted(set(expected) ^ set(state))[:5]})")

@@ -6,6 +6,10 @@ The CLI tests run ``embeval`` with ``tests/`` on PYTHONPATH, so ``MODEL`` can be
 
 from __future__ import annotations
 
+import os
+import time
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -32,3 +36,27 @@ def tiny_net() -> TinyNet:
 
 def not_a_module() -> int:
     return 42
+
+
+class SlowNet(TinyNet):
+    """TinyNet that, when ``EMBEVAL_TEST_READY`` names a file, creates it at the 8th
+    training forward pass and then sleeps 0.4 s per training step: a window in
+    which a test sends a signal to a training run in the middle of an epoch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ready = os.environ.get("EMBEVAL_TEST_READY")
+        if ready and self.training:
+            self.calls += 1
+            if self.calls == 8:
+                Path(ready).touch()
+            if self.calls >= 8:
+                time.sleep(0.4)
+        return super().forward(x)
+
+
+def slow_net() -> SlowNet:
+    return SlowNet()

@@ -18,6 +18,7 @@ from . import (
     evaluate_cmds,  # noqa: F401  (registers score, knn, cmc, pr)
     extract_cmd,  # noqa: F401  (registers extract)
     merge_cmd,  # noqa: F401  (registers merge)
+    train_cmd,  # noqa: F401  (registers train)
 )
 from ._app import app
 
