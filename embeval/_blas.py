@@ -30,12 +30,15 @@ def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
     return frozenset()
 
 
-def prefer_avx512_kernels() -> str | None:
-    """Set ``OPENBLAS_CORETYPE=SkylakeX`` when it can help; return what was set (or None)."""
+def prefer_avx512_kernels(flags: frozenset[str] | None = None) -> str | None:
+    """Set ``OPENBLAS_CORETYPE=SkylakeX`` when it can help; return what was set (or None).
+
+    ``flags``: the CPU's feature flags, read from ``/proc/cpuinfo`` when None.
+    """
     if ("OPENBLAS_CORETYPE" in os.environ or "numpy" in sys.modules
             or os.environ.get("EMBEVAL_OPENBLAS_CORETYPE", "").lower() == "keep"):
         return None
-    if not AVX512 <= cpu_flags():
+    if not AVX512 <= (cpu_flags() if flags is None else flags):
         return None
     os.environ["OPENBLAS_CORETYPE"] = "SkylakeX"
     return "SkylakeX"

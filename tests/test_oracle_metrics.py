@@ -312,6 +312,8 @@ def test_gallery_permutation_with_ties(case, metric, data):
 @given(case=gauss_cases(max_q=12, max_g=30, max_d=16),
        metric=st.sampled_from(["inner", "cosine", "euclid", "sq_euclid"]), data=st.data())
 def test_gallery_permutation_without_ties(case, metric, data):
+    # cosine in one dimension maps every item to +-1: all ties, covered by the test above
+    assume(not (metric == "cosine" and case.ge.shape[1] == 1))
     perm = np.array(data.draw(st.permutations(range(len(case.gl)))), dtype=np.int64)
     shuffled = Case(case.qe, case.ql, case.ge[perm], case.gl[perm])
     k = data.draw(st.integers(1, len(case.gl)))

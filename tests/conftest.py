@@ -1,0 +1,12 @@
+"""Hypothesis profiles: random exploration locally, a fixed seed in CI.
+
+CI exports ``HYPOTHESIS_PROFILE=ci`` so that a red run is reproducible from its log and
+main stays green for reasons in the code, not in the draw; local runs keep exploring
+new examples (and remember failures in ``.hypothesis/``).
+"""
+import os
+
+from hypothesis import settings
+
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
