@@ -44,8 +44,7 @@ __all__ = ["AVAILABLE", "LANES", "tile_pass", "merge_topk", "pair_scores"]
 
 AVAILABLE = numba is not None
 
-
-LANES = 16  # canonical dot product: 16 running sums, lane l takes elements t ≡ l (mod 16)
+LANES = 16  # the canonical order of embeval.similarity.canonical_dot (kept in step with it)
 
 
 def _canon_dot(q, g):

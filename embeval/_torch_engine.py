@@ -5,6 +5,13 @@ metric transform, the negative mask, a batched ``searchsorted`` of the block aga
 each query's ascending positive scores (padded with +inf), and a ``scatter_add`` into
 padded per-query histograms. Top-k keeps the lowest gallery index on score ties.
 
+Exact ties in fp32 (as ``embeval._kernels``): the block's matmul scores only filter. Where
+one lies within ``eps[q]`` (``ranking.tie_tolerance``) of a decision (a positive's score,
+the row's hardest negative, the k-th best) it is replaced by the canonical score
+(:func:`embeval.similarity.canonical_dot`), which is the same on CPU and CUDA; so CUDA
+and CPU give the same counts. Reduced precisions (tf32, bf16, fp16) are approximate and
+skip this step.
+
 Gallery blocks are read ahead by a helper thread (:func:`device_blocks`); on CUDA into
 pinned memory and copied on a side stream, so the disk read and the host→device copy of
 the next block overlap the current block's compute. Two gallery blocks are then on the
@@ -18,10 +25,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from .similarity import matmul_dtype, precision_context, transform
+from .similarity import canonical_dot, matmul_dtype, precision_context, transform
 from .store import EmbeddingSet
 
-BYTES_PER_SCORE = 40  # dot, score, bucket (int64), masks and top-k temporaries
+NEG_INF = float("-inf")
+BYTES_PER_SCORE = 64  # dot, score, bucket (int64), neighbour scores, masks, top-k
 
 
 def negative_pass(stats, query: EmbeddingSet, gallery: EmbeddingSet, qemb: torch.Tensor,
@@ -52,6 +60,7 @@ def negative_pass(stats, query: EmbeddingSet, gallery: EmbeddingSet, qemb: torch
     max_neg = stats.max_neg.to(device)
     topv = stats.topk_scores.to(device) if k else None
     topi = stats.topk_indices.to(device) if k else None
+    eps = stats.extra["eps"].to(device) if precision == "fp32" and "eps" in stats.extra else None
     with torch.inference_mode(), precision_context(precision):
         for start, stop, g in device_blocks(gallery, a, b, rows, device):
             gi = torch.arange(start, stop, device=device)
@@ -65,15 +74,29 @@ def negative_pass(stats, query: EmbeddingSet, gallery: EmbeddingSet, qemb: torch
                 dropped = qi[:, None] == gi[None, :] if protocol.exclude_self else None
                 neg = ~same if dropped is None else ~same & ~dropped
                 n_neg[q0:q1] += neg.sum(1)
-                masked = torch.where(neg, s, torch.tensor(float("-inf"), device=device))
-                max_neg[q0:q1] = torch.maximum(max_neg[q0:q1], masked.amax(1))
-                _histogram(masked, counts[q0:q1], offsets[q0:q1 + 1], pos, hist_out, q0)
+                padded = _padded_positives(counts[q0:q1], offsets[q0:q1 + 1], pos)
+                cand = None
                 if k:
                     out = same & (qcam[q0:q1, None] == gcam[None, start:stop]) \
                         if qcam is not None else None
                     excluded = dropped if out is None else (out if dropped is None
                                                             else out | dropped)
-                    cand = s if excluded is None else s.masked_fill(excluded, float("-inf"))
+                    cand = s if excluded is None else s.masked_fill(excluded, NEG_INF)
+                masked = s.masked_fill(~neg, NEG_INF)
+                bucket = torch.searchsorted(padded, masked, right=True)  # [qb, gb] in 0..P
+                if eps is not None:
+                    near = _near_decisions(masked, cand, padded, bucket, eps[q0:q1, None], k)
+                    r, c = near.nonzero(as_tuple=True)
+                    if len(r):
+                        exact = transform(canonical_dot(q_all[q0 + r], g[c]),
+                                          qa_all[q0 + r], ga_all[start + c], stats.metric)
+                        masked[r, c] = torch.where(neg[r, c], exact, NEG_INF)
+                        bucket[r, c] = (padded[r] <= masked[r, c, None]).sum(1)
+                        if cand is not None:
+                            cand[r, c] = torch.where(cand[r, c] > NEG_INF, exact, NEG_INF)
+                max_neg[q0:q1] = torch.maximum(max_neg[q0:q1], masked.amax(1))
+                _histogram(bucket, counts[q0:q1], offsets[q0:q1 + 1], hist_out, q0)
+                if cand is not None:
                     _topk_update(cand, gi, topv[q0:q1], topi[q0:q1])
             if progress is not None:
                 progress(stop - a, b - a)
@@ -132,23 +155,47 @@ def device_blocks(gallery: EmbeddingSet, a: int, b: int, rows: int,
             current = following  # type: ignore[assignment]
 
 
-def _histogram(masked: torch.Tensor, counts: torch.Tensor, offsets: torch.Tensor,
-               pos: torch.Tensor, hist: torch.Tensor, q0: int) -> None:
-    """Add the block's negatives (``masked``: [qb, gb], -inf = not a negative) to the bins."""
+def _padded_positives(counts: torch.Tensor, offsets: torch.Tensor,
+                      pos: torch.Tensor) -> torch.Tensor:
+    """[qb, max(P, 1)]: each query's ascending positive scores, padded with +inf."""
+    pmax = max(1, int(counts.max()) if counts.numel() else 1)
+    idx = offsets[:-1, None] + torch.arange(pmax, device=pos.device)[None, :]
+    valid = torch.arange(pmax, device=pos.device)[None, :] < counts[:, None]
+    picked = pos[idx.clamp_max(max(len(pos) - 1, 0))] if len(pos) else torch.zeros_like(
+        idx, dtype=torch.float32)
+    return torch.where(valid, picked, torch.tensor(float("inf"), device=pos.device))
+
+
+def _near_decisions(masked: torch.Tensor, cand: torch.Tensor | None, padded: torch.Tensor,
+                    bucket: torch.Tensor, eps: torch.Tensor, k: int) -> torch.Tensor:
+    """[qb, gb] bool: the matmul scores that may decide something differently from their
+    canonical scores: negatives (``masked``, -inf elsewhere) within ``eps`` [qb, 1] of one of
+    the query's positives or of the row's largest negative, and top-k candidates (``cand``)
+    within ``eps`` of the block's k-th best."""
+    inf = torch.full_like(padded[:, :1], float("inf"))
+    below = padded.gather(1, (bucket - 1).clamp_min(0))
+    above = torch.cat([padded, inf], 1).gather(1, bucket)
+    near = ((bucket > 0) & (masked - below <= eps)) | (above - masked <= eps)
+    near |= (masked >= masked.amax(1, keepdim=True) - eps) & (masked > NEG_INF)
+    if cand is not None:
+        kth = torch.topk(cand, min(k, cand.shape[1]), dim=1).values[:, -1:]
+        near |= (cand >= kth - eps) & (cand > NEG_INF)
+    return near
+
+
+def _histogram(bucket: torch.Tensor, counts: torch.Tensor, offsets: torch.Tensor,
+               hist: torch.Tensor, q0: int) -> None:
+    """Add the block's negatives (``bucket`` [qb, gb]: how many of the query's positives
+    score ≤ it; 0 for non-negatives, never counted) to the global histogram bins."""
     pmax = int(counts.max()) if counts.numel() else 0
     if pmax == 0:
         return
-    qb = masked.shape[0]
-    idx = offsets[:-1, None] + torch.arange(pmax, device=masked.device)[None, :]
-    valid = torch.arange(pmax, device=masked.device)[None, :] < counts[:, None]
-    padded = torch.where(valid, pos[idx.clamp_max(max(len(pos) - 1, 0))],
-                         torch.tensor(float("inf"), device=masked.device))
-    bucket = torch.searchsorted(padded, masked.contiguous(), right=True)  # [qb, gb] in 0..P
-    local = torch.zeros(qb, pmax + 1, dtype=torch.int64, device=masked.device)
+    qb = bucket.shape[0]
+    local = torch.zeros(qb, pmax + 1, dtype=torch.int64, device=bucket.device)
     local.scatter_add_(1, bucket, torch.ones_like(bucket))
     # query r's bins start at offsets[r] + (q0 + r) in the global histogram; bin 0 is never used
-    rows = torch.arange(qb, device=masked.device)
-    bins = torch.arange(1, pmax + 1, device=masked.device)[None, :]
+    rows = torch.arange(qb, device=bucket.device)
+    bins = torch.arange(1, pmax + 1, device=bucket.device)[None, :]
     target = offsets[:-1, None] + (q0 + rows)[:, None] + bins
     keep = bins <= counts[:, None]
     hist.index_add_(0, target[keep], local[:, 1:][keep])

@@ -74,6 +74,7 @@ def evaluate(
     precision: str = "fp32",
     memory: int | str | None = None,
     block_size: int | None = None,
+    backend: str = "auto",
     progress=None,
 ) -> EvalResult:
     """Evaluate ``query`` against ``gallery``: every metric of DESIGN.md section 3.
@@ -82,13 +83,14 @@ def evaluate(
     ``hard_pos``, ``hard_neg``; ``knn_accuracy`` with ``knn_k``; ``maxF1``, ``P@maxF1``,
     ``R@maxF1``, ``T@maxF1`` with ``pr=True``. ``per_query``: [Q] tensors ``n_pos``,
     ``first_rank``, ``last_rank``, ``ap``, ``hard_pos``, ``hard_neg`` (+ ``knn_pred``).
+    ``backend``: see :func:`embeval.ranking.rank_stats` (``"torch"`` runs the CUDA code on CPU).
     """
     t0 = time.perf_counter()
     part = evaluation_stats(query, gallery, metric=metric, ks=ks, knn_k=knn_k,
                             exclude_same_camera=exclude_same_camera, exclude_self=exclude_self,
                             aggregate=aggregate, no_positive=no_positive, device=device,
                             precision=precision, memory=memory, block_size=block_size,
-                            progress=progress)
+                            backend=backend, progress=progress)
     return summarize(part.stats, part.gallery.labels, ks=part.ks, knn_k=knn_k,
                      no_positive=no_positive, pr=pr, options=part.options, t0=t0)
 
@@ -124,6 +126,7 @@ def evaluation_stats(
     precision: str = "fp32",
     memory: int | str | None = None,
     block_size: int | None = None,
+    backend: str = "auto",
     shard: tuple[int, int] | None = None,
     progress=None,
 ) -> PartialEvaluation:
@@ -148,7 +151,8 @@ def evaluation_stats(
     stats = rank_stats(query, gallery, metric=metric,
                        protocol=Protocol(exclude_same_camera, exclude_self),
                        topk=knn_k or 0, device=device, precision=precision, memory=memory,
-                       block_size=block_size, gallery_range=g_range, progress=progress)
+                       block_size=block_size, backend=backend, gallery_range=g_range,
+                       progress=progress)
     options: dict[str, object] = dict(metric=metric, exclude_same_camera=exclude_same_camera,
                                       exclude_self=exclude_self, aggregate=aggregate or "none",
                                       no_positive=no_positive, precision=precision)

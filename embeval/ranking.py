@@ -23,7 +23,15 @@ import torch
 
 from . import _kernels
 from .errors import OptionError
-from .similarity import METRIC_CODES, aux, check_metric, matmul_dtype, resolve_device, transform
+from .similarity import (
+    METRIC_CODES,
+    aux,
+    canonical_dot,
+    check_metric,
+    matmul_dtype,
+    resolve_device,
+    transform,
+)
 from .store import EmbeddingSet
 
 __all__ = ["Protocol", "RankStats", "rank_stats", "positive_pairs", "NO_INDEX", "parse_memory",
@@ -295,7 +303,7 @@ def _positive_scores(qemb: torch.Tensor, qa: torch.Tensor, gallery: EmbeddingSet
                                  ga.numpy(), METRIC_CODES[metric], out.numpy())
             pos[sel] = out
         else:
-            dot = torch.cat([(qemb[q[c:c + chunk]] * block[g[c:c + chunk] - a]).sum(dim=1)
+            dot = torch.cat([canonical_dot(qemb[q[c:c + chunk]], block[g[c:c + chunk] - a])
                              for c in range(0, len(sel), chunk)] or [torch.empty(0)])
             pos[sel] = transform(dot, qa[q], ga[g], metric)
     order = torch.argsort(pos, stable=True)

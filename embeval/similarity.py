@@ -14,7 +14,9 @@ sq_euclid  −max(‖q‖²+‖g‖²−2q·g, 0)     squared norms
 
 Because the transform is applied to the raw dot product with the same float32
 operations everywhere (block matmul, positive gather, numba kernel), two equal
-dot products always give bit-equal scores.
+dot products always give bit-equal scores. :func:`canonical_dot` is the dot product
+in one fixed summation order (the one ``embeval._kernels`` compiles): the scores
+that decide ranks are computed with it, so they depend on the pair alone.
 """
 
 from __future__ import annotations
@@ -27,13 +29,14 @@ import torch
 from .errors import OptionError
 
 __all__ = [
-    "METRICS", "PRECISIONS", "METRIC_CODES", "aux", "transform", "scores", "resolve_device",
-    "matmul_dtype", "precision_context",
+    "METRICS", "PRECISIONS", "METRIC_CODES", "LANES", "aux", "transform", "canonical_dot",
+    "scores", "resolve_device", "matmul_dtype", "precision_context",
 ]
 
 METRICS = ("inner", "cosine", "euclid", "sq_euclid")
 METRIC_CODES = {name: i for i, name in enumerate(METRICS)}
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+LANES = 16  # canonical dot product: 16 running sums, lane l takes elements t ≡ l (mod 16)
 
 
 def check_metric(metric: str) -> str:
@@ -60,6 +63,32 @@ def transform(dot: torch.Tensor, qa: torch.Tensor, ga: torch.Tensor, metric: str
         return dot * qa * ga
     d2 = ((qa + ga) - 2.0 * dot).clamp_min(0.0)
     return -_sqrt(d2) if metric == "euclid" else -d2
+
+
+def canonical_dot(q: torch.Tensor, g: torch.Tensor, chunk: int = 1 << 14) -> torch.Tensor:
+    """Row-wise dot products ``q[m]·g[m]`` of [n, D] float32 rows in the canonical order: [n].
+
+    Lane l (of 16) sums the products of elements l, l + 16, l + 32, ... in order (the last
+    ``D mod 16`` elements go to lanes 0, 1, ...), then lanes are added in a fixed tree
+    (l + 8 into l, then l + 4, l + 2, l + 1). Every operation is one IEEE float32 multiply
+    or add, so the bits are the same on CPU and CUDA and equal ``embeval._kernels``'s.
+    """
+    n, d = q.shape
+    out = torch.empty(n, dtype=torch.float32, device=q.device)
+    full = d - d % LANES
+    for c in range(0, n, chunk):
+        a, b = q[c:c + chunk].float(), g[c:c + chunk].float()
+        acc = torch.zeros(len(a), LANES, dtype=torch.float32, device=q.device)
+        for t in range(0, full, LANES):
+            acc += a[:, t:t + LANES] * b[:, t:t + LANES]
+        if d > full:
+            acc[:, :d - full] += a[:, full:] * b[:, full:]
+        width = LANES
+        while width > 1:
+            width //= 2
+            acc = acc[:, :width] + acc[:, width:2 * width]
+        out[c:c + chunk] = acc[:, 0]
+    return out
 
 
 def _sqrt(x: torch.Tensor) -> torch.Tensor:

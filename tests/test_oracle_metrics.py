@@ -116,11 +116,11 @@ def test_exact_against_reference_with_ties(opt, metric):
 
 @settings(max_examples=60, **SETTINGS)
 @given(opt=options(int_cases(max_q=4, max_g=6, max_d=3, n_labels=2)),
-       metric=st.sampled_from(["inner", "sq_euclid"]))
-def test_exact_against_reference_tiny_dense_ties(opt, metric):
-    """Very few distinct values: almost every score ties with another."""
+       metric=st.sampled_from(["inner", "sq_euclid"]), backend=st.sampled_from(["numba", "torch"]))
+def test_exact_against_reference_tiny_dense_ties(opt, metric, backend):
+    """Very few distinct values: almost every score ties with another (both engines)."""
     case, ks, knn_k = opt
-    res = run(case, metric=metric, ks=ks, knn_k=knn_k, pr=True)
+    res = run(case, metric=metric, ks=ks, knn_k=knn_k, pr=True, backend=backend, block_size=2)
     assert_matches(res, case.ref(metric=metric, ks=ks, knn_k=knn_k, pr=True), exact=True)
 
 
@@ -396,7 +396,8 @@ def test_no_query_has_a_positive():
 
 @pytest.mark.parametrize("metric", ["inner", "cosine", "euclid", "sq_euclid"])
 @pytest.mark.parametrize("dim", [1, 3, 128, 512])
-def test_constant_embedding_scores_pessimistically(metric, dim):
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_constant_embedding_scores_pessimistically(metric, dim, backend):
     """A model that maps everything to one point must score badly, not perfectly.
 
     Every item ties with every other one: AP_i = P_i / G, first hit = G - P_i + 1.
@@ -409,7 +410,7 @@ def test_constant_embedding_scores_pessimistically(metric, dim):
     gl = np.array([0, 1, 0, 2, 1, 0, -1, 3, 3, 0, 1, 2] * 3)
     ql = np.array([0, 1, 2, 3, -1, 7])
     case = Case(qe=np.tile(v, (len(ql), 1)), ql=ql, ge=np.tile(v, (len(gl), 1)), gl=gl)
-    res = run(case, metric=metric, ks=(1, 5), knn_k=4, pr=True)
+    res = run(case, metric=metric, ks=(1, 5), knn_k=4, pr=True, backend=backend, block_size=5)
     G = len(gl)
     P = np.array([(gl == lab).sum() if lab >= 0 else 0 for lab in ql])
     valid = P > 0
@@ -433,7 +434,8 @@ def test_constant_embedding_scores_pessimistically(metric, dim):
 
 @pytest.mark.parametrize("metric", ["cosine", "euclid", "inner", "sq_euclid"])
 @pytest.mark.parametrize("dim", [3, 64, 256])
-def test_duplicated_gallery_items_tie_exactly(metric, dim):
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_duplicated_gallery_items_tie_exactly(metric, dim, backend):
     """A negative that is an exact copy of a positive must tie with it (pessimistic)."""
     rng = np.random.default_rng(dim + 1)
     ge = rng.standard_normal((20, dim)).astype(np.float32).astype(np.float64)
@@ -444,7 +446,7 @@ def test_duplicated_gallery_items_tie_exactly(metric, dim):
     ql = rng.integers(0, 5, 7)
     case = Case(qe, ql, ge, gl)
     ref = case.ref(metric=metric, ks=(1, 3), pr=True)
-    res = run(case, metric=metric, ks=(1, 3), pr=True)
+    res = run(case, metric=metric, ks=(1, 3), pr=True, backend=backend, block_size=7)
     # the twin structure must survive float32 exactly: compare only rank-based values
     for key in ("n_pos", "first_rank", "last_rank"):
         assert res.per_query[key].tolist() == ref.per_query[key].tolist(), key

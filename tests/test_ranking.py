@@ -8,6 +8,7 @@ import torch
 import embeval
 from embeval import metrics as M
 from embeval.ranking import NO_INDEX, Protocol, RankStats, rank_stats
+from embeval.similarity import canonical_dot
 
 FIELDS = ("pos_offsets", "pos_scores", "neg_hist", "n_neg", "max_neg", "topk_scores", "topk_indices")
 
@@ -79,18 +80,38 @@ def test_query_shards_concatenate_exactly() -> None:
 
 @pytest.mark.parametrize("metric", embeval.METRICS)
 def test_torch_path_equals_numba_path(metric: str) -> None:
-    """The pure-PyTorch path (what CUDA runs) on CPU: exact on exactly representable data."""
-    q, g = sets(integer=True)
-    a = rank_stats(q, g, metric=metric, topk=6, device="cpu", backend="numba")
-    b = rank_stats(q, g, metric=metric, topk=6, device="cpu", backend="torch", block_size=333)
-    assert_same(a, b)
-    qf, gf = sets()
-    a = embeval.evaluate(qf, gf, metric=metric, device="cpu", knn_k=3)
+    """The pure-PyTorch path (what CUDA runs) on CPU gives the numba path's statistics bit
+    for bit, on float data too: both decide with canonical scores."""
+    for integer in (True, False):
+        q, g = sets(integer=integer)
+        a = rank_stats(q, g, metric=metric, topk=6, device="cpu", backend="numba")
+        b = rank_stats(q, g, metric=metric, topk=6, device="cpu", backend="torch", block_size=333)
+        assert_same(a, b)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(embeval.ranking._kernels, "AVAILABLE", False)  # force the fallback
-        b = embeval.evaluate(qf, gf, metric=metric, device="cpu", knn_k=3, block_size=500)
-    for key, value in a.metrics.items():
-        assert b.metrics[key] == pytest.approx(value, abs=1e-5), key
+        mp.setattr(embeval.ranking._kernels, "AVAILABLE", False)  # no numba at all
+        c = rank_stats(q, g, metric=metric, topk=6, device="cpu", block_size=500)
+    assert_same(a, c)
+
+
+@pytest.mark.parametrize("d", [1, 5, 15, 16, 17, 100, 512, 513])
+def test_canonical_dot_is_the_kernels_order(d: int) -> None:
+    """similarity.canonical_dot (CPU and CUDA) and the numba kernel agree to the bit, and
+    the order is really fixed: not what a plain sum gives for every row."""
+    gen = torch.Generator().manual_seed(d)
+    q, g = torch.randn(400, d, generator=gen), 3 * torch.randn(400, d, generator=gen)
+    out = torch.empty(400)
+    zeros = torch.zeros(400)
+    idx = torch.arange(400)
+    embeval.ranking._kernels.pair_scores(q.numpy(), g.numpy(), idx.numpy(), idx.numpy(), 0,
+                                         zeros.numpy(), zeros.numpy(), 0, out.numpy())
+    canon = canonical_dot(q, g, chunk=37)
+    assert torch.equal(canon, out)
+    exact = (q.double() * g.double()).sum(1)
+    assert torch.allclose(canon.double(), exact, rtol=0, atol=d * 2e-6 * 9)
+    if d >= 100:
+        assert not torch.equal(canon, (q * g).flip(1).sum(1))
+    if torch.cuda.is_available():
+        assert torch.equal(canonical_dot(q.cuda(), g.cuda()).cpu(), out)
 
 
 def test_topk_ties_prefer_lower_gallery_index() -> None:
