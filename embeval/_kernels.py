@@ -161,12 +161,11 @@ def _tile_pass(S, G, Qe, nrows, c0, c1, q0, g0, qlab, glab, qcam, gcam, qa, ga, 
             cut = lowest
         mx = ninf
         n_cand = 0
-        for c in range(width):
+        for c in range(width):  # branchless: the store always happens, the count moves
             s = row[c]
             mx = s if s > mx else mx
-            if s >= cut:
-                cand[n_cand] = c
-                n_cand += 1
+            cand[n_cand] = c
+            n_cand += s >= cut
         h0 = p0 + r
         for t in range(n_cand):
             c = cand[t]
