@@ -193,5 +193,4 @@ def summarize(stats: RankStats, gallery_labels: torch.Tensor, *, ks: Sequence[in
 
 
 def _nanmean(x: torch.Tensor) -> float:
-    ok = ~torch.isnan(x)
-    return float(x[ok].double().mean()) if bool(ok.any()) else float("nan")
+    return M.exact_mean(x[~torch.isnan(x)])

@@ -15,6 +15,7 @@ Fractions are in [0, 1]; per-query outputs are [Q] tensors.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -25,7 +26,7 @@ from .ranking import NO_INDEX, RankStats
 __all__ = [
     "positive_ranks", "average_precision", "mean_average_precision", "first_hit_rank",
     "last_hit_rank", "cmc", "topk_accuracy", "inverse_negative_penalty", "mean_inp",
-    "hard_scores", "pr_points", "max_f1", "knn_predict", "knn_accuracy", "check_ks",
+    "hard_scores", "pr_points", "max_f1", "knn_predict", "knn_accuracy", "check_ks", "exact_mean",
 ]
 
 
@@ -70,13 +71,19 @@ def average_precision(stats: RankStats) -> torch.Tensor:
     return _segment_sum(tp.double() / n.double(), stats) / p  # 0/0 → nan when P = 0
 
 
+def exact_mean(values: torch.Tensor) -> float:
+    """The mean of a 1-D tensor from its correctly rounded sum (``math.fsum``): the same
+    bits whatever the thread count or the shard split that produced the values; nan if empty."""
+    return math.fsum(values.double().tolist()) / len(values) if len(values) else float("nan")
+
+
 def _valid_mean(values: torch.Tensor, stats: RankStats, no_positive: str) -> float:
     valid = stats.n_pos > 0
     if no_positive == "zero":
-        return float(torch.where(valid, values, torch.zeros_like(values)).mean())
+        return exact_mean(torch.where(valid, values, torch.zeros_like(values)))
     if no_positive != "skip":
         raise OptionError(f"--no-positive: unknown policy {no_positive!r} (skip, zero)")
-    return float(values[valid].mean()) if bool(valid.any()) else float("nan")
+    return exact_mean(values[valid])
 
 
 def mean_average_precision(stats: RankStats, *, no_positive: str = "skip") -> float:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -164,3 +166,18 @@ def test_input_errors() -> None:
         rank_stats(q, g, protocol=Protocol(exclude_self=True), device="cpu")
     with pytest.raises(embeval.OptionError, match="unknown metric"):
         rank_stats(q, g, metric="manhattan", device="cpu")
+
+
+def test_means_do_not_depend_on_summation_order() -> None:
+    """mAP & co. are means of [Q] float64 values: exactly rounded sums, so a different
+    thread count or shard split (which reorders torch's reductions) cannot move the last bit."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(40_000, generator=gen, dtype=torch.float64) * 10.0 ** torch.randint(
+        -8, 8, (40_000,), generator=gen)
+    ref = M.exact_mean(x)
+    orders = {float(x[torch.randperm(len(x), generator=gen)].sum()) for _ in range(20)}
+    assert len(orders) > 1  # plain summation does depend on the order here
+    for _ in range(20):
+        assert M.exact_mean(x[torch.randperm(len(x), generator=gen)]) == ref
+    assert M.exact_mean(torch.tensor([1e16, 1.0, -1e16, 1.0], dtype=torch.float64)) == 0.5
+    assert math.isnan(M.exact_mean(torch.empty(0, dtype=torch.float64)))
