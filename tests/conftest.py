@@ -3,9 +3,17 @@
 CI exports ``HYPOTHESIS_PROFILE=ci`` so that a red run is reproducible from its log and
 main stays green for reasons in the code, not in the draw; local runs keep exploring
 new examples (and remember failures in ``.hypothesis/``).
+
+Every test runs inside :func:`restore_globals`: whatever a test (or the code it calls) does
+to the process environment, the working directory, torch's thread count or the random
+generators is undone afterwards, so no test can leak a setting into later tests or into the
+subprocesses they start (an ``OPENBLAS_CORETYPE`` left behind once made every later
+subprocess die with SIGILL on CPUs without AVX-512).
 """
 import os
+import random
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import settings
@@ -14,10 +22,26 @@ settings.register_profile("ci", derandomize=True, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
+@pytest.fixture(autouse=True)
+def restore_globals():
+    """Snapshot the process-wide state a test can change; restore it exactly afterwards."""
+    env = dict(os.environ)
+    cwd = os.getcwd()
+    threads = torch.get_num_threads()
+    rng = (random.getstate(), np.random.get_state(), torch.random.get_rng_state())
+    yield
+    if dict(os.environ) != env:
+        os.environ.clear()
+        os.environ.update(env)
+    os.chdir(cwd)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    random.setstate(rng[0])
+    np.random.set_state(rng[1])
+    torch.random.set_rng_state(rng[2])
+
+
 @pytest.fixture
 def one_thread():
     """Tiny models: one intra-op thread avoids OpenMP stalls on a busy 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+    torch.set_num_threads(1)  # restore_globals puts the old count back
