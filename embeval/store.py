@@ -19,16 +19,14 @@ and, where known, ``model``, ``normalized``, ``source`` and ``label_names``.
 
 Reads are lazy: labels are loaded, embedding rows are sliced from the file on
 demand (``safe_open(...).get_slice``), so galleries larger than RAM stream.
-Writes go to a temporary file in the target folder and are renamed into place.
+Writes go through :func:`embeval.outputs.atomic_path` (complete under the final name, or absent).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -36,6 +34,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .errors import InputFileError
+from .outputs import atomic_path
 
 __all__ = ["EmbeddingSet", "load", "save", "atomic_path", "FORMAT_VERSION"]
 
@@ -221,26 +220,6 @@ def save(
     with atomic_path(p) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
     return p
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it into place only on success."""
-    p = Path(path)
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputFileError(p, f"cannot write: folder {str(parent)!r} does not exist")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=parent)
-    except OSError as e:
-        raise InputFileError(p, f"cannot write ({e.strerror or e})") from None
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 _DTYPES = {

@@ -164,7 +164,7 @@ def test_bad_input_files_exit_2_with_one_line(tmp_path: Path, case: str, message
     (["--device", "tpu"], "unknown device 'tpu'"),
     (["--device", "meta"], "unsupported device"),
     (["--memory", "lots"], "--memory: cannot read 'lots'"),
-    (["--per-query", "/nonexistent/dir/x.csv"], "folder '/nonexistent/dir' does not exist"),
+    (["--per-query", "/dev/null/dir/x.csv"], "'/dev/null' is not a folder"),
     (["--exclude-self"], "--exclude-self needs the same set"),
     (["--aggregate", "mean", "--exclude-same-camera"], "cannot be combined"),
 ])

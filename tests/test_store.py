@@ -98,9 +98,17 @@ def test_atomic_save_leaves_nothing_on_failure(tmp_path: Path) -> None:
     target = tmp_path / "out.safetensors"
     with pytest.raises(InputFileError):
         embeval.save(target, torch.tensor([[float("inf")]]), torch.zeros(1, dtype=torch.int64))
-    with pytest.raises(InputFileError, match="does not exist"):
-        embeval.save(tmp_path / "nope" / "x.safetensors", torch.ones(1, 1), [0])
     assert list(tmp_path.iterdir()) == []
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(InputFileError, match="is not a folder"):
+        embeval.save(blocker / "x.safetensors", torch.ones(1, 1), [0])
+    assert list(tmp_path.iterdir()) == [blocker]
+
+
+def test_save_creates_missing_folders(tmp_path: Path) -> None:
+    p = embeval.save(tmp_path / "a" / "b" / "x.safetensors", torch.ones(1, 1), [0])
+    assert embeval.load(p).n == 1
 
 
 def test_label_names_metadata(tmp_path: Path) -> None:

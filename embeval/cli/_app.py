@@ -1,12 +1,10 @@
-"""The Typer app object and what every command shares: consoles, progress, output checks."""
+"""The Typer app object and what every command shares: consoles and progress."""
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -19,8 +17,6 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-
-from ..errors import InputFileError
 
 app = typer.Typer(
     name="embeval",
@@ -51,16 +47,3 @@ def progress_bar(description: str, unit: str = "",
     with Progress(*columns, console=stderr, transient=True) as bar:
         task = bar.add_task(description, total=None)
         yield lambda done, total: bar.update(task, completed=done, total=total)
-
-
-def check_writable(path: Path | None, option: str) -> None:
-    """Fail early (exit 2) when an output file could not be written, before any work."""
-    if path is None:
-        return
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise InputFileError(path, f"{option}: is a folder, expected a file name")
-    if not parent.is_dir():
-        raise InputFileError(path, f"{option}: folder {str(parent)!r} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise InputFileError(path, f"{option}: folder {str(parent)!r} is not writable")

@@ -16,15 +16,16 @@ from pathlib import Path
 import torch
 
 from embeval import distributed, exports
-from embeval.concat import load_many, source_files
+from embeval.concat import expand_paths, load_many, source_files
 from embeval.errors import OptionError
 from embeval.evaluate import EvalResult, evaluation_stats, summarize
+from embeval.outputs import check_outputs, transaction
 from embeval.partials import Partial, fingerprint, save_partial
 from embeval.ranking import parse_memory, parse_shard
 from embeval.similarity import resolve_device, scores
 from embeval.store import EmbeddingSet, load
 
-from ._app import check_writable, interactive, progress_bar, stderr
+from ._app import interactive, progress_bar, stderr
 from .report import render
 
 MATRIX_LIMIT = 1 << 30  # score --out: the full [Q, G] matrix up to 1 GB, else the top-k
@@ -85,12 +86,11 @@ def execute(job: Job, *, shard: str | None = None, out_part: Path | None = None)
         if distributed.requested():
             raise OptionError("--shard: not under torchrun (torchrun shards by itself)")
         out_part = out_part or Path(f"{job.command}.part-{part[0]}-of-{part[1]}.safetensors")
-        check_writable(out_part, "--out-part")
     elif out_part is not None:
         raise OptionError("--out-part needs --shard i/n")
     if lead:
-        for option, path in job.outputs.items():
-            check_writable(path, option)
+        check_outputs({**job.outputs, "--out-part": out_part},
+                      inputs=[job.query, *expand_paths(job.gallery)])
     c = job.common
     parse_memory(c.memory)
     resolve_device(c.device)
@@ -151,7 +151,15 @@ def _score_topn(job: Job, q: EmbeddingSet, g: EmbeddingSet) -> int | None:
 
 
 def finish(job: Job, result: EvalResult, label_names: list[str] | None, knn_k: int | None) -> None:
-    """Write the job's output files, then print the table or the JSON object."""
+    """Write the job's output files (all or none), then print the table or the JSON object."""
+    with transaction():
+        _write_outputs(job, result, label_names, knn_k)
+    render(job.command, result, job.ks, as_json=job.as_json, extra=job.extra or None)
+    sys.stdout.flush()
+
+
+def _write_outputs(job: Job, result: EvalResult, label_names: list[str] | None,
+                   knn_k: int | None) -> None:
     out = job.outputs
     if out.get("--per-query"):
         exports.write_per_query(out["--per-query"], result, label_names)  # type: ignore[arg-type]
@@ -166,8 +174,6 @@ def finish(job: Job, result: EvalResult, label_names: list[str] | None, knn_k: i
                               f"{job.query.name} vs {names} ({job.common.metric})")
     if out.get("--out"):
         _write_scores(out["--out"], job, result, knn_k)  # type: ignore[arg-type]
-    render(job.command, result, job.ks, as_json=job.as_json, extra=job.extra or None)
-    sys.stdout.flush()
 
 
 def _write_scores(path: Path, job: Job, result: EvalResult, topn: int | None) -> None:

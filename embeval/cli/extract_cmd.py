@@ -17,8 +17,9 @@ from ..errors import InputFileError, OptionError
 from ..extract import ExtractOptions, extract_to_files
 from ..images import LAYOUTS, Preprocessing, list_image_sets
 from ..models import BACKBONES, load_model
+from ..outputs import check_outputs
 from ..similarity import resolve_device
-from ._app import app, check_writable, interactive, stderr, stdout
+from ._app import app, interactive, stderr, stdout
 
 H_W = "H W"
 
@@ -75,9 +76,9 @@ def extract(
     """Embed images with a model: [bold]extract MODEL --query DIR --gallery DIR --out-dir DIR[/]
     or [bold]extract MODEL IMAGES -o FILE[/]."""
     sets = _jobs(images, out, query, gallery, out_dir)
-    for _, _, path in sets:
-        if out_dir is None:
-            check_writable(path, "--out")
+    check_outputs({"--out" if out_dir is None else f"--out-dir ({name})": path
+                   for name, _, path in sets},
+                  inputs=[src for _, src, _ in sets] + [p for p in (Path(model), weights) if p])
     dev = resolve_device(device)
     image_lists = list_image_sets([src for _, src, _ in sets], layout=layout,
                                   label_regex=label_regex)

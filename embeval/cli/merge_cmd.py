@@ -12,9 +12,10 @@ from embeval import exports
 from embeval.concat import expand_paths
 from embeval.errors import InputFileError, OptionError
 from embeval.evaluate import summarize
+from embeval.outputs import check_outputs
 from embeval.partials import fingerprint, load_partial, merge_partials
 
-from ._app import app, check_writable
+from ._app import app
 from ._job import Common, Job, finish
 from .evaluate_cmds import JsonOpt
 
@@ -40,7 +41,8 @@ def merge(
 ) -> None:
     """Combine the shards of an array job: prints exactly what one run prints (table or --json)."""
     t0 = time.perf_counter()
-    merged = merge_partials([load_partial(p) for p in expand_paths(parts)])
+    part_files = expand_paths(parts)
+    merged = merge_partials([load_partial(p) for p in part_files])
     job = merged.job
     command = job["command"]
     given = {"--per-query": per_query, "--predictions": predictions, "--curves": curves,
@@ -49,7 +51,8 @@ def merge(
         if path is not None and option not in OUTPUTS[command]:
             raise OptionError(f"{option}: not an output of `embeval {command}` (the parts' command); "
                               f"it writes {', '.join(OUTPUTS[command])}")
-        check_writable(path, option)
+    inputs = merged.job["inputs"]
+    check_outputs(given, inputs=[*part_files, *(f["file"] for f in inputs["query"] + inputs["gallery"])])
     if plot:
         exports.require_matplotlib()
     stats = merged.stats
@@ -64,7 +67,6 @@ def merge(
                                                            "no_positive", "precision")}
     common = Common(o["metric"], "cpu", None, o["precision"], o["exclude_same_camera"],
                     o["exclude_self"], o["aggregate"], o["no_positive"], None)
-    inputs = job["inputs"]
     run = Job(command, Path(inputs["query"][0]["file"]), [Path(f["file"]) for f in inputs["gallery"]],
               common, job["ks"], knn_k=job["knn_k"], pr=job["pr"], extra=job["extra"],
               outputs={k: v for k, v in given.items() if k in OUTPUTS[command]},
