@@ -1,0 +1,231 @@
+"""embeval.outputs: every output is checked against the inputs, staged and put in place whole.
+
+Through the installed command where the process matters (umask, file-size limit, device
+files); in this process (``embeval.cli.main``) for the many refusals.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import resource
+import shutil
+import stat
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from helpers_images import image_folder
+
+import embeval
+from embeval.cli import main
+from embeval.errors import InputFileError
+from embeval.outputs import atomic_path, check_outputs, transaction
+
+EXE = shutil.which("embeval")
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return int(e.value.code or 0), out, err
+
+
+def run(*args: object, cwd: Path | None = None, umask: int = 0o022,
+        fsize: int | None = None) -> subprocess.CompletedProcess[str]:
+    def limits() -> None:
+        os.umask(umask)
+        if fsize is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+    return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          preexec_fn=limits, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("outputs")
+    g = torch.Generator().manual_seed(5)
+    q = embeval.save(d / "q.safetensors", torch.randn(30, 8, generator=g),
+                     torch.randint(0, 5, (30,), generator=g))
+    gal = embeval.save(d / "g.safetensors", torch.randn(60, 8, generator=g),
+                       torch.randint(0, 5, (60,), generator=g))
+    return {"q": q, "g": gal, "dir": d}
+
+
+def one_line_error(rc: int, err: str, *names: str) -> str:
+    assert rc == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for name in names:
+        assert name in lines[0], err
+    return lines[0]
+
+
+@pytest.mark.parametrize(("command", "option", "victim"), [
+    ("cmc", "--per-query", "q"), ("pr", "--per-query", "g"), ("pr", "--curves", "q"),
+    ("knn", "--predictions", "g"), ("score", "--out", "q"), ("pr", "--plot", "g"),
+])
+def test_an_output_never_overwrites_an_input(capsys, files, command, option, victim):
+    before = files[victim].read_bytes()
+    rc, out, err = cli(capsys, command, files["q"], files["g"], option, files[victim])
+    assert "refusing to overwrite an input" in one_line_error(rc, err, option, files[victim].name)
+    assert files[victim].read_bytes() == before and out == ""
+
+
+def test_not_through_a_symlink_either(capsys, files, tmp_path):
+    link = tmp_path / "innocent.csv"
+    link.symlink_to(files["g"])
+    before = files["g"].read_bytes()
+    rc, _, err = cli(capsys, "cmc", files["q"], files["g"], "--per-query", link)
+    one_line_error(rc, err, "refusing to overwrite an input")
+    assert files["g"].read_bytes() == before and link.is_symlink()
+
+
+def test_shard_part_and_merge_outputs_are_checked_too(capsys, files, tmp_path):
+    rc, _, err = cli(capsys, "cmc", files["q"], files["g"], "--shard", "0/2", "--out-part", files["g"])
+    one_line_error(rc, err, "--out-part", "refusing to overwrite an input")
+    parts = [tmp_path / f"p{i}.safetensors" for i in range(2)]
+    for i, p in enumerate(parts):
+        assert cli(capsys, "cmc", files["q"], files["g"], "--shard", f"{i}/2", "--out-part", p)[0] == 0
+    before = parts[1].read_bytes()
+    rc, _, err = cli(capsys, "merge", *parts, "--per-query", parts[1])
+    one_line_error(rc, err, "--per-query", "refusing to overwrite an input")
+    assert parts[1].read_bytes() == before
+
+
+def test_two_outputs_may_not_name_one_file(capsys, files, tmp_path):
+    target = tmp_path / "both"
+    rc, _, err = cli(capsys, "pr", files["q"], files["g"], "--per-query", target, "--curves", target)
+    one_line_error(rc, err, "the same file is also given to")
+    assert not target.exists()
+
+
+def test_missing_folders_are_created(capsys, files, tmp_path):
+    part = tmp_path / "parts" / "deep" / "cmc.0.safetensors"
+    rc, _, err = cli(capsys, "cmc", files["q"], files["g"], "--shard", "0/2", "--out-part", part)
+    assert rc == 0, err
+    assert part.is_file()
+
+
+def test_extract_output_onto_its_image_list_is_refused(capsys, tmp_path):
+    images = image_folder(tmp_path / "imgs", {"a": 2, "b": 2})
+    listing = tmp_path / "list.csv"
+    listing.write_text("path,label\n" + "".join(f"{p},{i % 2}\n" for i, p in
+                                                enumerate(sorted(images.rglob("*.png")))))
+    before = listing.read_bytes()
+    rc, _, err = cli(capsys, "extract", "embeval-small", listing, "-o", listing, "--workers", "0")
+    one_line_error(rc, err, "refusing to overwrite an input")
+    assert listing.read_bytes() == before
+
+
+# ---- special files: written into, never replaced -------------------------------------------
+
+def _device(path: Path, major: int, minor: int) -> Path:
+    try:
+        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(major, minor))
+    except (PermissionError, OSError) as e:
+        pytest.skip(f"cannot create a device node here ({e})")
+    return path
+
+
+def test_a_device_is_written_into_not_replaced(capsys, files, tmp_path):
+    null = _device(tmp_path / "null", 1, 3)
+    rc, _, err = cli(capsys, "cmc", files["q"], files["g"], "--per-query", null)
+    assert rc == 0, err
+    assert stat.S_ISCHR(null.stat().st_mode)
+    assert [p.name for p in tmp_path.iterdir()] == ["null"]  # no temporary left beside it
+
+
+def test_a_full_device_fails_with_one_line_and_no_other_output(capsys, files, tmp_path):
+    full = _device(tmp_path / "full", 1, 7)
+    other = tmp_path / "curves.safetensors"
+    rc, _, err = cli(capsys, "pr", files["q"], files["g"], "--per-query", full, "--curves", other)
+    one_line_error(rc, err, "full", "No space left on device")
+    assert stat.S_ISCHR(full.stat().st_mode) and not other.exists()
+
+
+def test_a_fifo_is_written_into(files, tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    res = run("cmc", files["q"], files["g"], "--per-query", fifo)
+    reader.join(timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    assert got and got[0].startswith(b"index,label")
+
+
+@pytest.mark.parametrize("target", ["-", "/dev/stdout"])
+def test_standard_output_for_pipelines(files, target):
+    res = run("knn", files["q"], files["g"], "-k", "3", "--predictions", target, "--json")
+    assert res.returncode == 0, res.stderr
+    rows = list(csv.reader(io.StringIO(res.stdout.split("{", 1)[0])))
+    assert rows[0] == ["index", "label", "prediction", "correct"] and len(rows) == 31
+
+
+# ---- the process: umask, file-size limit ------------------------------------------------------
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_outputs_respect_the_umask(files, tmp_path, umask, mode):
+    out = tmp_path / "pq.csv"
+    res = run("cmc", files["q"], files["g"], "--per-query", out, umask=umask)
+    assert res.returncode == 0, res.stderr
+    assert stat.S_IMODE(out.stat().st_mode) == mode
+
+
+def test_a_full_disk_gives_one_line_and_no_output(files, tmp_path):
+    """RLIMIT_FSIZE makes the large curves file fail (EFBIG) after the small CSV was written."""
+    q = embeval.save(tmp_path / "q.safetensors", torch.randn(100, 4), torch.arange(100) % 5)
+    g = embeval.save(tmp_path / "g.safetensors", torch.randn(400, 4), torch.arange(400) % 5)
+    out = tmp_path / "out"
+    out.mkdir()
+    small, large = out / "pq.csv", out / "curves.safetensors"
+    res = run("pr", q, g, "--per-query", small, "--curves", large, fsize=32768)
+    one_line_error(res.returncode, res.stderr, large.name, "cannot write")
+    assert list(out.iterdir()) == []
+
+
+# ---- the opener itself ------------------------------------------------------------------------
+
+def test_a_replaced_file_keeps_its_mode(tmp_path):
+    p = tmp_path / "x"
+    p.write_text("old")
+    p.chmod(0o640)
+    with atomic_path(p) as tmp:
+        tmp.write_text("new")
+    assert p.read_text() == "new" and stat.S_IMODE(p.stat().st_mode) == 0o640
+
+
+def test_transaction_puts_all_or_nothing_in_place(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    with pytest.raises(RuntimeError), transaction():
+        with atomic_path(a) as tmp:
+            tmp.write_text("a")
+        assert not a.exists()  # staged, not yet in place
+        raise RuntimeError("the second output failed")
+    assert list(tmp_path.iterdir()) == []
+    with transaction():
+        for p in (a, b):
+            with atomic_path(p) as tmp:
+                tmp.write_text(p.name)
+    assert a.read_text() == "a" and b.read_text() == "b"
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["a", "b"]
+
+
+def test_check_outputs_refusals(tmp_path):
+    inp = tmp_path / "in"
+    inp.write_text("x")
+    hard = tmp_path / "hardlink"
+    os.link(inp, hard)
+    with pytest.raises(InputFileError, match="refusing to overwrite an input"):
+        check_outputs({"out": hard}, inputs=[inp])
+    with pytest.raises(InputFileError, match="is a folder"):
+        check_outputs({"out": tmp_path})
+    check_outputs({"a": "/dev/null", "b": "/dev/null", "c": "-", "d": None}, inputs=[inp])
