@@ -1,10 +1,14 @@
 """``embeval`` command line: Typer commands over the core. No arithmetic here.
 
-Exit codes: 0 success, 2 bad input or usage (one line on stderr), 1 internal error.
+Exit codes: 0 success, 2 bad input or usage (one line on stderr), 1 internal error,
+130 interrupted (Ctrl-C), 141 standard output closed early (``embeval ... | head``: quietly,
+as a Unix tool stopped by SIGPIPE).
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 import sys
 
@@ -52,9 +56,31 @@ def expand_multi(argv: list[str]) -> list[str]:
     return out
 
 
+SINGLE_K = {"knn"}  # commands whose -k takes one number
+INTERRUPTED, BROKEN_PIPE = 130, 141
+
+
+def _single_k(args: list[str]) -> str | None:
+    """The error for ``knn -k 1 5`` (click would silently keep the last value), else None."""
+    command = next((a for a in args if not a.startswith("-")), None)
+    values = [b for a, b in zip(args, args[1:]) if a in MULTI_VALUE]
+    if command in SINGLE_K and len(values) > 1:
+        return f"embeval {command}: error: -k takes one number, got {' '.join(values)}"
+    return None
+
+
+def _broken_pipe(e: SystemExit) -> bool:
+    """True for the ``exit(1)`` that Rich and Typer raise when standard output is closed."""
+    cause = e.__context__
+    return e.code == 1 and isinstance(cause, OSError) and cause.errno == errno.EPIPE
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app and map errors to exit codes."""
     args = expand_multi(sys.argv[1:] if argv is None else list(argv))
+    if (problem := _single_k(args)) is not None:
+        print(problem, file=sys.stderr)
+        sys.exit(2)
     cmd = typer.main.get_command(app)
     prog = "embeval"
     try:
@@ -73,6 +99,25 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{prog}: error: {e}", file=sys.stderr)
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
+        rc = INTERRUPTED
+    except BrokenPipeError:
+        rc = BROKEN_PIPE
+    except SystemExit as e:
+        if _broken_pipe(e):
+            rc = BROKEN_PIPE
+        else:
+            raise
+    if rc == INTERRUPTED:  # Typer turns Ctrl-C into a silent exit code 130
         print(f"{prog}: interrupted", file=sys.stderr)
-        sys.exit(130)
+    if rc == BROKEN_PIPE:  # the reader is gone: nothing to say, and no one to say it to
+        _silence_stdout()
     sys.exit(rc if isinstance(rc, int) else 0)
+
+
+def _silence_stdout() -> None:
+    """Point standard output at /dev/null so the interpreter's final flush cannot fail."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass

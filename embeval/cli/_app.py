@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -25,6 +26,24 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        from embeval import __version__
+        print(f"embeval {__version__} (torch {version('torch')}, Python {sys.version.split()[0]})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True,
+        help="Print the version of embeval (and of torch and Python) and exit.")] = False,
+) -> None:
+    """Exact, fast retrieval / re-identification metrics from saved embeddings."""
+
 
 stdout = Console(soft_wrap=True)
 stderr = Console(stderr=True)

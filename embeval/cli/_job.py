@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from embeval import distributed, exports
+from embeval import __version__, distributed, exports
 from embeval.concat import expand_paths, load_many, source_files
 from embeval.errors import OptionError
 from embeval.evaluate import EvalResult, evaluation_stats, summarize
@@ -25,7 +25,7 @@ from embeval.ranking import parse_memory, parse_shard
 from embeval.similarity import resolve_device, scores
 from embeval.store import EmbeddingSet, load
 
-from ._app import interactive, progress_bar, stderr
+from ._app import progress_bar, stderr
 from .report import render
 
 MATRIX_LIMIT = 1 << 30  # score --out: the full [Q, G] matrix up to 1 GB, else the top-k
@@ -78,6 +78,9 @@ def execute(job: Job, *, shard: str | None = None, out_part: Path | None = None)
     """Run ``job``: alone, as shard ``i/n`` of an array job, or as one rank under torchrun."""
     part = parse_shard(shard) if shard else None
     lead = distributed.is_leader()
+    if job.out_topk is not None and part is None and job.outputs.get("--out") is None:
+        raise OptionError("--out-topk: needs --out FILE (or --shard i/n, whose part keeps the top-k "
+                          "for `embeval merge --out`)")
     if part is not None:
         given = [option for option, path in job.outputs.items() if path is not None]
         if given:
@@ -97,6 +100,10 @@ def execute(job: Job, *, shard: str | None = None, out_part: Path | None = None)
     q, g = load(job.query), load_many(job.gallery)
     if q.dim != g.dim:
         raise OptionError(f"{q.name} has {q.dim}-dimensional embeddings but {g.name} has {g.dim}")
+    if lead and not c.exclude_self and c.aggregate == "none" and _same_file(job.query, source_files(g)):
+        stderr.print(f"embeval: warning: {job.query} is the query set and the gallery, so every "
+                     "query finds itself at rank 1; add --exclude-self for leave-one-out "
+                     "(this note goes away with it)", highlight=False, soft_wrap=True)
     knn_k = job.knn_k
     if job.command == "score":
         knn_k = _score_topn(job, q, g) if (part or job.outputs.get("--out")) else None
@@ -132,8 +139,8 @@ def _compute(job: Job, q: EmbeddingSet, g: EmbeddingSet, knn_k: int | None,
                   "info": {"device": c.device, "memory": c.memory, "host": platform.node(),
                            "seconds": round(time.perf_counter() - t0, 3)}}
         save_partial(out_part, Partial(ev.stats, ev.gallery.labels[a:b], header))  # type: ignore[arg-type]
-        if interactive():
-            stderr.print(f"shard {part[0]}/{part[1]} (gallery items {a}:{b}) → {out_part}")
+        stderr.print(f"embeval {job.command}: shard {part[0]}/{part[1]} (gallery items {a}:{b} of "
+                     f"{ev.gallery.n}) written to {out_part}", highlight=False, soft_wrap=True)
         return
     stats = ev.stats if group is None else (group.concat(ev.stats) if by_query
                                            else group.reduce(ev.stats))
@@ -141,7 +148,11 @@ def _compute(job: Job, q: EmbeddingSet, g: EmbeddingSet, knn_k: int | None,
         return
     result = summarize(stats, ev.gallery.labels, ks=ev.ks, knn_k=knn_k, no_positive=c.no_positive,
                        pr=job.pr, options=ev.options, t0=t0)
-    finish(job, result, g.label_names, knn_k)
+    if group is not None:
+        stderr.print(f"embeval {job.command}: {group.world} ranks ({'query' if by_query else 'gallery'}"
+                     f" shards, {group.device}) reduced onto rank 0", highlight=False, soft_wrap=True)
+    finish(job, result, g.label_names, knn_k, ranks=group.world if group else 1,
+           inputs=_inputs(job.query, source_files(q), source_files(g)))
 
 
 def _score_topn(job: Job, q: EmbeddingSet, g: EmbeddingSet) -> int | None:
@@ -150,11 +161,30 @@ def _score_topn(job: Job, q: EmbeddingSet, g: EmbeddingSet) -> int | None:
     return None if q.n * g.n * 4 <= MATRIX_LIMIT else min(max(job.ks), g.n)
 
 
-def finish(job: Job, result: EvalResult, label_names: list[str] | None, knn_k: int | None) -> None:
-    """Write the job's output files (all or none), then print the table or the JSON object."""
+def _same_file(query: Path, gallery_files: list[Path]) -> bool:
+    q = query.stat()
+    return any((f.stat().st_dev, f.stat().st_ino) == (q.st_dev, q.st_ino) for f in gallery_files)
+
+
+def _inputs(query: Path, query_files: list[Path], gallery_files: list[Path]) -> dict:
+    """The input files as the JSON object names them: path, size, sha256 of the first/last MiB."""
+    return {"query": [fingerprint(f) for f in query_files or [query]],
+            "gallery": [fingerprint(f) for f in gallery_files]}
+
+
+def finish(job: Job, result: EvalResult, label_names: list[str] | None, knn_k: int | None, *,
+           inputs: dict, ranks: int = 1) -> None:
+    """Write the job's output files (all or none), then print the table or the JSON object.
+
+    ``inputs``: fingerprints of the input files (``{"query": [...], "gallery": [...]}``) and
+    ``ranks``: the processes that computed the result (torchrun ranks, merged parts); both go
+    into the JSON object.
+    """
     with transaction():
         _write_outputs(job, result, label_names, knn_k)
-    render(job.command, result, job.ks, as_json=job.as_json, extra=job.extra or None)
+    provenance = {"embeval": __version__, "inputs": inputs, "processes": ranks} if job.as_json else {}
+    render(job.command, result, job.ks, as_json=job.as_json,
+           extra={**job.extra, **provenance} or None)
     sys.stdout.flush()
 
 

@@ -73,7 +73,13 @@ def merge(
               out_topk=job["out_topk"], as_json=json)
     result = summarize(stats, merged.gallery_labels, ks=job["ks"], knn_k=topn,
                        no_positive=o["no_positive"], pr=job["pr"], options=options, t0=t0)
-    finish(run, result, job["label_names"], topn)
+    finish(run, result, job["label_names"], topn, inputs=_files(inputs), ranks=len(part_files))
+
+
+def _files(inputs: dict) -> dict:
+    """The parts' input fingerprints as a whole run's JSON object lists them."""
+    return {side: [{"file": f["file"], "size": f["size"], "sha256": f["sha256"]} for f in files]
+            for side, files in inputs.items()}
 
 
 def _check_inputs_unchanged(job: dict) -> None:
