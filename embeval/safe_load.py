@@ -77,7 +77,9 @@ def _reason(e: BaseException) -> str:
     """The useful part of a (weights-only) load error, on one short line."""
     text = " ".join(str(e).split())
     m = re.search(r"WeightsUnpickler error: (.*?)(?: Check the documentation|$)", text)
-    text = (m.group(1) if m else text).strip() or type(e).__name__
+    text = (m.group(1) if m else text).split(" Please ")[0].strip() or type(e).__name__
+    if re.fullmatch(r"Unsupported operand \d+", text):
+        text += " (a plain pickle, not a torch.save file)"
     return text if len(text) <= 160 else text[:157] + "..."
 
 
