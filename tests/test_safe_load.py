@@ -122,10 +122,10 @@ def evil_archive(case: str, marker: Path) -> bytes:
                         walk(v)
             walk(tree)
         return rewrite(exported_bytes(dynamic=True), edit_json("models/model.json", expr))
-    if case == "guards code":  # exec'd by ExportedProgram.module()
+    if case == "guards code":  # exec'd by ExportedProgram.module(), run by each forward
         def guard(tree):  # type: ignore[no-untyped-def]
-            tree["guards_code"] = [f"__import__('builtins').open({str(marker)!r}, 'w') is None"]
-        return rewrite(exported_bytes(), edit_json("models/model.json", guard))
+            tree["guards_code"] = [f"__import__('builtins').open({str(marker)!r}, 'w') is not None"]
+        return rewrite(exported_bytes(dynamic=True), edit_json("models/model.json", guard))
     raise AssertionError(case)
 
 
