@@ -6,7 +6,9 @@ MODEL (``load_model(spec)``) is resolved in this order:
    - a safetensors **embeval checkpoint** (below): architecture, weights and
      preprocessing, nothing else needed;
    - a **TorchScript** archive (``torch.jit.save``), loaded with ``torch.jit.load``;
-   - a **torch.export** archive (``.pt2``), loaded with ``torch.export.load``;
+   - a **torch.export** archive (``.pt2``): checked, then loaded with ``torch.export.load``
+     (:func:`embeval.safe_load.load_exported`: no compiled code, no pickled objects, aten
+     operators only);
    - a plain ``torch.save`` pickle (a state_dict) is refused with a hint: give the
      architecture as MODEL and the file as ``--weights``;
 2. ``package.module:callable``: imported and called with no arguments (the current
@@ -16,7 +18,8 @@ MODEL (``load_model(spec)``) is resolved in this order:
 
 ``--weights`` files are safetensors or ``torch.load(..., weights_only=True)``
 state_dicts (a nested ``state_dict`` / ``model`` entry is unwrapped, ``module.`` /
-``model.`` key prefixes are stripped). Nothing is ever unpickled beyond tensors.
+``model.`` key prefixes are stripped). Nothing is ever unpickled beyond tensors: every
+file is read through :mod:`embeval.safe_load`.
 
 Checkpoint format (version 1, written by :func:`save_checkpoint`): a safetensors
 file of the model's ``state_dict`` (CPU tensors) whose metadata holds
@@ -41,7 +44,6 @@ import importlib
 import json
 import os
 import sys
-import warnings
 import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -55,6 +57,7 @@ from torch import nn
 
 from .errors import InputFileError, OptionError
 from .images import Preprocessing
+from .safe_load import load_exported, load_tensors, load_torchscript
 from .store import atomic_path
 
 __all__ = [
@@ -265,7 +268,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, Preprocess
 
 
 def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """A weights file -> state_dict: safetensors, else ``torch.load(weights_only=True)``."""
+    """A weights file -> state_dict: safetensors, else :func:`embeval.safe_load.load_tensors`
+    (``torch.load(weights_only=True)``)."""
     p = Path(path)
     if not p.is_file():
         raise InputFileError(p, "no such file" if not p.exists() else "is not a file")
@@ -274,11 +278,7 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
             return load_file(str(p))
         except SafetensorError as e:
             raise InputFileError(p, f"not a readable safetensors file ({_one_line(e)})") from None
-    try:
-        obj = torch.load(str(p), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any failure means "not a loadable state_dict"
-        raise InputFileError(p, "cannot load a state_dict with weights_only=True "
-                                f"({_one_line(e)})") from None
+    obj = load_tensors(p)
     for key in ("state_dict", "model_state_dict", "model", "net"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -360,17 +360,11 @@ def _load_file(path: Path) -> tuple[nn.Module, Preprocessing | None]:
     kind = _sniff(path)
     if kind == "safetensors":
         return load_checkpoint(path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", FutureWarning)
-        try:
-            if kind == "export":
-                program = torch.export.load(str(path))
-                return program.module(), _export_preprocessing(program)
-            if kind == "torchscript":
-                return torch.jit.load(str(path), map_location="cpu"), None
-        except Exception as e:  # noqa: BLE001 - a corrupt archive is a bad input file
-            raise InputFileError(path, f"cannot load model ({_one_line(e)})") from None
+    if kind == "export":
+        module, example = load_exported(path)
+        return module, _export_preprocessing(example)
+    if kind == "torchscript":
+        return load_torchscript(path), None
     if kind == "pickle":
         raise InputFileError(path, "is a torch.save pickle, not a model: give the architecture "
                                    "as MODEL (package.module:callable or a built-in name) and "
@@ -402,14 +396,11 @@ def _sniff(path: Path) -> str:
     return "unknown"
 
 
-def _export_preprocessing(program: Any) -> Preprocessing | None:
+def _export_preprocessing(example: tuple[Any, ...] | None) -> Preprocessing | None:
     """Input size from a torch.export archive's example input [B, 3, H, W], if recorded."""
-    try:
-        x = program.example_inputs[0][0]
-        if isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[1] == 3:
-            return Preprocessing(size=(int(x.shape[2]), int(x.shape[3])))
-    except (AttributeError, IndexError, TypeError):
-        pass
+    x = example[0] if example else None
+    if isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[1] == 3:
+        return Preprocessing(size=(int(x.shape[2]), int(x.shape[3])))
     return None
 
 

@@ -3,7 +3,8 @@
 ``RUN/`` holds ``config.yaml`` (effective configuration), ``metrics.jsonl`` (one JSON
 object per finished epoch), ``last.safetensors`` / ``best.safetensors`` (embedding
 network checkpoints, see :mod:`embeval.models`), ``state.pt`` (everything needed to
-resume, loaded with ``torch.load(weights_only=True)``) and ``tensorboard/`` when asked.
+resume, loaded weights-only by :func:`embeval.safe_load.load_tensors`) and ``tensorboard/``
+when asked.
 Every file is written to a temporary name and renamed into place.
 """
 
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from .errors import InputFileError, OptionError
+from .safe_load import load_tensors
 from .store import atomic_path
 
 __all__ = ["RUN_FILES", "STATE_VERSION", "check_new_run", "save_state", "load_state",
@@ -89,10 +91,9 @@ def load_state(run_dir: Path) -> dict[str, Any]:
         raise InputFileError(path, "--resume: no state file (not a run folder, or the run never "
                                    "finished a step)")
     try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any failure means a corrupt state file
-        text = " ".join(str(e).split())[:160]
-        raise InputFileError(path, f"--resume: cannot read the state file ({text})") from None
+        state = load_tensors(path)
+    except InputFileError as e:
+        raise InputFileError(path, f"--resume: cannot read the state file ({e.problem})") from None
     if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
         raise InputFileError(path, "--resume: not an embeval training state (version "
                                    f"{state.get('version') if isinstance(state, dict) else '?'})")

@@ -23,6 +23,7 @@ from embeval.extract import ExtractOptions, embed_images
 from embeval.images import Preprocessing, list_images
 from embeval.losses import batch_hard_triplet, pk_batches
 from embeval.models import LoadedModel, load_checkpoint
+from embeval.safe_load import load_tensors
 from embeval.train import TrainInterrupted, train
 from embeval.train_config import TrainConfig, config_from, load_config_file, save_config
 
@@ -144,7 +145,7 @@ def test_stop_and_resume_gives_identical_weights(data, tmp_path, reference, stop
     assert_same_weights(run, ref.run_dir)
     assert result.history == [{**r, "seconds": result.history[i]["seconds"]}
                               for i, r in enumerate(ref.history)]
-    state = torch.load(run / "state.pt", weights_only=True)
+    state = load_tensors(run / "state.pt")
     assert state["epoch"] == 3 and state["step"] == 0
 
 
