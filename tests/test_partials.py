@@ -34,6 +34,15 @@ def without_time(text: str) -> dict:
     return data
 
 
+def job_header(metric: str = "cosine") -> dict:
+    """A complete ``job`` of a part header (load_partial checks every field's type)."""
+    fp = {"file": "/x.safetensors", "size": 1, "sha256": "0" * 64}
+    return {"command": "cmc", "ks": [1], "knn_k": None, "pr": False, "extra": {}, "out_topk": None,
+            "label_names": None, "inputs": {"query": [fp], "gallery": [fp]},
+            "options": {"metric": metric, "precision": "fp32", "exclude_same_camera": False,
+                        "exclude_self": False, "aggregate": "none", "no_positive": "skip"}}
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("parts")
@@ -61,7 +70,7 @@ def test_parts_merge_bit_for_bit(tmp_path: Path, metric: str) -> None:
     for i in (2, 0, 1):  # any order
         ev = evaluation_stats(q, g, shard=(i, 3), **opts, block_size=333)
         a, b = ev.gallery_range
-        header = {"job": {"command": "cmc"}, "shard": [i, 3], "gallery_range": [a, b]}
+        header = {"job": job_header(metric), "shard": [i, 3], "gallery_range": [a, b]}
         paths.append(save_partial(tmp_path / f"p{i}", Partial(ev.stats, g.labels[a:b], header)))
     merged = merge_partials([load_partial(p) for p in paths])
     assert_same(merged.stats, whole.stats)
