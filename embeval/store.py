@@ -33,9 +33,9 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from .errors import InputFileError
+from .safetensors_io import write_safetensors
 
 __all__ = ["EmbeddingSet", "load", "save", "atomic_path", "FORMAT_VERSION"]
 
@@ -218,8 +218,8 @@ def save(
         tensors["paths_utf8"] = torch.frombuffer(bytearray(b"".join(encoded)) or bytearray(1),
                                                  dtype=torch.uint8)[: int(lengths.sum())].clone()
     meta = {"embeval.format": FORMAT_VERSION, **{k: str(v) for k, v in s.metadata.items()}}
-    with atomic_path(p) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+    with atomic_path(p) as tmp, open(tmp, "wb") as f:
+        write_safetensors(f, tensors, meta)
     return p
 
 
