@@ -7,19 +7,17 @@ final name complete, or not at all.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
-import struct
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from .errors import OptionError
 from .evaluate import EvalResult
+from .safetensors_io import plan_layout, write_safetensors
 from .store import atomic_path
 
 __all__ = ["write_per_query", "write_predictions", "write_curves", "write_tensor_stream",
@@ -71,11 +69,8 @@ def write_curves(path: str | os.PathLike[str], result: EvalResult) -> None:
                "threshold": threshold.contiguous(), "offsets": offsets.contiguous(),
                "labels": result.stats.query_labels.contiguous()}
     meta = {"embeval.curves": "1", "metric": result.stats.metric}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
-
-
-_ST_DTYPES = {torch.float32: "F32", torch.int64: "I64"}
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write_safetensors(f, tensors, meta)
 
 
 def write_tensor_stream(path: str | os.PathLike[str],
@@ -85,32 +80,22 @@ def write_tensor_stream(path: str | os.PathLike[str],
     """Write a safetensors file whose tensors arrive as row blocks (bounded memory).
 
     ``specs``: (name, dtype, shape) of each tensor; ``blocks`` yields ``{name: rows}`` with
-    consecutive rows of every tensor, in order, until each is complete.
+    consecutive rows of every tensor, in order, until each is complete. The header is
+    :func:`embeval.safetensors_io.plan_layout`'s, so the bytes equal ``write_safetensors``'s.
     """
-    header: dict[str, object] = {"__metadata__": dict(metadata or {})}
-    offset = 0
-    for name, dtype, shape in specs:
-        size = int(np.prod(shape)) * torch.empty(0, dtype=dtype).element_size()
-        header[name] = {"dtype": _ST_DTYPES[dtype], "shape": list(shape),
-                        "data_offsets": [offset, offset + size]}
-        offset += size
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    # tensors are laid out one after another: buffer each tensor's later blocks in files
-    names = [s[0] for s in specs]
+    layout = plan_layout(specs, metadata)
+    # tensors are laid out one after another: each block's rows go to their tensor's place
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
+        f.write(layout.header)
         data_start = f.tell()
-        written = dict.fromkeys(names, 0)
-        starts = {n: data_start + header[n]["data_offsets"][0] for n in names}  # type: ignore[index]
+        written = dict.fromkeys(layout.order, 0)
         for block in blocks:
             for name, rows in block.items():
                 b = rows.contiguous().numpy().tobytes()
-                f.seek(starts[name] + written[name])
+                f.seek(data_start + layout.offsets[name][0] + written[name])
                 f.write(b)
                 written[name] += len(b)
-        f.truncate(data_start + offset)
+        f.truncate(data_start + layout.data_size)
 
 
 def interpolated_precision(result: EvalResult, levels: int = 101) -> tuple[np.ndarray, np.ndarray]:

@@ -52,13 +52,14 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from .errors import InputFileError, OptionError
 from .images import Preprocessing
+from .outputs import atomic_path
 from .safe_load import load_exported, load_tensors, load_torchscript
-from .store import atomic_path
+from .safetensors_io import write_safetensors
 
 __all__ = [
     "BACKBONES", "DEFAULT_BACKBONE", "CHECKPOINT_VERSION", "NECK_BACKBONE", "SmallNet", "NeckNet",
@@ -219,8 +220,8 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, *,
                  "architecture": json.dumps(dict(architecture), sort_keys=True),
                  "preprocessing": json.dumps(dict(prep), sort_keys=True)})
     p = Path(path)
-    with atomic_path(p) as tmp:
-        save_file(state, str(tmp), metadata=meta)
+    with atomic_path(p) as tmp, open(tmp, "wb") as f:
+        write_safetensors(f, state, meta)
     return p
 
 

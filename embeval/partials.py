@@ -14,6 +14,14 @@ A part is a safetensors file with the statistics tensors (``query_labels``, ``po
   its first and last MiB (header, start and end of the data; a cheap fingerprint);
 - ``shard`` ``[i, n]`` and ``gallery_range`` ``[a, b)``; ``info`` (device, memory, host, time:
   recorded, never compared).
+
+Since format 2 the metadata also holds ``info`` (JSON, outside ``header``: the only field
+that differs between two runs of one shard) and ``sha256``: a digest of the other metadata
+and of every tensor (name, dtype, shape, bytes), checked on load. On load every part is
+also checked against its own header (dtypes, shapes, ranges, histogram sums; the shard's
+``gallery_range`` against :func:`embeval.ranking.shard_range`), and on merge the parts
+against each other: a checksum alone is forgeable by whoever recomputes it, the structural
+checks still catch accidents and naive edits.
 """
 
 from __future__ import annotations
@@ -27,17 +35,19 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
+from ._partial_checks import check_header, check_stats, check_together
 from .errors import InputFileError
 from .ranking import RankStats
+from .safetensors_io import tensor_digest, write_safetensors
 from .store import atomic_path
 
 __all__ = ["Partial", "fingerprint", "save_partial", "load_partial", "merge_partials", "FORMAT"]
 
-FORMAT = "1"
+FORMAT = "2"
 _STATS = ("query_labels", "pos_offsets", "pos_scores", "neg_hist", "n_neg", "max_neg")
 _TOPK = ("topk_scores", "topk_indices")
+_SIGNED = ("embeval.partial", "metric", "n_gallery", "header")  # metadata the digest covers
 
 
 @dataclass
@@ -67,50 +77,75 @@ def fingerprint(path: str | os.PathLike[str], chunk: int = 1 << 20) -> dict:
     return {"file": str(p.resolve()), "size": size, "sha256": h.hexdigest()}
 
 
+def _digest(meta: dict[str, str], tensors: dict[str, torch.Tensor]) -> str:
+    signed = json.dumps([[k, meta.get(k)] for k in _SIGNED], separators=(",", ":"))
+    return tensor_digest(tensors, prefix=signed.encode("utf-8"))
+
+
 def save_partial(path: str | os.PathLike[str], part: Partial) -> Path:
-    """Write ``part`` atomically (complete under its final name, or absent)."""
+    """Write ``part`` atomically (complete under its final name, or absent) and reproducibly:
+    the same statistics and header give the same bytes, but for ``header["info"]``."""
     s = part.stats
     tensors = {name: getattr(s, name).contiguous() for name in _STATS}
     if s.topk_scores is not None:
         tensors.update({name: getattr(s, name).contiguous() for name in _TOPK})
     tensors["gallery_labels"] = part.gallery_labels.contiguous()
+    header = {k: v for k, v in part.header.items() if k != "info"}
     meta = {"embeval.partial": FORMAT, "metric": s.metric, "n_gallery": str(s.n_gallery),
-            "header": json.dumps(part.header)}
+            "header": json.dumps(header, sort_keys=True, separators=(",", ":")),
+            "info": json.dumps(part.header.get("info"), sort_keys=True)}
+    meta["sha256"] = _digest(meta, tensors)
     p = Path(path)
-    with atomic_path(p) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+    with atomic_path(p) as tmp, open(tmp, "wb") as f:
+        write_safetensors(f, tensors, meta)
     return p
 
 
 def load_partial(path: str | os.PathLike[str]) -> Partial:
-    """Read a part written by :func:`save_partial`; :class:`InputFileError` names the file."""
+    """Read and check a part written by :func:`save_partial`.
+
+    Raises :class:`InputFileError` naming the file: unreadable, not a part, contents that do
+    not match the checksum, a header or statistics that do not fit each other.
+    """
     p = Path(path)
     if not p.is_file():
         raise InputFileError(p, "no such file" if not p.exists() else "is not a file")
     try:
         with safe_open(str(p), framework="pt") as f:
             meta = f.metadata() or {}
-            if meta.get("embeval.partial") != FORMAT:
+            version = meta.get("embeval.partial")
+            if version != FORMAT:
                 raise InputFileError(p, "not an embeval partial-statistics file (write one with "
-                                        "`embeval cmc ... --shard i/n --out-part FILE`)")
+                                        "`embeval cmc ... --shard i/n --out-part FILE`)"
+                                     if version is None else
+                                     f"partial-statistics format {version!r} is not the one this "
+                                     f"embeval reads ({FORMAT!r}): run the shard again")
             keys = set(f.keys())
-            missing = [k for k in (*_STATS, "gallery_labels") if k not in keys]
-            if missing:
-                raise InputFileError(p, f"partial-statistics file lacks {', '.join(missing)}")
             t = {k: f.get_tensor(k) for k in keys}
-        header = json.loads(meta["header"])
-        stats = RankStats(metric=meta["metric"], n_gallery=int(meta["n_gallery"]),
-                          **{k: t[k] for k in _STATS}, **{k: t.get(k) for k in _TOPK})
-        for key in ("job", "shard", "gallery_range"):
-            if key not in header:
-                raise KeyError(key)
-    except InputFileError:
-        raise
     except SafetensorError as e:
         raise InputFileError(p, f"not a readable safetensors file ({e})") from None
-    except (KeyError, TypeError, ValueError) as e:
+    except OSError as e:
+        raise InputFileError(p, f"cannot read ({e.strerror or e})") from None
+    missing = [k for k in (*_STATS, "gallery_labels") if k not in keys]
+    extra = sorted(keys - {*_STATS, *_TOPK, "gallery_labels"})
+    if missing or extra or (("topk_scores" in keys) != ("topk_indices" in keys)):
+        raise InputFileError(p, "damaged partial-statistics file: tensors "
+                                f"{', '.join(sorted(keys)) or 'none'} (missing: "
+                                f"{', '.join(missing) or '-'}; unexpected: {', '.join(extra) or '-'})")
+    if meta.get("sha256") != _digest(meta, t):
+        raise InputFileError(p, "contents do not match the checksum recorded when it was written "
+                                "(changed or damaged since): run the shard again")
+    try:
+        header = json.loads(meta["header"])
+        info = json.loads(meta.get("info", "null"))
+        n_gallery = int(meta["n_gallery"])
+    except (KeyError, ValueError) as e:
         raise InputFileError(p, f"damaged partial-statistics header ({e!r})") from None
-    return Partial(stats, t["gallery_labels"], header, p)
+    check_header(p, header, n_gallery, meta.get("metric"))
+    stats = RankStats(metric=meta["metric"], n_gallery=n_gallery,
+                      **{k: t[k] for k in _STATS}, **{k: t.get(k) for k in _TOPK})
+    check_stats(p, stats, t["gallery_labels"], header["gallery_range"])
+    return Partial(stats, t["gallery_labels"], {**header, "info": info}, p)
 
 
 def _identity(job: dict) -> dict:
@@ -163,6 +198,7 @@ def merge_partials(parts: list[Partial]) -> Partial:
                              f"shard(s) {shown} missing: the parts of this run are "
                              f"{len(parts)} of {n} (run the missing shard(s) with --shard)")
     ordered = [by_index[i] for i in range(n)]
+    check_together([(p.path or "<part>", p.stats) for p in ordered])
     stats = ordered[0].stats
     for part in ordered[1:]:
         stats = stats.merge(part.stats)

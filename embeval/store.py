@@ -31,10 +31,10 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from .errors import InputFileError
 from .outputs import atomic_path
+from .safetensors_io import write_safetensors
 
 __all__ = ["EmbeddingSet", "load", "save", "atomic_path", "FORMAT_VERSION"]
 
@@ -144,8 +144,8 @@ class EmbeddingSet:
 
     @property
     def label_names(self) -> list[str] | None:
-        raw = self.metadata.get("label_names")
-        return json.loads(raw) if raw else None
+        """``label_names[k]`` names label k (metadata ``label_names``: a JSON list of strings)."""
+        return parse_label_names(self.name, self.metadata)
 
 
 def load(path: str | os.PathLike[str], *, lazy: bool = True) -> EmbeddingSet:
@@ -183,6 +183,7 @@ def load(path: str | os.PathLike[str], *, lazy: bool = True) -> EmbeddingSet:
     if dtype not in FLOAT_DTYPES:
         raise InputFileError(p, "'embeddings' must be float32, float16 or bfloat16, "
                                 f"got {emb.get_dtype()}")
+    parse_label_names(p, meta)
     try:
         return EmbeddingSet(embeddings, labels, cameras, metadata=meta, name=str(p),
                             _file=p if lazy else None, _shape=shape,  # type: ignore[arg-type]
@@ -217,8 +218,9 @@ def save(
         tensors["paths_utf8"] = torch.frombuffer(bytearray(b"".join(encoded)) or bytearray(1),
                                                  dtype=torch.uint8)[: int(lengths.sum())].clone()
     meta = {"embeval.format": FORMAT_VERSION, **{k: str(v) for k, v in s.metadata.items()}}
-    with atomic_path(p) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+    parse_label_names(p, meta)
+    with atomic_path(p) as tmp, open(tmp, "wb") as f:
+        write_safetensors(f, tensors, meta)
     return p
 
 
@@ -226,6 +228,25 @@ _DTYPES = {
     "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
     "I64": torch.int64, "I32": torch.int32,
 }
+
+
+def parse_label_names(name: object, metadata: Mapping[str, str]) -> list[str] | None:
+    """The ``label_names`` metadata as a list of strings (None when absent).
+
+    Raises :class:`InputFileError` naming ``name`` when it is not a JSON list of strings.
+    """
+    raw = metadata.get("label_names")
+    if raw is None:
+        return None
+    try:
+        names = json.loads(raw)
+    except (TypeError, ValueError, RecursionError):
+        names = raw
+    if not isinstance(names, list) or not all(isinstance(x, str) for x in names):
+        shown = raw if len(str(raw)) <= 60 else f"{str(raw)[:57]}..."
+        raise InputFileError(name, f"metadata 'label_names' must be a JSON list of strings "
+                                   f"(label k's name at index k), got {shown!r}")
+    return names
 
 
 def _open(path: Path):  # noqa: ANN202 - safetensors' handle type is private

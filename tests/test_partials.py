@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import json
+import shutil
+import struct
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from safetensors.torch import load_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from test_ranking import assert_same, sets
 
 import embeval
+from embeval import partials
 from embeval.cli import main
 from embeval.evaluate import evaluation_stats
 from embeval.partials import Partial, load_partial, merge_partials, save_partial
@@ -32,6 +37,15 @@ def without_time(text: str) -> dict:
     data = json.loads(text)
     data.pop("elapsed_s")
     return data
+
+
+def job_header(metric: str = "cosine") -> dict:
+    """A complete ``job`` of a part header (load_partial checks every field's type)."""
+    fp = {"file": "/x.safetensors", "size": 1, "sha256": "0" * 64}
+    return {"command": "cmc", "ks": [1], "knn_k": None, "pr": False, "extra": {}, "out_topk": None,
+            "label_names": None, "inputs": {"query": [fp], "gallery": [fp]},
+            "options": {"metric": metric, "precision": "fp32", "exclude_same_camera": False,
+                        "exclude_self": False, "aggregate": "none", "no_positive": "skip"}}
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +75,7 @@ def test_parts_merge_bit_for_bit(tmp_path: Path, metric: str) -> None:
     for i in (2, 0, 1):  # any order
         ev = evaluation_stats(q, g, shard=(i, 3), **opts, block_size=333)
         a, b = ev.gallery_range
-        header = {"job": {"command": "cmc"}, "shard": [i, 3], "gallery_range": [a, b]}
+        header = {"job": job_header(metric), "shard": [i, 3], "gallery_range": [a, b]}
         paths.append(save_partial(tmp_path / f"p{i}", Partial(ev.stats, g.labels[a:b], header)))
     merged = merge_partials([load_partial(p) for p in paths])
     assert_same(merged.stats, whole.stats)
@@ -140,3 +154,169 @@ def test_merge_rejects_parts_that_do_not_fit(capsys: pytest.CaptureFixture[str],
     assert rc == 2 and "--shard 2/2: need 0 <= i < n" in err
     rc, _, err = cli(capsys, "cmc", q, g, "--shard", "0/2", "--per-query", tmp_path / "x.csv")
     assert rc == 2 and "give output files to `embeval merge`" in err
+
+
+# ---------------------------------------------------------------- damaged and edited parts
+
+EXE = shutil.which("embeval")
+needs_exe = pytest.mark.skipif(EXE is None, reason="the embeval console script is not installed")
+
+
+def run(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """The installed command, in a subprocess."""
+    return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, timeout=300,  # type: ignore[list-item]
+                          cwd=cwd)
+
+
+def rewrite(src: Path, dst: Path, *, forge: bool = False, header=None, meta=None,
+            **tensors: torch.Tensor) -> Path:
+    """Copy part ``src`` to ``dst`` with edited tensors / header (a function of the header dict)
+    / metadata; ``forge``: recompute the checksum as someone who knows the format would."""
+    with safe_open(str(src), framework="pt") as f:
+        m = dict(f.metadata())
+        t = {k: f.get_tensor(k) for k in f.keys()}
+    t.update(tensors)
+    if header is not None:
+        m["header"] = json.dumps(header(json.loads(m["header"])))
+    m.update(meta or {})
+    if forge:
+        m["sha256"] = partials._digest(m, t)
+    save_file(t, str(dst), metadata=m)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def halves(files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """The two parts of `embeval cmc Q G -k 1 5 --shard i/2`."""
+    d = tmp_path_factory.mktemp("halves")
+    for i in range(2):
+        res = run("cmc", files["q"], files["g"], "-k", "1", "5", "--shard", f"{i}/2",
+                  "--out-part", d / f"h{i}.safetensors")
+        assert res.returncode == 0, res.stderr
+    return [d / "h0.safetensors", d / "h1.safetensors"]
+
+
+def assert_refused(res: subprocess.CompletedProcess[str], named: Path, message: str) -> None:
+    assert res.returncode == 2 and res.stdout == "", res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(named) in lines[0] and message in lines[0], res.stderr
+
+
+def with_shard(shard: object):  # noqa: ANN201
+    return lambda h: {**h, "shard": shard}
+
+
+@needs_exe
+def test_merge_refuses_edited_parts(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                    halves: list[Path]) -> None:
+    p0, p1 = halves
+    with safe_open(str(p0), framework="pt") as f:
+        hist, n_neg, ql = f.get_tensor("neg_hist"), f.get_tensor("n_neg"), f.get_tensor("query_labels")
+    assert run("merge", p0, p1).returncode == 0
+    bumped = hist.clone()
+    bumped[int(torch.nonzero(hist)[0])] += 1  # one count changed, the header kept
+    over = hist.clone()
+    over[1] = n_neg[0] + 1  # query 0's bin 1: more negatives than it saw
+    x = tmp_path / "x.safetensors"
+    installed = [  # through the installed command
+        (dict(neg_hist=bumped), "do not match the checksum"),
+        (dict(neg_hist=over, forge=True), "neg_hist counts more negatives than n_neg"),
+        (dict(query_labels=ql[:-1]), "do not match the checksum"),
+        (dict(query_labels=ql[:-1], forge=True), "has shape"),
+        (dict(header=with_shard("x")), "do not match the checksum"),
+        (dict(header=with_shard("x"), forge=True), "'shard' must be a list of two integers, got 'x'"),
+    ]
+    for edit, message in installed:
+        assert_refused(run("merge", rewrite(p0, x, **edit), p1), x, message)
+    in_process = [  # the same code path, faster
+        (dict(header=with_shard([0]), forge=True), "'shard' must be a list of two integers"),
+        (dict(header=with_shard([True, 2]), forge=True), "'shard' must be a list of two integers"),
+        (dict(header=with_shard([2, 2]), forge=True), "needs 0 <= i < n"),
+        (dict(header=lambda h: {**h, "gallery_range": None}, forge=True), "'gallery_range' must be"),
+        (dict(header=lambda h: {**h, "job": {**h["job"], "ks": "1"}}, forge=True), "job.ks"),
+        (dict(header=lambda h: {**h, "job": {**h["job"], "command": 3}}, forge=True), "job.command"),
+        (dict(header=lambda h: {**h, "job": {**h["job"], "inputs": {}}}, forge=True),
+         "job.inputs.query"),
+        (dict(header=lambda h: [h], forge=True), "not a JSON object"),
+        (dict(meta={"header": "{"}, forge=True), "damaged partial-statistics header"),
+        (dict(meta={"embeval.partial": "1"}), "format '1' is not the one this embeval reads"),
+    ]
+    for edit, message in in_process:
+        rc, out, err = cli(capsys, "merge", rewrite(p0, x, **edit), p1)
+        assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+        assert str(x) in err and message in err, (message, err)
+
+
+@needs_exe
+def test_merge_refuses_swapped_shard_claims(tmp_path: Path, halves: list[Path]) -> None:
+    p0, p1 = halves
+    s0, s1 = tmp_path / "s0.safetensors", tmp_path / "s1.safetensors"
+    rewrite(p0, s0, header=with_shard([1, 2]))
+    rewrite(p1, s1, header=with_shard([0, 2]))
+    assert_refused(run("merge", s0, s1), s0, "do not match the checksum")
+    rewrite(p0, s0, header=with_shard([1, 2]), forge=True)
+    rewrite(p1, s1, header=with_shard([0, 2]), forge=True)
+    assert_refused(run("merge", s0, s1), s0,
+                   "claims shard 1/2 of 900 gallery items, whose items are 450:900, but holds "
+                   "items 0:450")
+
+
+def test_parts_are_checked_against_each_other_and_their_values(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, halves: list[Path]) -> None:
+    p0, p1 = halves
+    with safe_open(str(p1), framework="pt") as f:
+        t = {k: f.get_tensor(k) for k in ("query_labels", "pos_scores", "n_neg", "max_neg",
+                                           "gallery_labels")}
+    x = tmp_path / "x.safetensors"
+    nan = t["pos_scores"].clone()
+    nan[3] = float("nan")
+    max_neg = t["max_neg"].clone()
+    max_neg[0] = float("inf")
+    cases = [
+        (dict(query_labels=t["query_labels"].flip(0)), "query_labels differ from those of"),
+        (dict(pos_scores=nan), "pos_scores holds NaN or Inf"),
+        (dict(pos_scores=t["pos_scores"].flip(0)), "pos_scores are not ascending"),
+        (dict(n_neg=t["n_neg"] + 10_000), "n_neg exceeds the shard's 450 gallery items"),
+        (dict(n_neg=-t["n_neg"]), "negative counts"),
+        (dict(max_neg=max_neg), "max_neg holds NaN or +Inf"),
+        (dict(gallery_labels=t["gallery_labels"].int()), "gallery_labels is torch.int32"),
+        (dict(gallery_labels=t["gallery_labels"][1:]), "gallery_labels has shape [449]"),
+        (dict(meta={"n_gallery": "901"}), "claims shard 1/2 of 901 gallery items"),
+        (dict(meta={"metric": "euclid"}), "metric differs from job.options"),
+    ]
+    for edit, message in cases:
+        rc, out, err = cli(capsys, "merge", p0, rewrite(p1, x, forge=True, **edit))
+        assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+        assert str(x) in err and message in err, (message, err)
+
+
+# ---------------------------------------------------------------- reproducible files
+
+
+def header_pairs(path: Path) -> tuple[list, bytes]:
+    """The header's (key, value) pairs in file order, with ``info`` left out; the data bytes."""
+    raw = path.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n], object_pairs_hook=list)
+    assert header[0][0] == "__metadata__"
+    meta = [(k, v) for k, v in header[0][1] if k != "info"]
+    return [meta, *header[1:]], raw[8 + n:]
+
+
+@needs_exe
+def test_same_run_twice_writes_the_same_bytes(tmp_path: Path, files: dict[str, Path]) -> None:
+    # a part differs between two runs only in its `info` (host, seconds: where and how long the
+    # shard ran, kept for array-job diagnostics, outside the checksum and never compared)
+    q, g = files["q"], files["g"]
+    for k in ("a", "b"):
+        (tmp_path / k).mkdir()
+        res = run("cmc", q, g, "-k", "1", "--shard", "1/3", "--out-part", tmp_path / k / "p.safetensors")
+        assert res.returncode == 0, res.stderr
+        res = run("pr", q, g, "--curves", tmp_path / k / "c.safetensors")
+        assert res.returncode == 0, res.stderr
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert header_pairs(a / "p.safetensors") == header_pairs(b / "p.safetensors")
+    assert (a / "c.safetensors").read_bytes() == (b / "c.safetensors").read_bytes()
+    with safe_open(str(a / "p.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+    assert "seconds" in json.loads(meta["info"]) and "info" not in json.loads(meta["header"])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -115,3 +117,41 @@ def test_label_names_metadata(tmp_path: Path) -> None:
     p = embeval.save(tmp_path / "n.safetensors", torch.ones(2, 2), [0, 1],
                      metadata={"label_names": json.dumps(["cat", "dog"])})
     assert embeval.load(p).label_names == ["cat", "dog"]
+
+
+BAD_LABEL_NAMES = {"not-json": "not json", "int": "3", "dict": '{"0": "cat"}', "ints": "[1, 2]",
+                   "null-inside": '["cat", null]', "empty": "", "deep": "[" * 50_000}
+
+
+@pytest.mark.parametrize("raw", BAD_LABEL_NAMES.values(), ids=BAD_LABEL_NAMES.keys())
+def test_bad_label_names_metadata_is_refused_on_load(tmp_path: Path, raw: str) -> None:
+    p = tmp_path / "n.safetensors"
+    save_file({"embeddings": torch.ones(2, 2), "labels": torch.tensor([0, 1])}, str(p),
+              metadata={"label_names": raw})
+    with pytest.raises(InputFileError, match="metadata 'label_names' must be a JSON list of "
+                                             "strings") as err:
+        embeval.load(p)
+    assert err.value.path == str(p) and "\n" not in str(err.value)
+    with pytest.raises(InputFileError, match="'label_names'"):  # and never written
+        embeval.save(tmp_path / "out.safetensors", torch.ones(2, 2), [0, 1],
+                     metadata={"label_names": raw})
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+EXE = shutil.which("embeval")
+
+
+@pytest.mark.skipif(EXE is None, reason="the embeval console script is not installed")
+@pytest.mark.parametrize("raw", ["not json", "7", '{"a": 1}', '[1, "dog"]'])
+def test_bad_label_names_exit_2_before_computing(tmp_path: Path, raw: str) -> None:
+    q = embeval.save(tmp_path / "q.safetensors", torch.randn(4, 3), [0, 1, 0, 1])
+    g = tmp_path / "g.safetensors"
+    save_file({"embeddings": torch.randn(6, 3), "labels": torch.tensor([0, 1, 0, 1, 0, 1])},
+              str(g), metadata={"label_names": raw, "embeval.format": "1"})
+    pq = tmp_path / "pq.csv"
+    res = subprocess.run([EXE, "cmc", str(q), str(g), "-k", "1", "--per-query", str(pq)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and res.stdout == "", res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(g) in lines[0] and "'label_names'" in lines[0], res.stderr
+    assert not pq.exists()
