@@ -151,8 +151,7 @@ def _compute(job: Job, q: EmbeddingSet, g: EmbeddingSet, knn_k: int | None,
     if group is not None:
         stderr.print(f"embeval {job.command}: {group.world} ranks ({'query' if by_query else 'gallery'}"
                      f" shards, {group.device}) reduced onto rank 0", highlight=False, soft_wrap=True)
-    finish(job, result, g.label_names, knn_k, ranks=group.world if group else 1,
-           inputs=_inputs(job.query, source_files(q), source_files(g)))
+    finish(job, result, g.label_names, knn_k, inputs=_inputs(job.query, source_files(q), source_files(g)))
 
 
 def _score_topn(job: Job, q: EmbeddingSet, g: EmbeddingSet) -> int | None:
@@ -173,16 +172,15 @@ def _inputs(query: Path, query_files: list[Path], gallery_files: list[Path]) -> 
 
 
 def finish(job: Job, result: EvalResult, label_names: list[str] | None, knn_k: int | None, *,
-           inputs: dict, ranks: int = 1) -> None:
+           inputs: dict) -> None:
     """Write the job's output files (all or none), then print the table or the JSON object.
 
-    ``inputs``: fingerprints of the input files (``{"query": [...], "gallery": [...]}``) and
-    ``ranks``: the processes that computed the result (torchrun ranks, merged parts); both go
-    into the JSON object.
+    ``inputs``: fingerprints of the input files (``{"query": [...], "gallery": [...]}``), for the
+    JSON object (the same for one run, its torchrun ranks and its merged shards).
     """
     with transaction():
         _write_outputs(job, result, label_names, knn_k)
-    provenance = {"embeval": __version__, "inputs": inputs, "processes": ranks} if job.as_json else {}
+    provenance = {"embeval": __version__, "inputs": inputs} if job.as_json else {}
     render(job.command, result, job.ks, as_json=job.as_json,
            extra={**job.extra, **provenance} or None)
     sys.stdout.flush()

@@ -73,7 +73,7 @@ def merge(
               out_topk=job["out_topk"], as_json=json)
     result = summarize(stats, merged.gallery_labels, ks=job["ks"], knn_k=topn,
                        no_positive=o["no_positive"], pr=job["pr"], options=options, t0=t0)
-    finish(run, result, job["label_names"], topn, inputs=_files(inputs), ranks=len(part_files))
+    finish(run, result, job["label_names"], topn, inputs=_files(inputs))
 
 
 def _files(inputs: dict) -> dict:
