@@ -38,6 +38,10 @@ __all__ = ["Protocol", "RankStats", "rank_stats", "positive_pairs", "NO_INDEX", 
            "shard_range", "parse_shard"]
 
 NO_INDEX = torch.iinfo(torch.int64).max  # top-k slot without an item
+#: ``backend="auto"`` on CPU: up to this many query × gallery scores the torch pass runs (exact,
+#: bit-identical to the compiled one, at most ~0.1 s slower), so a small job never waits for
+#: numba to compile its kernels (3-12 s, once per installation)
+SMALL_PASS = 1 << 22
 Progress = Callable[[int, int], None]
 
 
@@ -215,14 +219,15 @@ def rank_stats(
     _check_inputs(query, gallery, protocol, topk)
     dev = resolve_device(device)
     matmul_dtype(precision)
-    if backend == "auto":
-        backend = "numba" if (dev.type == "cpu" and precision == "fp32" and _kernels.AVAILABLE) \
-            else "torch"
-    if backend not in ("numba", "torch"):
-        raise OptionError(f"unknown backend {backend!r} (numba, torch, auto)")
     a, b = gallery_range or (0, gallery.n)
     if not 0 <= a <= b <= gallery.n:
         raise OptionError(f"gallery range [{a}, {b}) is outside the gallery (size {gallery.n})")
+    if backend == "auto":
+        compiled = (dev.type == "cpu" and precision == "fp32" and _kernels.AVAILABLE
+                    and query.n * (b - a) > SMALL_PASS)
+        backend = "numba" if compiled else "torch"
+    if backend not in ("numba", "torch"):
+        raise OptionError(f"unknown backend {backend!r} (numba, torch, auto)")
     budget = parse_memory(memory) or _default_memory(dev)
     rows = block_size or max(1, budget // max(1, 8 * gallery.dim))  # gallery block: ≤ budget / 2
 
@@ -230,7 +235,8 @@ def rank_stats(
     qa = aux(qemb, metric)
     ga = torch.empty(gallery.n, dtype=torch.float32)
     qid, gid = positive_pairs(query.labels, gallery.labels, query.cameras, gallery.cameras, protocol)
-    pos, gmax = _positive_scores(qemb, qa, gallery, ga, qid, gid, metric, rows)
+    pos, gmax = _positive_scores(qemb, qa, gallery, ga, qid, gid, metric, rows,
+                                 compiled=backend == "numba")
     counts = torch.bincount(qid, minlength=query.n)
     offsets = torch.zeros(query.n + 1, dtype=torch.int64)
     torch.cumsum(counts, 0, out=offsets[1:])
@@ -279,7 +285,8 @@ def _default_memory(dev: torch.device) -> int:
 
 def _positive_scores(qemb: torch.Tensor, qa: torch.Tensor, gallery: EmbeddingSet,
                      ga: torch.Tensor, qid: torch.Tensor, gid: torch.Tensor, metric: str,
-                     rows: int, chunk: int = 16384) -> torch.Tensor:
+                     rows: int, chunk: int = 16384, *,
+                     compiled: bool = False) -> tuple[torch.Tensor, float]:
     """Canonical scores of the positive pairs, sorted ascending within each query: [M]
     float32; and the largest gallery embedding norm (float).
 
@@ -297,7 +304,7 @@ def _positive_scores(qemb: torch.Tensor, qa: torch.Tensor, gallery: EmbeddingSet
         lo, hi = (int(x) for x in torch.searchsorted(g_sorted, torch.tensor([a, a + len(block)])))
         sel = by_gallery[lo:hi]
         q, g = qid[sel], gid[sel]
-        if _kernels.AVAILABLE:
+        if compiled:
             out = torch.empty(len(sel))
             _kernels.pair_scores(qemb.numpy(), block.numpy(), q.numpy(), g.numpy(), a, qa.numpy(),
                                  ga.numpy(), METRIC_CODES[metric], out.numpy())
@@ -340,7 +347,7 @@ def tie_tolerance(qemb: torch.Tensor, metric: str, gallery_max_norm: float) -> t
 
 def _merge_topk(av: torch.Tensor, ai: torch.Tensor, bv: torch.Tensor, bi: torch.Tensor) -> None:
     """In place: ``av``/``ai`` ← the best k of both lists (score desc, index asc)."""
-    if _kernels.AVAILABLE:
+    if _kernels.AVAILABLE and av.numel() > SMALL_PASS // 64:  # small lists: no compile
         _kernels.merge_topk(av.numpy(), ai.numpy(), bv.numpy(), bi.numpy())
         return
     v = torch.cat([av, bv], 1)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import functools
 import io
 import json
 import logging
@@ -39,7 +40,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.utils._sympy.functions as _symfn
 from torch import nn
 
 from .errors import InputFileError
@@ -309,12 +309,19 @@ def _loads_or_none(text: str) -> Any:
 
 
 #: sympy constructors an ``expr_str`` may call; none evaluates a string
-_SYMPY_CALLS = frozenset({"Symbol", "Integer", "Float", "Max", "Min", "Eq", "Ne", "Lt", "Le",
+_SYMPY_BASIC = frozenset({"Symbol", "Integer", "Float", "Max", "Min", "Eq", "Ne", "Lt", "Le",
                           "Gt", "Ge", "And", "Or", "Not", "Abs", "floor", "ceiling", "Mod",
                           "Mul", "Add", "Pow", "oo", "zoo", "nan", "true", "false",
-                          "IntInfinity", "NegativeIntInfinity"}
-                         | {n for n in dir(_symfn) if not n.startswith("_")
-                            and isinstance(getattr(_symfn, n), type)})
+                          "IntInfinity", "NegativeIntInfinity"})
+
+
+@functools.cache
+def _sympy_calls() -> frozenset[str]:
+    """:data:`_SYMPY_BASIC` and torch's sympy function classes (imported on first use: sympy
+    takes 0.3 s to import, and only .pt2 files need it)."""
+    import torch.utils._sympy.functions as symfn
+    return _SYMPY_BASIC | {n for n in dir(symfn) if not n.startswith("_")
+                           and isinstance(getattr(symfn, n), type)}
 _SYMPY_FLAGS = frozenset({"positive", "negative", "integer", "real", "finite", "nonnegative",
                           "nonpositive", "zero", "nonzero", "evaluate"})
 _OPS = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow, ast.BitAnd,
@@ -348,7 +355,7 @@ def _allowed(n: ast.AST, sympy_expr: bool) -> bool:
         if isinstance(n, ast.keyword):
             return n.arg in _SYMPY_FLAGS and isinstance(n.value, ast.Constant)
         return (isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
-                and n.func.id in _SYMPY_CALLS)
+                and n.func.id in _sympy_calls())
     if isinstance(n, ast.Subscript):  # L['x'], L['x'].size()[0]
         return isinstance(n.slice, ast.Constant)
     if isinstance(n, ast.Attribute):

@@ -41,6 +41,15 @@ def restore_globals():
     torch.random.set_rng_state(rng[2])
 
 
+@pytest.fixture(autouse=True)
+def compiled_cpu_pass(monkeypatch):
+    """In this process, backend="auto" takes the compiled CPU pass whatever the size (as before
+    embeval.ranking.SMALL_PASS), so the oracle tests keep covering it; the torch pass is covered
+    by the tests that name backend="torch", small jobs' choice by test_small_jobs_never_compile."""
+    from embeval import ranking
+    monkeypatch.setattr(ranking, "SMALL_PASS", 0)
+
+
 @pytest.fixture
 def one_thread():
     """Tiny models: one intra-op thread avoids OpenMP stalls on a busy 2-core machine."""

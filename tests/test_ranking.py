@@ -181,3 +181,28 @@ def test_means_do_not_depend_on_summation_order() -> None:
         assert M.exact_mean(x[torch.randperm(len(x), generator=gen)]) == ref
     assert M.exact_mean(torch.tensor([1e16, 1.0, -1e16, 1.0], dtype=torch.float64)) == 0.5
     assert math.isnan(M.exact_mean(torch.empty(0, dtype=torch.float64)))
+
+
+def test_small_jobs_never_compile_kernels():  # a fresh process: no conftest fixture
+    """backend="auto" on CPU: a job up to SMALL_PASS scores runs the torch pass (no numba compile,
+    the first-run cost), a larger one the compiled pass; both give the same statistics."""
+    import subprocess
+    import sys
+    code = """
+import torch, embeval
+from embeval import _kernels, ranking
+q = embeval.EmbeddingSet(torch.randn(50, 8), torch.arange(50) % 7)
+g = embeval.EmbeddingSet(torch.randn(300, 8), torch.arange(300) % 7)
+small = embeval.evaluate(q, g, knn_k=3, device="cpu")
+print(sum(len(f.signatures) for f in (_kernels.tile_pass, _kernels.pair_scores, _kernels.merge_topk)))
+ranking.SMALL_PASS = 0
+big = embeval.evaluate(q, g, knn_k=3, device="cpu")
+print(len(_kernels.tile_pass.signatures))
+print(small.metrics == big.metrics)
+"""
+    from embeval import _kernels
+    if not _kernels.AVAILABLE:
+        pytest.skip("numba is not installed")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["0", "1", "True"]
