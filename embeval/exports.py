@@ -10,6 +10,7 @@ import csv
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -30,33 +31,48 @@ def _fmt(x: float) -> str:
 
 
 def write_per_query(path: str | os.PathLike[str], result: EvalResult,
-                    names: Sequence[str] | None = None) -> None:
-    """CSV, one row per query: index, label, n_pos, first_rank, last_rank, ap (+ max_f1, threshold).
+                    names: Sequence[str] | None = None,
+                    paths: Sequence[str] | None = None) -> None:
+    """CSV, one row per query: index, label, n_pos, first_rank, last_rank, ap, hard_pos,
+    hard_neg (+ max_f1, threshold@maxF1 with PR); ``label_name`` with ``names`` (label names),
+    ``path`` with ``paths`` (the query items' source paths).
 
-    Empty cells where a query has no positive. ``names``: optional label names.
+    Empty cells where a query has no positive (or no negative, for ``hard_neg``).
     """
     pq = result.per_query
-    labels = result.stats.query_labels.tolist()
     extra = [c for c in ("max_f1", "threshold@maxF1") if c in pq]
-    cols = ["n_pos", "first_rank", "last_rank", "ap", *extra]
+    cols = ["n_pos", "first_rank", "last_rank", "ap", "hard_pos", "hard_neg", *extra]
     values = {c: pq[c].tolist() for c in cols}
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["index", "label", *(["label_name"] if names else []), *cols])
-        for i, lab in enumerate(labels):
+    with _csv(path, _header(["label", *(["label_name"] if names else []), *cols], paths)) as write:
+        for i, lab in enumerate(result.stats.query_labels.tolist()):
             name = [names[lab] if 0 <= lab < len(names) else ""] if names else []
-            w.writerow([i, lab, *name, *(_fmt(values[c][i]) for c in cols)])
+            write(i, paths, [lab, *name, *(_fmt(values[c][i]) for c in cols)])
 
 
-def write_predictions(path: str | os.PathLike[str], result: EvalResult) -> None:
-    """CSV, one row per query: index, label, prediction, correct (0/1)."""
-    labels = result.stats.query_labels.tolist()
+def write_predictions(path: str | os.PathLike[str], result: EvalResult,
+                      paths: Sequence[str] | None = None) -> None:
+    """CSV, one row per query: index, (path,) label, prediction, correct (0/1)."""
     pred = result.per_query["knn_pred"].tolist()
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["index", "label", "prediction", "correct"])
-        for i, (lab, p) in enumerate(zip(labels, pred)):
-            w.writerow([i, lab, p, int(lab >= 0 and lab == p)])
+    with _csv(path, _header(["label", "prediction", "correct"], paths)) as write:
+        for i, (lab, p) in enumerate(zip(result.stats.query_labels.tolist(), pred)):
+            write(i, paths, [lab, p, int(lab >= 0 and lab == p)])
+
+
+def _header(columns: list[str], paths: Sequence[str] | None) -> list[str]:
+    return ["index", *(["path"] if paths is not None else []), *columns]
+
+
+@contextmanager
+def _csv(path: str | os.PathLike[str], header: list[str]) -> Iterator[Callable[..., None]]:
+    """Yield ``write(index, paths, values)`` for the rows of a CSV with ``\\n`` line endings
+    (so ``grep ',0$'`` works), written through :func:`atomic_path`."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(header)
+
+        def write(i: int, paths: Sequence[str] | None, values: list[object]) -> None:
+            w.writerow([i, *([paths[i]] if paths is not None else []), *values])
+        yield write
 
 
 def write_curves(path: str | os.PathLike[str], result: EvalResult) -> None:

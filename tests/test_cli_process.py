@@ -102,3 +102,25 @@ def test_ctrl_c_says_interrupted(tmp_path):
     if proc.returncode == 0:
         pytest.skip("the run finished before the signal came")
     assert proc.returncode == 130 and err.strip() == "embeval: interrupted", err
+
+
+def test_csv_files_have_unix_line_endings_and_paths(tmp_path):
+    """`grep ',0$' predictions.csv` finds the misses; rows name the query images, openable from
+    where extract ran (the file's `source` folder joined to each item's path)."""
+    g = torch.Generator().manual_seed(2)
+    names = [f"c{i % 3}/{i:03d}.png" for i in range(12)]
+    q = embeval.save(tmp_path / "q.safetensors", torch.randn(12, 4, generator=g), torch.arange(12) % 3,
+                     paths=names, metadata={"source": "imgs/query"})
+    gal = embeval.save(tmp_path / "g.safetensors", torch.randn(30, 4, generator=g), torch.arange(30) % 3)
+    pred, pq = tmp_path / "pred.csv", tmp_path / "pq.csv"
+    assert run("knn", q, gal, "-k", "3", "--predictions", pred).returncode == 0
+    assert run("cmc", q, gal, "--per-query", pq).returncode == 0
+    for f in (pred, pq):
+        assert b"\r" not in f.read_bytes()
+    rows = pred.read_text().splitlines()
+    assert rows[0] == "index,path,label,prediction,correct"
+    assert rows[1].startswith("0,imgs/query/c0/000.png,0,")
+    misses = subprocess.run(["grep", "-c", ",0$", pred], capture_output=True, text=True).stdout
+    assert int(misses) == sum(r.endswith(",0") for r in rows[1:]) > 0
+    header = pq.read_text().splitlines()[0]
+    assert header == "index,path,label,n_pos,first_rank,last_rank,ap,hard_pos,hard_neg"

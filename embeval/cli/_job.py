@@ -7,6 +7,7 @@ exactly what the single run would have.
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 import time
@@ -160,6 +161,16 @@ def _score_topn(job: Job, q: EmbeddingSet, g: EmbeddingSet) -> int | None:
     return None if q.n * g.n * 4 <= MATRIX_LIMIT else min(max(job.ks), g.n)
 
 
+def _query_paths(job: Job) -> list[str] | None:
+    """The query items' paths when the query file records them, joined to its ``source`` folder
+    (as extract wrote them: openable from where extract ran)."""
+    if not job.query.is_file():
+        return None
+    q = load(job.query)
+    source = q.metadata.get("source", "")
+    return None if q.paths is None else [os.path.join(source, p) for p in q.paths]
+
+
 def _same_file(query: Path, gallery_files: list[Path]) -> bool:
     q = query.stat()
     return any((f.stat().st_dev, f.stat().st_ino) == (q.st_dev, q.st_ino) for f in gallery_files)
@@ -190,9 +201,10 @@ def _write_outputs(job: Job, result: EvalResult, label_names: list[str] | None,
                    knn_k: int | None) -> None:
     out = job.outputs
     if out.get("--per-query"):
-        exports.write_per_query(out["--per-query"], result, label_names)  # type: ignore[arg-type]
+        exports.write_per_query(out["--per-query"], result, label_names,  # type: ignore[arg-type]
+                                _query_paths(job))
     if out.get("--predictions"):
-        exports.write_predictions(out["--predictions"], result)  # type: ignore[arg-type]
+        exports.write_predictions(out["--predictions"], result, _query_paths(job))  # type: ignore[arg-type]
     if out.get("--curves"):
         exports.write_curves(out["--curves"], result)  # type: ignore[arg-type]
     if out.get("--plot"):
