@@ -38,6 +38,11 @@ class EvalResult:
     elapsed_s: float = 0.0
     pr_curves: tuple[torch.Tensor, ...] | None = None
 
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in self.metrics.items())
+        return (f"EvalResult({self.n_query} queries × {self.n_gallery} gallery items, "
+                f"{self.n_valid} valid: {shown})")
+
 
 def aggregate_mean(gallery: EmbeddingSet) -> EmbeddingSet:
     """One L2-normalised mean embedding per known label (class prototypes), labels ascending.

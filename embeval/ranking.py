@@ -93,7 +93,9 @@ class RankStats:
     def merge(self, other: RankStats) -> RankStats:
         """Combine the statistics of two disjoint gallery shards (same queries, same positives)."""
         if not torch.equal(self.pos_offsets, other.pos_offsets):
-            raise ValueError("cannot merge statistics computed with different positives")
+            raise ValueError("cannot merge statistics computed with different positives: gallery "
+                             "shards must be ranges of one gallery, rank_stats(q, g, "
+                             "gallery_range=(a, b)), whose positives come from all of g")
         topv, topi = self.topk_scores, self.topk_indices
         if topv is not None and other.topk_scores is not None:
             topv, topi = topv.clone(), topi.clone()  # type: ignore[union-attr]
