@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -32,21 +32,33 @@ def _fmt(x: float) -> str:
 
 def write_per_query(path: str | os.PathLike[str], result: EvalResult,
                     names: Sequence[str] | None = None,
-                    paths: Sequence[str] | None = None) -> None:
+                    paths: Sequence[str] | None = None,
+                    hard_neg_items: Mapping[str, Sequence[object]] | None = None) -> None:
     """CSV, one row per query: index, label, n_pos, first_rank, last_rank, ap, hard_pos,
-    hard_neg (+ max_f1, threshold@maxF1 with PR); ``label_name`` with ``names`` (label names),
-    ``path`` with ``paths`` (the query items' source paths).
+    hard_neg (+ max_f1, threshold@maxF1 with PR).
 
-    Empty cells where a query has no positive (or no negative, for ``hard_neg``).
+    Optional columns: ``label_name`` with ``names`` (label names), ``path`` with ``paths`` (the
+    query items' paths), and the hardest negative item after ``hard_neg`` with
+    ``hard_neg_items``: ``{"hard_neg_index": [Q], "hard_neg_label": [Q], "hard_neg_path": [Q]}``
+    (any of them; ``None`` or ``-1`` index: no negative). Empty cells where a value does not
+    exist (no positive, no negative).
     """
     pq = result.per_query
-    extra = [c for c in ("max_f1", "threshold@maxF1") if c in pq]
-    cols = ["n_pos", "first_rank", "last_rank", "ap", "hard_pos", "hard_neg", *extra]
-    values = {c: pq[c].tolist() for c in cols}
+    items = dict(hard_neg_items or {})
+    if "hard_neg_index" in items:
+        items = {k: [None if i is None or i < 0 else v for i, v in zip(items["hard_neg_index"], col)]
+                 for k, col in items.items()}
+    values = {c: [_fmt(x) for x in pq[c].tolist()] for c in _PER_QUERY if c in pq}
+    values.update({c: ["" if x is None else str(x) for x in col] for c, col in items.items()})
+    cols = [c for c in _PER_QUERY if c in values]
     with _csv(path, _header(["label", *(["label_name"] if names else []), *cols], paths)) as write:
         for i, lab in enumerate(result.stats.query_labels.tolist()):
             name = [names[lab] if 0 <= lab < len(names) else ""] if names else []
-            write(i, paths, [lab, *name, *(_fmt(values[c][i]) for c in cols)])
+            write(i, paths, [lab, *name, *(values[c][i] for c in cols)])
+
+
+_PER_QUERY = ("n_pos", "first_rank", "last_rank", "ap", "hard_pos", "hard_neg", "hard_neg_index",
+              "hard_neg_label", "hard_neg_path", "max_f1", "threshold@maxF1")
 
 
 def write_predictions(path: str | os.PathLike[str], result: EvalResult,

@@ -19,10 +19,11 @@ import torch
 from embeval import __version__, distributed, exports
 from embeval.concat import expand_paths, load_many, source_files
 from embeval.errors import OptionError
-from embeval.evaluate import EvalResult, evaluation_stats, summarize
+from embeval.evaluate import EvalResult, aggregate_mean, evaluation_stats, summarize
+from embeval.hardest import hardest_negatives
 from embeval.outputs import check_outputs, transaction
 from embeval.partials import Partial, fingerprint, save_partial
-from embeval.ranking import parse_memory, parse_shard
+from embeval.ranking import Protocol, parse_memory, parse_shard
 from embeval.similarity import resolve_device, scores
 from embeval.store import EmbeddingSet, load
 
@@ -161,14 +162,45 @@ def _score_topn(job: Job, q: EmbeddingSet, g: EmbeddingSet) -> int | None:
     return None if q.n * g.n * 4 <= MATRIX_LIMIT else min(max(job.ks), g.n)
 
 
-def _query_paths(job: Job) -> list[str] | None:
-    """The query items' paths when the query file records them, joined to its ``source`` folder
+def _item_paths(s: EmbeddingSet) -> list[str] | None:
+    """The items' paths when the file records them, joined to each file's ``source`` folder
     (as extract wrote them: openable from where extract ran)."""
-    if not job.query.is_file():
+    parts = getattr(s, "parts", [s])
+    if any(p.paths is None for p in parts):
         return None
-    q = load(job.query)
-    source = q.metadata.get("source", "")
-    return None if q.paths is None else [os.path.join(source, p) for p in q.paths]
+    return [os.path.join(p.metadata.get("source", ""), x) for p in parts for x in p.paths]
+
+
+def _query_paths(job: Job) -> list[str] | None:
+    return _item_paths(load(job.query)) if job.query.is_file() else None
+
+
+def _hard_neg_items(job: Job, result: EvalResult, inputs: dict) -> dict[str, list] | None:
+    """Index, label and path of each query's hardest negative (one more pass over the gallery),
+    when the scores are exact (fp32) and the input files are the ones ranked."""
+    c = job.common
+    if c.precision != "fp32" or not _unchanged(inputs):
+        return None
+    q, g = load(job.query), load_many(job.gallery)
+    if c.aggregate == "mean":
+        g = aggregate_mean(g)
+    index = hardest_negatives(q, g, result.stats.max_neg, metric=c.metric,
+                              protocol=Protocol(c.exclude_same_camera, c.exclude_self)).tolist()
+    labels = g.labels.tolist()
+    paths = _item_paths(g) if c.aggregate == "none" else None
+    return {"hard_neg_index": index, "hard_neg_label": [labels[i] for i in index],
+            **({"hard_neg_path": [paths[i] for i in index]} if paths is not None else {})}
+
+
+def _unchanged(inputs: dict) -> bool:
+    for fp in [*inputs["query"], *inputs["gallery"]]:
+        path = Path(fp["file"])
+        if not path.is_file():
+            return False
+        now = fingerprint(path)
+        if (now["size"], now["sha256"]) != (fp["size"], fp["sha256"]):
+            return False
+    return True
 
 
 def _same_file(query: Path, gallery_files: list[Path]) -> bool:
@@ -190,7 +222,7 @@ def finish(job: Job, result: EvalResult, label_names: list[str] | None, knn_k: i
     JSON object (the same for one run, its torchrun ranks and its merged shards).
     """
     with transaction():
-        _write_outputs(job, result, label_names, knn_k)
+        _write_outputs(job, result, label_names, knn_k, inputs)
     provenance = {"embeval": __version__, "inputs": inputs} if job.as_json else {}
     render(job.command, result, job.ks, as_json=job.as_json,
            extra={**job.extra, **provenance} or None)
@@ -198,11 +230,11 @@ def finish(job: Job, result: EvalResult, label_names: list[str] | None, knn_k: i
 
 
 def _write_outputs(job: Job, result: EvalResult, label_names: list[str] | None,
-                   knn_k: int | None) -> None:
+                   knn_k: int | None, inputs: dict) -> None:
     out = job.outputs
     if out.get("--per-query"):
         exports.write_per_query(out["--per-query"], result, label_names,  # type: ignore[arg-type]
-                                _query_paths(job))
+                                _query_paths(job), _hard_neg_items(job, result, inputs))
     if out.get("--predictions"):
         exports.write_predictions(out["--predictions"], result, _query_paths(job))  # type: ignore[arg-type]
     if out.get("--curves"):
