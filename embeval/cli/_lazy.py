@@ -1,0 +1,28 @@
+"""A module stand-in that imports the module on first attribute access.
+
+The command line parses and checks its arguments before torch loads (``embeval --help``,
+a typo or a missing file answer in a fraction of a second); module-level names that reach
+the core go through :class:`LazyModule`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Any
+
+
+class LazyModule:
+    """``LazyModule("embeval.distributed").is_leader()`` imports the module at that call."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._module: ModuleType | None = None
+
+    def __getattr__(self, attr: str) -> Any:
+        if self._module is None:
+            self._module = importlib.import_module(self._name)
+        return getattr(self._module, attr)
+
+    def __repr__(self) -> str:
+        return f"<lazy module {self._name!r}{' (loaded)' if self._module else ''}>"
