@@ -30,7 +30,7 @@ app.info.epilog = examples(  # the commands' own --help shows theirs
     "embeval cmc --help")
 
 # Nothing above imports torch: arguments are parsed and checked first (DESIGN: start-up).
-distributed = LazyModule("embeval.distributed")  # torch loads only when an error reaches it
+distributed = LazyModule("embeval.distributed", light="embeval._launch")  # is_leader(): no torch
 
 __all__ = ["app", "main"]
 

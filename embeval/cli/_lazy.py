@@ -13,13 +13,19 @@ from typing import Any
 
 
 class LazyModule:
-    """``LazyModule("embeval.distributed").is_leader()`` imports the module at that call."""
+    """``LazyModule("embeval.distributed", light="embeval._launch")``: attributes that the
+    ``light`` module has come from it (no heavy import); any other attribute imports the module.
+    """
 
-    def __init__(self, name: str) -> None:
-        self._name = name
+    def __init__(self, name: str, *, light: str | None = None) -> None:
+        self._name, self._light = name, light
         self._module: ModuleType | None = None
 
     def __getattr__(self, attr: str) -> Any:
+        if self._module is None and self._light is not None:
+            light = importlib.import_module(self._light)
+            if hasattr(light, attr):
+                return getattr(light, attr)
         if self._module is None:
             self._module = importlib.import_module(self._name)
         return getattr(self._module, attr)

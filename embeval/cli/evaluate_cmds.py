@@ -14,16 +14,13 @@ import re
 from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated, Any
 
 import typer
 
 from embeval.errors import InputFileError, OptionError
 
 from ._app import app
-
-if TYPE_CHECKING:
-    from ._job import Common
 
 
 class Metric(str, Enum):
@@ -127,24 +124,24 @@ def default_ks(ks: list[int] | None, gallery: list[Path]) -> list[int]:
 
 
 def _common(metric, device, memory, precision, exclude_same_camera, exclude_self, aggregate,
-            no_positive, block_size) -> Common:
-    from ._job import Common
+            no_positive, block_size) -> dict[str, Any]:
+    """The fields of :class:`~._job.Common` (built in :func:`_execute`, once torch may load)."""
+    return dict(metric=metric.value, device=device, memory=memory, precision=precision.value,
+                exclude_same_camera=exclude_same_camera, exclude_self=exclude_self,
+                aggregate=aggregate.value, no_positive=no_positive.value, block_size=block_size)
 
-    return Common(metric.value, device, memory, precision.value, exclude_same_camera, exclude_self,
-                  aggregate.value, no_positive.value, block_size)
 
-
-def _execute(command: str, query: Path, gallery: list[Path], common: Common, ks: list[int] | None,
-             shard: str | None, out_part: Path | None, **job: object) -> None:
+def _execute(command: str, query: Path, gallery: list[Path], common: dict[str, Any],
+             ks: list[int] | None, shard: str | None, out_part: Path | None, **job: Any) -> None:
     """Check the input files, then load the core and run the job: torch is imported here.
 
-    ``ks``: the -k values (None: 1 5 10 capped at the gallery size); ``job``: the rest of
-    :class:`~._job.Job`.
+    ``common``: the fields of :class:`~._job.Common`; ``ks``: the -k values (None: 1 5 10
+    capped at the gallery size); ``job``: the rest of :class:`~._job.Job`.
     """
     require_files([query, *gallery])
-    from ._job import Job, execute
+    from ._job import Common, Job, execute
 
-    execute(Job(command, query, gallery, common, default_ks(ks, gallery), **job),  # type: ignore[arg-type]
+    execute(Job(command, query, gallery, Common(**common), default_ks(ks, gallery), **job),
             shard=shard, out_part=out_part)
 
 

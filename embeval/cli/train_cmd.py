@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -219,9 +220,10 @@ def _stop_on_signals() -> Iterator[Callable[[], str | None]]:
 
 @contextmanager
 def _bar() -> Iterator[Callable[[dict[str, Any]], None]]:
-    """A Rich bar of the epoch's steps on stderr (terminal only), one line per finished epoch."""
+    """A Rich bar of the epoch's steps on stderr, one line per finished epoch; where stderr is
+    not a terminal (nohup, a batch job's log, ``| tee``), plain log lines instead (:func:`_log`)."""
     if not interactive():
-        yield lambda event: None
+        yield _log()
         return
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[info]}"), TimeElapsedColumn()]
@@ -244,6 +246,40 @@ def _bar() -> Iterator[Callable[[dict[str, Any]], None]]:
                                   + (" (best)" if r["best"] else ""), highlight=False)
 
         yield update
+
+
+def _log() -> Callable[[dict[str, Any]], None]:
+    """Progress events -> plain stderr lines, flushed one by one: the run at the start, then
+    each finished epoch (loss, training accuracy, the evaluation, seconds, checkpoints)."""
+    run: dict[str, Any] = {}
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    def update(ev: dict[str, Any]) -> None:
+        if ev["event"] == "start":
+            run.update(ev)
+            what = (f"{ev['backbone']} on {ev['train']} ({ev['images']} images, {ev['classes']} "
+                    f"classes; evaluated on {ev['query']} query x {ev['gallery']} gallery images)")
+            if ev["resumed"]:
+                say(f"train: resuming {ev['run']} at epoch {ev['epoch'] + 1}/{ev['epochs']}, step "
+                    f"{ev['step']}/{ev['steps']}: {what}, on {ev['device']}")
+            else:
+                say(f"train: {what}, {ev['epochs']} epochs of {ev['steps']} steps on {ev['device']}; "
+                    f"run folder {ev['run']}")
+        elif ev["event"] == "epoch":
+            r = ev["record"]
+            folder = Path(run.get("run", "."))
+            evals = [f"{k} {_pct(r.get(k))}%" for k in r if k.startswith("rank")]
+            saved = f"saved {folder / 'last.safetensors'}" + (
+                f" and {folder / 'best.safetensors'} (best {run.get('best_metric')} so far)"
+                if r["best"] else "")
+            say(f"epoch {r['epoch']}/{run.get('epochs', '?')}: loss {r['train_loss']:.4f}, "
+                f"train acc {_pct(r['train_accuracy'])}%, " + ", ".join(
+                    [*evals, f"mAP {_pct(r.get('mAP'))}%", f"mINP {_pct(r.get('mINP'))}%"])
+                + f", {r['seconds']:.1f}s; {saved}")
+
+    return update
 
 
 def _pct(v: float | None) -> str:
