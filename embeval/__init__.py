@@ -13,6 +13,9 @@ from ._blas import prefer_avx512_kernels
 prefer_avx512_kernels()  # before numpy loads OpenBLAS: see embeval/_blas.py
 
 import importlib  # noqa: E402  (after the OpenBLAS set-up, as every import here)
+import importlib.util  # noqa: E402
+import sys  # noqa: E402
+import types  # noqa: E402
 from typing import TYPE_CHECKING, Any  # noqa: E402
 
 from .errors import EmbevalError, InputFileError, OptionError  # noqa: E402  (no torch)
@@ -48,15 +51,33 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """Import the submodule behind a public name on first access, then cache the value."""
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    where = _LAZY[name]
-    module = importlib.import_module(f".{where or name}", __name__)
-    value = module if where is None else getattr(module, name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
+    """Import the submodule behind a public name on first access, then cache the value.
+
+    A submodule name (``embeval.store``) imports that submodule, as the eager package did.
+    """
+    if name in _LAZY:
+        where = _LAZY[name]
+        module = importlib.import_module(f".{where or name}", __name__)
+        value = module if where is None else getattr(module, name)
+        globals()[name] = value  # later lookups skip __getattr__
+        return value
+    if not name.startswith("__") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """``embeval.evaluate`` is the function, as when this package imported it eagerly: importing
+    the submodule of the same name (which sets the package's attribute) keeps the function."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _LAZY.get(name) == name:
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -107,6 +107,7 @@ for name in embeval.__all__:
     getattr(embeval, name)
 import embeval.metrics
 assert embeval.metrics is sys.modules["embeval.metrics"]
+assert embeval.store.load is embeval.load and embeval.concat.load_many is embeval.load_many
 try:
     embeval.no_such_name
 except AttributeError as e:
@@ -117,6 +118,23 @@ from embeval import *  # noqa: F403
 assert load_many and EmbeddingSet and METRICS  # noqa: F405
 print("ok")
 """
+
+
+SUBMODULE_FIRST = """
+import embeval
+from embeval.evaluate import EvalResult  # the submodule evaluate, before embeval.evaluate
+from embeval.evaluate import evaluate
+assert embeval.evaluate is evaluate, embeval.evaluate
+import embeval.evaluate as ev
+assert ev is evaluate  # as when the package imported it eagerly
+print("ok")
+"""
+
+
+def test_embeval_evaluate_is_the_function_even_after_its_submodule_loads(tmp_path):
+    r = subprocess.run([sys.executable, "-c", SUBMODULE_FIRST], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout == "ok\n", r.stderr
 
 
 def test_import_embeval_is_lazy_and_every_public_name_resolves(tmp_path):
