@@ -261,7 +261,9 @@ def _log() -> Callable[[dict[str, Any]], None]:
             run.update(ev)
             what = (f"{ev['backbone']} on {ev['train']} ({ev['images']} images, {ev['classes']} "
                     f"classes; evaluated on {ev['query']} query x {ev['gallery']} gallery images)")
-            if ev["resumed"]:
+            if ev["epoch"] >= ev["epochs"]:
+                say(f"train: {ev['run']} has finished its {ev['epochs']} epochs; nothing to train")
+            elif ev["resumed"]:
                 say(f"train: resuming {ev['run']} at epoch {ev['epoch'] + 1}/{ev['epochs']}, step "
                     f"{ev['step']}/{ev['steps']}: {what}, on {ev['device']}")
             else:
