@@ -3,21 +3,44 @@
 >>> import embeval
 >>> q, g = embeval.load("query.safetensors"), embeval.load("gallery.safetensors")  # doctest: +SKIP
 >>> embeval.evaluate(q, g, ks=(1, 5, 10)).metrics                                   # doctest: +SKIP
+
+The public names below load on first use (PEP 562): ``import embeval`` and the command
+line's argument parsing stay free of torch, numpy and numba until a name is needed.
 """
 
 from ._blas import prefer_avx512_kernels
 
 prefer_avx512_kernels()  # before numpy loads OpenBLAS: see embeval/_blas.py
 
-from . import metrics
-from .concat import ConcatSet, load_many
-from .errors import EmbevalError, InputFileError, OptionError
-from .evaluate import EvalResult, aggregate_mean, evaluate, evaluation_stats, summarize
-from .ranking import Protocol, RankStats, positive_pairs, rank_stats
-from .similarity import METRICS, scores
-from .store import EmbeddingSet, load, save
+import importlib  # noqa: E402  (after the OpenBLAS set-up, as every import here)
+import importlib.util  # noqa: E402
+import sys  # noqa: E402
+import types  # noqa: E402
+from typing import TYPE_CHECKING, Any  # noqa: E402
+
+from .errors import EmbevalError, InputFileError, OptionError  # noqa: E402  (no torch)
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ loads these
+    from . import metrics
+    from .concat import ConcatSet, load_many
+    from .evaluate import EvalResult, aggregate_mean, evaluate, evaluation_stats, summarize
+    from .ranking import Protocol, RankStats, positive_pairs, rank_stats
+    from .similarity import METRICS, scores
+    from .store import EmbeddingSet, load, save
 
 __version__ = "0.1.0"
+
+#: public name -> the submodule that defines it (None: the name is the submodule itself)
+_LAZY: dict[str, str | None] = {
+    "metrics": None,
+    "ConcatSet": "concat", "load_many": "concat",
+    "EvalResult": "evaluate", "aggregate_mean": "evaluate", "evaluate": "evaluate",
+    "evaluation_stats": "evaluate", "summarize": "evaluate",
+    "Protocol": "ranking", "RankStats": "ranking", "positive_pairs": "ranking",
+    "rank_stats": "ranking",
+    "METRICS": "similarity", "scores": "similarity",
+    "EmbeddingSet": "store", "load": "store", "save": "store",
+}
 
 __all__ = [
     "EmbeddingSet", "load", "load_many", "ConcatSet", "save",
@@ -25,3 +48,36 @@ __all__ = [
     "rank_stats", "RankStats", "Protocol", "positive_pairs", "scores", "METRICS", "metrics",
     "EmbevalError", "InputFileError", "OptionError", "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import the submodule behind a public name on first access, then cache the value.
+
+    A submodule name (``embeval.store``) imports that submodule, as the eager package did.
+    """
+    if name in _LAZY:
+        where = _LAZY[name]
+        module = importlib.import_module(f".{where or name}", __name__)
+        value = module if where is None else getattr(module, name)
+        globals()[name] = value  # later lookups skip __getattr__
+        return value
+    if not name.startswith("__") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """``embeval.evaluate`` is the function, as when this package imported it eagerly: importing
+    the submodule of the same name (which sets the package's attribute) keeps the function."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _LAZY.get(name) == name:
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -36,6 +36,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from ._launch import is_leader, requested  # torch-free: the CLI's error path asks them
 from .ranking import RankStats, _merge_topk, shard_range
 from .similarity import resolve_device
 
@@ -55,16 +56,6 @@ def split_axis(n_query: int, n_gallery: int, world: int, *, exclude_self: bool =
             and n_query >= world * QUERY_TILE):
         return "query"
     return "gallery"
-
-
-def requested() -> bool:
-    """True when launched by torchrun with more than one process."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-def is_leader() -> bool:
-    """True on rank 0, or outside torchrun: the process that prints."""
-    return not requested() or int(os.environ.get("RANK", "0")) == 0
 
 
 def threads_per_rank() -> int:

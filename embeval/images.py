@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ._vocab import IMAGENET_MEAN, IMAGENET_STD, LAYOUTS  # defined without torch, for the CLI
 from .errors import InputFileError, OptionError
 
 __all__ = [
@@ -46,10 +47,7 @@ __all__ = [
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-LAYOUTS = ("auto", "imagefolder", "regex", "market1501", "csv")
 MARKET1501_REGEX = r"^(?P<label>-?\d+)_c(?P<camera>\d+)"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass

@@ -76,7 +76,8 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
           ) -> TrainResult:
     """Run (or with ``resume``, continue) the training described by ``config``.
 
-    ``progress(event)`` gets ``{"event": "epoch_start" | "step" | "eval" | "epoch", ...}``.
+    ``progress(event)`` gets ``{"event": "start" | "epoch_start" | "step" | "eval" | "epoch", ...}``
+    ("start": once, when the data is loaded and the run folder is set up).
     ``should_stop()`` is polled after every step and epoch: a non-None reason saves a
     resumable state and raises :class:`TrainInterrupted`. Bad input raises
     :class:`EmbevalError` before any file is written.
@@ -103,6 +104,11 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     save_config(run_dir / "config.yaml", c)
     writer = summary_writer_class()(log_dir=str(run_dir / "tensorboard")) if c.tensorboard else None
     stop = should_stop or (lambda: None)
+    run.report({"event": "start", "run": str(run_dir), "epoch": run.epoch, "step": run.step,
+                "epochs": c.epochs, "steps": run.steps_per_epoch, "images": len(data.labels),
+                "classes": len(data.classes), "query": len(data.query.files),
+                "gallery": len(data.gallery.files), "backbone": c.backbone, "train": c.train,
+                "device": str(device), "best_metric": c.best_metric, "resumed": state is not None})
     try:
         while run.epoch < c.epochs:
             run.train_epoch(stop)

@@ -16,10 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from ._vocab import IMAGENET_MEAN, IMAGENET_STD, LAYOUTS
 from .errors import InputFileError, OptionError
-from .images import IMAGENET_MEAN, IMAGENET_STD, LAYOUTS
 
 try:
     import tomllib
@@ -203,6 +201,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise InputFileError(p, "--config: expected a .yaml, .yml or .toml file")
     if suffix == ".toml" and tomllib is None:
         raise InputFileError(p, "--config: TOML needs Python >= 3.11; use YAML")
+    import yaml  # here, not at the top: `embeval --help` does not load it
+
     try:
         data = tomllib.loads(text) if suffix == ".toml" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as e:  # tomllib.TOMLDecodeError is a ValueError
@@ -243,6 +243,8 @@ def config_from(*layers: tuple[str, Mapping[str, Any]]) -> TrainConfig:
 
 def save_config(path: Path, config: TrainConfig) -> None:
     """Write the effective configuration as YAML (atomically), with absolute paths."""
+    import yaml
+
     from .store import atomic_path
 
     values = config.to_dict()

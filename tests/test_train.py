@@ -221,7 +221,8 @@ def test_cli_resume_extends_a_run_like_an_uninterrupted_one(data, tmp_path):
     assert summary["epochs"][0]["train_loss"] == full.history[0]["train_loss"]
     r = run_cli("train", "--resume", "part", "--epochs", "2", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "mAP" in r.stdout and r.stderr == ""
+    log = r.stderr.splitlines()  # not a terminal: plain log lines, no bar
+    assert "mAP" in r.stdout and len(log) == 2 and log[0].startswith("train: resuming part at epoch 2/2")
     assert_same_weights(tmp_path / "full", tmp_path / "part")
     assert len((tmp_path / "part" / "metrics.jsonl").read_text().splitlines()) == 2
     assert yaml.safe_load((tmp_path / "part" / "config.yaml").read_text())["epochs"] == 2
@@ -254,9 +255,10 @@ def test_cli_signal_mid_epoch_saves_and_resumes_exactly(data, tmp_path, slow_ref
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err
     if sig != signal.SIGKILL:  # a hard kill resumes from the end of epoch 1
-        assert out == "" and err.strip().splitlines() == [
+        log = err.strip().splitlines()  # the start and epoch-1 log lines (not a terminal), then why
+        assert out == "" and len(log) == 3 and log[-1] == (
             f"embeval: {sig.name}: stopped in epoch 2 after step 2; resume with "
-            "`embeval train --resume run`"]
+            "`embeval train --resume run`")
     run = tmp_path / "run"
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
     saved = config_from((str(run / "config.yaml"), load_config_file(run / "config.yaml")))
@@ -272,10 +274,11 @@ def cli_error(capsys, *args: str) -> str:
         main(list(args))
     captured = capsys.readouterr()
     assert info.value.code == 2, captured.err
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
-    assert captured.out == ""
-    return lines[0]
+    *log, line = captured.err.strip().splitlines()
+    # an error found once training started follows the plain start line (stderr is not a terminal)
+    assert len(log) <= 1 and all(x.startswith("train: ") for x in log), captured.err
+    assert "Traceback" not in captured.err and captured.out == ""
+    return line
 
 
 @pytest.mark.parametrize("case", ["unknown key", "bad value", "bad yaml", "bad choice",
@@ -421,3 +424,35 @@ def test_pk_batches_cover_every_image_in_p_by_k_groups():
     again = pk_batches(labels, batch_size=4, instances=2, generator=torch.Generator().manual_seed(1))
     assert again == batches
 
+
+
+def test_cli_logs_plain_lines_to_a_log_file_as_it_trains(data, tmp_path, slow_reference):
+    """stdout and stderr are files (nohup, a batch job's log): a start line, then one line per
+    epoch, each on disk as soon as it happens; stdout keeps only the result."""
+    ready, out, err = tmp_path / "ready", tmp_path / "out.log", tmp_path / "err.log"
+    args = ["train", str(data / "train"), "--query", str(data / "query"), "--gallery",
+            str(data / "gallery"), *TINY_ARGS, "--backbone", SLOW["backbone"], "--batch-size", "4",
+            "--out-dir", "run"]
+    with out.open("w") as fo, err.open("w") as fe:
+        proc = subprocess.Popen(["embeval", *args], cwd=tmp_path, stdout=fo, stderr=fe,
+                                env=cli_env({"EMBEVAL_TEST_READY": str(ready)}))
+        deadline = time.monotonic() + 60
+        while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        during = err.read_text()  # epoch 2 is running (see SlowNet): epoch 1 is logged already
+        assert proc.wait(timeout=60) == 0, err.read_text()
+    run = tmp_path / "run"
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    log = err.read_text().splitlines()
+    assert during.splitlines() == log[:2] and len(log) == 3
+    assert log[0] == ("train: helpers_models:slow_net on " + str(data / "train") + " (24 images, "
+                      "4 classes; evaluated on 8 query x 12 gallery images), 2 epochs of 6 steps "
+                      f"on cpu; run folder {Path('run')}")
+    for line, r in zip(log[1:], records, strict=True):
+        assert line.startswith(
+            f"epoch {r['epoch']}/2: loss {r['train_loss']:.4f}, train acc "
+            f"{100 * r['train_accuracy']:.2f}%, rank1 {100 * r['rank1']:.2f}%, rank5 "
+            f"{100 * r['rank5']:.2f}%, mAP {100 * r['mAP']:.2f}%, mINP {100 * r['mINP']:.2f}%, ")
+        assert f"; saved {Path('run') / 'last.safetensors'}" in line
+        assert (f"and {Path('run') / 'best.safetensors'} (best mAP so far)" in line) == r["best"]
+    assert "epoch 1/2" not in out.read_text() and "mAP" in out.read_text()  # the table

@@ -15,16 +15,26 @@ import sys
 import typer
 import typer.main
 
-from embeval import distributed
 from embeval.errors import EmbevalError
 
 from . import (
+    _help,  # noqa: F401  (click's usage conventions in the help of this Typer version)
     evaluate_cmds,  # noqa: F401  (registers score, knn, cmc, pr)
     extract_cmd,  # noqa: F401  (registers extract)
     merge_cmd,  # noqa: F401  (registers merge)
     train_cmd,  # noqa: F401  (registers train)
 )
 from ._app import app
+from ._lazy import LazyModule
+from .evaluate_cmds import examples
+
+app.info.epilog = examples(  # the commands' own --help shows theirs
+    "embeval cmc query.safetensors gallery.safetensors -k 1 5 10",
+    "embeval extract run/best.safetensors --query data/query --gallery data/gallery --out-dir emb",
+    "embeval cmc --help")
+
+# Nothing above imports torch: arguments are parsed and checked first (DESIGN: start-up).
+distributed = LazyModule("embeval.distributed", light="embeval._launch")  # is_leader(): no torch
 
 __all__ = ["app", "main"]
 

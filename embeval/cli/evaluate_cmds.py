@@ -2,22 +2,25 @@
 
 Every command also takes ``--shard i/n`` / ``--out-part FILE`` (an array-job shard, merged by
 ``embeval merge``) and runs as one rank of a group under torchrun.
+
+Importing this module does not import torch: the commands check their arguments and input
+files first, then load the core (``embeval --help``, a typo or a missing file answer at once).
 """
 
 from __future__ import annotations
 
+import glob
+import re
+from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from embeval import exports
-from embeval.concat import load_many
-from embeval.errors import OptionError
+from embeval.errors import InputFileError, OptionError
 
 from ._app import app
-from ._job import Common, Job, execute
 
 
 class Metric(str, Enum):
@@ -44,52 +47,113 @@ class NoPositive(str, Enum):
     zero = "zero"
 
 
-QueryArg = Annotated[Path, typer.Argument(help="Query embeddings (.safetensors).", show_default=False)]
+QueryArg = Annotated[Path, typer.Argument(
+    metavar="QUERY", help="Query embeddings (.safetensors).", show_default=False)]
 GalleryArg = Annotated[list[Path], typer.Argument(
+    metavar="GALLERY...",
     help="Gallery embeddings (.safetensors): one file, several, or a quoted glob ('g/*.safetensors'), "
          "evaluated as one gallery.", show_default=False)]
 KsOpt = Annotated[list[int] | None, typer.Option(
-    "-k", "--k", help="Rank cut-offs, e.g. -k 1 5 10 (default: 1 5 10, capped at the gallery size).")]
-MetricOpt = Annotated[Metric, typer.Option(help="Similarity: higher = more similar.")]
-DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
-MemoryOpt = Annotated[str | None, typer.Option(help="Block memory budget, e.g. 2GB "
-                                                    "(default: 60% of free GPU memory, 1GB on CPU).")]
-PrecisionOpt = Annotated[Precision, typer.Option(help="Matmul precision; all but fp32 are approximate.")]
+    "-k", metavar="K...",
+    help="Rank cut-offs, e.g. -k 1 5 10 (default: 1 5 10, capped at the gallery size).")]
+MetricOpt = Annotated[Metric, typer.Option(
+    metavar="METRIC", help="Similarity, higher = more similar: inner, cosine, euclid or sq_euclid.")]
+DeviceOpt = Annotated[str, typer.Option(metavar="DEVICE", help="auto, cpu, cuda or cuda:N.")]
+MemoryOpt = Annotated[str | None, typer.Option(
+    metavar="SIZE", help="Block memory budget, e.g. 2GB (default: 60% of free GPU memory, 1GB on CPU).")]
+PrecisionOpt = Annotated[Precision, typer.Option(
+    metavar="PRECISION", help="Matmul precision: fp32, tf32, bf16 or fp16 (all but fp32 are approximate).")]
 CameraOpt = Annotated[bool, typer.Option("--exclude-same-camera",
                                          help="Drop gallery items with the query's label AND camera.")]
 SelfOpt = Annotated[bool, typer.Option("--exclude-self",
                                        help="Leave-one-out: query i ignores gallery item i.")]
-AggregateOpt = Annotated[Aggregate, typer.Option(help="mean: one normalised prototype per label.")]
+AggregateOpt = Annotated[Aggregate, typer.Option(
+    metavar="HOW", help="Gallery as is (none), or one normalised prototype per label (mean).")]
 NoPosOpt = Annotated[NoPositive, typer.Option(
-    "--no-positive", help="Queries without positives: skip them (torchreid) or count AP 0.")]
+    "--no-positive", metavar="HOW",
+    help="Queries without positives: skip them (torchreid), or zero: count AP 0.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
 BlockOpt = Annotated[int | None, typer.Option(hidden=True, min=1, help="Gallery rows per block.")]
 ShardOpt = Annotated[str | None, typer.Option(
-    "--shard", help="Array jobs: evaluate gallery shard i of n (0 <= i < n) and write its partial "
-                    "statistics to --out-part; combine the n parts with `embeval merge`.")]
+    "--shard", metavar="I/N",
+    help="Array jobs: evaluate gallery shard I of N (0 <= I < N) and write its partial "
+         "statistics to --out-part; combine the N parts with `embeval merge`.")]
 PartOpt = Annotated[Path | None, typer.Option(
-    "--out-part", help="Partial-statistics file of a --shard run "
-                       "(default: COMMAND.part-I-of-N.safetensors in the current folder).")]
+    "--out-part", metavar="FILE", help="Partial-statistics file of a --shard run "
+                                       "(default: COMMAND.part-I-of-N.safetensors in the current folder).")]
+
+
+def file_option(help_: str, name: str) -> typer.models.OptionInfo:
+    """An optional output file option ``name FILE``."""
+    return typer.Option(name, metavar="FILE", help=help_)
+
+
+def examples(*lines: str) -> str:
+    """A help epilog: ``Examples:`` and one ``$ command`` per line (shown as written)."""
+    return "Examples:\n" + "\n".join(f"  $ {line}" for line in lines)
+
+
+_GLOB = re.compile(r"[*?\[]")
+
+
+def require_files(paths: Sequence[Path]) -> None:
+    """Fail (exit 2, one line) on a missing input file or a glob that matches nothing.
+
+    The same checks and messages as :func:`embeval.load` / ``expand_paths`` (which check
+    again), made here so that a wrong path is reported before torch is imported.
+    """
+    for path in paths:
+        text = str(path)
+        if _GLOB.search(text) and not path.exists():
+            if not glob.glob(text):
+                raise InputFileError(text, "no file matches this pattern")
+        elif not path.exists():
+            raise InputFileError(path, "no such file")
+        elif path.is_dir():
+            raise InputFileError(path, "is a folder, expected a .safetensors embedding file")
 
 
 def default_ks(ks: list[int] | None, gallery: list[Path]) -> list[int]:
     """The user's -k values, or 1 5 10 capped at the gallery size."""
     if ks:
         return ks
+    from embeval.concat import load_many
+
     n = load_many(gallery).n
     return [k for k in (1, 5, 10) if k <= n] or [n]
 
 
 def _common(metric, device, memory, precision, exclude_same_camera, exclude_self, aggregate,
-            no_positive, block_size) -> Common:
-    return Common(metric.value, device, memory, precision.value, exclude_same_camera, exclude_self,
-                  aggregate.value, no_positive.value, block_size)
+            no_positive, block_size) -> dict[str, Any]:
+    """The fields of :class:`~._job.Common` (built in :func:`_execute`, once torch may load)."""
+    return dict(metric=metric.value, device=device, memory=memory, precision=precision.value,
+                exclude_same_camera=exclude_same_camera, exclude_self=exclude_self,
+                aggregate=aggregate.value, no_positive=no_positive.value, block_size=block_size)
 
 
-@app.command()
+def _execute(command: str, query: Path, gallery: list[Path], common: dict[str, Any],
+             ks: list[int] | None, shard: str | None, out_part: Path | None, **job: Any) -> None:
+    """Check the input files, then load the core and run the job: torch is imported here.
+
+    ``common``: the fields of :class:`~._job.Common`; ``ks``: the -k values (None: 1 5 10
+    capped at the gallery size); ``job``: the rest of :class:`~._job.Job`.
+    """
+    require_files([query, *gallery])
+    from ._job import Common, Job, execute
+
+    execute(Job(command, query, gallery, Common(**common), default_ks(ks, gallery), **job),
+            shard=shard, out_part=out_part)
+
+
+CMC_EXAMPLES = examples(
+    "embeval cmc query.safetensors gallery.safetensors -k 1 5 10",
+    "embeval cmc query.safetensors 'gallery/*.safetensors' --exclude-same-camera --json")
+
+
+@app.command(epilog=CMC_EXAMPLES)
 def cmc(query: QueryArg, gallery: GalleryArg, ks: KsOpt = None,
-        per_query: Annotated[Path | None, typer.Option(
-            "--per-query", help="CSV, one row per query: ranks of first/last positive, AP.")] = None,
+        per_query: Annotated[Path | None, file_option(
+            "CSV, one row per query: ranks of first/last positive, AP.", "--per-query")] = None,
         metric: MetricOpt = Metric.cosine, device: DeviceOpt = "auto", memory: MemoryOpt = None,
         precision: PrecisionOpt = Precision.fp32, exclude_same_camera: CameraOpt = False,
         exclude_self: SelfOpt = False, aggregate: AggregateOpt = Aggregate.none,
@@ -98,17 +162,23 @@ def cmc(query: QueryArg, gallery: GalleryArg, ks: KsOpt = None,
     """CMC rank-k, mAP and mINP (retrieval / re-identification)."""
     common = _common(metric, device, memory, precision, exclude_same_camera, exclude_self,
                      aggregate, no_positive, block_size)
-    execute(Job("cmc", query, gallery, common, default_ks(ks, gallery),
-                outputs={"--per-query": per_query}, as_json=json), shard=shard, out_part=out_part)
+    _execute("cmc", query, gallery, common, ks, shard, out_part,
+             outputs={"--per-query": per_query}, as_json=json)
 
 
-@app.command()
+SCORE_EXAMPLES = examples(
+    "embeval score query.safetensors gallery.safetensors -k 1 5",
+    "embeval score query.safetensors gallery.safetensors --out scores.safetensors --out-topk 100")
+
+
+@app.command(epilog=SCORE_EXAMPLES)
 def score(query: QueryArg, gallery: GalleryArg, ks: KsOpt = None,
-          out: Annotated[Path | None, typer.Option(
-              "--out", help="Write scores (.safetensors): the [Q, G] matrix when it fits 1 GB, "
-                            "else the top-k per query.")] = None,
+          out: Annotated[Path | None, file_option(
+              "Write scores (.safetensors): the [Q, G] matrix when it fits 1 GB, "
+              "else the top-k per query.", "--out")] = None,
           out_topk: Annotated[int | None, typer.Option(
-              "--out-topk", min=1, help="Write the top-N per query instead of the matrix.")] = None,
+              "--out-topk", metavar="N", min=1,
+              help="Write the top-N per query instead of the matrix.")] = None,
           metric: MetricOpt = Metric.cosine, device: DeviceOpt = "auto", memory: MemoryOpt = None,
           precision: PrecisionOpt = Precision.fp32, exclude_same_camera: CameraOpt = False,
           exclude_self: SelfOpt = False, aggregate: AggregateOpt = Aggregate.none,
@@ -117,15 +187,20 @@ def score(query: QueryArg, gallery: GalleryArg, ks: KsOpt = None,
     """Accuracy, top-k accuracy and hardest positive / negative scores."""
     common = _common(metric, device, memory, precision, exclude_same_camera, exclude_self,
                      aggregate, no_positive, block_size)
-    execute(Job("score", query, gallery, common, default_ks(ks, gallery), outputs={"--out": out},
-                out_topk=out_topk, as_json=json), shard=shard, out_part=out_part)
+    _execute("score", query, gallery, common, ks, shard, out_part,
+             outputs={"--out": out}, out_topk=out_topk, as_json=json)
 
 
-@app.command()
+KNN_EXAMPLES = examples(
+    "embeval knn query.safetensors gallery.safetensors -k 5",
+    "embeval knn train.safetensors train.safetensors --exclude-self --predictions knn.csv")
+
+
+@app.command(epilog=KNN_EXAMPLES)
 def knn(query: QueryArg, gallery: GalleryArg,
-        k: Annotated[int, typer.Option("-k", "--k", help="Neighbours that vote.")] = 5,
-        predictions: Annotated[Path | None, typer.Option(
-            "--predictions", help="CSV, one row per query: label, prediction, correct.")] = None,
+        k: Annotated[int, typer.Option("-k", metavar="K", help="Neighbours that vote.")] = 5,
+        predictions: Annotated[Path | None, file_option(
+            "CSV, one row per query: label, prediction, correct.", "--predictions")] = None,
         metric: MetricOpt = Metric.cosine, device: DeviceOpt = "auto", memory: MemoryOpt = None,
         precision: PrecisionOpt = Precision.fp32, exclude_same_camera: CameraOpt = False,
         exclude_self: SelfOpt = False, aggregate: AggregateOpt = Aggregate.none,
@@ -136,18 +211,23 @@ def knn(query: QueryArg, gallery: GalleryArg,
                      aggregate, no_positive, block_size)
     if k <= 0:
         raise OptionError(f"-k {k}: must be at least 1")
-    execute(Job("knn", query, gallery, common, [1], knn_k=k, extra={"k": k},
-                outputs={"--predictions": predictions}, as_json=json), shard=shard, out_part=out_part)
+    _execute("knn", query, gallery, common, [1], shard, out_part, knn_k=k, extra={"k": k},
+             outputs={"--predictions": predictions}, as_json=json)
 
 
-@app.command()
+PR_EXAMPLES = examples(
+    "embeval pr query.safetensors gallery.safetensors",
+    "embeval pr query.safetensors gallery.safetensors --plot pr.png --curves pr.safetensors")
+
+
+@app.command(epilog=PR_EXAMPLES)
 def pr(query: QueryArg, gallery: GalleryArg,
-       curves: Annotated[Path | None, typer.Option(
-           "--curves", help="Per-query PR points (.safetensors, values + offsets).")] = None,
-       plot: Annotated[Path | None, typer.Option(
-           "--plot", help="PNG of the mean interpolated PR curve (needs matplotlib).")] = None,
-       per_query: Annotated[Path | None, typer.Option(
-           "--per-query", help="CSV, one row per query: ranks, AP, max F1.")] = None,
+       curves: Annotated[Path | None, file_option(
+           "Per-query PR points (.safetensors, values + offsets).", "--curves")] = None,
+       plot: Annotated[Path | None, file_option(
+           "PNG of the mean interpolated PR curve (needs matplotlib).", "--plot")] = None,
+       per_query: Annotated[Path | None, file_option(
+           "CSV, one row per query: ranks, AP, max F1.", "--per-query")] = None,
        metric: MetricOpt = Metric.cosine, device: DeviceOpt = "auto", memory: MemoryOpt = None,
        precision: PrecisionOpt = Precision.fp32, exclude_same_camera: CameraOpt = False,
        exclude_self: SelfOpt = False, aggregate: AggregateOpt = Aggregate.none,
@@ -157,7 +237,8 @@ def pr(query: QueryArg, gallery: GalleryArg,
     common = _common(metric, device, memory, precision, exclude_same_camera, exclude_self,
                      aggregate, no_positive, block_size)
     if plot:
+        from embeval import exports
+
         exports.require_matplotlib()
-    execute(Job("pr", query, gallery, common, [1], pr=True,
-                outputs={"--curves": curves, "--plot": plot, "--per-query": per_query}, as_json=json),
-            shard=shard, out_part=out_part)
+    _execute("pr", query, gallery, common, [1], shard, out_part, pr=True,
+             outputs={"--curves": curves, "--plot": plot, "--per-query": per_query}, as_json=json)

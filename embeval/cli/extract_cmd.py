@@ -1,4 +1,8 @@
-"""``embeval extract``: image folders -> embedding files (options in, summary out)."""
+"""``embeval extract``: image folders -> embedding files (options in, summary out).
+
+Importing this module does not import torch; the command loads the core once its options
+are checked.
+"""
 
 from __future__ import annotations
 
@@ -13,29 +17,37 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .._vocab import BACKBONE_NAMES, LAYOUTS
 from ..errors import InputFileError, OptionError
-from ..extract import ExtractOptions, extract_to_files
-from ..images import LAYOUTS, Preprocessing, list_image_sets
-from ..models import BACKBONES, load_model
 from ..outputs import check_outputs
-from ..similarity import resolve_device
 from ._app import app, interactive, stderr, stdout
+from .evaluate_cmds import examples
 
 H_W = "H W"
 
 
-@app.command("extract", no_args_is_help=True)
+EXTRACT_EXAMPLES = examples(
+    "embeval extract run/best.safetensors --query data/query --gallery data/gallery --out-dir emb",
+    "embeval extract model.pt2 photos.csv -o photos.safetensors --size 256 128 --flip")
+
+
+@app.command("extract", no_args_is_help=True, epilog=EXTRACT_EXAMPLES)
 def extract(
     model: Annotated[str, typer.Argument(
+        metavar="MODEL",
         help="An embeval checkpoint (.safetensors), a TorchScript file, a torch.export .pt2, "
-             f"package.module:callable, or a built-in backbone ({', '.join(BACKBONES)}).")],
+             f"package.module:callable, or a built-in backbone ({', '.join(BACKBONE_NAMES)}).",
+        show_default=False)],
     images: Annotated[Path | None, typer.Argument(
-        help="One image set to embed into -o FILE (a folder, or a CSV path,label[,camera]).")] = None,
+        metavar="IMAGES",
+        help="One image set to embed into -o FILE (a folder, or a CSV path,label[,camera]).",
+        show_default=False)] = None,
     out: Annotated[Path | None, typer.Option(
-        "--out", "-o", help="Output embedding file for IMAGES.")] = None,
-    query: Annotated[Path | None, typer.Option(help="Query image set.")] = None,
-    gallery: Annotated[Path | None, typer.Option(help="Gallery image set.")] = None,
+        "--out", "-o", metavar="FILE", help="Output embedding file for IMAGES.")] = None,
+    query: Annotated[Path | None, typer.Option(metavar="DIR", help="Query image set.")] = None,
+    gallery: Annotated[Path | None, typer.Option(metavar="DIR", help="Gallery image set.")] = None,
     out_dir: Annotated[Path | None, typer.Option(
+        metavar="DIR",
         help="Folder for query.safetensors / gallery.safetensors (created if missing).")] = None,
     size: Annotated[tuple[int, int] | None, typer.Option(
         metavar=H_W, help="Resize to H W (default: the model's own, else 224 224).")] = None,
@@ -50,22 +62,26 @@ def extract(
     normalize: Annotated[bool, typer.Option(
         "--normalize", help="L2-normalise the embeddings.")] = False,
     layout: Annotated[str, typer.Option(
-        help=f"Image set layout: {', '.join(LAYOUTS)} (auto: a CSV file or a class-folder "
+        metavar="LAYOUT", help=f"Image set layout: {', '.join(LAYOUTS)} (auto: a CSV file or a class-folder "
              "tree, or regex when --label-regex is given).")] = "auto",
     label_regex: Annotated[str | None, typer.Option(
+        metavar="REGEX",
         help="Regex on flat file names with named groups 'label' and optional 'camera'.")] = None,
     weights: Annotated[Path | None, typer.Option(
-        help="State dict for a module:callable or built-in MODEL (safetensors, or "
+        metavar="FILE", help="State dict for a module:callable or built-in MODEL (safetensors, or "
              "torch.save loaded with weights_only=True).")] = None,
     layer: Annotated[str | None, typer.Option(
-        help="Take the (flattened) output of this submodule as the embedding.")] = None,
+        metavar="NAME", help="Take the (flattened) output of this submodule as the embedding.")] = None,
     head: Annotated[str | None, typer.Option(
+        metavar="HEAD",
         help="'identity': replace the classifier (fc / classifier / head) by identity.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: Annotated[str, typer.Option(metavar="DEVICE", help="auto, cpu, cuda or cuda:N.")] = "auto",
     precision: Annotated[str, typer.Option(
+        metavar="PRECISION",
         help="fp32, tf32, bf16 or fp16 (autocast; reduced precisions are for CUDA).")] = "fp32",
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
+    batch_size: Annotated[int, typer.Option(metavar="N", help="Images per forward pass.")] = 64,
     workers: Annotated[int | None, typer.Option(
+        metavar="N",
         help="Decoding processes (default min(4, CPU count); 0 decodes in this process).")] = None,
     skip_bad: Annotated[bool, typer.Option(
         "--skip-bad", help="Skip images that fail to decode (listed in the metadata).")] = False,
@@ -79,6 +95,11 @@ def extract(
     check_outputs({"--out" if out_dir is None else f"--out-dir ({name})": path
                    for name, _, path in sets},
                   inputs=[src for _, src, _ in sets] + [p for p in (Path(model), weights) if p])
+    from ..extract import ExtractOptions, extract_to_files  # torch loads here
+    from ..images import Preprocessing, list_image_sets
+    from ..models import load_model
+    from ..similarity import resolve_device
+
     dev = resolve_device(device)
     image_lists = list_image_sets([src for _, src, _ in sets], layout=layout,
                                   label_regex=label_regex)
@@ -91,7 +112,7 @@ def extract(
                              skip_bad=skip_bad)
     if out_dir is not None:
         _make_dir(out_dir)
-    if model in BACKBONES and weights is None and interactive():
+    if model in BACKBONE_NAMES and weights is None and interactive():
         stderr.print(f"note: {model} without --weights is an untrained network (fixed seed): "
                      "a baseline, not a trained model")
     start = time.perf_counter()
@@ -109,13 +130,20 @@ def extract(
                           "preprocessing": prep.to_dict(), "flip": flip, "normalized": normalize,
                           "seconds": round(wall, 3), "files": rows}))
         return
-    table = Table(title=f"extract: {loaded.name} on {dev}", title_justify="left")
-    for col in ("set", "file", "N", "D", "skipped", "images/s"):
-        table.add_column(col, justify="left" if col in ("set", "file") else "right")
+    stdout.print(_summary(rows, f"extract: {loaded.name} on {dev}"))
+    for r in rows:  # whole paths, never cut to the terminal's width
+        print(f"{r['set']}: {r['path']}", flush=True)
+
+
+def _summary(rows: list[dict], title: str) -> Table:
+    """One row per written file: set, N, D, skipped images, images/s (the files follow it)."""
+    table = Table(title=title, title_justify="left")
+    for col in ("set", "N", "D", "skipped", "images/s"):
+        table.add_column(col, justify="left" if col == "set" else "right", no_wrap=True)
     for r in rows:
-        table.add_row(r["set"], r["path"], str(r["n"]), str(r["dim"]), str(len(r["skipped"])),
+        table.add_row(r["set"], str(r["n"]), str(r["dim"]), str(len(r["skipped"])),
                       f"{r['images_per_second']:.0f}")
-    stdout.print(table)
+    return table
 
 
 def _jobs(images: Path | None, out: Path | None, query: Path | None, gallery: Path | None,

@@ -8,39 +8,46 @@ from typing import Annotated
 
 import typer
 
-from embeval import exports
-from embeval.concat import expand_paths
 from embeval.errors import InputFileError, OptionError
-from embeval.evaluate import summarize
 from embeval.outputs import check_outputs
-from embeval.partials import fingerprint, load_partial, merge_partials
 
 from ._app import app
-from ._job import Common, Job, finish
-from .evaluate_cmds import JsonOpt
+from .evaluate_cmds import JsonOpt, examples, file_option, require_files
 
 OUTPUTS = {"cmc": ("--per-query",), "score": ("--out",), "knn": ("--predictions",),
            "pr": ("--curves", "--plot", "--per-query")}
 
 
-@app.command()
+MERGE_EXAMPLES = examples(
+    "embeval cmc query.safetensors gallery.safetensors --shard 0/4   (array task 0 of 4, etc.)",
+    "embeval merge 'cmc.part-*-of-4.safetensors' --per-query per_query.csv")
+
+
+@app.command(epilog=MERGE_EXAMPLES)
 def merge(
     parts: Annotated[list[Path], typer.Argument(
+        metavar="PARTS...",
         help="Partial-statistics files of `--shard i/n` runs (every shard once; globs allowed).",
         show_default=False)],
     json: JsonOpt = False,
-    per_query: Annotated[Path | None, typer.Option(
-        "--per-query", help="cmc, pr: CSV, one row per query.")] = None,
-    predictions: Annotated[Path | None, typer.Option(
-        "--predictions", help="knn: CSV, one row per query.")] = None,
-    curves: Annotated[Path | None, typer.Option("--curves", help="pr: per-query PR points.")] = None,
-    plot: Annotated[Path | None, typer.Option("--plot", help="pr: PNG of the mean PR curve.")] = None,
-    out: Annotated[Path | None, typer.Option(
-        "--out", help="score: scores file (top-k when the shards kept one, else the matrix, "
-                      "recomputed from the input files).")] = None,
+    per_query: Annotated[Path | None, file_option("cmc, pr: CSV, one row per query.", "--per-query")] = None,
+    predictions: Annotated[Path | None, file_option("knn: CSV, one row per query.", "--predictions")] = None,
+    curves: Annotated[Path | None, file_option("pr: per-query PR points.", "--curves")] = None,
+    plot: Annotated[Path | None, file_option("pr: PNG of the mean PR curve.", "--plot")] = None,
+    out: Annotated[Path | None, file_option(
+        "score: scores file (top-k when the shards kept one, else the matrix, "
+        "recomputed from the input files).", "--out")] = None,
 ) -> None:
     """Combine the shards of an array job: prints exactly what one run prints (table or --json)."""
     t0 = time.perf_counter()
+    require_files(parts)  # before torch loads
+    from embeval import exports
+    from embeval.concat import expand_paths
+    from embeval.evaluate import summarize
+    from embeval.partials import load_partial, merge_partials
+
+    from ._job import Common, Job, finish
+
     part_files = expand_paths(parts)
     merged = merge_partials([load_partial(p) for p in part_files])
     job = merged.job
@@ -84,6 +91,8 @@ def _files(inputs: dict) -> dict:
 
 def _check_inputs_unchanged(job: dict) -> None:
     """score --out recomputes the matrix from the input files: they must be the ones ranked."""
+    from embeval.partials import fingerprint
+
     for fp in [*job["inputs"]["query"], *job["inputs"]["gallery"]]:
         path = Path(fp["file"])
         if not path.exists():

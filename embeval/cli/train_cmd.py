@@ -9,104 +9,127 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ..errors import InputFileError, OptionError
-from ..train import TrainInterrupted, TrainResult, train
-from ..train_config import TrainConfig, config_from, load_config_file
-from ..train_state import load_state
+from ..train_config import TrainConfig, config_from, load_config_file  # no torch, no yaml
 from ._app import app, interactive, stderr, stdout
+from .evaluate_cmds import examples
+
+if TYPE_CHECKING:
+    from ..train import TrainInterrupted, TrainResult
 
 D = TrainConfig()
 #: what may change when a run is resumed; everything else comes from RUN/config.yaml
 RESUMABLE = ("epochs", "device", "workers", "eval_batch_size", "tensorboard")
 
 
-def _opt(help_: str, *names: str, **kw: Any) -> Any:
-    return typer.Option(*names, help=help_, show_default=False, **kw)
+def _opt(metavar: str | None, help_: str, *names: str, **kw: Any) -> Any:
+    """An option without a shown default (the help text says it: the config file may change it)."""
+    return typer.Option(*names, metavar=metavar, help=help_, show_default=False, **kw)
 
 
-@app.command("train", no_args_is_help=True)
+TRAIN_EXAMPLES = examples(
+    "embeval train data/train --query data/query --gallery data/gallery --out-dir run --epochs 20",
+    "embeval train --config train.yaml --lr 0.1 --out-dir run2",
+    "embeval train --resume run --epochs 30   (continue, and train longer)")
+
+
+@app.command("train", no_args_is_help=True, epilog=TRAIN_EXAMPLES)
 def train_cmd(
     train_dir: Annotated[Path | None, typer.Argument(
+        metavar="TRAIN_DIR",
         help="Training image set (a class-folder tree, a flat folder with --label-regex / "
              "--layout market1501, or a CSV path,label).", show_default=False)] = None,
-    query: Annotated[Path | None, _opt("Query image set, evaluated after every epoch.")] = None,
-    gallery: Annotated[Path | None, _opt("Gallery image set.")] = None,
+    query: Annotated[Path | None, _opt("DIR", "Query image set, evaluated after every epoch.")] = None,
+    gallery: Annotated[Path | None, _opt("DIR", "Gallery image set.")] = None,
     out_dir: Annotated[Path | None, _opt(
-        "Run folder: checkpoints, metrics.jsonl, state.pt, config.yaml.")] = None,
+        "RUN", "Run folder: checkpoints, metrics.jsonl, state.pt, config.yaml.")] = None,
     config: Annotated[Path | None, _opt(
-        "YAML / TOML file of options (any key below, e.g. 'lr: 0.1'); options given here win.")] = None,
+        "FILE", "YAML / TOML file of options (any key below, e.g. 'lr: 0.1'); options given here "
+                "win.")] = None,
     resume: Annotated[Path | None, _opt(
-        "Continue the run in this folder from its last saved step (its config.yaml; only "
+        "RUN", "Continue the run in this folder from its last saved step (its config.yaml; only "
         f"{', '.join('--' + k.replace('_', '-') for k in RESUMABLE)} may change).")] = None,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Start over in an --out-dir that holds a run.")] = False,
-    layout: Annotated[str | None, _opt(f"Image set layout (default {D.layout}).")] = None,
-    label_regex: Annotated[str | None, _opt("Regex with named groups 'label' [, 'camera'].")] = None,
+    layout: Annotated[str | None, _opt("LAYOUT", f"Image set layout (default {D.layout}).")] = None,
+    label_regex: Annotated[str | None, _opt(
+        "REGEX", "Regex with named groups 'label' [, 'camera'].")] = None,
     backbone: Annotated[str | None, _opt(
-        f"Built-in backbone or package.module:callable (default {D.backbone}).")] = None,
+        "NAME", f"Built-in backbone or package.module:callable (default {D.backbone}).")] = None,
     backbone_head: Annotated[str | None, _opt(
-        "module:callable backbones: 'identity' drops its classifier (fc/head), 'keep' keeps it.")] = None,
+        "HEAD", "module:callable backbones: 'identity' drops its classifier (fc/head), 'keep' "
+                "keeps it.")] = None,
     widths: Annotated[str | None, _opt(
-        f"Built-in backbone stage widths, comma-separated (default {','.join(map(str, D.widths))}).")] = None,
-    embedding_dim: Annotated[int | None, _opt(f"Embedding size D (default {D.embedding_dim}).")] = None,
-    classifier: Annotated[str | None, _opt("softmax or cosine (normalised softmax).")] = None,
-    scale: Annotated[float | None, _opt(f"Cosine classifier scale (default {D.scale}).")] = None,
-    margin: Annotated[float | None, _opt("Cosine classifier additive margin (default 0).")] = None,
+        "W,W,...", "Built-in backbone stage widths, comma-separated "
+                   f"(default {','.join(map(str, D.widths))}).")] = None,
+    embedding_dim: Annotated[int | None, _opt(
+        "D", f"Embedding size D (default {D.embedding_dim}).")] = None,
+    classifier: Annotated[str | None, _opt("NAME", "softmax or cosine (normalised softmax).")] = None,
+    scale: Annotated[float | None, _opt("S", f"Cosine classifier scale (default {D.scale}).")] = None,
+    margin: Annotated[float | None, _opt("M", "Cosine classifier additive margin (default 0).")] = None,
     label_smoothing: Annotated[float | None, _opt(
-        f"Cross-entropy label smoothing (default {D.label_smoothing}).")] = None,
+        "EPS", f"Cross-entropy label smoothing (default {D.label_smoothing}).")] = None,
     triplet_weight: Annotated[float | None, _opt(
-        "Weight of the batch-hard triplet loss (default 0: off; > 0 uses the P x K sampler).")] = None,
-    triplet_margin: Annotated[float | None, _opt(f"Triplet margin (default {D.triplet_margin}).")] = None,
-    sampler: Annotated[str | None, _opt("auto, random or pk (P classes x K images per batch).")] = None,
-    instances: Annotated[int | None, _opt(f"K of the P x K sampler (default {D.instances}).")] = None,
+        "W", "Weight of the batch-hard triplet loss (default 0: off; > 0 uses the P x K "
+             "sampler).")] = None,
+    triplet_margin: Annotated[float | None, _opt(
+        "M", f"Triplet margin (default {D.triplet_margin}).")] = None,
+    sampler: Annotated[str | None, _opt(
+        "NAME", "auto, random or pk (P classes x K images per batch).")] = None,
+    instances: Annotated[int | None, _opt("K", f"K of the P x K sampler (default {D.instances}).")] = None,
     size: Annotated[tuple[int, int] | None, _opt(
-        f"Resize images to H W (default {D.size[0]} {D.size[1]}).", metavar="H W")] = None,
-    crop: Annotated[tuple[int, int] | None, _opt("Center crop H W after the resize.",
-                                                 metavar="H W")] = None,
+        "H W", f"Resize images to H W (default {D.size[0]} {D.size[1]}).")] = None,
+    crop: Annotated[tuple[int, int] | None, _opt("H W", "Center crop H W after the resize.")] = None,
     mean: Annotated[tuple[float, float, float] | None, _opt(
-        "Normalisation mean (default ImageNet).", metavar="R G B")] = None,
+        "R G B", "Normalisation mean (default ImageNet).")] = None,
     std: Annotated[tuple[float, float, float] | None, _opt(
-        "Normalisation std (default ImageNet).", metavar="R G B")] = None,
-    hflip: Annotated[bool | None, _opt("Random horizontal flips (augmentation).",
+        "R G B", "Normalisation std (default ImageNet).")] = None,
+    hflip: Annotated[bool | None, _opt(None, "Random horizontal flips (augmentation).",
                                        "--hflip/--no-hflip")] = None,
-    epochs: Annotated[int | None, _opt(f"Epochs (default {D.epochs}).")] = None,
-    batch_size: Annotated[int | None, _opt(f"Images per step (default {D.batch_size}).")] = None,
-    optimizer: Annotated[str | None, _opt("sgd (Nesterov momentum) or adamw.")] = None,
-    lr: Annotated[float | None, _opt(f"Peak learning rate (default {D.lr}).")] = None,
-    momentum: Annotated[float | None, _opt(f"SGD momentum (default {D.momentum}).")] = None,
+    epochs: Annotated[int | None, _opt("N", f"Epochs (default {D.epochs}).")] = None,
+    batch_size: Annotated[int | None, _opt("N", f"Images per step (default {D.batch_size}).")] = None,
+    optimizer: Annotated[str | None, _opt("NAME", "sgd (Nesterov momentum) or adamw.")] = None,
+    lr: Annotated[float | None, _opt("LR", f"Peak learning rate (default {D.lr}).")] = None,
+    momentum: Annotated[float | None, _opt("M", f"SGD momentum (default {D.momentum}).")] = None,
     weight_decay: Annotated[float | None, _opt(
-        f"Weight decay of weights (not BN/biases) (default {D.weight_decay}).")] = None,
-    schedule: Annotated[str | None, _opt("LR schedule: cosine, step or constant.")] = None,
-    step_size: Annotated[int | None, _opt("step schedule: epochs between LR drops.")] = None,
-    gamma: Annotated[float | None, _opt(f"step schedule: LR factor (default {D.gamma}).")] = None,
-    warmup_epochs: Annotated[float | None, _opt("Linear LR warm-up, in epochs (default 0).")] = None,
-    grad_clip: Annotated[float | None, _opt("Clip the gradient norm to this value.")] = None,
-    precision: Annotated[str | None, _opt("fp32, or bf16 / fp16 autocast (CUDA only).")] = None,
-    seed: Annotated[int | None, _opt(f"Random seed (default {D.seed}): same seed, same run.")] = None,
-    device: Annotated[str | None, _opt("auto, cpu, cuda or cuda:N.")] = None,
-    workers: Annotated[int | None, _opt("Image decoding processes (default min(4, CPUs)).")] = None,
-    metric: Annotated[str | None, _opt("Evaluation similarity (default cosine).")] = None,
-    ks: Annotated[list[int] | None, _opt("Rank cut-offs (default 1 5 10).", "-k", "--k")] = None,
+        "WD", f"Weight decay of weights (not BN/biases) (default {D.weight_decay}).")] = None,
+    schedule: Annotated[str | None, _opt("NAME", "LR schedule: cosine, step or constant.")] = None,
+    step_size: Annotated[int | None, _opt("N", "step schedule: epochs between LR drops.")] = None,
+    gamma: Annotated[float | None, _opt("G", f"step schedule: LR factor (default {D.gamma}).")] = None,
+    warmup_epochs: Annotated[float | None, _opt(
+        "N", "Linear LR warm-up, in epochs (default 0).")] = None,
+    grad_clip: Annotated[float | None, _opt("NORM", "Clip the gradient norm to this value.")] = None,
+    precision: Annotated[str | None, _opt(
+        "PRECISION", "fp32, or bf16 / fp16 autocast (CUDA only).")] = None,
+    seed: Annotated[int | None, _opt(
+        "N", f"Random seed (default {D.seed}): same seed, same run.")] = None,
+    device: Annotated[str | None, _opt("DEVICE", "auto, cpu, cuda or cuda:N.")] = None,
+    workers: Annotated[int | None, _opt(
+        "N", "Image decoding processes (default min(4, CPUs)).")] = None,
+    metric: Annotated[str | None, _opt("METRIC", "Evaluation similarity (default cosine).")] = None,
+    ks: Annotated[list[int] | None, _opt("K...", "Rank cut-offs (default 1 5 10).", "-k")] = None,
     exclude_same_camera: Annotated[bool | None, _opt(
-        "Evaluation: drop gallery items with the query's label AND camera.",
+        None, "Evaluation: drop gallery items with the query's label AND camera.",
         "--exclude-same-camera")] = None,
-    aggregate: Annotated[str | None, _opt("Evaluation: none or mean (class prototypes).")] = None,
-    no_positive: Annotated[str | None, _opt("Queries without positives: skip or zero.")] = None,
+    aggregate: Annotated[str | None, _opt(
+        "HOW", "Evaluation: none or mean (class prototypes).")] = None,
+    no_positive: Annotated[str | None, _opt("HOW", "Queries without positives: skip or zero.")] = None,
     best_metric: Annotated[str | None, _opt(
-        "Metric that picks best.safetensors (default mAP; rank1, mINP, ...).")] = None,
-    eval_batch_size: Annotated[int | None, _opt("Images per forward when evaluating.")] = None,
-    tensorboard: Annotated[bool | None, _opt(
-        "Log scalars and a projector of gallery embeddings to RUN/tensorboard "
-        "(pip install 'embeval[tensorboard]').", "--tensorboard")] = None,
+        "METRIC", "Metric that picks best.safetensors (default mAP; rank1, mINP, ...).")] = None,
+    eval_batch_size: Annotated[int | None, _opt("N", "Images per forward when evaluating.")] = None,
+    tensorboard: Annotated[bool | None, _opt(  # "\\[": a bracket, not Rich markup
+        None, "Log scalars and a projector of gallery embeddings to RUN/tensorboard "
+        "(pip install 'embeval\\[tensorboard]').", "--tensorboard")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Train an embedding network, evaluating it like [bold]cmc[/] after every epoch:
@@ -134,6 +157,8 @@ def train_cmd(
                               f"its config.yaml (only {', '.join(RESUMABLE)} may change)")
         saved = resume / "config.yaml"
         if not saved.exists():
+            from ..train_state import load_state
+
             load_state(resume)  # no run here: it says why
             raise InputFileError(saved, "--resume: the run has no config.yaml")
         layers = [(str(saved), load_config_file(saved)), ("cli", {**cli, "out_dir": str(resume)})]
@@ -165,6 +190,8 @@ def _ints(text: str | None, option: str) -> list[int] | None:
 
 def _run(cfg: TrainConfig, *, resume: bool, overwrite: bool,
          ) -> tuple[TrainResult | None, TrainInterrupted | None]:
+    from ..train import TrainInterrupted, train  # torch loads here
+
     with _stop_on_signals() as should_stop, _bar() as progress:
         try:
             return train(cfg, resume=resume, overwrite=overwrite, progress=progress,
@@ -193,9 +220,10 @@ def _stop_on_signals() -> Iterator[Callable[[], str | None]]:
 
 @contextmanager
 def _bar() -> Iterator[Callable[[dict[str, Any]], None]]:
-    """A Rich bar of the epoch's steps on stderr (terminal only), one line per finished epoch."""
+    """A Rich bar of the epoch's steps on stderr, one line per finished epoch; where stderr is
+    not a terminal (nohup, a batch job's log, ``| tee``), plain log lines instead (:func:`_log`)."""
     if not interactive():
-        yield lambda event: None
+        yield _log()
         return
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[info]}"), TimeElapsedColumn()]
@@ -218,6 +246,42 @@ def _bar() -> Iterator[Callable[[dict[str, Any]], None]]:
                                   + (" (best)" if r["best"] else ""), highlight=False)
 
         yield update
+
+
+def _log() -> Callable[[dict[str, Any]], None]:
+    """Progress events -> plain stderr lines, flushed one by one: the run at the start, then
+    each finished epoch (loss, training accuracy, the evaluation, seconds, checkpoints)."""
+    run: dict[str, Any] = {}
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    def update(ev: dict[str, Any]) -> None:
+        if ev["event"] == "start":
+            run.update(ev)
+            what = (f"{ev['backbone']} on {ev['train']} ({ev['images']} images, {ev['classes']} "
+                    f"classes; evaluated on {ev['query']} query x {ev['gallery']} gallery images)")
+            if ev["epoch"] >= ev["epochs"]:
+                say(f"train: {ev['run']} has finished its {ev['epochs']} epochs; nothing to train")
+            elif ev["resumed"]:
+                say(f"train: resuming {ev['run']} at epoch {ev['epoch'] + 1}/{ev['epochs']}, step "
+                    f"{ev['step']}/{ev['steps']}: {what}, on {ev['device']}")
+            else:
+                say(f"train: {what}, {ev['epochs']} epochs of {ev['steps']} steps on {ev['device']}; "
+                    f"run folder {ev['run']}")
+        elif ev["event"] == "epoch":
+            r = ev["record"]
+            folder = Path(run.get("run", "."))
+            evals = [f"{k} {_pct(r.get(k))}%" for k in r if k.startswith("rank")]
+            saved = f"saved {folder / 'last.safetensors'}" + (
+                f" and {folder / 'best.safetensors'} (best {run.get('best_metric')} so far)"
+                if r["best"] else "")
+            say(f"epoch {r['epoch']}/{run.get('epochs', '?')}: loss {r['train_loss']:.4f}, "
+                f"train acc {_pct(r['train_accuracy'])}%, " + ", ".join(
+                    [*evals, f"mAP {_pct(r.get('mAP'))}%", f"mINP {_pct(r.get('mINP'))}%"])
+                + f", {r['seconds']:.1f}s; {saved}")
+
+    return update
 
 
 def _pct(v: float | None) -> str:
