@@ -42,7 +42,7 @@ from .ranking import RankStats
 from .safetensors_io import tensor_digest, write_safetensors
 from .store import atomic_path
 
-__all__ = ["Partial", "fingerprint", "save_partial", "load_partial", "merge_partials", "FORMAT"]
+__all__ = ["Partial", "fingerprint", "changed", "save_partial", "load_partial", "merge_partials", "FORMAT"]
 
 FORMAT = "2"
 _STATS = ("query_labels", "pos_offsets", "pos_scores", "neg_hist", "n_neg", "max_neg")
@@ -75,6 +75,18 @@ def fingerprint(path: str | os.PathLike[str], chunk: int = 1 << 20) -> dict:
             f.seek(max(chunk, size - chunk))
             h.update(f.read(chunk))
     return {"file": str(p.resolve()), "size": size, "sha256": h.hexdigest()}
+
+
+def changed(fp: dict) -> str | None:
+    """Why the file of fingerprint ``fp`` (:func:`fingerprint`) is not the one fingerprinted any
+    more ("is gone", "changed since ..."), or None when it still is."""
+    path = Path(fp["file"])
+    if not path.is_file():
+        return "is gone"
+    now = fingerprint(path)
+    if (now["size"], now["sha256"]) != (fp["size"], fp["sha256"]):
+        return "changed since the shards were computed"
+    return None
 
 
 def _digest(meta: dict[str, str], tensors: dict[str, torch.Tensor]) -> str:

@@ -22,7 +22,7 @@ from embeval.errors import OptionError
 from embeval.evaluate import EvalResult, aggregate_mean, evaluation_stats, summarize
 from embeval.hardest import hardest_negatives
 from embeval.outputs import check_outputs, transaction
-from embeval.partials import Partial, fingerprint, save_partial
+from embeval.partials import Partial, changed, fingerprint, save_partial
 from embeval.ranking import Protocol, parse_memory, parse_shard
 from embeval.similarity import resolve_device, scores
 from embeval.store import EmbeddingSet, load
@@ -193,14 +193,7 @@ def _hard_neg_items(job: Job, result: EvalResult, inputs: dict) -> dict[str, lis
 
 
 def _unchanged(inputs: dict) -> bool:
-    for fp in [*inputs["query"], *inputs["gallery"]]:
-        path = Path(fp["file"])
-        if not path.is_file():
-            return False
-        now = fingerprint(path)
-        if (now["size"], now["sha256"]) != (fp["size"], fp["sha256"]):
-            return False
-    return True
+    return not any(changed(fp) for fp in [*inputs["query"], *inputs["gallery"]])
 
 
 def _same_file(query: Path, gallery_files: list[Path]) -> bool:

@@ -91,13 +91,9 @@ def _files(inputs: dict) -> dict:
 
 def _check_inputs_unchanged(job: dict) -> None:
     """score --out recomputes the matrix from the input files: they must be the ones ranked."""
-    from embeval.partials import fingerprint
+    from embeval.partials import changed
 
     for fp in [*job["inputs"]["query"], *job["inputs"]["gallery"]]:
-        path = Path(fp["file"])
-        if not path.exists():
-            raise InputFileError(path, "score --out needs the input files again to write the "
-                                       "matrix, and this one is gone")
-        now = fingerprint(path)
-        if (now["size"], now["sha256"]) != (fp["size"], fp["sha256"]):
-            raise InputFileError(path, "changed since the shards were computed")
+        if (problem := changed(fp)) is not None:
+            raise InputFileError(fp["file"], f"score --out needs the input files again to write "
+                                             f"the matrix, and this one {problem}")
