@@ -15,6 +15,7 @@ blocks, out-of-core galleries and multi-process runs.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -131,6 +132,8 @@ def parse_memory(text: str | int | None) -> int | None:
         value = float(num) * units[s[len(num):]]
     except (ValueError, KeyError):
         raise OptionError(f"--memory: cannot read {text!r} (examples: 512MB, 2GB)") from None
+    if not math.isfinite(value):  # nan, inf, 1e400
+        raise OptionError(f"--memory: {text!r} is not a finite size (examples: 512MB, 2GB)")
     if value < 1e6:
         raise OptionError(f"--memory: {text!r} is too small (at least 1MB)")
     return int(value)

@@ -230,3 +230,12 @@ def test_non_finite_scores_are_never_ranked(monkeypatch, backend) -> None:
         g = embeval.EmbeddingSet(torch.randn(6, 8, generator=gen) * 1e20, labels)
         with pytest.raises(embeval.InputFileError, match="scores against .* are not finite"):
             rank_stats(q, g, metric="inner", device="cpu", backend=backend, topk=2)
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf", "1e400", "NaNGB", "infMB"])
+def test_memory_must_be_finite(text: str) -> None:
+    from embeval.ranking import parse_memory
+
+    with pytest.raises(embeval.OptionError, match="is not a finite size"):
+        parse_memory(text)
+    assert parse_memory("1.5GiB") == 3 << 29 and parse_memory("1e7") == 10_000_000
