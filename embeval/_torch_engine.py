@@ -25,7 +25,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from .similarity import canonical_dot, matmul_dtype, precision_context, transform
+from .similarity import (
+    canonical_dot,
+    check_finite_scores,
+    matmul_dtype,
+    precision_context,
+    transform,
+)
 from .store import EmbeddingSet
 
 NEG_INF = float("-inf")
@@ -70,6 +76,7 @@ def negative_pass(stats, query: EmbeddingSet, gallery: EmbeddingSet, qemb: torch
                 qi = torch.arange(q0, q1, device=device)
                 dot = (q_all[q0:q1].to(dtype) @ g_mm.T).float()
                 s = transform(dot, qa_all[q0:q1, None], ga_all[None, start:stop], stats.metric)
+                check_finite_scores(s, query.name, gallery.name)
                 same = (qlab[q0:q1, None] == glab[None, start:stop]) & (qlab[q0:q1, None] >= 0)
                 dropped = qi[:, None] == gi[None, :] if protocol.exclude_self else None
                 neg = ~same if dropped is None else ~same & ~dropped

@@ -127,4 +127,17 @@ def load_many(paths: Sequence[str | os.PathLike[str]]) -> EmbeddingSet:
     """
     files = expand_paths(paths)
     sets = [load(f) for f in files]
+    _refuse_repeats(files)
     return sets[0] if len(sets) == 1 else ConcatSet(sets)
+
+
+def _refuse_repeats(files: Sequence[Path]) -> None:
+    """A file given twice (same path, a link, an overlapping glob) would double its items."""
+    seen: dict[tuple[int, int], Path] = {}
+    for f in files:
+        st = f.stat()
+        first = seen.setdefault((st.st_dev, st.st_ino), f)
+        if first is not f:
+            also = "" if str(first) == str(f) else f" (also given as {first})"
+            raise InputFileError(f, f"given twice{also}: its items would count twice in the "
+                                    "gallery; give each file once")

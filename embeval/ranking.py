@@ -15,6 +15,7 @@ blocks, out-of-core galleries and multi-process runs.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -22,14 +23,17 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from . import _kernels
-from .errors import OptionError
+from .errors import InputFileError, OptionError
 from .similarity import (
     METRIC_CODES,
     aux,
     canonical_dot,
+    check_finite_scores,
     check_metric,
     matmul_dtype,
+    overflow_rule,
     resolve_device,
+    row_norms,
     transform,
 )
 from .store import EmbeddingSet
@@ -134,6 +138,8 @@ def parse_memory(text: str | int | None) -> int | None:
         value = float(num) * units[s[len(num):]]
     except (ValueError, KeyError):
         raise OptionError(f"--memory: cannot read {text!r} (examples: 512MB, 2GB)") from None
+    if not math.isfinite(value):  # nan, inf, 1e400
+        raise OptionError(f"--memory: {text!r} is not a finite size (examples: 512MB, 2GB)")
     if value < 1e6:
         raise OptionError(f"--memory: {text!r} is too small (at least 1MB)")
     return int(value)
@@ -234,11 +240,14 @@ def rank_stats(
     rows = block_size or max(1, budget // max(1, 8 * gallery.dim))  # gallery block: ≤ budget / 2
 
     qemb = query.embeddings
-    qa = aux(qemb, metric)
+    qnorm = row_norms(qemb)
+    qa = aux(qemb, metric, qnorm)
     ga = torch.empty(gallery.n, dtype=torch.float32)
     qid, gid = positive_pairs(query.labels, gallery.labels, query.cameras, gallery.cameras, protocol)
-    pos, gmax = _positive_scores(qemb, qa, gallery, ga, qid, gid, metric, rows,
-                                 compiled=backend == "numba")
+    pos, gmax, g_row = _positive_scores(qemb, qa, gallery, ga, qid, gid, metric, rows,
+                                        compiled=backend == "numba")
+    check_norms(query, qnorm, gallery, gmax, g_row, metric=metric, precision=precision)
+    check_finite_scores(pos, query.name, gallery.name, "positive ")
     counts = torch.bincount(qid, minlength=query.n)
     offsets = torch.zeros(query.n + 1, dtype=torch.int64)
     torch.cumsum(counts, 0, out=offsets[1:])
@@ -259,6 +268,9 @@ def rank_stats(
         from ._torch_engine import negative_pass  # type: ignore[assignment]
     negative_pass(stats, query, gallery, qemb, qa, ga, protocol, (a, b), rows,
                   device=dev, precision=precision, budget=budget, progress=progress)
+    # a query that saw a negative has a finite hardest negative (-inf only when it saw none)
+    check_finite_scores(torch.where(stats.n_neg > 0, stats.max_neg, 0.0), query.name,
+                        gallery.name, "negative ")
     return stats
 
 
@@ -285,12 +297,48 @@ def _default_memory(dev: torch.device) -> int:
     return int(os.environ.get("EMBEVAL_CPU_MEMORY", 1 << 30))
 
 
+def check_norms(query: EmbeddingSet, query_norms: torch.Tensor, gallery: EmbeddingSet,
+                gallery_max: float, gallery_row: int, *, metric: str, precision: str) -> None:
+    """Refuse rows whose scores could overflow (:func:`embeval.similarity.overflow_rule`).
+
+    ``query_norms``: [Q] float64 row norms; ``gallery_max``: the largest gallery row norm, at
+    row ``gallery_row``. The error names the file with the longer row, that row and its norm.
+    """
+    q_row = int(torch.argmax(query_norms)) if len(query_norms) else 0
+    q_max = float(query_norms[q_row]) if len(query_norms) else 0.0
+    why = overflow_rule(metric, precision, query.dim, q_max, gallery_max)
+    if why is None:
+        return
+    sides = [(query, q_row, q_max), (gallery, gallery_row, gallery_max)]
+    if not q_max >= gallery_max:
+        sides.reverse()
+    (worse, row, norm), (other, other_row, other_norm) = sides
+    name, row = _locate(worse, row)
+    other_name, other_row = _locate(other, other_row)
+    fix = ("normalise the rows (cosine does not depend on their length)" if metric == "cosine"
+           else "normalise the rows, or divide query and gallery by one constant (ranks stay "
+                "the same)")
+    raise InputFileError(name, f"embedding row {row} has L2 norm {norm:.3g}, too large for "
+                               f"--metric {metric} against {other_name} (its longest row, "
+                               f"{other_row}, has norm {other_norm:.3g}): {why}; {fix}")
+
+
+def _locate(s: EmbeddingSet, row: int) -> tuple[str, int]:
+    """The file (name) and row in it of item ``row`` of a set, concatenations included."""
+    parts = getattr(s, "parts", None)
+    if parts:
+        for part, lo in zip(parts, s.offsets[:-1]):  # type: ignore[attr-defined]
+            if row < lo + part.n:
+                return _locate(part, row - lo)
+    return s.name, row
+
+
 def _positive_scores(qemb: torch.Tensor, qa: torch.Tensor, gallery: EmbeddingSet,
                      ga: torch.Tensor, qid: torch.Tensor, gid: torch.Tensor, metric: str,
                      rows: int, chunk: int = 16384, *,
-                     compiled: bool = False) -> tuple[torch.Tensor, float]:
+                     compiled: bool = False) -> tuple[torch.Tensor, float, int]:
     """Canonical scores of the positive pairs, sorted ascending within each query: [M]
-    float32; and the largest gallery embedding norm (float).
+    float32; the largest gallery row norm (computed in float64) and that row's index.
 
     Streams the gallery once in blocks of ``rows``; fills ``ga`` ([G] gallery aux) on the way.
     """
@@ -298,11 +346,14 @@ def _positive_scores(qemb: torch.Tensor, qa: torch.Tensor, gallery: EmbeddingSet
     g_sorted = gid[by_gallery]
     pos = torch.empty(len(gid), dtype=torch.float32)
     step = max(rows, 4096)
-    gmax = 0.0
+    gmax, g_row = 0.0, 0
     for a in range(0, gallery.n, step):
         block = gallery.rows(a, min(a + step, gallery.n))
-        ga[a:a + len(block)] = aux(block, metric)
-        gmax = max(gmax, float(torch.linalg.vector_norm(block, dim=1).max()))
+        norms = row_norms(block)
+        ga[a:a + len(block)] = aux(block, metric, norms)
+        top = int(torch.argmax(norms))
+        if not float(norms[top]) <= gmax:
+            gmax, g_row = float(norms[top]), a + top
         lo, hi = (int(x) for x in torch.searchsorted(g_sorted, torch.tensor([a, a + len(block)])))
         sel = by_gallery[lo:hi]
         q, g = qid[sel], gid[sel]
@@ -317,7 +368,7 @@ def _positive_scores(qemb: torch.Tensor, qa: torch.Tensor, gallery: EmbeddingSet
             pos[sel] = transform(dot, qa[q], ga[g], metric)
     order = torch.argsort(pos, stable=True)
     order = order[torch.argsort(qid[order], stable=True)]
-    return pos[order], gmax
+    return pos[order], gmax, g_row
 
 
 def tie_tolerance(qemb: torch.Tensor, metric: str, gallery_max_norm: float) -> torch.Tensor:

@@ -17,6 +17,11 @@ Per-item paths live in the file as one UTF-8 byte tensor plus offsets (item i is
 million-item file keeps a small header. Metadata holds ``embeval.format = "1"``
 and, where known, ``model``, ``normalized``, ``source`` and ``label_names``.
 
+Inputs people have are accepted where nothing is lost: labels and cameras of any integer
+dtype become int64; float64 embeddings (numpy's default) become float32, in memory and when
+read from a file (:func:`save` records ``converted_from = "float64"``), and a value beyond
+float32's range is refused naming its row. Float labels and shapes other than [N] are refused.
+
 Reads are lazy: labels are loaded, embedding rows are sliced from the file on
 demand (``safe_open(...).get_slice``), so galleries larger than RAM stream.
 Writes go through :func:`embeval.outputs.atomic_path` (complete under the final name, or absent).
@@ -40,6 +45,8 @@ __all__ = ["EmbeddingSet", "load", "save", "atomic_path", "FORMAT_VERSION"]
 
 FORMAT_VERSION = "1"
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+READ_DTYPES = (*FLOAT_DTYPES, torch.float64)  # float64 rows are read as float32
+_F32_MAX = float(torch.finfo(torch.float32).max)
 
 
 class EmbeddingSet:
@@ -66,11 +73,13 @@ class EmbeddingSet:
         self.metadata = dict(metadata or {})
         self._file = _file
         self._paths = list(paths) if paths is not None else None
-        self.labels = torch.as_tensor(labels).reshape(-1)
-        self.cameras = None if cameras is None else torch.as_tensor(cameras).reshape(-1)
+        self.labels = _as_ids(name, "labels", labels)
+        self.cameras = None if cameras is None else _as_ids(name, "cameras", cameras)
         if embeddings is not None:
             if not isinstance(embeddings, torch.Tensor):
-                embeddings = torch.as_tensor(embeddings)
+                embeddings = torch.as_tensor(embeddings)  # numpy arrays, nested lists
+            if embeddings.dtype == torch.float64 and embeddings.dim() == 2:
+                embeddings = _to_float32(name, embeddings)
             self._emb: torch.Tensor | None = embeddings
             shape = tuple(embeddings.shape)
             _dtype = embeddings.dtype
@@ -100,8 +109,9 @@ class EmbeddingSet:
         if self._emb is not None:
             return self._emb[start:stop].float()
         with _open(self._file) as f:  # type: ignore[arg-type]
-            block = f.get_slice("embeddings")[start:stop].float()
-        _check_finite(self.name, block, start)
+            raw = f.get_slice("embeddings")[start:stop]
+        block = raw.float()
+        _check_finite(self.name, block, start, raw if raw.dtype == torch.float64 else None)
         return block
 
     def take(self, index: torch.Tensor) -> torch.Tensor:
@@ -159,6 +169,9 @@ def load(path: str | os.PathLike[str], *, lazy: bool = True) -> EmbeddingSet:
         raise InputFileError(p, "no such file")
     if p.is_dir():
         raise InputFileError(p, "is a folder, expected a .safetensors embedding file")
+    if not p.is_file():  # checked before opening: opening a FIFO for reading blocks
+        raise InputFileError(p, "is not a regular file (a FIFO, device or socket?), expected a "
+                                ".safetensors embedding file")
     try:
         with _open(p) as f:
             keys = set(f.keys())
@@ -180,9 +193,9 @@ def load(path: str | os.PathLike[str], *, lazy: bool = True) -> EmbeddingSet:
         raise InputFileError(p, f"cannot read ({e.strerror or e})") from None
     if len(shape) != 2:
         raise InputFileError(p, f"'embeddings' must be 2-D [N, D], got shape {list(shape)}")
-    if dtype not in FLOAT_DTYPES:
-        raise InputFileError(p, "'embeddings' must be float32, float16 or bfloat16, "
-                                f"got {emb.get_dtype()}")
+    if dtype not in READ_DTYPES:
+        raise InputFileError(p, "'embeddings' must be float32, float16 or bfloat16 (or float64, "
+                                f"read as float32), got {emb.get_dtype()}")
     parse_label_names(p, meta)
     try:
         return EmbeddingSet(embeddings, labels, cameras, metadata=meta, name=str(p),
@@ -203,11 +216,15 @@ def save(
     metadata: Mapping[str, str] | None = None,
     paths: Sequence[str] | None = None,
 ) -> Path:
-    """Validate and write an embedding file atomically; returns the path."""
+    """Validate and write an embedding file atomically; returns the path.
+
+    Tensors or numpy arrays. float64 embeddings are stored as float32 (metadata
+    ``converted_from = "float64"``); integer labels / cameras of any dtype as int64.
+    """
     p = Path(path)
-    s = EmbeddingSet(embeddings, torch.as_tensor(labels, dtype=torch.int64),
-                     None if cameras is None else torch.as_tensor(cameras, dtype=torch.int64),
-                     metadata=metadata, paths=paths, name=str(p))
+    if not isinstance(embeddings, torch.Tensor):
+        embeddings = torch.as_tensor(embeddings)
+    s = EmbeddingSet(embeddings, labels, cameras, metadata=metadata, paths=paths, name=str(p))
     tensors = {"embeddings": s._emb.contiguous(), "labels": s.labels.contiguous()}  # type: ignore[union-attr]
     if s.cameras is not None:
         tensors["cameras"] = s.cameras.contiguous()
@@ -218,6 +235,8 @@ def save(
         tensors["paths_utf8"] = torch.frombuffer(bytearray(b"".join(encoded)) or bytearray(1),
                                                  dtype=torch.uint8)[: int(lengths.sum())].clone()
     meta = {"embeval.format": FORMAT_VERSION, **{k: str(v) for k, v in s.metadata.items()}}
+    if embeddings.dtype == torch.float64:
+        meta.setdefault("converted_from", "float64")
     parse_label_names(p, meta)
     with atomic_path(p) as tmp, open(tmp, "wb") as f:
         write_safetensors(f, tensors, meta)
@@ -260,26 +279,61 @@ def _validate(name: str, shape: tuple[int, ...] | None, dtype: torch.dtype | Non
         raise InputFileError(name, f"embeddings must be 2-D [N, D], got shape {list(shape or [])}")
     n, d = shape
     if dtype is not None and dtype not in FLOAT_DTYPES:
-        raise InputFileError(name, f"embeddings must be float32, float16 or bfloat16, got {dtype}")
+        raise InputFileError(name, "embeddings must be float32, float16 or bfloat16 (or float64, "
+                                   f"read as float32), got {dtype}")
     if n == 0 or d == 0:
         raise InputFileError(name, f"empty set: embeddings have shape [{n}, {d}]")
     for key, t in (("labels", labels), ("cameras", cameras)):
         if t is None:
             continue
         if t.dtype != torch.int64:
-            raise InputFileError(name, f"{key!r} must be int64, got {t.dtype}")
-        if t.dim() != 1 or t.numel() != n:
+            hint = (f" (if they are whole numbers, convert them: {key}.long() or "
+                    ".astype('int64'))" if t.is_floating_point() else "")
+            raise InputFileError(name, f"{key!r} must be integers (int64, int32, ...), got "
+                                       f"{str(t.dtype).removeprefix('torch.')}{hint}")
+        if t.dim() != 1:
+            raise InputFileError(name, f"{key!r} must be 1-D [N], got shape {list(t.shape)}")
+        if t.numel() != n:
             raise InputFileError(name, f"{key!r} has {t.numel()} entries but embeddings have "
                                        f"{n} rows")
     if paths is not None and len(paths) != n:
         raise InputFileError(name, f"{len(paths)} paths for {n} embeddings")
 
 
-def _check_finite(name: str, block: torch.Tensor, offset: int) -> None:
+def _as_ids(name: str, key: str, values: object) -> torch.Tensor:
+    """Labels / cameras as a tensor: integer dtypes become int64 (lossless); anything else is
+    returned unconverted for :func:`_validate` to refuse. Shape is kept (never flattened)."""
+    try:
+        t = values if isinstance(values, torch.Tensor) else torch.as_tensor(values)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as e:
+        raise InputFileError(name, f"{key!r} must be integers (class ids): {e}") from None
+    if t.numel() == 0 and t.is_floating_point():  # torch.as_tensor([]) is float32
+        return t.long()
+    if t.dtype == torch.int64 or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        return t
+    if t.dtype == getattr(torch, "uint64", None):  # torch cannot compare uint64: via numpy
+        values = t.numpy()
+        if values.size and int(values.max()) >= 2**63:
+            raise InputFileError(name, f"{key!r}: uint64 values from 2**63 up do not fit int64")
+        return torch.from_numpy(values.astype("int64"))
+    return t.long()
+
+
+def _to_float32(name: str, emb: torch.Tensor) -> torch.Tensor:
+    """float64 [N, D] → float32, refusing NaN / Inf and values beyond float32's range."""
+    out = emb.float()
+    _check_finite(name, out, 0, emb)
+    return out
+
+
+def _check_finite(name: str, block: torch.Tensor, offset: int,
+                  source: torch.Tensor | None = None) -> None:
     """Raise on the first row holding a NaN or Inf.
 
     A NaN or Inf makes its row's sum non-finite, so only rows with a non-finite sum (a few, or
     finite rows whose sum overflows) get the exact check: ~100x faster than ``isfinite(block)``.
+    ``source``: the float64 rows ``block`` was converted from; a row finite there overflowed
+    float32, and the message says so.
     """
     if not block.is_floating_point():
         return
@@ -287,4 +341,9 @@ def _check_finite(name: str, block: torch.Tensor, offset: int) -> None:
     if len(suspects):
         bad = suspects[~torch.isfinite(block[suspects]).all(dim=1)]
         if len(bad):
-            raise InputFileError(name, f"embedding row {int(bad[0]) + offset} contains NaN or Inf")
+            row = int(bad[0])
+            if source is not None and bool(torch.isfinite(source[row]).all()):
+                raise InputFileError(name, f"embedding row {row + offset} has a value beyond "
+                                           f"float32's range (|x| > {_F32_MAX:.4g}); rescale the "
+                                           "embeddings")
+            raise InputFileError(name, f"embedding row {row + offset} contains NaN or Inf")

@@ -190,3 +190,99 @@ def test_leave_one_out_and_python_module(files: dict[str, Path]) -> None:
     api = embeval.evaluate(g, g, ks=(1,), exclude_self=True, device="cpu")
     assert json.loads(res.stdout)["metrics"]["mAP"] == pytest.approx(api.metrics["mAP"], abs=1e-12)
     assert api.metrics["rank1"] < 1.0  # without exclusion every query would find itself first
+
+
+def one_error_line(res: subprocess.CompletedProcess[str]) -> str:
+    """The exit-2 contract: nothing on stdout, one line on stderr; returns that line."""
+    assert res.returncode == 2, (res.returncode, res.stdout, res.stderr)
+    lines = res.stderr.strip().splitlines()
+    assert res.stdout == "" and len(lines) == 1, res.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def huge(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Embeddings times 1e20: their scores overflow float32 (issue 10 item 4)."""
+    d = tmp_path_factory.mktemp("huge")
+    g = torch.Generator().manual_seed(5)
+    out = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        name = str(dtype).removeprefix("torch.")
+        for side, n in (("q", 12), ("g", 30)):
+            emb = (torch.randn(n, 16, generator=g) * 1e20).to(dtype)
+            out[f"{side}_{name}"] = embeval.save(d / f"{side}_{name}.safetensors", emb,
+                                                 torch.randint(0, 4, (n,), generator=g))
+    return out
+
+
+@pytest.mark.parametrize("command", ["score", "knn", "cmc", "pr"])
+@pytest.mark.parametrize("metric", ["inner", "cosine", "euclid", "sq_euclid"])
+def test_overflowing_norms_exit_2_naming_the_file(huge: dict[str, Path], command: str,
+                                                  metric: str) -> None:
+    res = run(command, huge["q_float32"], huge["g_float32"], "--metric", metric, "--device", "cpu")
+    line = one_error_line(res)
+    assert line.startswith("embeval: error: ") and "embedding row" in line
+    assert str(huge["q_float32"]) in line or str(huge["g_float32"]) in line
+    assert f"too large for --metric {metric}" in line and "normalise" in line
+
+
+@pytest.mark.parametrize("metric", ["inner", "cosine", "euclid", "sq_euclid"])
+def test_overflowing_bfloat16_files_exit_2(huge: dict[str, Path], metric: str) -> None:
+    res = run("cmc", huge["q_bfloat16"], huge["g_bfloat16"], "--metric", metric, "--device", "cpu")
+    assert "bfloat16.safetensors: embedding row" in one_error_line(res)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e400", "-inf"])
+def test_memory_must_be_a_finite_size(files: dict[str, Path], value: str) -> None:
+    res = run("cmc", files["q"], files["g"], "-k", "1", f"--memory={value}")
+    assert f"--memory: {value!r} is not a finite size" in one_error_line(res)
+
+
+def test_same_gallery_file_twice_is_refused(files: dict[str, Path]) -> None:
+    res = run("cmc", files["q"], files["g"], files["g"])
+    assert f"{files['g']}: given twice" in one_error_line(res)
+    link = files["dir"] / "g_link.safetensors"
+    if not link.exists():
+        link.symlink_to(files["g"])
+    res = run("cmc", files["q"], files["g"], link, "-k", "1")
+    assert f"{link}: given twice (also given as {files['g']})" in one_error_line(res)
+
+
+def test_fifo_input_is_refused_without_blocking(tmp_path: Path, files: dict[str, Path]) -> None:
+    fifo = tmp_path / "q.safetensors"
+    os.mkfifo(fifo)
+    try:
+        res = subprocess.run([EXE, "cmc", str(fifo), str(files["g"]), "-k", "1"],
+                             capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("embeval blocked on a FIFO")
+    assert f"{fifo}: is not a regular file" in one_error_line(res)
+
+
+def test_reduced_precision_is_marked_approximate(files: dict[str, Path]) -> None:
+    for precision, marked in (("fp32", False), ("bf16", True), ("tf32", True)):
+        args = ("cmc", files["q"], files["g"], "-k", "1", "--device", "cpu", "--precision", precision)
+        res = run(*args, "--json")
+        assert res.returncode == 0, res.stderr
+        assert json.loads(res.stdout)["approximate"] is marked
+        table = run(*args)
+        assert table.returncode == 0, table.stderr
+        title = table.stdout.splitlines()[0]
+        assert title.startswith("embeval cmc · cosine")
+        assert (f"· {precision} (approximate)" in title) is marked, title
+
+
+def test_numpy_style_inputs_through_the_command(tmp_path: Path, files: dict[str, Path]) -> None:
+    """float64 embeddings with int32 labels give the float32 file's numbers; [N, 1] labels
+    are refused naming the file and the shape."""
+    q = embeval.load(files["q"])
+    raw = tmp_path / "q64.safetensors"
+    save_file({"embeddings": q.embeddings.double(), "labels": q.labels.int()}, str(raw))
+    a = run("cmc", raw, files["g"], "-k", "1", "--json")
+    b = run("cmc", files["q"], files["g"], "-k", "1", "--json")
+    assert a.returncode == 0, a.stderr
+    assert json.loads(a.stdout)["metrics"] == json.loads(b.stdout)["metrics"]
+    bad = tmp_path / "q_n1.safetensors"
+    save_file({"embeddings": q.embeddings, "labels": q.labels[:, None].contiguous()}, str(bad))
+    line = one_error_line(run("cmc", bad, files["g"], "-k", "1"))
+    assert f"{bad}: 'labels' must be 1-D [N], got shape [{q.n}, 1]" in line

@@ -92,3 +92,22 @@ def test_cli_multi_file_gallery(tmp_path: Path, command: str) -> None:
 
     ref = run(one)
     assert run(tmp_path / "g_0.safetensors", tmp_path / "g_[1-9].safetensors") == ref  # file + glob
+
+
+def test_a_file_given_twice_is_refused(tmp_path: Path) -> None:
+    """Same path, a symbolic or hard link, or an overlapping glob: the gallery would double."""
+    a = embeval.save(tmp_path / "g_1.safetensors", torch.randn(3, 4), [0, 1, 2])
+    b = embeval.save(tmp_path / "g_2.safetensors", torch.randn(3, 4), [0, 1, 2])
+    (tmp_path / "sym.safetensors").symlink_to(a)
+    os.link(b, tmp_path / "hard.safetensors")
+    for given, named, first in [
+        ([a, b, a], a, None),
+        ([a, tmp_path / "sym.safetensors"], tmp_path / "sym.safetensors", a),
+        ([b, tmp_path / "hard.safetensors"], tmp_path / "hard.safetensors", b),
+        ([str(tmp_path / "g_*.safetensors"), b], b, None),
+    ]:
+        with pytest.raises(embeval.InputFileError) as err:
+            embeval.load_many(given)
+        also = f" (also given as {first})" if first else ""
+        assert str(err.value).startswith(f"{named}: given twice{also}: its items would count")
+    assert embeval.load_many([a, b]).n == 6

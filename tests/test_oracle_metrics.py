@@ -519,3 +519,75 @@ def test_cuda_float_against_reference(opt, metric):
     assume(min_gap(ref.scores) > 1e-4)
     res = run(case, metric=metric, ks=ks, knn_k=knn_k, pr=True, device="cuda")
     assert_matches(res, ref, exact=False, score_tol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# Overflow (issue 10 item 4): norms just inside the float32 limit rank like float64;
+# one power of two further every metric refuses the input instead of ranking inf / NaN
+# ---------------------------------------------------------------------------
+
+RANK_KEYS = ("accuracy", "top1_accuracy", "top5_accuracy", "rank1", "rank5", "mAP", "mINP",
+             "knn_accuracy", "maxF1", "P@maxF1", "R@maxF1")
+
+
+def _near_limit(metric: str, precision: str) -> tuple[Case, int]:
+    """A gaussian case whose queries include copies of gallery rows (inner, cosine: the
+    largest dot products) and their negatives (the largest |q.g| and |q - g|), and the
+    largest k such that scaling both sets by 2^k is still accepted."""
+    from embeval.similarity import overflow_rule
+
+    rng = np.random.default_rng(9)  # a seed whose scores are 15 rounding bounds apart or more
+    ge = rng.standard_normal((40, 16)).astype(np.float32).astype(np.float64)
+    gl = rng.integers(0, 6, 40)
+    extra = [-ge[5:10]] + ([ge[:5]] if metric in ("inner", "cosine") else [])
+    qe = np.concatenate([rng.standard_normal((12, 16)).astype(np.float32).astype(np.float64),
+                         *extra])
+    ql = np.concatenate([rng.integers(0, 6, 12), gl[5:10]] + ([gl[:5]] if len(extra) > 1 else []))
+    qn, gn = np.linalg.norm(qe, axis=1).max(), np.linalg.norm(ge, axis=1).max()
+    k = 0
+    while overflow_rule(metric, precision, 16, qn * 2.0 ** (k + 1), gn * 2.0 ** (k + 1)) is None:
+        k += 1
+    return Case(qe=qe, ql=ql, ge=ge, gl=gl), k
+
+
+def _scaled(case: Case, k: int) -> Case:
+    return Case(qe=case.qe * 2.0 ** k, ql=case.ql, ge=case.ge * 2.0 ** k, gl=case.gl)
+
+
+@pytest.mark.parametrize("metric", ["inner", "cosine", "euclid", "sq_euclid"])
+@pytest.mark.parametrize(("backend", "precision"), [("numba", "fp32"), ("torch", "fp32"),
+                                                    ("torch", "bf16")])
+def test_norms_just_inside_the_float32_limit_rank_exactly(metric, backend, precision):
+    case, k = _near_limit(metric, precision)
+    big = _scaled(case, k)
+    kw = dict(metric=metric, ks=(1, 5), knn_k=3, pr=True, backend=backend, precision=precision)
+    res, small = run(big, **kw), run(case, **kw)
+    # powers of two scale every float32 step exactly: the same ranks, scores times 2^k or 4^k
+    factor = {"inner": 4.0 ** k, "sq_euclid": 4.0 ** k, "euclid": 2.0 ** k, "cosine": 1.0}[metric]
+    for key in RANK_KEYS:
+        assert res.metrics[key] == small.metrics[key], key
+    for key in ("hard_pos", "hard_neg", "T@maxF1"):
+        assert res.metrics[key] == small.metrics[key] * factor, key
+    extreme = torch.cat([res.per_query["hard_pos"], res.per_query["hard_neg"]]).abs()
+    assert torch.isfinite(extreme).all()
+    qn, gn = np.linalg.norm(big.qe, axis=1).max(), np.linalg.norm(big.ge, axis=1).max()
+    size = {"inner": qn * gn, "cosine": 1.0, "euclid": qn + gn, "sq_euclid": (qn + gn) ** 2}
+    if metric in ("inner", "sq_euclid"):  # scores really near float32's largest value
+        assert size[metric] > 2.0 ** 124 and float(extreme.max()) > size[metric] / 16
+    if precision == "fp32":  # and against float64 brute force, on the scaled values
+        ref = big.ref(metric=metric, ks=(1, 5), knn_k=3, pr=True)
+        # float32 rounding (about 2 D u |score|) cannot reorder scores this far apart
+        assert min_gap(ref.scores) > 4 * 2 * 16 * 2.0 ** -24 * size[metric]
+        assert_matches(res, ref, exact=False, score_tol=1e-5)
+        assert 0 < ref.metrics["rank1"] < 1
+
+
+@pytest.mark.parametrize("metric", ["inner", "cosine", "euclid", "sq_euclid"])
+@pytest.mark.parametrize(("backend", "precision"), [("numba", "fp32"), ("torch", "fp32"),
+                                                    ("torch", "bf16")])
+def test_norms_beyond_the_limit_are_refused_naming_the_row(metric, backend, precision):
+    case, k = _near_limit(metric, precision)
+    for over in (k + 1, k + 40):
+        with pytest.raises(embeval.InputFileError, match=r"embedding row \d+ has L2 norm .* too "
+                                                         f"large for --metric {metric}"):
+            run(_scaled(case, over), metric=metric, knn_k=3, backend=backend, precision=precision)

@@ -206,3 +206,61 @@ print(small.metrics == big.metrics)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.split()
     assert out == ["0", "1", "True"]
+
+
+def test_overflow_rule_is_within_a_factor_two_of_a_real_overflow() -> None:
+    from embeval.similarity import overflow_rule
+
+    d = 16
+    for metric in ("inner", "cosine", "euclid", "sq_euclid"):
+        lo, hi = 1.0, 2.0 ** 130  # bisect the largest accepted norm (query norm = gallery norm)
+        for _ in range(200):
+            mid = (lo * hi) ** 0.5
+            lo, hi = (mid, hi) if overflow_rule(metric, "fp32", d, mid, mid) is None else (lo, mid)
+        row = torch.full((1, d), 1.0) / d ** 0.5
+        ok, over = (row * lo).float(), (row * lo * 2.0 ** 0.5 * 1.01).float()
+        if metric in ("euclid", "sq_euclid"):  # worst case: q = -g, ‖q‖² + ‖g‖² + 2|q·g|
+            for x, finite in ((ok, True), (over, False)):
+                d2 = (x * x).sum(1) * 2 + 2 * canonical_dot(x, x)
+                assert bool(torch.isfinite(d2).all()) == finite, metric
+        else:  # worst case: q = g, q·g = |q||g|
+            assert torch.isfinite(canonical_dot(ok, ok)).all()
+            assert not torch.isfinite(canonical_dot(over, over)).all(), metric
+
+
+def test_overflow_names_the_gallery_file_and_its_row(tmp_path) -> None:
+    q = embeval.EmbeddingSet(torch.randn(4, 8) * 1e10, [0, 1, 2, 3], name="q")
+    small = embeval.save(tmp_path / "g0.safetensors", torch.randn(5, 8), [0, 1, 2, 3, 4])
+    big = torch.randn(6, 8)
+    big[4] *= 1e30  # 1e30 * 1e10 is fine for float32; |q||g| ~ 1e40 is not
+    embeval.save(tmp_path / "g1.safetensors", big, [0, 1, 2, 3, 4, 5])
+    g = embeval.load_many([small, tmp_path / "g1.safetensors"])
+    for metric in ("inner", "cosine", "euclid", "sq_euclid"):
+        with pytest.raises(embeval.InputFileError) as err:
+            rank_stats(q, g, metric=metric, device="cpu")
+        msg = str(err.value)
+        assert msg.startswith(f"{tmp_path / 'g1.safetensors'}: embedding row 4 has L2 norm")
+        assert "against q (its longest row" in msg and "\n" not in msg
+    rank_stats(q, embeval.load(small), metric="inner", device="cpu")  # fine without it
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered")
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_non_finite_scores_are_never_ranked(monkeypatch, backend) -> None:
+    """Defence in depth: with the norm check switched off, overflowing scores still raise."""
+    monkeypatch.setattr("embeval.ranking.overflow_rule", lambda *a, **k: None)
+    gen = torch.Generator().manual_seed(0)
+    q = embeval.EmbeddingSet(torch.randn(5, 8, generator=gen) * 1e20, [0, 1, 2, 3, 4])
+    for labels in ([0, 1, 2, 0, 1, 2], [7, 7, 7, 8, 8, 8]):  # with positives, and none at all
+        g = embeval.EmbeddingSet(torch.randn(6, 8, generator=gen) * 1e20, labels)
+        with pytest.raises(embeval.InputFileError, match="scores against .* are not finite"):
+            rank_stats(q, g, metric="inner", device="cpu", backend=backend, topk=2)
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf", "1e400", "NaNGB", "infMB"])
+def test_memory_must_be_finite(text: str) -> None:
+    from embeval.ranking import parse_memory
+
+    with pytest.raises(embeval.OptionError, match="is not a finite size"):
+        parse_memory(text)
+    assert parse_memory("1.5GiB") == 3 << 29 and parse_memory("1e7") == 10_000_000

@@ -54,8 +54,8 @@ def _raw(path: Path, **tensors: torch.Tensor) -> Path:
     (dict(embeddings=torch.zeros(6), labels=torch.zeros(6, dtype=torch.int64)), "must be 2-D"),
     (dict(embeddings=torch.zeros(3, 2), labels=torch.zeros(4, dtype=torch.int64)),
      "'labels' has 4 entries but embeddings have 3 rows"),
-    (dict(embeddings=torch.zeros(3, 2), labels=torch.zeros(3, dtype=torch.int32)),
-     "'labels' must be int64"),
+    (dict(embeddings=torch.zeros(3, 2), labels=torch.zeros(3, dtype=torch.float32)),
+     "'labels' must be integers"),
     (dict(embeddings=torch.zeros(0, 2), labels=torch.zeros(0, dtype=torch.int64)), "empty set"),
     (dict(embeddings=torch.tensor([[0.0, 1.0], [float("nan"), 0.0]]),
           labels=torch.zeros(2, dtype=torch.int64)), "row 1 contains NaN or Inf"),
@@ -155,3 +155,83 @@ def test_bad_label_names_exit_2_before_computing(tmp_path: Path, raw: str) -> No
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and str(g) in lines[0] and "'label_names'" in lines[0], res.stderr
     assert not pq.exists()
+
+
+def test_numpy_float64_and_small_int_labels_are_converted(tmp_path: Path) -> None:
+    np = pytest.importorskip("numpy")
+    emb = np.random.default_rng(0).standard_normal((5, 3))  # float64, numpy's default
+    labels, cams = np.arange(5, dtype=np.int32), np.array([0, 1, 0, 1, 255], dtype=np.uint8)
+    p = embeval.save(tmp_path / "f64.safetensors", emb, labels, cams)
+    for s in (embeval.load(p), embeval.load(p, lazy=False),
+              embeval.EmbeddingSet(emb, labels, cams)):
+        assert s.embeddings.dtype == torch.float32 and s.labels.dtype == torch.int64
+        assert torch.equal(s.embeddings, torch.from_numpy(emb).float())
+        assert s.labels.tolist() == list(range(5)) and s.cameras.tolist() == [0, 1, 0, 1, 255]
+    assert embeval.load(p).metadata["converted_from"] == "float64"
+    assert "converted_from" not in embeval.load(embeval.save(tmp_path / "f32.safetensors",
+                                                             emb.astype(np.float32), labels)).metadata
+
+
+def test_float64_file_is_read_as_float32_rows(tmp_path: Path) -> None:
+    emb = torch.randn(7, 4, dtype=torch.float64)
+    p = _raw(tmp_path / "raw64.safetensors", embeddings=emb, labels=torch.arange(7, dtype=torch.int32),
+             cameras=torch.zeros(7, dtype=torch.int16))
+    s = embeval.load(p)
+    assert torch.equal(s.rows(2, 6), emb[2:6].float()) and s.labels.dtype == torch.int64
+    assert torch.equal(s.take(torch.tensor([6, 0])), emb[[6, 0]].float())
+    assert s.cameras.dtype == torch.int64
+
+
+def test_float64_beyond_float32_range_is_refused_naming_the_row(tmp_path: Path) -> None:
+    emb = torch.zeros(6, 2, dtype=torch.float64)
+    emb[4, 1] = -1e39  # finite in float64, -inf in float32
+    with pytest.raises(InputFileError, match="row 4 has a value beyond float32's range"):
+        embeval.save(tmp_path / "x.safetensors", emb, list(range(6)))
+    p = _raw(tmp_path / "raw.safetensors", embeddings=emb, labels=torch.arange(6))
+    with pytest.raises(InputFileError, match="row 4 has a value beyond float32's range") as err:
+        embeval.load(p).rows(2, 6)
+    assert str(p) in str(err.value)
+    emb[4, 1] = float("nan")
+    with pytest.raises(InputFileError, match="row 4 contains NaN or Inf"):
+        embeval.EmbeddingSet(emb, list(range(6)))
+
+
+@pytest.mark.parametrize(("labels", "message"), [
+    (torch.zeros(6, 1, dtype=torch.int64), r"'labels' must be 1-D \[N\], got shape \[6, 1\]"),
+    (torch.zeros(3, 2, dtype=torch.int64), r"'labels' must be 1-D \[N\], got shape \[3, 2\]"),
+    (torch.arange(6, dtype=torch.float32), "'labels' must be integers .*got float32"),
+    (torch.ones(6, dtype=torch.bool), "'labels' must be integers .*got bool"),
+])
+def test_labels_must_be_one_integer_per_row(tmp_path: Path, labels: torch.Tensor,
+                                            message: str) -> None:
+    p = _raw(tmp_path / "lab.safetensors", embeddings=torch.ones(6, 2), labels=labels)
+    with pytest.raises(InputFileError, match=message) as err:
+        embeval.load(p)
+    assert str(p) in str(err.value)
+    with pytest.raises(InputFileError, match=message):
+        embeval.EmbeddingSet(torch.ones(6, 2), labels)
+    with pytest.raises(InputFileError, match=message.replace("labels", "cameras")):
+        embeval.EmbeddingSet(torch.ones(6, 2), list(range(6)), labels)
+    with pytest.raises(InputFileError, match=message):
+        embeval.save(tmp_path / "out.safetensors", torch.ones(6, 2), labels.numpy())
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_fifo_is_refused_before_it_is_opened(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    fifo = tmp_path / "pipe.safetensors"
+    os.mkfifo(fifo)  # opening it for reading blocks (holding the GIL) until a writer comes
+    code = ("import sys, embeval\n"
+            "try:\n    embeval.load(sys.argv[1])\n"
+            "except embeval.InputFileError as e:\n    print(e)\n")
+    try:
+        res = subprocess.run([sys.executable, "-c", code, str(fifo)], capture_output=True,
+                             text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("embeval.load blocked on a FIFO")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == f"{fifo}: is not a regular file (a FIFO, device or socket?), " \
+                                 "expected a .safetensors embedding file"

@@ -24,12 +24,18 @@ def _clean(x: float) -> float | None:
     return None if math.isnan(x) or math.isinf(x) else x
 
 
+def _approximate(result: EvalResult) -> bool:
+    """Reduced-precision matmuls (tf32, bf16, fp16) give approximate scores and ranks."""
+    return str(result.options.get("precision", "fp32")) != "fp32"
+
+
 def payload(command: str, result: EvalResult, ks: list[int], extra: dict | None = None) -> dict:
     """The ``--json`` object of DESIGN.md section 5 (NaN → null)."""
     metrics = {k: _clean(result.metrics[k]) for k in KEYS[command](ks)}
     out = {"command": command, "metric": result.stats.metric, "n_query": result.n_query,
            "n_gallery": result.n_gallery, "n_valid": result.n_valid}
     out.update(extra or {})
+    out["approximate"] = _approximate(result)
     out["metrics"] = metrics
     out["options"] = result.options
     out["elapsed_s"] = round(result.elapsed_s, 4)
@@ -49,7 +55,8 @@ def render(command: str, result: EvalResult, ks: list[int], *, as_json: bool,
         protocol.append(f"aggregate {opts['aggregate']}")
     title = (f"embeval {command} · {data['metric']}"
              + (f" · k={extra['k']}" if extra and "k" in extra else "")
-             + (f" · {', '.join(protocol)}" if protocol else ""))
+             + (f" · {', '.join(protocol)}" if protocol else "")
+             + (f" · {opts['precision']} (approximate)" if data["approximate"] else ""))
     table = Table(title=title, title_justify="left", show_edge=False)
     table.add_column("metric")
     table.add_column("value", justify="right")
