@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers_cli import cli, without_time
 from safetensors.torch import load_file
-from test_partials import cli, without_time
 from test_ranking import assert_same, sets
 
 import embeval
@@ -59,7 +59,9 @@ def test_two_gloo_ranks_equal_one_process(capsys: pytest.CaptureFixture[str], tm
                    "--memory", "1MB", "--block-size", "37", option, tmp_path / f"dist_{name}")
     assert res.returncode == 0, res.stderr
     assert len(res.stdout.strip().splitlines()) == 1  # rank 0 alone prints
-    assert without_time(res.stdout) == without_time(single)
+    # the same object but for the input files' names (one gallery file there, two here)
+    assert without_time(res.stdout, "inputs") == without_time(single, "inputs")
+    assert f"embeval {command}: 2 ranks (gallery shards, cpu) reduced onto rank 0" in res.stderr
     a, b = tmp_path / f"one_{name}", tmp_path / f"dist_{name}"
     if name.endswith(".csv"):
         assert a.read_text() == b.read_text()
@@ -93,6 +95,7 @@ def test_query_split_under_torchrun(capsys: pytest.CaptureFixture[str], tmp_path
     assert rc == 0, err
     res = torchrun("cmc", qp, gp, *opts, "--per-query", tmp_path / "two.csv")
     assert res.returncode == 0, res.stderr
+    assert "embeval cmc: 2 ranks (query shards, cpu) reduced onto rank 0" in res.stderr
     assert without_time(res.stdout) == without_time(single)
     assert (tmp_path / "one.csv").read_text() == (tmp_path / "two.csv").read_text()
 

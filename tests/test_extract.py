@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
+from helpers_cli import run_extract
 from helpers_images import image_folder, write_bad_image, write_image
 from helpers_models import TinyNet, tiny_net
 from PIL import Image
@@ -20,7 +19,6 @@ from embeval.extract import ExtractOptions, embed_images, extract_to_files, part
 from embeval.images import Preprocessing, list_image_sets, list_images, load_image
 from embeval.models import LoadedModel, build_backbone, save_checkpoint
 
-TESTS = Path(__file__).resolve().parent
 ARCH = {"backbone": "embeval-small", "embedding_dim": 8, "widths": [4, 8]}
 PREP = Preprocessing(size=(8, 8))
 
@@ -131,13 +129,6 @@ def test_a_failing_gallery_leaves_no_output_file(tmp_path):
 # ---------------------------------------------------------------- command line
 
 
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
-    return subprocess.run(["embeval", "extract", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=120)
-
-
 @pytest.fixture(scope="module")
 def sets(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("sets")
@@ -152,7 +143,7 @@ def test_cli_checkpoint_query_gallery_json(sets, tmp_path):
         model = build_backbone(ARCH).eval()
     ckpt = save_checkpoint(tmp_path / "ckpt.safetensors", model, architecture=ARCH,
                            preprocessing=PREP)
-    r = run_cli(str(ckpt), "--query", str(sets / "query"), "--gallery", str(sets / "gallery"),
+    r = run_extract(str(ckpt), "--query", str(sets / "query"), "--gallery", str(sets / "gallery"),
                 "--out-dir", "out", "--normalize", "--json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
@@ -177,7 +168,7 @@ def test_cli_module_callable_with_weights_on_market1501(tmp_path):
                  "0000_c4s2_000002_01.jpg"):
         write_image(tmp_path / "bbox" / name)
     torch.save({f"module.{k}": v for k, v in TinyNet().state_dict().items()}, tmp_path / "w.pt")
-    r = run_cli("helpers_models:tiny_net", "bbox", "-o", "e.safetensors", "--weights", "w.pt",
+    r = run_extract("helpers_models:tiny_net", "bbox", "-o", "e.safetensors", "--weights", "w.pt",
                 "--layout", "market1501", "--size", "8", "8", "--head", "identity",
                 "--workers", "0", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -195,7 +186,7 @@ def test_cli_torchscript_with_csv_and_skip_bad(tmp_path):
     write_image(tmp_path / "img" / "b.webp")
     write_bad_image(tmp_path / "img" / "c.png")
     (tmp_path / "list.csv").write_text("path,label\nimg/a.png,3\nimg/c.png,4\nimg/b.webp,3\n")
-    r = run_cli("m.ts", "list.csv", "-o", "e.safetensors", "--size", "8", "8", "--skip-bad",
+    r = run_extract("m.ts", "list.csv", "-o", "e.safetensors", "--size", "8", "8", "--skip-bad",
                 cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     e = store.load(tmp_path / "e.safetensors")
@@ -228,7 +219,7 @@ def test_cli_bad_input_exits_2_with_one_line_and_no_output(sets, tmp_path, case)
         (tmp_path / "q" / "a").mkdir(parents=True)
     else:
         model = named = str(_wrong_keys_checkpoint(tmp_path))
-    r = run_cli(model, "--query", query, "--gallery", str(sets / "gallery"), "--out-dir", "out",
+    r = run_extract(model, "--query", query, "--gallery", str(sets / "gallery"), "--out-dir", "out",
                 "--size", "8", "8", cwd=tmp_path)
     assert r.returncode == 2
     assert r.stdout == ""

@@ -18,22 +18,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers_cli import cli
 from helpers_images import image_folder
 
 import embeval
-from embeval.cli import main
 from embeval.errors import InputFileError
 from embeval.outputs import atomic_path, check_outputs, transaction
 
 EXE = shutil.which("embeval")
-
-
-def cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return int(e.value.code or 0), out, err
 
 
 def run(*args: object, cwd: Path | None = None, umask: int = 0o022,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers_cli import cli, without_time
 from hypothesis import given
 from hypothesis import strategies as st
 from safetensors import safe_open
@@ -18,25 +19,9 @@ from test_ranking import assert_same, sets
 
 import embeval
 from embeval import partials
-from embeval.cli import main
 from embeval.evaluate import evaluation_stats
 from embeval.partials import Partial, load_partial, merge_partials, save_partial
 from embeval.ranking import shard_range
-
-
-def cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
-    """Run the command line in this process (fast): exit code, stdout, stderr."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return int(e.value.code or 0), out, err
-
-
-def without_time(text: str) -> dict:
-    data = json.loads(text)
-    data.pop("elapsed_s")
-    return data
 
 
 def job_header(metric: str = "cosine") -> dict:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers_cli import run_extract
 from helpers_images import image_folder
 from helpers_models import tiny_net
 
@@ -25,7 +26,6 @@ from embeval import safe_load
 from embeval.errors import InputFileError
 from embeval.safe_load import load_exported, load_tensors
 
-TESTS = Path(__file__).parent
 X = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
 
 
@@ -138,13 +138,6 @@ WHY = {"sample inputs": "data/sample_inputs/model.pt", "pickled weight": "data/w
        "guards code": "not a guard on input sizes"}
 
 
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
-    return subprocess.run(["embeval", "extract", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=120)
-
-
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
     return image_folder(tmp_path_factory.mktemp("img"), {"a": 2, "b": 2})
@@ -161,7 +154,7 @@ def assert_one_line_refusal(r: subprocess.CompletedProcess[str], named: Path, wh
 def test_cli_refuses_a_crafted_pt2_and_never_runs_its_payload(case, images, tmp_path):
     marker = tmp_path / "pwned"
     (tmp_path / "evil.pt2").write_bytes(evil_archive(case, marker))
-    r = run_cli("evil.pt2", "--query", str(images), "--gallery", str(images), "--out-dir", "out",
+    r = run_extract("evil.pt2", "--query", str(images), "--gallery", str(images), "--out-dir", "out",
                 cwd=tmp_path)
     assert not marker.exists(), f"{case}: the payload ran"
     assert_one_line_refusal(r, Path("evil.pt2"), WHY[case])
@@ -206,7 +199,7 @@ def test_a_legitimate_pt2_loads_and_gives_the_same_outputs(dynamic, tmp_path):
 
 def test_cli_extracts_with_a_legitimate_pt2(images, tmp_path):
     (tmp_path / "m.pt2").write_bytes(exported_bytes(dynamic=True))
-    r = run_cli("m.pt2", "--query", str(images), "--gallery", str(images), "--out-dir", "out",
+    r = run_extract("m.pt2", "--query", str(images), "--gallery", str(images), "--out-dir", "out",
                 "--size", "8", "8", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["gallery.safetensors",
@@ -218,7 +211,7 @@ def test_cli_raw_pickle_as_weights_is_one_line(content, images, tmp_path):
     marker = tmp_path / "pwned"
     obj = {"a": 1} if content == "dict" else {"fc.weight": Payload(marker)}
     (tmp_path / "bad.pt").write_bytes(pickle.dumps(obj))
-    r = run_cli("embeval-small", "--weights", "bad.pt", "--query", str(images), "--gallery",
+    r = run_extract("embeval-small", "--weights", "bad.pt", "--query", str(images), "--gallery",
                 str(images), "--out-dir", "out", cwd=tmp_path)
     assert_one_line_refusal(r, Path("bad.pt"), "weights_only=True")
     assert not marker.exists()

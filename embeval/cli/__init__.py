@@ -10,7 +10,9 @@ from __future__ import annotations
 import errno
 import os
 import re
+import signal
 import sys
+import threading
 
 import typer
 import typer.main
@@ -93,8 +95,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     cmd = typer.main.get_command(app)
     prog = "embeval"
+    interrupted = _Interrupted()
     try:
-        rc = cmd.main(args=args, prog_name=prog, standalone_mode=False)
+        with interrupted:
+            rc = cmd.main(args=args, prog_name=prog, standalone_mode=False)
     except _click_errors.NoArgsIsHelpError:  # `embeval` alone: help (already shown), exit 2
         sys.exit(2)
     except _click_errors.UsageError as e:
@@ -117,11 +121,34 @@ def main(argv: list[str] | None = None) -> None:
             rc = BROKEN_PIPE
         else:
             raise
-    if rc == INTERRUPTED:  # Typer turns Ctrl-C into a silent exit code 130
+    if rc == INTERRUPTED and interrupted.seen:  # Typer turns Ctrl-C into a silent exit code 130
         print(f"{prog}: interrupted", file=sys.stderr)
     if rc == BROKEN_PIPE:  # the reader is gone: nothing to say, and no one to say it to
         _silence_stdout()
     sys.exit(rc if isinstance(rc, int) else 0)
+
+
+class _Interrupted:
+    """Within the block, Ctrl-C raises KeyboardInterrupt as usual and is remembered (``seen``),
+    so that the one-line note is ours to print; a command that handles SIGINT itself (train
+    stops after its step and says how to resume) installs its own handler and says its own line."""
+
+    def __init__(self) -> None:
+        self.seen = False
+        self._old: object = None
+
+    def _handler(self, signum: int, frame: object) -> None:
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> _Interrupted:
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)  # type: ignore[arg-type]
 
 
 def _silence_stdout() -> None:
