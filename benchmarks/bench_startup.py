@@ -1,6 +1,6 @@
 """Start-up cost of the `embeval` command as whole processes: help, mistakes, a small run.
 
-    python benchmarks/bench_startup.py                       # the installed embeval
+    python benchmarks/bench_startup.py                       # this interpreter's embeval
     python benchmarks/bench_startup.py --exe A/bin/embeval --exe B/bin/embeval   # side by side
 
 For each executable and command: the median wall time of ``--repeat`` warm runs, and one cold
@@ -11,7 +11,6 @@ kernels (their cache files are removed first). With two executables it prints th
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import subprocess
 import sys
@@ -38,9 +37,9 @@ def wall(exe: str, args: list[str]) -> float:
 
 def package_dir(exe: str) -> Path:
     """The embeval package the executable imports (its interpreter is the script's shebang)."""
-    python = Path(exe).read_text().splitlines()[0].removeprefix("#!").strip()
-    out = subprocess.run([python, "-c", "import embeval, os; print(os.path.dirname(embeval.__file__))"],
-                         capture_output=True, text=True, check=True)
+    python = Path(exe).read_text().splitlines()[0].removeprefix("#!").split()
+    out = subprocess.run([*python, "-c", "import embeval, os; print(os.path.dirname(embeval.__file__))"],
+                         capture_output=True, text=True, check=True, cwd="/")  # not ./embeval
     return Path(out.stdout.strip())
 
 
@@ -56,7 +55,7 @@ def main() -> None:
     ap.add_argument("--exe", action="append", help="embeval executables (default: on PATH)")
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
-    exes = args.exe or [shutil.which("embeval") or sys.exit("embeval is not on PATH")]
+    exes = args.exe or [str(Path(sys.executable).parent / "embeval")]
     results: dict[str, dict[str, tuple[float, float]]] = {}
     for exe in exes:
         pkg = package_dir(exe)
