@@ -40,14 +40,12 @@ def write_per_query(path: str | os.PathLike[str], result: EvalResult,
     Optional columns: ``label_name`` with ``names`` (label names), ``path`` with ``paths`` (the
     query items' paths), and the hardest negative item after ``hard_neg`` with
     ``hard_neg_items``: ``{"hard_neg_index": [Q], "hard_neg_label": [Q], "hard_neg_path": [Q]}``
-    (any of them; ``None`` or ``-1`` index: no negative). Empty cells where a value does not
+    (any of them; ``None``, or index ``-1``: no negative). Empty cells where a value does not
     exist (no positive, no negative).
     """
     pq = result.per_query
-    items = dict(hard_neg_items or {})
-    if "hard_neg_index" in items:
-        items = {k: [None if i is None or i < 0 else v for i, v in zip(items["hard_neg_index"], col)]
-                 for k, col in items.items()}
+    items = {k: [None if x == -1 and k == "hard_neg_index" else x for x in col]
+             for k, col in (hard_neg_items or {}).items()}
     values = {c: [_fmt(x) for x in pq[c].tolist()] for c in _PER_QUERY if c in pq}
     values.update({c: ["" if x is None else str(x) for x in col] for c, col in items.items()})
     cols = [c for c in _PER_QUERY if c in values]

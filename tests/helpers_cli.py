@@ -23,6 +23,12 @@ def cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, st
     return int(e.value.code or 0), out, err
 
 
+def cli_run(capsys: pytest.CaptureFixture[str], *args: object) -> subprocess.CompletedProcess[str]:
+    """:func:`cli` with the installed command's result shape (returncode, stdout, stderr)."""
+    rc, out, err = cli(capsys, *args)
+    return subprocess.CompletedProcess(["embeval", *map(str, args)], rc, out, err)
+
+
 def run_extract(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """The installed ``embeval extract`` (the tests folder importable, for module:callable)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),

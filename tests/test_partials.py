@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers_cli import cli, without_time
+from helpers_cli import cli, cli_run, without_time
 from hypothesis import given
 from hypothesis import strategies as st
 from safetensors import safe_open
@@ -204,17 +204,17 @@ def test_merge_refuses_edited_parts(capsys: pytest.CaptureFixture[str], tmp_path
     over = hist.clone()
     over[1] = n_neg[0] + 1  # query 0's bin 1: more negatives than it saw
     x = tmp_path / "x.safetensors"
-    installed = [  # through the installed command
+    installed = [  # through the installed command: a naive edit, a forged one
         (dict(neg_hist=bumped), "do not match the checksum"),
         (dict(neg_hist=over, forge=True), "neg_hist counts more negatives than n_neg"),
-        (dict(query_labels=ql[:-1]), "do not match the checksum"),
-        (dict(query_labels=ql[:-1], forge=True), "has shape"),
-        (dict(header=with_shard("x")), "do not match the checksum"),
-        (dict(header=with_shard("x"), forge=True), "'shard' must be a list of two integers, got 'x'"),
     ]
     for edit, message in installed:
         assert_refused(run("merge", rewrite(p0, x, **edit), p1), x, message)
     in_process = [  # the same code path, faster
+        (dict(query_labels=ql[:-1]), "do not match the checksum"),
+        (dict(query_labels=ql[:-1], forge=True), "has shape"),
+        (dict(header=with_shard("x")), "do not match the checksum"),
+        (dict(header=with_shard("x"), forge=True), "'shard' must be a list of two integers, got 'x'"),
         (dict(header=with_shard([0]), forge=True), "'shard' must be a list of two integers"),
         (dict(header=with_shard([True, 2]), forge=True), "'shard' must be a list of two integers"),
         (dict(header=with_shard([2, 2]), forge=True), "needs 0 <= i < n"),
@@ -234,12 +234,13 @@ def test_merge_refuses_edited_parts(capsys: pytest.CaptureFixture[str], tmp_path
 
 
 @needs_exe
-def test_merge_refuses_swapped_shard_claims(tmp_path: Path, halves: list[Path]) -> None:
+def test_merge_refuses_swapped_shard_claims(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                            halves: list[Path]) -> None:
     p0, p1 = halves
     s0, s1 = tmp_path / "s0.safetensors", tmp_path / "s1.safetensors"
     rewrite(p0, s0, header=with_shard([1, 2]))
     rewrite(p1, s1, header=with_shard([0, 2]))
-    assert_refused(run("merge", s0, s1), s0, "do not match the checksum")
+    assert_refused(cli_run(capsys, "merge", s0, s1), s0, "do not match the checksum")
     rewrite(p0, s0, header=with_shard([1, 2]), forge=True)
     rewrite(p1, s1, header=with_shard([0, 2]), forge=True)
     assert_refused(run("merge", s0, s1), s0,
@@ -290,15 +291,17 @@ def header_pairs(path: Path) -> tuple[list, bytes]:
 
 
 @needs_exe
-def test_same_run_twice_writes_the_same_bytes(tmp_path: Path, files: dict[str, Path]) -> None:
+def test_same_run_twice_writes_the_same_bytes(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                              files: dict[str, Path]) -> None:
     # a part differs between two runs only in its `info` (host, seconds: where and how long the
-    # shard ran, kept for array-job diagnostics, outside the checksum and never compared)
+    # shard ran, kept for array-job diagnostics, outside the checksum and never compared);
+    # run a is the installed command, run b this process (other hash seeds either way)
     q, g = files["q"], files["g"]
-    for k in ("a", "b"):
+    for k, runner in (("a", run), ("b", lambda *args: cli_run(capsys, *args))):
         (tmp_path / k).mkdir()
-        res = run("cmc", q, g, "-k", "1", "--shard", "1/3", "--out-part", tmp_path / k / "p.safetensors")
+        res = runner("cmc", q, g, "-k", "1", "--shard", "1/3", "--out-part", tmp_path / k / "p.safetensors")
         assert res.returncode == 0, res.stderr
-        res = run("pr", q, g, "--curves", tmp_path / k / "c.safetensors")
+        res = runner("pr", q, g, "--curves", tmp_path / k / "c.safetensors")
         assert res.returncode == 0, res.stderr
     a, b = tmp_path / "a", tmp_path / "b"
     assert header_pairs(a / "p.safetensors") == header_pairs(b / "p.safetensors")

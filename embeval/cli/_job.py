@@ -188,8 +188,10 @@ def _hard_neg_items(job: Job, result: EvalResult, inputs: dict) -> dict[str, lis
                               protocol=Protocol(c.exclude_same_camera, c.exclude_self)).tolist()
     labels = g.labels.tolist()
     paths = _item_paths(g) if c.aggregate == "none" else None
-    return {"hard_neg_index": index, "hard_neg_label": [labels[i] for i in index],
-            **({"hard_neg_path": [paths[i] for i in index]} if paths is not None else {})}
+    return {"hard_neg_index": index,
+            "hard_neg_label": [labels[i] if i >= 0 else None for i in index],
+            **({"hard_neg_path": [paths[i] if i >= 0 else None for i in index]}
+               if paths is not None else {})}
 
 
 def _unchanged(inputs: dict) -> bool:
