@@ -83,14 +83,18 @@ def test_a_closed_stdout_exits_141_quietly(files):
     assert proc.wait(timeout=300) == 141 and err == ""
 
 
-def test_ctrl_c_says_interrupted(tmp_path):
-    """SIGINT during the ranking pass: one line, exit code 130."""
+@pytest.mark.parametrize("numba_cache", ["warm", "empty"])
+def test_ctrl_c_says_interrupted(tmp_path, numba_cache):
+    """SIGINT during the ranking pass, or while numba compiles its kernels (a first run, with an
+    empty cache): one line, exit code 130."""
     g = torch.Generator().manual_seed(0)
     big = embeval.save(tmp_path / "big.safetensors", torch.randn(20000, 64, generator=g),
                        torch.randint(0, 10000, (20000,), generator=g))
     proc = subprocess.Popen([EXE, "pr", big, big, "--exclude-self", "--block-size", "64"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "EMBEVAL_THREADS": "1"})
+                            env={**os.environ, "EMBEVAL_THREADS": "1",
+                                 **({"NUMBA_CACHE_DIR": str(tmp_path / "nb")}
+                                    if numba_cache == "empty" else {})})
     maps = Path(f"/proc/{proc.pid}/maps")
     for _ in range(600):  # until torch is loaded (not a timing assertion: a wait)
         if proc.poll() is not None or not maps.exists() or "libtorch" in maps.read_text():

@@ -121,6 +121,11 @@ def main(argv: list[str] | None = None) -> None:
             rc = BROKEN_PIPE
         else:
             raise
+    except Exception:
+        if not interrupted.seen:
+            raise
+        rc = INTERRUPTED  # what a Ctrl-C broke is the interrupt, not a bug (numba, for one,
+        # turns it into a RuntimeError when it arrives while compiling)
     if rc == INTERRUPTED and interrupted.seen:  # Typer turns Ctrl-C into a silent exit code 130
         print(f"{prog}: interrupted", file=sys.stderr)
     if rc == BROKEN_PIPE:  # the reader is gone: nothing to say, and no one to say it to
@@ -131,24 +136,33 @@ def main(argv: list[str] | None = None) -> None:
 class _Interrupted:
     """Within the block, Ctrl-C raises KeyboardInterrupt as usual and is remembered (``seen``),
     so that the one-line note is ours to print; a command that handles SIGINT itself (train
-    stops after its step and says how to resume) installs its own handler and says its own line."""
+    stops after its step and says how to resume) installs its own handler and says its own line.
+    An interrupt raised where Python can only report it (a C callback: numba compiling) is not
+    reported as "Exception ignored ..." but left to the one line."""
 
     def __init__(self) -> None:
         self.seen = False
         self._old: object = None
+        self._old_hook = sys.unraisablehook
 
     def _handler(self, signum: int, frame: object) -> None:
         self.seen = True
         raise KeyboardInterrupt
 
+    def _unraisable(self, info: object) -> None:
+        if not (self.seen and getattr(info, "exc_type", None) is KeyboardInterrupt):
+            self._old_hook(info)  # type: ignore[arg-type]
+
     def __enter__(self) -> _Interrupted:
         if threading.current_thread() is threading.main_thread():
             self._old = signal.signal(signal.SIGINT, self._handler)
+            sys.unraisablehook = self._unraisable
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._old is not None:
             signal.signal(signal.SIGINT, self._old)  # type: ignore[arg-type]
+            sys.unraisablehook = self._old_hook
 
 
 def _silence_stdout() -> None:
