@@ -112,11 +112,11 @@ def generate(w: Workload, n_query: int, n_gallery: int, dim: int):
 
 
 def write_set(path: Path, emb, labels, meta: dict[str, str]) -> None:
-    """Write an embeval file: with ``embeval.store.save`` when importable, else safetensors."""
+    """Write an embeval file: with ``embeval.data.store.save`` when importable, else safetensors."""
     try:
         import torch
 
-        from embeval.store import save
+        from embeval.data.store import save
     except ImportError:
         from safetensors.numpy import save_file
 

@@ -27,10 +27,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from embeval.data.store import load
 from embeval.extract import ExtractOptions, extract_to_files
-from embeval.images import ImageList, Preprocessing, list_images
-from embeval.models import load_model
-from embeval.store import load
+from embeval.extract.images import ImageList, Preprocessing, list_images
+from embeval.extract.models import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

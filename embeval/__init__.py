@@ -8,7 +8,7 @@ The public names below load on first use (PEP 562): ``import embeval`` and the c
 line's argument parsing stay free of torch, numpy and numba until a name is needed.
 """
 
-from ._blas import prefer_avx512_kernels
+from embeval._blas import prefer_avx512_kernels
 
 prefer_avx512_kernels()  # before numpy loads OpenBLAS: see embeval/_blas.py
 
@@ -18,28 +18,29 @@ import sys  # noqa: E402
 import types  # noqa: E402
 from typing import TYPE_CHECKING, Any  # noqa: E402
 
-from .errors import EmbevalError, InputFileError, OptionError  # noqa: E402  (no torch)
+from embeval.errors import EmbevalError, InputFileError, OptionError  # noqa: E402  (no torch)
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ loads these
-    from . import metrics
-    from .concat import ConcatSet, load_many
-    from .evaluate import EvalResult, aggregate_mean, evaluate, evaluation_stats, summarize
-    from .ranking import Protocol, RankStats, positive_pairs, rank_stats
-    from .similarity import METRICS, scores
-    from .store import EmbeddingSet, load, save
+    from embeval import metrics
+    from embeval.data.concat import ConcatSet, load_many
+    from embeval.data.store import EmbeddingSet, load, save
+    from embeval.engine.rank import positive_pairs, rank_stats
+    from embeval.engine.similarity import METRICS, scores
+    from embeval.engine.stats import Protocol, RankStats
+    from embeval.evaluate import EvalResult, aggregate_mean, evaluate, evaluation_stats, summarize
 
 __version__ = "0.1.0"
 
 #: public name -> the submodule that defines it (None: the name is the submodule itself)
 _LAZY: dict[str, str | None] = {
     "metrics": None,
-    "ConcatSet": "concat", "load_many": "concat",
+    "ConcatSet": "data.concat", "load_many": "data.concat",
     "EvalResult": "evaluate", "aggregate_mean": "evaluate", "evaluate": "evaluate",
     "evaluation_stats": "evaluate", "summarize": "evaluate",
-    "Protocol": "ranking", "RankStats": "ranking", "positive_pairs": "ranking",
-    "rank_stats": "ranking",
-    "METRICS": "similarity", "scores": "similarity",
-    "EmbeddingSet": "store", "load": "store", "save": "store",
+    "Protocol": "engine.stats", "RankStats": "engine.stats", "positive_pairs": "engine.rank",
+    "rank_stats": "engine.rank",
+    "METRICS": "engine.similarity", "scores": "engine.similarity",
+    "EmbeddingSet": "data.store", "load": "data.store", "save": "data.store",
 }
 
 __all__ = [
@@ -53,7 +54,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     """Import the submodule behind a public name on first access, then cache the value.
 
-    A submodule name (``embeval.store``) imports that submodule, as the eager package did.
+    A subpackage name (``embeval.data``) imports that subpackage, as the eager package did.
     """
     if name in _LAZY:
         where = _LAZY[name]

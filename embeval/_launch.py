@@ -1,6 +1,6 @@
 """How this process was launched (torchrun or not), from the environment alone: no torch.
 
-:mod:`embeval.distributed` re-exports these; the command line asks them on its error path,
+:mod:`embeval.engine.distributed` re-exports these; the command line asks them on its error path,
 before (or without) importing torch.
 """
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 __all__ = ["LAYOUTS", "IMAGENET_MEAN", "IMAGENET_STD", "BACKBONE_NAMES"]
 
-#: image set layouts that ``embeval.images.list_images`` reads
+#: image set layouts that ``embeval.extract.images.list_images`` reads
 LAYOUTS = ("auto", "imagefolder", "regex", "market1501", "csv")
 #: ImageNet normalisation of [0, 1] RGB pixels
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-#: names of the built-in backbones, the keys of ``embeval.models.BACKBONES`` (a test keeps them equal)
+#: names of the built-in backbones, the keys of ``embeval.extract.models.BACKBONES`` (a test keeps them equal)
 BACKBONE_NAMES = ("embeval-small",)

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from embeval.data.store import EmbeddingSet
+from embeval.engine import Protocol, RankStats, rank_stats, shard_range
+from embeval.errors import OptionError
+
 from . import metrics as M
-from .errors import OptionError
-from .ranking import Protocol, RankStats, rank_stats, shard_range
-from .store import EmbeddingSet
 
 __all__ = ["EvalResult", "evaluate", "evaluation_stats", "PartialEvaluation", "summarize", "aggregate_mean"]
 
@@ -88,7 +89,7 @@ def evaluate(
     ``hard_pos``, ``hard_neg``; ``knn_accuracy`` with ``knn_k``; ``maxF1``, ``P@maxF1``,
     ``R@maxF1``, ``T@maxF1`` with ``pr=True``. ``per_query``: [Q] tensors ``n_pos``,
     ``first_rank``, ``last_rank``, ``ap``, ``hard_pos``, ``hard_neg`` (+ ``knn_pred``).
-    ``backend``: see :func:`embeval.ranking.rank_stats` (``"torch"`` runs the CUDA code on CPU).
+    ``backend``: see :func:`embeval.engine.rank_stats` (``"torch"`` runs the CUDA code on CPU).
     """
     t0 = time.perf_counter()
     part = evaluation_stats(query, gallery, metric=metric, ks=ks, knn_k=knn_k,
@@ -136,7 +137,7 @@ def evaluation_stats(
     progress=None,
 ) -> PartialEvaluation:
     """Check the options and compute the mergeable statistics, of the gallery shard ``shard``
-    = ``(i, n)`` (:func:`embeval.ranking.shard_range`) or of the whole gallery.
+    = ``(i, n)`` (:func:`embeval.engine.shard_range`) or of the whole gallery.
 
     Shards' statistics combine exactly with :meth:`RankStats.merge`, then :func:`summarize`.
     """

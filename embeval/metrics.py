@@ -1,4 +1,4 @@
-"""Pure functions: :class:`~embeval.ranking.RankStats` → metrics (DESIGN.md section 3).
+"""Pure functions: :class:`~embeval.engine.RankStats` → metrics (DESIGN.md section 3).
 
 Ties are pessimistic: a negative tied with a positive ranks ahead of it; positives tied
 with each other share one threshold (as scikit-learn). A query with P > 0 positives
@@ -20,8 +20,8 @@ from collections.abc import Sequence
 
 import torch
 
-from .errors import OptionError
-from .ranking import NO_INDEX, RankStats
+from embeval.engine import NO_INDEX, RankStats
+from embeval.errors import OptionError
 
 __all__ = [
     "positive_ranks", "average_precision", "mean_average_precision", "first_hit_rank",

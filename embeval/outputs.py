@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import InputFileError
+from embeval.errors import InputFileError
 
 __all__ = ["atomic_path", "transaction", "check_outputs", "STDOUT"]
 

@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import InputFileError
+from embeval.errors import InputFileError
 
 __all__ = ["load_tensors", "load_exported", "load_torchscript"]
 

@@ -44,9 +44,9 @@ def restore_globals():
 @pytest.fixture(autouse=True)
 def compiled_cpu_pass(monkeypatch):
     """In this process, backend="auto" takes the compiled CPU pass whatever the size (as before
-    embeval.ranking.SMALL_PASS), so the oracle tests keep covering it; the torch pass is covered
+    embeval.engine.rank.SMALL_PASS), so the oracle tests keep covering it; the torch pass is covered
     by the tests that name backend="torch", small jobs' choice by test_small_jobs_never_compile."""
-    from embeval import ranking
+    from embeval.engine import rank as ranking
     monkeypatch.setattr(ranking, "SMALL_PASS", 0)
 
 

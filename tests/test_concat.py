@@ -13,8 +13,8 @@ import torch
 from test_ranking import assert_same, sets
 
 import embeval
-from embeval.concat import ConcatSet, expand_paths
-from embeval.ranking import rank_stats
+from embeval.data.concat import ConcatSet, expand_paths
+from embeval.engine import rank_stats
 
 EXE = shutil.which("embeval")
 

@@ -10,7 +10,7 @@ import torch
 from test_ranking import assert_same, sets
 
 import embeval
-from embeval.ranking import rank_stats
+from embeval.engine import rank_stats
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

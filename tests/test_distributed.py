@@ -14,9 +14,8 @@ from safetensors.torch import load_file
 from test_ranking import assert_same, sets
 
 import embeval
-from embeval import distributed
+from embeval.engine import RankStats, distributed, shard_range
 from embeval.evaluate import evaluation_stats
-from embeval.ranking import RankStats, shard_range
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(),
                                 reason="torch.distributed is not available")

@@ -13,11 +13,11 @@ from helpers_images import image_folder, write_bad_image, write_image
 from helpers_models import TinyNet, tiny_net
 from PIL import Image
 
-from embeval import store
+from embeval.data import store
 from embeval.errors import InputFileError, OptionError
 from embeval.extract import ExtractOptions, embed_images, extract_to_files, partial_dir
-from embeval.images import Preprocessing, list_image_sets, list_images, load_image
-from embeval.models import LoadedModel, build_backbone, save_checkpoint
+from embeval.extract.images import Preprocessing, list_image_sets, list_images, load_image
+from embeval.extract.models import LoadedModel, build_backbone, save_checkpoint
 
 ARCH = {"backbone": "embeval-small", "embedding_dim": 8, "widths": [4, 8]}
 PREP = Preprocessing(size=(8, 8))

@@ -1,12 +1,12 @@
-"""embeval.hardest: the item behind each query's hardest negative, against a float64 brute force."""
+"""embeval.engine.hardest: the item behind each query's hardest negative, against a float64 brute force."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 import embeval
-from embeval.hardest import hardest_negatives
-from embeval.ranking import Protocol, rank_stats
+from embeval.engine import Protocol, rank_stats
+from embeval.engine.hardest import hardest_negatives
 
 
 def brute_force(q: torch.Tensor, g: torch.Tensor, ql: torch.Tensor, gl: torch.Tensor, metric: str,

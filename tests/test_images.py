@@ -1,4 +1,4 @@
-"""Image-set layouts, decoding and preprocessing (embeval.images)."""
+"""Image-set layouts, decoding and preprocessing (embeval.extract.images)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from helpers_images import image_folder, write_bad_image, write_image
 from PIL import Image
 
 from embeval.errors import InputFileError, OptionError
-from embeval.images import (
+from embeval.extract.images import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     ImageDataset,

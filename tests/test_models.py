@@ -1,4 +1,4 @@
-"""Model sources, weights loading and the checkpoint format (embeval.models)."""
+"""Model sources, weights loading and the checkpoint format (embeval.extract.models)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from helpers_models import TinyNet, tiny_net
 from safetensors.torch import save_file
 
 from embeval.errors import InputFileError, OptionError
-from embeval.images import Preprocessing
-from embeval.models import (
+from embeval.extract.images import Preprocessing
+from embeval.extract.models import (
     SmallNet,
     build_backbone,
     load_model,

@@ -534,7 +534,7 @@ def _near_limit(metric: str, precision: str) -> tuple[Case, int]:
     """A gaussian case whose queries include copies of gallery rows (inner, cosine: the
     largest dot products) and their negatives (the largest |q.g| and |q - g|), and the
     largest k such that scaling both sets by 2^k is still accepted."""
-    from embeval.similarity import overflow_rule
+    from embeval.engine.similarity import overflow_rule
 
     rng = np.random.default_rng(9)  # a seed whose scores are 15 rounding bounds apart or more
     ge = rng.standard_normal((40, 16)).astype(np.float32).astype(np.float64)

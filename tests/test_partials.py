@@ -18,10 +18,10 @@ from safetensors.torch import load_file, save_file
 from test_ranking import assert_same, sets
 
 import embeval
-from embeval import partials
+from embeval.engine import shard_range
 from embeval.evaluate import evaluation_stats
-from embeval.partials import Partial, load_partial, merge_partials, save_partial
-from embeval.ranking import shard_range
+from embeval.results import partials
+from embeval.results.partials import Partial, load_partial, merge_partials, save_partial
 
 
 def job_header(metric: str = "cosine") -> dict:

@@ -9,8 +9,8 @@ import torch
 
 import embeval
 from embeval import metrics as M
-from embeval.ranking import NO_INDEX, Protocol, RankStats, rank_stats
-from embeval.similarity import canonical_dot
+from embeval.engine import NO_INDEX, Protocol, RankStats, rank_stats
+from embeval.engine.similarity import canonical_dot
 
 FIELDS = ("pos_offsets", "pos_scores", "neg_hist", "n_neg", "max_neg", "topk_scores", "topk_indices")
 
@@ -90,7 +90,7 @@ def test_torch_path_equals_numba_path(metric: str) -> None:
         b = rank_stats(q, g, metric=metric, topk=6, device="cpu", backend="torch", block_size=333)
         assert_same(a, b)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(embeval.ranking._kernels, "AVAILABLE", False)  # no numba at all
+        mp.setattr(embeval.engine.kernels, "AVAILABLE", False)  # no numba at all
         c = rank_stats(q, g, metric=metric, topk=6, device="cpu", block_size=500)
     assert_same(a, c)
 
@@ -104,7 +104,7 @@ def test_canonical_dot_is_the_kernels_order(d: int) -> None:
     out = torch.empty(400)
     zeros = torch.zeros(400)
     idx = torch.arange(400)
-    embeval.ranking._kernels.pair_scores(q.numpy(), g.numpy(), idx.numpy(), idx.numpy(), 0,
+    embeval.engine.kernels.pair_scores(q.numpy(), g.numpy(), idx.numpy(), idx.numpy(), 0,
                                          zeros.numpy(), zeros.numpy(), 0, out.numpy())
     canon = canonical_dot(q, g, chunk=37)
     assert torch.equal(canon, out)
@@ -190,7 +190,7 @@ def test_small_jobs_never_compile_kernels():  # a fresh process: no conftest fix
     import sys
     code = """
 import torch, embeval
-from embeval import _kernels, ranking
+from embeval.engine import kernels as _kernels, rank as ranking
 q = embeval.EmbeddingSet(torch.randn(50, 8), torch.arange(50) % 7)
 g = embeval.EmbeddingSet(torch.randn(300, 8), torch.arange(300) % 7)
 small = embeval.evaluate(q, g, knn_k=3, device="cpu")
@@ -200,7 +200,7 @@ big = embeval.evaluate(q, g, knn_k=3, device="cpu")
 print(len(_kernels.tile_pass.signatures))
 print(small.metrics == big.metrics)
 """
-    from embeval import _kernels
+    from embeval.engine import kernels as _kernels
     if not _kernels.AVAILABLE:
         pytest.skip("numba is not installed")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -209,7 +209,7 @@ print(small.metrics == big.metrics)
 
 
 def test_overflow_rule_is_within_a_factor_two_of_a_real_overflow() -> None:
-    from embeval.similarity import overflow_rule
+    from embeval.engine.similarity import overflow_rule
 
     d = 16
     for metric in ("inner", "cosine", "euclid", "sq_euclid"):
@@ -248,7 +248,7 @@ def test_overflow_names_the_gallery_file_and_its_row(tmp_path) -> None:
 @pytest.mark.parametrize("backend", ["numba", "torch"])
 def test_non_finite_scores_are_never_ranked(monkeypatch, backend) -> None:
     """Defence in depth: with the norm check switched off, overflowing scores still raise."""
-    monkeypatch.setattr("embeval.ranking.overflow_rule", lambda *a, **k: None)
+    monkeypatch.setattr("embeval.engine.rank.overflow_rule", lambda *a, **k: None)
     gen = torch.Generator().manual_seed(0)
     q = embeval.EmbeddingSet(torch.randn(5, 8, generator=gen) * 1e20, [0, 1, 2, 3, 4])
     for labels in ([0, 1, 2, 0, 1, 2], [7, 7, 7, 8, 8, 8]):  # with positives, and none at all
@@ -259,7 +259,7 @@ def test_non_finite_scores_are_never_ranked(monkeypatch, backend) -> None:
 
 @pytest.mark.parametrize("text", ["nan", "inf", "-inf", "1e400", "NaNGB", "infMB"])
 def test_memory_must_be_finite(text: str) -> None:
-    from embeval.ranking import parse_memory
+    from embeval.engine import parse_memory
 
     with pytest.raises(embeval.OptionError, match="is not a finite size"):
         parse_memory(text)

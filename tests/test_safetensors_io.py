@@ -15,8 +15,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
-from embeval.exports import write_tensor_stream
-from embeval.safetensors_io import plan_layout, tensor_digest, write_safetensors
+from embeval.data.safetensors_io import plan_layout, tensor_digest, write_safetensors
+from embeval.results.writers import write_tensor_stream
 
 
 def content() -> dict[str, torch.Tensor]:
@@ -66,7 +66,7 @@ CHILD = r"""
 import json, sys, torch
 sys.path.insert(0, sys.argv[2])
 import embeval
-from embeval.safetensors_io import write_safetensors
+from embeval.data.safetensors_io import write_safetensors
 from test_safetensors_io import content
 out = sys.argv[1]
 meta = {f"key{i}": str(i) for i in range(12)}

@@ -107,7 +107,7 @@ for name in embeval.__all__:
     getattr(embeval, name)
 import embeval.metrics
 assert embeval.metrics is sys.modules["embeval.metrics"]
-assert embeval.store.load is embeval.load and embeval.concat.load_many is embeval.load_many
+assert embeval.data.store.load is embeval.load and embeval.data.concat.load_many is embeval.load_many
 try:
     embeval.no_such_name
 except AttributeError as e:
@@ -144,7 +144,9 @@ def test_import_embeval_is_lazy_and_every_public_name_resolves(tmp_path):
 
 
 def test_the_torch_free_vocabularies_are_the_cores():
-    from embeval import _vocab, images, models, train_config
+    from embeval import _vocab
+    from embeval.extract import images, models
+    from embeval.train import config as train_config
 
     assert tuple(models.BACKBONES) == _vocab.BACKBONE_NAMES
     assert images.LAYOUTS is _vocab.LAYOUTS and train_config.CHOICES["layout"] is _vocab.LAYOUTS

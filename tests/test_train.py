@@ -20,12 +20,12 @@ from safetensors.torch import load_file
 from embeval.cli import main
 from embeval.errors import OptionError
 from embeval.extract import ExtractOptions, embed_images
-from embeval.images import Preprocessing, list_images
-from embeval.losses import batch_hard_triplet, pk_batches
-from embeval.models import LoadedModel, load_checkpoint
+from embeval.extract.images import Preprocessing, list_images
+from embeval.extract.models import LoadedModel, load_checkpoint
 from embeval.safe_load import load_tensors
 from embeval.train import TrainInterrupted, train
-from embeval.train_config import TrainConfig, config_from, load_config_file, save_config
+from embeval.train.config import TrainConfig, config_from, load_config_file, save_config
+from embeval.train.losses import batch_hard_triplet, pk_batches
 
 TESTS = Path(__file__).resolve().parent
 TINY = dict(size=[12, 12], widths=[4, 8], embedding_dim=8, batch_size=8, workers=0, lr=0.1,

@@ -36,7 +36,7 @@ app.info.epilog = examples(  # the commands' own --help shows theirs
     "embeval cmc --help")
 
 # Nothing above imports torch: arguments are parsed and checked first (DESIGN: start-up).
-distributed = LazyModule("embeval.distributed", light="embeval._launch")  # is_leader(): no torch
+distributed = LazyModule("embeval.engine.distributed", light="embeval._launch")  # is_leader(): no torch
 
 __all__ = ["app", "main"]
 

@@ -16,16 +16,17 @@ from pathlib import Path
 
 import torch
 
-from embeval import __version__, distributed, exports
-from embeval.concat import expand_paths, load_many, source_files
+from embeval import __version__
+from embeval.data.concat import expand_paths, load_many, source_files
+from embeval.data.store import EmbeddingSet, load
+from embeval.engine import Protocol, distributed, parse_memory, parse_shard
+from embeval.engine.hardest import hardest_negatives
+from embeval.engine.similarity import resolve_device, scores
 from embeval.errors import OptionError
 from embeval.evaluate import EvalResult, aggregate_mean, evaluation_stats, summarize
-from embeval.hardest import hardest_negatives
 from embeval.outputs import check_outputs, transaction
-from embeval.partials import Partial, changed, fingerprint, save_partial
-from embeval.ranking import Protocol, parse_memory, parse_shard
-from embeval.similarity import resolve_device, scores
-from embeval.store import EmbeddingSet, load
+from embeval.results import writers as exports
+from embeval.results.partials import Partial, changed, fingerprint, save_partial
 
 from ._app import progress_bar, stderr
 from .report import render

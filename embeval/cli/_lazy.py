@@ -13,7 +13,7 @@ from typing import Any
 
 
 class LazyModule:
-    """``LazyModule("embeval.distributed", light="embeval._launch")``: attributes that the
+    """``LazyModule("embeval.engine.distributed", light="embeval._launch")``: attributes that the
     ``light`` module has come from it (no heavy import); any other attribute imports the module.
     """
 

@@ -117,7 +117,7 @@ def default_ks(ks: list[int] | None, gallery: list[Path]) -> list[int]:
     """The user's -k values, or 1 5 10 capped at the gallery size."""
     if ks:
         return ks
-    from embeval.concat import load_many
+    from embeval.data.concat import load_many
 
     n = load_many(gallery).n
     return [k for k in (1, 5, 10) if k <= n] or [n]
@@ -237,7 +237,7 @@ def pr(query: QueryArg, gallery: GalleryArg,
     common = _common(metric, device, memory, precision, exclude_same_camera, exclude_self,
                      aggregate, no_positive, block_size)
     if plot:
-        from embeval import exports
+        from embeval.results import writers as exports
 
         exports.require_matplotlib()
     _execute("pr", query, gallery, common, [1], shard, out_part, pr=True,

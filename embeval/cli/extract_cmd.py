@@ -17,9 +17,10 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .._vocab import BACKBONE_NAMES, LAYOUTS
-from ..errors import InputFileError, OptionError
-from ..outputs import check_outputs
+from embeval._vocab import BACKBONE_NAMES, LAYOUTS
+from embeval.errors import InputFileError, OptionError
+from embeval.outputs import check_outputs
+
 from ._app import app, interactive, stderr, stdout
 from .evaluate_cmds import examples
 
@@ -95,10 +96,10 @@ def extract(
     check_outputs({"--out" if out_dir is None else f"--out-dir ({name})": path
                    for name, _, path in sets},
                   inputs=[src for _, src, _ in sets] + [p for p in (Path(model), weights) if p])
-    from ..extract import ExtractOptions, extract_to_files  # torch loads here
-    from ..images import Preprocessing, list_image_sets
-    from ..models import load_model
-    from ..similarity import resolve_device
+    from embeval.engine.similarity import resolve_device
+    from embeval.extract import ExtractOptions, extract_to_files  # torch loads here
+    from embeval.extract.images import Preprocessing, list_image_sets
+    from embeval.extract.models import load_model
 
     dev = resolve_device(device)
     image_lists = list_image_sets([src for _, src, _ in sets], layout=layout,

@@ -41,10 +41,10 @@ def merge(
     """Combine the shards of an array job: prints exactly what one run prints (table or --json)."""
     t0 = time.perf_counter()
     require_files(parts)  # before torch loads
-    from embeval import exports
-    from embeval.concat import expand_paths
+    from embeval.data.concat import expand_paths
     from embeval.evaluate import summarize
-    from embeval.partials import load_partial, merge_partials
+    from embeval.results import writers as exports
+    from embeval.results.partials import load_partial, merge_partials
 
     from ._job import Common, Job, finish
 
@@ -91,7 +91,7 @@ def _files(inputs: dict) -> dict:
 
 def _check_inputs_unchanged(job: dict) -> None:
     """score --out recomputes the matrix from the input files: they must be the ones ranked."""
-    from embeval.partials import changed
+    from embeval.results.partials import changed
 
     for fp in [*job["inputs"]["query"], *job["inputs"]["gallery"]]:
         if (problem := changed(fp)) is not None:

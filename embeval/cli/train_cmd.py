@@ -19,13 +19,14 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..errors import InputFileError, OptionError
-from ..train_config import TrainConfig, config_from, load_config_file  # no torch, no yaml
+from embeval.errors import InputFileError, OptionError
+from embeval.train.config import TrainConfig, config_from, load_config_file  # no torch, no yaml
+
 from ._app import app, interactive, stderr, stdout
 from .evaluate_cmds import examples
 
 if TYPE_CHECKING:
-    from ..train import TrainInterrupted, TrainResult
+    from embeval.train import TrainInterrupted, TrainResult
 
 D = TrainConfig()
 #: what may change when a run is resumed; everything else comes from RUN/config.yaml
@@ -157,7 +158,7 @@ def train_cmd(
                               f"its config.yaml (only {', '.join(RESUMABLE)} may change)")
         saved = resume / "config.yaml"
         if not saved.exists():
-            from ..train_state import load_state
+            from embeval.train.state import load_state
 
             load_state(resume)  # no run here: it says why
             raise InputFileError(saved, "--resume: the run has no config.yaml")
@@ -190,7 +191,7 @@ def _ints(text: str | None, option: str) -> list[int] | None:
 
 def _run(cfg: TrainConfig, *, resume: bool, overwrite: bool,
          ) -> tuple[TrainResult | None, TrainInterrupted | None]:
-    from ..train import TrainInterrupted, train  # torch loads here
+    from embeval.train import TrainInterrupted, train  # torch loads here
 
     with _stop_on_signals() as should_stop, _bar() as progress:
         try:

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from . import _kernels
-from .similarity import METRIC_CODES
-from .store import EmbeddingSet
+from embeval.data.store import EmbeddingSet
+from embeval.engine import kernels as _kernels
+from embeval.engine.similarity import METRIC_CODES
 
 TILE_Q = 512
 TILE_G = 2048

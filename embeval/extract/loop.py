@@ -1,7 +1,7 @@
 """Images -> embedding files with any model: the extraction loop (no CLI, no printing).
 
 Pipeline: a ``DataLoader`` whose workers decode with Pillow and preprocess in torch
-(:class:`embeval.images.ImageDataset`), pinned memory and non-blocking copies on
+(:class:`embeval.extract.images.ImageDataset`), pinned memory and non-blocking copies on
 CUDA, ``torch.inference_mode``, optional autocast (``bf16`` / ``fp16``), channels_last.
 With ``flip`` the embedding is the mean of the image's and its mirror's; with
 ``normalize`` it is L2-normalised. Embeddings are stored as float32.
@@ -36,11 +36,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
-from .errors import InputFileError, OptionError
-from .images import ImageDataset, ImageList, Preprocessing
-from .models import LoadedModel
-from .similarity import resolve_device
-from .store import atomic_path, save
+from embeval.data.store import atomic_path, save
+from embeval.engine.similarity import resolve_device
+from embeval.errors import InputFileError, OptionError
+from embeval.extract.images import ImageDataset, ImageList, Preprocessing
+from embeval.extract.models import LoadedModel
 
 __all__ = ["ExtractOptions", "Extraction", "embed_images", "extract_to_files", "partial_dir"]
 

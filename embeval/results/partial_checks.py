@@ -2,7 +2,7 @@
 
 Every problem raises :class:`InputFileError` naming the part file. These checks catch
 accidents and naive edits (a changed count, swapped shard claims, a truncated tensor, a
-header field of the wrong type); the checksum of :mod:`embeval.partials` catches any edit
+header field of the wrong type); the checksum of :mod:`embeval.results.partials` catches any edit
 that does not recompute it.
 """
 
@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from .errors import InputFileError
-from .ranking import NO_INDEX, RankStats, shard_range
-from .similarity import METRICS
+from embeval.engine import NO_INDEX, RankStats, shard_range
+from embeval.engine.similarity import METRICS
+from embeval.errors import InputFileError
 
 __all__ = ["check_header", "check_stats", "check_together", "COMMANDS"]
 

@@ -15,7 +15,7 @@ sq_euclid  −max(‖q‖²+‖g‖²−2q·g, 0)     squared norms
 Because the transform is applied to the raw dot product with the same float32
 operations everywhere (block matmul, positive gather, numba kernel), two equal
 dot products always give bit-equal scores. :func:`canonical_dot` is the dot product
-in one fixed summation order (the one ``embeval._kernels`` compiles): the scores
+in one fixed summation order (the one ``embeval.engine.kernels`` compiles): the scores
 that decide ranks are computed with it, so they depend on the pair alone.
 
 Scores are float32 and rows are not rescaled: :func:`overflow_rule` tells from the largest
@@ -31,7 +31,7 @@ from collections.abc import Iterator
 
 import torch
 
-from .errors import InputFileError, OptionError
+from embeval.errors import InputFileError, OptionError
 
 __all__ = [
     "METRICS", "PRECISIONS", "METRIC_CODES", "LANES", "aux", "row_norms", "overflow_rule",
@@ -141,7 +141,7 @@ def canonical_dot(q: torch.Tensor, g: torch.Tensor, chunk: int = 1 << 14) -> tor
     Lane l (of 16) sums the products of elements l, l + 16, l + 32, ... in order (the last
     ``D mod 16`` elements go to lanes 0, 1, ...), then lanes are added in a fixed tree
     (l + 8 into l, then l + 4, l + 2, l + 1). Every operation is one IEEE float32 multiply
-    or add, so the bits are the same on CPU and CUDA and equal ``embeval._kernels``'s.
+    or add, so the bits are the same on CPU and CUDA and equal ``embeval.engine.kernels``'s.
     """
     n, d = q.shape
     out = torch.empty(n, dtype=torch.float32, device=q.device)

@@ -37,9 +37,9 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from .errors import InputFileError
-from .outputs import atomic_path
-from .safetensors_io import write_safetensors
+from embeval.data.safetensors_io import write_safetensors
+from embeval.errors import InputFileError
+from embeval.outputs import atomic_path
 
 __all__ = ["EmbeddingSet", "load", "save", "atomic_path", "FORMAT_VERSION"]
 

@@ -9,14 +9,14 @@ from typing import Any
 
 import torch
 
-from .errors import EmbevalError, InputFileError, OptionError
-from .evaluate import evaluate
-from .extract import ExtractOptions, embed_images
-from .images import ImageList, Preprocessing, list_image_sets, list_images
-from .models import LoadedModel
-from .store import EmbeddingSet
-from .train_config import TrainConfig
-from .train_model import TrainModel
+from embeval.data.store import EmbeddingSet
+from embeval.errors import EmbevalError, InputFileError, OptionError
+from embeval.evaluate import evaluate
+from embeval.extract import ExtractOptions, embed_images
+from embeval.extract.images import ImageList, Preprocessing, list_image_sets, list_images
+from embeval.extract.models import LoadedModel
+from embeval.train.config import TrainConfig
+from embeval.train.model import TrainModel
 
 __all__ = ["TrainData", "load_train_data", "evaluate_epoch", "summary_writer_class", "log_tensorboard"]
 

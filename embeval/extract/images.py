@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ._vocab import IMAGENET_MEAN, IMAGENET_STD, LAYOUTS  # defined without torch, for the CLI
-from .errors import InputFileError, OptionError
+from embeval._vocab import IMAGENET_MEAN, IMAGENET_STD, LAYOUTS  # defined without torch, for the CLI
+from embeval.errors import InputFileError, OptionError
 
 __all__ = [
     "IMAGE_EXTENSIONS", "LAYOUTS", "MARKET1501_REGEX", "IMAGENET_MEAN", "IMAGENET_STD",

@@ -1,6 +1,6 @@
 """Result files: per-query CSV, kNN predictions, PR curves, score matrices, PR plots.
 
-Every writer goes through :func:`embeval.store.atomic_path`: a file appears under its
+Every writer goes through :func:`embeval.data.store.atomic_path`: a file appears under its
 final name complete, or not at all.
 """
 
@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import OptionError
-from .evaluate import EvalResult
-from .safetensors_io import plan_layout, write_safetensors
-from .store import atomic_path
+from embeval.data.safetensors_io import plan_layout, write_safetensors
+from embeval.data.store import atomic_path
+from embeval.errors import OptionError
+from embeval.evaluate import EvalResult
 
 __all__ = ["write_per_query", "write_predictions", "write_curves", "write_tensor_stream",
            "write_pr_plot", "interpolated_precision", "require_matplotlib"]
@@ -107,7 +107,7 @@ def write_tensor_stream(path: str | os.PathLike[str],
 
     ``specs``: (name, dtype, shape) of each tensor; ``blocks`` yields ``{name: rows}`` with
     consecutive rows of every tensor, in order, until each is complete. The header is
-    :func:`embeval.safetensors_io.plan_layout`'s, so the bytes equal ``write_safetensors``'s.
+    :func:`embeval.data.safetensors_io.plan_layout`'s, so the bytes equal ``write_safetensors``'s.
     """
     layout = plan_layout(specs, metadata)
     # tensors are laid out one after another: each block's rows go to their tensor's place

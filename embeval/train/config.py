@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._vocab import IMAGENET_MEAN, IMAGENET_STD, LAYOUTS
-from .errors import InputFileError, OptionError
+from embeval._vocab import IMAGENET_MEAN, IMAGENET_STD, LAYOUTS
+from embeval.errors import InputFileError, OptionError
 
 try:
     import tomllib
@@ -245,7 +245,7 @@ def save_config(path: Path, config: TrainConfig) -> None:
     """Write the effective configuration as YAML (atomically), with absolute paths."""
     import yaml
 
-    from .store import atomic_path
+    from embeval.data.store import atomic_path
 
     values = config.to_dict()
     for key in ("train", "query", "gallery", "out_dir"):

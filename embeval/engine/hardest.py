@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import torch
 
-from .ranking import Protocol, tie_tolerance
-from .similarity import aux, canonical_dot, transform
-from .store import EmbeddingSet
+from embeval.data.store import EmbeddingSet
+from embeval.engine.rank import tie_tolerance
+from embeval.engine.similarity import aux, canonical_dot, transform
+from embeval.engine.stats import Protocol
 
 __all__ = ["hardest_negatives"]
 

@@ -5,10 +5,10 @@ metric transform, the negative mask, a batched ``searchsorted`` of the block aga
 each query's ascending positive scores (padded with +inf), and a ``scatter_add`` into
 padded per-query histograms. Top-k keeps the lowest gallery index on score ties.
 
-Exact ties in fp32 (as ``embeval._kernels``): the block's matmul scores only filter. Where
+Exact ties in fp32 (as ``embeval.engine.kernels``): the block's matmul scores only filter. Where
 one lies within ``eps[q]`` (``ranking.tie_tolerance``) of a decision (a positive's score,
 the row's hardest negative, the k-th best) it is replaced by the canonical score
-(:func:`embeval.similarity.canonical_dot`), which is the same on CPU and CUDA; so CUDA
+(:func:`embeval.engine.similarity.canonical_dot`), which is the same on CPU and CUDA; so CUDA
 and CPU give the same counts. Reduced precisions (tf32, bf16, fp16) are approximate and
 skip this step.
 
@@ -25,14 +25,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from .similarity import (
+from embeval.data.store import EmbeddingSet
+from embeval.engine.similarity import (
     canonical_dot,
     check_finite_scores,
     matmul_dtype,
     precision_context,
     transform,
 )
-from .store import EmbeddingSet
 
 NEG_INF = float("-inf")
 BYTES_PER_SCORE = 64  # dot, score, bucket (int64), neighbour scores, masks, top-k

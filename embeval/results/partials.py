@@ -19,7 +19,7 @@ Since format 2 the metadata also holds ``info`` (JSON, outside ``header``: the o
 that differs between two runs of one shard) and ``sha256``: a digest of the other metadata
 and of every tensor (name, dtype, shape, bytes), checked on load. On load every part is
 also checked against its own header (dtypes, shapes, ranges, histogram sums; the shard's
-``gallery_range`` against :func:`embeval.ranking.shard_range`), and on merge the parts
+``gallery_range`` against :func:`embeval.engine.shard_range`), and on merge the parts
 against each other: a checksum alone is forgeable by whoever recomputes it, the structural
 checks still catch accidents and naive edits.
 """
@@ -36,11 +36,11 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from ._partial_checks import check_header, check_stats, check_together
-from .errors import InputFileError
-from .ranking import RankStats
-from .safetensors_io import tensor_digest, write_safetensors
-from .store import atomic_path
+from embeval.data.safetensors_io import tensor_digest, write_safetensors
+from embeval.data.store import atomic_path
+from embeval.engine import RankStats
+from embeval.errors import InputFileError
+from embeval.results.partial_checks import check_header, check_stats, check_together
 
 __all__ = ["Partial", "fingerprint", "changed", "save_partial", "load_partial", "merge_partials", "FORMAT"]
 

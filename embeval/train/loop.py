@@ -35,15 +35,21 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from . import train_state as S
-from .errors import EmbevalError, InputFileError, OptionError
-from .images import ImageDataset, Preprocessing
-from .losses import batch_hard_triplet, pk_batches, random_batches
-from .models import save_checkpoint
-from .similarity import resolve_device
-from .train_config import TrainConfig, save_config
-from .train_eval import TrainData, evaluate_epoch, load_train_data, log_tensorboard, summary_writer_class
-from .train_model import TrainModel, build_model, lr_factor, make_optimizer
+from embeval.engine.similarity import resolve_device
+from embeval.errors import EmbevalError, InputFileError, OptionError
+from embeval.extract.images import ImageDataset, Preprocessing
+from embeval.extract.models import save_checkpoint
+from embeval.train import state as S
+from embeval.train.config import TrainConfig, save_config
+from embeval.train.evaluation import (
+    TrainData,
+    evaluate_epoch,
+    load_train_data,
+    log_tensorboard,
+    summary_writer_class,
+)
+from embeval.train.losses import batch_hard_triplet, pk_batches, random_batches
+from embeval.train.model import TrainModel, build_model, lr_factor, make_optimizer
 
 __all__ = ["TrainConfig", "TrainResult", "TrainInterrupted", "TrainModel", "build_model", "train"]
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import InputFileError
-from .store import EmbeddingSet, load
+from embeval.data.store import EmbeddingSet, load
+from embeval.errors import InputFileError
 
 __all__ = ["ConcatSet", "load_many", "expand_paths", "source_files"]
 

@@ -46,7 +46,7 @@ __all__ = ["AVAILABLE", "LANES", "tile_pass", "merge_topk", "pair_scores"]
 
 AVAILABLE = numba is not None
 
-LANES = 16  # the canonical order of embeval.similarity.canonical_dot (kept in step with it)
+LANES = 16  # the canonical order of embeval.engine.similarity.canonical_dot (kept in step with it)
 
 
 def _canon_dot(q, g):
@@ -72,7 +72,7 @@ def _canon_dot(q, g):
 
 
 def _transform(d, qa_i, ga_j, mode):
-    """One score from a dot product: same float32 ops as :func:`embeval.similarity.transform`."""
+    """One score from a dot product: same float32 ops as :func:`embeval.engine.similarity.transform`."""
     if mode == 0:
         return d
     if mode == 1:

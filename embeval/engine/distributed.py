@@ -10,7 +10,7 @@ When torchrun starts the process (``WORLD_SIZE > 1`` in the environment):
   otherwise; on CPU each rank limits its threads to its share of the cores
   (``EMBEVAL_THREADS``, default: usable cores // ``LOCAL_WORLD_SIZE``), so N processes on
   N cores do not oversubscribe them;
-- by default rank r evaluates GALLERY shard r of N (:func:`embeval.ranking.shard_range`,
+- by default rank r evaluates GALLERY shard r of N (:func:`embeval.engine.shard_range`,
   boundaries on the CPU engine's 2048-item gallery tiles): every rank reads the whole
   gallery once for the positives' exact scores, and streams only its shard for the negative
   pass, the O(Q·G) part. The statistics are reduced onto rank 0 with tensor collectives:
@@ -36,13 +36,14 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from ._launch import is_leader, requested  # torch-free: the CLI's error path asks them
-from .ranking import RankStats, _merge_topk, shard_range
-from .similarity import resolve_device
+from embeval._launch import is_leader, requested  # torch-free: the CLI's error path asks them
+from embeval.engine.plan import shard_range
+from embeval.engine.similarity import resolve_device
+from embeval.engine.stats import RankStats, merge_topk
 
 __all__ = ["requested", "is_leader", "Group", "process_group", "threads_per_rank", "split_axis"]
 
-QUERY_TILE = 512  # the CPU engine's tile (embeval._cpu_engine.TILE_Q, TILE_G)
+QUERY_TILE = 512  # the CPU engine's tile (embeval.engine.cpu.TILE_Q, TILE_G)
 GALLERY_TILE = 2048
 
 
@@ -112,7 +113,7 @@ class Group:
             if lead:
                 topv, topi = parts[0][0].cpu().clone(), parts[1][0].cpu().clone()
                 for v, i in zip(parts[0][1:], parts[1][1:]):  # rank order: same as shard order
-                    _merge_topk(topv, topi, v.cpu(), i.cpu())
+                    merge_topk(topv, topi, v.cpu(), i.cpu())
         if self.rank != 0:
             return None
         return replace(stats, neg_hist=hist.cpu(), n_neg=n_neg.cpu(), max_neg=max_neg.cpu(),

@@ -2,7 +2,7 @@
 
 ``RUN/`` holds ``config.yaml`` (effective configuration), ``metrics.jsonl`` (one JSON
 object per finished epoch), ``last.safetensors`` / ``best.safetensors`` (embedding
-network checkpoints, see :mod:`embeval.models`), ``state.pt`` (everything needed to
+network checkpoints, see :mod:`embeval.extract.models`), ``state.pt`` (everything needed to
 resume, loaded weights-only by :func:`embeval.safe_load.load_tensors`) and ``tensorboard/``
 when asked.
 Every file is written to a temporary name and renamed into place.
@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import InputFileError, OptionError
-from .safe_load import load_tensors
-from .store import atomic_path
+from embeval.data.store import atomic_path
+from embeval.errors import InputFileError, OptionError
+from embeval.safe_load import load_tensors
 
 __all__ = ["RUN_FILES", "STATE_VERSION", "check_new_run", "save_state", "load_state",
            "rng_states", "restore_rng_states", "append_metrics", "truncate_metrics"]

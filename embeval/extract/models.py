@@ -55,11 +55,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import nn
 
-from .errors import InputFileError, OptionError
-from .images import Preprocessing
-from .outputs import atomic_path
-from .safe_load import load_exported, load_tensors, load_torchscript
-from .safetensors_io import write_safetensors
+from embeval.data.safetensors_io import write_safetensors
+from embeval.errors import InputFileError, OptionError
+from embeval.extract.images import Preprocessing
+from embeval.outputs import atomic_path
+from embeval.safe_load import load_exported, load_tensors, load_torchscript
 
 __all__ = [
     "BACKBONES", "DEFAULT_BACKBONE", "CHECKPOINT_VERSION", "NECK_BACKBONE", "SmallNet", "NeckNet",

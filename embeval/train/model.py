@@ -10,10 +10,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import OptionError
-from .losses import make_classifier
-from .models import BACKBONES, NECK_BACKBONE, NeckNet, _call_factory, _cut
-from .train_config import TrainConfig
+from embeval.errors import OptionError
+from embeval.extract.models import BACKBONES, NECK_BACKBONE, NeckNet, _call_factory, _cut
+from embeval.train.config import TrainConfig
+from embeval.train.losses import make_classifier
 
 __all__ = ["TrainModel", "build_model", "make_optimizer", "lr_factor"]
 

@@ -8,23 +8,20 @@ DESIGN.md section 4. For every query:
    negative and, when asked, the top-k;
 3. every metric then follows from these few numbers (:mod:`embeval.metrics`).
 
-Statistics of disjoint gallery shards add up (:meth:`RankStats.merge`), those of
-disjoint query shards concatenate (:meth:`RankStats.concat`): the same code serves
-blocks, out-of-core galleries and multi-process runs.
+The statistics (:class:`embeval.engine.stats.RankStats`) of disjoint gallery shards add up,
+those of disjoint query shards concatenate.
 """
 
 from __future__ import annotations
 
-import math
-import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
 
 import torch
 
-from . import _kernels
-from .errors import InputFileError, OptionError
-from .similarity import (
+from embeval.data.store import EmbeddingSet
+from embeval.engine import kernels
+from embeval.engine.plan import default_memory, parse_memory
+from embeval.engine.similarity import (
     METRIC_CODES,
     aux,
     canonical_dot,
@@ -36,141 +33,16 @@ from .similarity import (
     row_norms,
     transform,
 )
-from .store import EmbeddingSet
+from embeval.engine.stats import NO_INDEX, Protocol, RankStats
+from embeval.errors import InputFileError, OptionError
 
-__all__ = ["Protocol", "RankStats", "rank_stats", "positive_pairs", "NO_INDEX", "parse_memory",
-           "shard_range", "parse_shard"]
+__all__ = ["rank_stats", "positive_pairs", "tie_tolerance", "check_norms", "SMALL_PASS"]
 
-NO_INDEX = torch.iinfo(torch.int64).max  # top-k slot without an item
 #: ``backend="auto"`` on CPU: up to this many query × gallery scores the torch pass runs (exact,
 #: bit-identical to the compiled one, at most ~0.1 s slower), so a small job never waits for
 #: numba to compile its kernels (3-12 s, once per installation)
 SMALL_PASS = 1 << 22
 Progress = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """Which gallery items a query ignores.
-
-    ``exclude_same_camera``: drop items with the query's label AND camera (Market-1501).
-    ``exclude_self``: query i ignores gallery item i (query set == gallery set).
-    """
-
-    exclude_same_camera: bool = False
-    exclude_self: bool = False
-
-
-@dataclass
-class RankStats:
-    """Mergeable per-query statistics of one evaluation.
-
-    ``pos_offsets`` [Q+1]: query i's positives are ``pos_scores[pos_offsets[i]:pos_offsets[i+1]]``
-    (float32, ascending). ``neg_hist`` [sum(P) + Q] int64: query i owns ``P_i + 1`` bins starting
-    at ``pos_offsets[i] + i``; bin b counts negatives with exactly b positives scoring ≤ them.
-    ``n_neg`` [Q] int64 negatives seen, ``max_neg`` [Q] float32 hardest negative (-inf: none).
-    ``topk_scores`` [Q, k] float32 (desc; -inf where empty) and ``topk_indices`` [Q, k] int64
-    gallery indices (``NO_INDEX`` where empty), present when the pass kept a top-k.
-    """
-
-    metric: str
-    n_gallery: int
-    query_labels: torch.Tensor
-    pos_offsets: torch.Tensor
-    pos_scores: torch.Tensor
-    neg_hist: torch.Tensor
-    n_neg: torch.Tensor
-    max_neg: torch.Tensor
-    topk_scores: torch.Tensor | None = None
-    topk_indices: torch.Tensor | None = None
-    extra: dict[str, torch.Tensor] = field(default_factory=dict)
-
-    @property
-    def n_query(self) -> int:
-        return int(self.query_labels.numel())
-
-    @property
-    def n_pos(self) -> torch.Tensor:
-        """[Q] int64 positives per query."""
-        return self.pos_offsets[1:] - self.pos_offsets[:-1]
-
-    def merge(self, other: RankStats) -> RankStats:
-        """Combine the statistics of two disjoint gallery shards (same queries, same positives)."""
-        if not torch.equal(self.pos_offsets, other.pos_offsets):
-            raise ValueError("cannot merge statistics computed with different positives: gallery "
-                             "shards must be ranges of one gallery, rank_stats(q, g, "
-                             "gallery_range=(a, b)), whose positives come from all of g")
-        topv, topi = self.topk_scores, self.topk_indices
-        if topv is not None and other.topk_scores is not None:
-            topv, topi = topv.clone(), topi.clone()  # type: ignore[union-attr]
-            _merge_topk(topv, topi, other.topk_scores, other.topk_indices)  # type: ignore[arg-type]
-        return replace(self, neg_hist=self.neg_hist + other.neg_hist, n_neg=self.n_neg + other.n_neg,
-                       max_neg=torch.maximum(self.max_neg, other.max_neg),
-                       topk_scores=topv, topk_indices=topi)
-
-    @staticmethod
-    def concat(parts: Sequence[RankStats]) -> RankStats:
-        """Join the statistics of consecutive query shards, in order."""
-        first = parts[0]
-        offsets = [first.pos_offsets]
-        for p in parts[1:]:
-            offsets.append(p.pos_offsets[1:] + offsets[-1][-1])
-
-        def cat(name: str) -> torch.Tensor | None:
-            values = [getattr(p, name) for p in parts]
-            return None if values[0] is None else torch.cat(values)
-
-        return replace(first, query_labels=cat("query_labels"), pos_offsets=torch.cat(offsets),
-                       pos_scores=cat("pos_scores"), neg_hist=cat("neg_hist"), n_neg=cat("n_neg"),
-                       max_neg=cat("max_neg"), topk_scores=cat("topk_scores"),
-                       topk_indices=cat("topk_indices"))
-
-
-def parse_memory(text: str | int | None) -> int | None:
-    """``"2GB"``, ``"512MB"``, ``"1.5GiB"`` or a byte count → bytes (None passes through)."""
-    if text is None or isinstance(text, int):
-        return text
-    units = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "KIB": 2**10, "M": 1e6, "MB": 1e6, "MIB": 2**20,
-             "G": 1e9, "GB": 1e9, "GIB": 2**30, "T": 1e12, "TB": 1e12, "TIB": 2**40}
-    s = text.strip().upper().replace(" ", "")
-    num = s.rstrip("KMGTIB")
-    try:
-        value = float(num) * units[s[len(num):]]
-    except (ValueError, KeyError):
-        raise OptionError(f"--memory: cannot read {text!r} (examples: 512MB, 2GB)") from None
-    if not math.isfinite(value):  # nan, inf, 1e400
-        raise OptionError(f"--memory: {text!r} is not a finite size (examples: 512MB, 2GB)")
-    if value < 1e6:
-        raise OptionError(f"--memory: {text!r} is too small (at least 1MB)")
-    return int(value)
-
-
-def shard_range(n_items: int, index: int, count: int, *, align: int = 2048) -> tuple[int, int]:
-    """Items ``[a, b)`` of shard ``index`` (0-based) of ``count``: contiguous, near-equal sizes.
-
-    Boundaries fall on multiples of ``align`` (the CPU engine's gallery tile, so no tile is
-    split between shards) whenever every shard can get at least one such unit; shards of
-    small sets split anywhere (results stay bit-identical either way, only slower).
-    """
-    if not 0 <= index < count:
-        raise OptionError(f"shard {index}/{count}: the index must be between 0 and {count - 1}")
-    if count * align > n_items:
-        align = 1
-    units = -(-n_items // align)
-    return (min(n_items, index * units // count * align),
-            min(n_items, (index + 1) * units // count * align))
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"i/n"`` (0 ≤ i < n) → ``(i, n)``; raises :class:`OptionError` naming ``--shard``."""
-    try:
-        i, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise OptionError(f"--shard: cannot read {text!r} (write i/n, e.g. 0/4 for the first "
-                          "of four shards)") from None
-    if n < 1 or not 0 <= i < n:
-        raise OptionError(f"--shard {text}: need 0 <= i < n (shards are numbered from 0)")
-    return i, n
 
 
 def positive_pairs(query_labels: torch.Tensor, gallery_labels: torch.Tensor,
@@ -231,12 +103,12 @@ def rank_stats(
     if not 0 <= a <= b <= gallery.n:
         raise OptionError(f"gallery range [{a}, {b}) is outside the gallery (size {gallery.n})")
     if backend == "auto":
-        compiled = (dev.type == "cpu" and precision == "fp32" and _kernels.AVAILABLE
+        compiled = (dev.type == "cpu" and precision == "fp32" and kernels.AVAILABLE
                     and query.n * (b - a) > SMALL_PASS)
         backend = "numba" if compiled else "torch"
     if backend not in ("numba", "torch"):
         raise OptionError(f"unknown backend {backend!r} (numba, torch, auto)")
-    budget = parse_memory(memory) or _default_memory(dev)
+    budget = parse_memory(memory) or default_memory(dev)
     rows = block_size or max(1, budget // max(1, 8 * gallery.dim))  # gallery block: ≤ budget / 2
 
     qemb = query.embeddings
@@ -263,9 +135,9 @@ def rank_stats(
     )
     stats.extra["eps"] = tie_tolerance(qemb, metric, gmax)
     if backend == "numba":
-        from ._cpu_engine import negative_pass
+        from embeval.engine.cpu import negative_pass
     else:
-        from ._torch_engine import negative_pass  # type: ignore[assignment]
+        from embeval.engine.torch_pass import negative_pass  # type: ignore[assignment]
     negative_pass(stats, query, gallery, qemb, qa, ga, protocol, (a, b), rows,
                   device=dev, precision=precision, budget=budget, progress=progress)
     # a query that saw a negative has a finite hardest negative (-inf only when it saw none)
@@ -290,16 +162,9 @@ def _check_inputs(query: EmbeddingSet, gallery: EmbeddingSet, protocol: Protocol
         raise OptionError(f"k={topk} must be between 1 and the gallery size ({gallery.n})")
 
 
-def _default_memory(dev: torch.device) -> int:
-    if dev.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(dev)
-        return int(free * 0.6)
-    return int(os.environ.get("EMBEVAL_CPU_MEMORY", 1 << 30))
-
-
 def check_norms(query: EmbeddingSet, query_norms: torch.Tensor, gallery: EmbeddingSet,
                 gallery_max: float, gallery_row: int, *, metric: str, precision: str) -> None:
-    """Refuse rows whose scores could overflow (:func:`embeval.similarity.overflow_rule`).
+    """Refuse rows whose scores could overflow (:func:`embeval.engine.similarity.overflow_rule`).
 
     ``query_norms``: [Q] float64 row norms; ``gallery_max``: the largest gallery row norm, at
     row ``gallery_row``. The error names the file with the longer row, that row and its norm.
@@ -359,7 +224,7 @@ def _positive_scores(qemb: torch.Tensor, qa: torch.Tensor, gallery: EmbeddingSet
         q, g = qid[sel], gid[sel]
         if compiled:
             out = torch.empty(len(sel))
-            _kernels.pair_scores(qemb.numpy(), block.numpy(), q.numpy(), g.numpy(), a, qa.numpy(),
+            kernels.pair_scores(qemb.numpy(), block.numpy(), q.numpy(), g.numpy(), a, qa.numpy(),
                                  ga.numpy(), METRIC_CODES[metric], out.numpy())
             pos[sel] = out
         else:
@@ -396,17 +261,3 @@ def tie_tolerance(qemb: torch.Tensor, metric: str, gallery_max_norm: float) -> t
     else:
         eps = dot_err
     return (2 * eps).float().nextafter(torch.tensor(float("inf")))
-
-
-def _merge_topk(av: torch.Tensor, ai: torch.Tensor, bv: torch.Tensor, bi: torch.Tensor) -> None:
-    """In place: ``av``/``ai`` ← the best k of both lists (score desc, index asc)."""
-    if _kernels.AVAILABLE and av.numel() > SMALL_PASS // 64:  # small lists: no compile
-        _kernels.merge_topk(av.numpy(), ai.numpy(), bv.numpy(), bi.numpy())
-        return
-    v = torch.cat([av, bv], 1)
-    i = torch.cat([ai, bi], 1)
-    order = torch.argsort(i, dim=1, stable=True)
-    v, i = v.gather(1, order), i.gather(1, order)
-    order = torch.argsort(v, dim=1, descending=True, stable=True)[:, : av.shape[1]]
-    av.copy_(v.gather(1, order))
-    ai.copy_(i.gather(1, order))
