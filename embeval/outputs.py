@@ -193,7 +193,7 @@ def check_outputs(outputs: Mapping[str, PathLike | None],
     socket, when its folder cannot be created or written, when it is the same file as one of
     ``inputs`` or as another output (device files such as ``/dev/null`` may repeat).
     """
-    inputs_by_id = {}
+    inputs_by_id: dict[tuple[int, int], Path] = {}
     for p in inputs:
         ident = _identity(Path(p))
         if ident is not None:

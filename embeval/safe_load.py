@@ -288,13 +288,16 @@ def _check_program_json(tree: Any, path: Path, where: str) -> None:
                 walk(v, key)
         elif isinstance(node, str):
             if key == "expr_str":
-                _check_expr(node, sympy_expr=True) or refuse(node, "not a symbolic size expression")
+                if not _check_expr(node, sympy_expr=True):
+                    refuse(node, "not a symbolic size expression")
             elif key == "guards_code":
-                _check_expr(node, sympy_expr=False) or refuse(node, "not a guard on input sizes")
+                if not _check_expr(node, sympy_expr=False):
+                    refuse(node, "not a guard on input sizes")
             elif key in ("in_spec", "out_spec", "context"):
                 walk(_loads_or_none(node), key)
             elif key in ("as_string", "as_strings"):
-                _STRING_ARG.fullmatch(node) or refuse(node, "a string argument with quotes")
+                if not _STRING_ARG.fullmatch(node):
+                    refuse(node, "a string argument with quotes")
             elif not _PLAIN.fullmatch(node):
                 refuse(node, "not a plain name")
 

@@ -43,7 +43,7 @@ __all__ = ["app", "main"]
 try:  # Typer >= 0.22 ships its own copy of click
     from typer._click import exceptions as _click_errors
 except ImportError:  # pragma: no cover - older Typer uses click itself
-    from click import exceptions as _click_errors
+    from click import exceptions as _click_errors  # type: ignore[no-redef]
 
 MULTI_VALUE = {"-k", "--k"}  # `-k 1 5 10` means `-k 1 -k 5 -k 10`
 _INT = re.compile(r"^[+-]?\d+$")

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -186,7 +186,7 @@ def _images_bar(description: str) -> Iterator[Callable[[int, int], None]]:
                TextColumn("{task.fields[rate]}"), TimeElapsedColumn()]
     with Progress(*columns, console=stderr, transient=True) as bar:
         task = bar.add_task(description, total=None, rate="")
-        state = {"t0": time.perf_counter(), "first": None}
+        state: dict[str, Any] = {"t0": time.perf_counter(), "first": None}
 
         def update(done: int, total: int) -> None:
             if state["first"] is None:  # resumed images do not count towards the rate

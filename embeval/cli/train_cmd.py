@@ -147,7 +147,7 @@ def train_cmd(
                device=device, workers=workers, metric=metric, ks=ks or None,
                exclude_same_camera=exclude_same_camera, aggregate=aggregate, no_positive=no_positive,
                best_metric=best_metric, eval_batch_size=eval_batch_size, tensorboard=tensorboard)
-    cli = {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+    cli = {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)  # type: ignore[arg-type]
            for k, v in cli.items()}
     if resume is not None:
         given = [k for k, v in cli.items() if v is not None and k not in RESUMABLE]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import torch
@@ -86,8 +87,7 @@ def negative_pass(stats, query: EmbeddingSet, gallery: EmbeddingSet, qemb: torch
                 if groups > 1:
                     views.merge(qt, state)
 
-            for _ in pool.map(run, jobs):
-                pass
+            list(pool.map(run, jobs))  # every tile done (an error in one is raised here)
             if progress is not None:
                 progress(stop - a, b - a)
 

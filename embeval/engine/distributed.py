@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -104,12 +105,12 @@ class Group:
         topv, topi = stats.topk_scores, stats.topk_indices
         if topv is not None and topi is not None:
             lead = self.rank == 0
-            parts = []
+            parts: list[list[torch.Tensor]] = []
             for t in (topv, topi):
                 mine = t.to(dev).contiguous()
                 bucket = [torch.empty_like(mine) for _ in range(self.world)] if lead else None
                 dist.gather(mine, bucket, dst=0)
-                parts.append(bucket)
+                parts.append(bucket or [])
             if lead:
                 topv, topi = parts[0][0].cpu().clone(), parts[1][0].cpu().clone()
                 for v, i in zip(parts[0][1:], parts[1][1:]):  # rank order: same as shard order
@@ -125,7 +126,7 @@ def process_group(device: str = "auto") -> Iterator[Group]:
     """Join the torchrun group (NCCL on CUDA, gloo on CPU) for the duration of the block."""
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     dev = resolve_device(device)
-    extra: dict[str, object] = {}
+    extra: dict[str, Any] = {}
     if dev.type == "cuda":
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(dev)

@@ -40,7 +40,7 @@ import numpy as np
 try:
     import numba
 except ImportError:  # pragma: no cover - exercised only where numba is missing
-    numba = None
+    numba = None  # type: ignore[assignment]
 
 __all__ = ["AVAILABLE", "LANES", "tile_pass", "merge_topk", "pair_scores"]
 
@@ -285,5 +285,5 @@ if AVAILABLE:
     tile_pass = numba.njit(nogil=True, cache=True, boundscheck=False)(_tile_pass)
     merge_topk = _jit(_merge_topk)
 else:  # pragma: no cover
-    pair_scores = tile_pass = None
-    merge_topk = _merge_topk
+    pair_scores = tile_pass = None  # type: ignore[assignment]
+    merge_topk = _merge_topk  # type: ignore[assignment]

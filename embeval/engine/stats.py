@@ -89,14 +89,16 @@ class RankStats:
         for p in parts[1:]:
             offsets.append(p.pos_offsets[1:] + offsets[-1][-1])
 
-        def cat(name: str) -> torch.Tensor | None:
-            values = [getattr(p, name) for p in parts]
-            return None if values[0] is None else torch.cat(values)
+        def cat(name: str) -> torch.Tensor:
+            return torch.cat([getattr(p, name) for p in parts])
+
+        def cat_optional(name: str) -> torch.Tensor | None:
+            return None if getattr(first, name) is None else cat(name)
 
         return replace(first, query_labels=cat("query_labels"), pos_offsets=torch.cat(offsets),
                        pos_scores=cat("pos_scores"), neg_hist=cat("neg_hist"), n_neg=cat("n_neg"),
-                       max_neg=cat("max_neg"), topk_scores=cat("topk_scores"),
-                       topk_indices=cat("topk_indices"))
+                       max_neg=cat("max_neg"), topk_scores=cat_optional("topk_scores"),
+                       topk_indices=cat_optional("topk_indices"))
 
 
 def merge_topk(av: torch.Tensor, ai: torch.Tensor, bv: torch.Tensor, bi: torch.Tensor) -> None:

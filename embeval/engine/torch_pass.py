@@ -49,8 +49,10 @@ def negative_pass(stats, query: EmbeddingSet, gallery: EmbeddingSet, qemb: torch
     qa_all, ga_all = qa.to(device), ga.to(device)
     qlab = query.labels.to(device)
     glab = gallery.labels.to(device)
-    qcam = query.cameras.to(device) if protocol.exclude_same_camera else None
-    gcam = gallery.cameras.to(device) if protocol.exclude_same_camera else None
+    qcam = gcam = None
+    if protocol.exclude_same_camera:
+        assert query.cameras is not None and gallery.cameras is not None  # checked by rank_stats
+        qcam, gcam = query.cameras.to(device), gallery.cameras.to(device)
     counts = stats.n_pos.to(device)
     offsets = stats.pos_offsets.to(device)
     pos = stats.pos_scores.to(device)
@@ -85,7 +87,7 @@ def negative_pass(stats, query: EmbeddingSet, gallery: EmbeddingSet, qemb: torch
                 cand = None
                 if k:
                     out = same & (qcam[q0:q1, None] == gcam[None, start:stop]) \
-                        if qcam is not None else None
+                        if qcam is not None and gcam is not None else None
                     excluded = dropped if out is None else (out if dropped is None
                                                             else out | dropped)
                     cand = s if excluded is None else s.masked_fill(excluded, NEG_INF)
@@ -103,14 +105,15 @@ def negative_pass(stats, query: EmbeddingSet, gallery: EmbeddingSet, qemb: torch
                             cand[r, c] = torch.where(cand[r, c] > NEG_INF, exact, NEG_INF)
                 max_neg[q0:q1] = torch.maximum(max_neg[q0:q1], masked.amax(1))
                 _histogram(bucket, counts[q0:q1], offsets[q0:q1 + 1], hist_out, q0)
-                if cand is not None:
+                if cand is not None and topv is not None and topi is not None:
                     _topk_update(cand, gi, topv[q0:q1], topi[q0:q1])
             if progress is not None:
                 progress(stop - a, b - a)
     stats.neg_hist += hist_out.cpu()
     stats.n_neg.copy_(n_neg.cpu())
     stats.max_neg.copy_(max_neg.cpu())
-    if k:
+    if stats.topk_scores is not None and stats.topk_indices is not None:
+        assert topv is not None and topi is not None
         stats.topk_scores.copy_(topv.cpu())
         stats.topk_indices.copy_(topi.cpu())
 
@@ -156,7 +159,7 @@ def device_blocks(gallery: EmbeddingSet, a: int, b: int, rows: int,
             block, done = current
             if done is not None:
                 compute = torch.cuda.current_stream(device)
-                compute.wait_event(done)
+                compute.wait_event(done)  # type: ignore[arg-type]
                 block.record_stream(compute)  # allocated on the side stream, used here
             yield start, stop, block
             current = following  # type: ignore[assignment]

@@ -108,7 +108,7 @@ class Preprocessing:
     def from_dict(cls, d: dict[str, Any], **overrides: Any) -> Preprocessing:
         """From :meth:`to_dict` output; ``overrides`` that are not None win."""
         keys = ("size", "crop", "mean", "std")
-        values = {k: d.get(k) for k in keys if d.get(k) is not None}
+        values: dict[str, Any] = {k: d.get(k) for k in keys if d.get(k) is not None}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**{k: tuple(v) for k, v in values.items()})
 
@@ -128,7 +128,8 @@ class Preprocessing:
 def decode_image(path: str | Path) -> Image.Image:
     """Decode one image file with Pillow as RGB; raises :class:`InputFileError` if it cannot."""
     try:
-        with Image.open(path) as im:
+        with Image.open(path) as opened:
+            im: Image.Image = opened
             im.load()
             if im.mode == "RGB":
                 return im.copy()

@@ -93,8 +93,8 @@ def pk_batches(labels: torch.Tensor, *, batch_size: int, instances: int,
     """
     groups: list[list[int]] = []
     for c in torch.unique(labels).tolist():
-        idx = torch.nonzero(labels == c).flatten()
-        idx = idx[torch.randperm(len(idx), generator=generator)].tolist()
+        members = torch.nonzero(labels == c).flatten()
+        idx: list[int] = members[torch.randperm(len(members), generator=generator)].tolist()
         short = -len(idx) % instances
         if short:
             extra = torch.randint(len(idx), (short,), generator=generator).tolist()

@@ -53,7 +53,7 @@ def check_new_run(out_dir: Path, *, overwrite: bool) -> None:
 
 def rng_states(**generators: torch.Generator) -> dict[str, Any]:
     """torch (CPU and CUDA), numpy and Python RNG states plus the named generators."""
-    np_state = np.random.get_state()
+    np_state: Any = np.random.get_state()  # the legacy tuple
     states: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
