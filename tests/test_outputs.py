@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers_cli import cli
-from helpers_images import image_folder
+from helpers.cli import cli
+from helpers.images import image_folder
 
 import embeval
 from embeval.errors import InputFileError

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers_cli import run_extract
-from helpers_images import image_folder
-from helpers_models import tiny_net
+from helpers.cli import run_extract
+from helpers.images import image_folder
+from helpers.models import tiny_net
 
 from embeval import safe_load
 from embeval.errors import InputFileError

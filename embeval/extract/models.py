@@ -43,6 +43,7 @@ import hashlib
 import importlib
 import json
 import os
+import re
 import sys
 import zipfile
 from collections.abc import Callable, Mapping
@@ -374,6 +375,9 @@ def _load_file(path: Path) -> tuple[nn.Module, Preprocessing | None]:
                                "a TorchScript archive or a torch.export .pt2)")
 
 
+_EXPORT_MODEL = re.compile(r"[^/]+/models/[^/]+\.json")
+
+
 def _sniff(path: Path) -> str:
     """``safetensors`` | ``export`` | ``torchscript`` | ``pickle`` | ``unknown`` by content."""
     try:
@@ -384,9 +388,13 @@ def _sniff(path: Path) -> str:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as z:
                 names = z.namelist()
-            if any(n.endswith("/archive_format") or "/models/" in n for n in names):
+            # by the archive's top-level layout: <root>/archive_format, <root>/models/<m>.json
+            # (torch.export); <root>/code/..., <root>/constants.pkl (TorchScript, whose code/
+            # folder mirrors the model's Python package: it may well hold a "models/" folder)
+            top = {n.split("/", 2)[1] if n.count("/") >= 1 else "" for n in names}
+            if "archive_format" in top or any(_EXPORT_MODEL.fullmatch(n) for n in names):
                 return "export"
-            if any("/code/" in n or n.endswith("/constants.pkl") for n in names):
+            if "code" in top or "constants.pkl" in top:
                 return "torchscript"
             if any(n.endswith("/data.pkl") for n in names):
                 return "pickle"

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers_cli import cli, without_time
+from helpers.cli import cli, without_time
+from helpers.data import assert_same, sets
 from safetensors.torch import load_file
-from test_ranking import assert_same, sets
 
 import embeval
 from embeval.engine import RankStats, distributed, shard_range

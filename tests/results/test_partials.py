@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers_cli import cli, cli_run, without_time
+from helpers.cli import cli, cli_run, without_time
+from helpers.data import assert_same, sets
 from hypothesis import given
 from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from test_ranking import assert_same, sets
 
 import embeval
 from embeval.engine import shard_range

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers_cli import run_extract
-from helpers_images import image_folder, write_bad_image, write_image
-from helpers_models import TinyNet, tiny_net
+from helpers.cli import run_extract
+from helpers.images import image_folder, write_bad_image, write_image
+from helpers.models import TinyNet, tiny_net
 from PIL import Image
 
 from embeval.data import store
@@ -168,7 +168,7 @@ def test_cli_module_callable_with_weights_on_market1501(tmp_path):
                  "0000_c4s2_000002_01.jpg"):
         write_image(tmp_path / "bbox" / name)
     torch.save({f"module.{k}": v for k, v in TinyNet().state_dict().items()}, tmp_path / "w.pt")
-    r = run_extract("helpers_models:tiny_net", "bbox", "-o", "e.safetensors", "--weights", "w.pt",
+    r = run_extract("helpers.models:tiny_net", "bbox", "-o", "e.safetensors", "--weights", "w.pt",
                 "--layout", "market1501", "--size", "8", "8", "--head", "identity",
                 "--workers", "0", cwd=tmp_path)
     assert r.returncode == 0, r.stderr

@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 import torch
-from helpers_models import TinyNet, tiny_net
+from helpers.models import TinyNet, tiny_net
 from safetensors.torch import save_file
 
 from embeval.errors import InputFileError, OptionError
@@ -126,9 +126,9 @@ def test_module_callable_with_weights_and_prefixes(tmp_path):
                tmp_path / "w.pt")
     save_file(dict(trained.state_dict()), str(tmp_path / "w.safetensors"))
     for weights in ("w.pt", "w.safetensors"):
-        loaded = load_model("helpers_models:tiny_net", weights=tmp_path / weights)
+        loaded = load_model("helpers.models:tiny_net", weights=tmp_path / weights)
         torch.testing.assert_close(_out(loaded), _out(trained), rtol=0, atol=0)
-    assert not torch.equal(_out(load_model("helpers_models:tiny_net")), _out(trained))
+    assert not torch.equal(_out(load_model("helpers.models:tiny_net")), _out(trained))
 
 
 def test_weights_that_do_not_match_list_missing_and_unexpected_keys(tmp_path):
@@ -139,7 +139,7 @@ def test_weights_that_do_not_match_list_missing_and_unexpected_keys(tmp_path):
     with pytest.raises(InputFileError, match=r"w\.pt: weights do not match the model; missing "
                                              r"keys: fc\.bias; unexpected keys: fc\.extra; "
                                              r"shape mismatch: features\.0\.weight \[5, 3, 3, 3\]"):
-        load_model("helpers_models:tiny_net", weights=tmp_path / "w.pt")
+        load_model("helpers.models:tiny_net", weights=tmp_path / "w.pt")
 
 
 class Payload:
@@ -149,7 +149,7 @@ class Payload:
 def test_weights_never_unpickle_arbitrary_objects(tmp_path):
     torch.save({"fc.weight": Payload()}, tmp_path / "evil.pt")
     with pytest.raises(InputFileError, match="weights_only=True"):
-        load_model("helpers_models:tiny_net", weights=tmp_path / "evil.pt")
+        load_model("helpers.models:tiny_net", weights=tmp_path / "evil.pt")
 
 
 def test_a_state_dict_given_as_model_gets_a_hint(tmp_path):
@@ -160,13 +160,13 @@ def test_a_state_dict_given_as_model_gets_a_hint(tmp_path):
 
 def test_layer_takes_an_inner_output():
     model = tiny_net()
-    loaded = load_model("helpers_models:tiny_net", layer="pool")
+    loaded = load_model("helpers.models:tiny_net", layer="pool")
     torch.testing.assert_close(_out(loaded), torch.flatten(model.pool(model.features(X)), 1))
 
 
 def test_head_identity_drops_the_classifier():
     model = tiny_net()
-    loaded = load_model("helpers_models:tiny_net", head="identity")
+    loaded = load_model("helpers.models:tiny_net", head="identity")
     torch.testing.assert_close(_out(loaded), torch.flatten(model.pool(model.features(X)), 1))
     assert _out(load_model("embeval-small", head="identity")).shape == (3, 128)
 
@@ -174,12 +174,12 @@ def test_head_identity_drops_the_classifier():
 @pytest.mark.parametrize("spec, kwargs, error, message", [
     ("no_such_file.pt", {}, InputFileError, "no such model file"),
     ("nope_not_a_module:f", {}, OptionError, "cannot import 'nope_not_a_module'"),
-    ("helpers_models:missing", {}, OptionError, "has no attribute 'missing'"),
-    ("helpers_models:not_a_module", {}, OptionError, "returned a int"),
-    ("helpers_models:tiny_net", {"layer": "nope"}, OptionError, "top level: features, pool, fc"),
-    ("helpers_models:tiny_net", {"head": "mlp"}, OptionError, "only 'identity'"),
-    ("helpers_models:tiny_net", {"head": "identity", "layer": "fc"}, OptionError, "together"),
-    ("helpers_models:tiny_net", {"weights": "missing.pt"}, InputFileError, "no such file"),
+    ("helpers.models:missing", {}, OptionError, "has no attribute 'missing'"),
+    ("helpers.models:not_a_module", {}, OptionError, "returned a int"),
+    ("helpers.models:tiny_net", {"layer": "nope"}, OptionError, "top level: features, pool, fc"),
+    ("helpers.models:tiny_net", {"head": "mlp"}, OptionError, "only 'identity'"),
+    ("helpers.models:tiny_net", {"head": "identity", "layer": "fc"}, OptionError, "together"),
+    ("helpers.models:tiny_net", {"weights": "missing.pt"}, InputFileError, "no such file"),
 ])
 def test_bad_model_specs(spec, kwargs, error, message):
     with pytest.raises(error, match=message):

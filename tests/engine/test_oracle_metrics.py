@@ -21,7 +21,7 @@ from sklearn.metrics import average_precision_score, precision_recall_curve
 import embeval
 
 try:
-    from oracle import Case, assert_matches, gauss_cases, int_cases, min_gap, reference
+    from helpers.oracle import Case, assert_matches, gauss_cases, int_cases, min_gap, reference
 except ImportError:  # tests/ imported as a package
     from tests.oracle import Case, assert_matches, gauss_cases, int_cases, min_gap, reference
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers_cli import cli_run
+from helpers.cli import cli_run
 from safetensors.torch import load_file, save_file
 
 import embeval
@@ -72,7 +72,7 @@ def test_json_schema_matches_python_api(files: dict[str, Path], command: str) ->
 
 
 def test_table_output_on_the_sample_data() -> None:
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     res = run("cmc", "sample_data/digits/query.safetensors", "sample_data/digits/gallery.safetensors",
               "-k", "1", "5", "10", cwd=root)
     assert res.returncode == 0, res.stderr

@@ -1,7 +1,7 @@
-"""Tiny models for the extract tests, importable as ``helpers_models:<factory>``.
+"""Tiny models for the extract tests, importable as ``helpers.models:<factory>``.
 
 The CLI tests run ``embeval`` with ``tests/`` on PYTHONPATH, so ``MODEL`` can be
-``helpers_models:tiny_net``. Factories initialise from a fixed seed.
+``helpers.models:tiny_net``. Factories initialise from a fixed seed.
 """
 
 from __future__ import annotations

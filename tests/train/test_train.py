@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers_images import write_bad_image
+from helpers.images import write_bad_image
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -27,7 +27,7 @@ from embeval.train import TrainInterrupted, train
 from embeval.train.config import TrainConfig, config_from, load_config_file, save_config
 from embeval.train.losses import batch_hard_triplet, pk_batches
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]  # tests/: helpers.models importable
 TINY = dict(size=[12, 12], widths=[4, 8], embedding_dim=8, batch_size=8, workers=0, lr=0.1,
             ks=[1, 5], epochs=2)
 TINY_ARGS = ["--size", "12", "12", "--widths", "4,8", "--embedding-dim", "8", "--batch-size", "8",
@@ -228,7 +228,7 @@ def test_cli_resume_extends_a_run_like_an_uninterrupted_one(data, tmp_path):
     assert yaml.safe_load((tmp_path / "part" / "config.yaml").read_text())["epochs"] == 2
 
 
-SLOW = dict(backbone="helpers_models:slow_net", batch_size=4)
+SLOW = dict(backbone="helpers.models:slow_net", batch_size=4)
 
 
 @pytest.fixture(scope="module")
@@ -445,7 +445,7 @@ def test_cli_logs_plain_lines_to_a_log_file_as_it_trains(data, tmp_path, slow_re
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     log = err.read_text().splitlines()
     assert during.splitlines() == log[:2] and len(log) == 3
-    assert log[0] == ("train: helpers_models:slow_net on " + str(data / "train") + " (24 images, "
+    assert log[0] == ("train: helpers.models:slow_net on " + str(data / "train") + " (24 images, "
                       "4 classes; evaluated on 8 query x 12 gallery images), 2 epochs of 6 steps "
                       f"on cpu; run folder {Path('run')}")
     for line, r in zip(log[1:], records, strict=True):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_ranking import assert_same, sets
+from helpers.data import assert_same, sets
 
 import embeval
 from embeval.data.concat import ConcatSet, expand_paths

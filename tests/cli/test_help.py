@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]  # tests/
 COMMANDS = ["cmc", "score", "knn", "pr", "merge", "extract", "train"]
 
 
@@ -64,12 +64,12 @@ def test_options_show_their_values_and_flags_show_none():
 
 
 def test_extract_summary_never_cuts_a_path(tmp_path):
-    from helpers_images import image_folder
+    from helpers.images import image_folder
 
     image_folder(tmp_path / "imgs", {"a": 2, "b": 2}, size=(8, 8))
     out = tmp_path / ("a_rather_long_folder_name_for_embeddings_" * 3) / "query_embeddings.safetensors"
     out.parent.mkdir()
-    r = embeval("extract", "helpers_models:tiny_net", "imgs", "-o", str(out), "--size", "8", "8",
+    r = embeval("extract", "helpers.models:tiny_net", "imgs", "-o", str(out), "--size", "8", "8",
                 "--workers", "0", columns=40, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert out.exists()

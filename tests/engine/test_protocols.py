@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import embeval
 
 try:
-    from oracle import Case, assert_matches, gauss_cases, int_cases, min_gap, prototypes
+    from helpers.oracle import Case, assert_matches, gauss_cases, int_cases, min_gap, prototypes
 except ImportError:  # tests/ imported as a package
     from tests.oracle import Case, assert_matches, gauss_cases, int_cases, min_gap, prototypes
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers_images import image_folder, write_bad_image, write_image
+from helpers.images import image_folder, write_bad_image, write_image
 from PIL import Image
 
 from embeval.errors import InputFileError, OptionError
