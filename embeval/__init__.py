@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
     from embeval.engine.similarity import METRICS, scores
     from embeval.engine.stats import Protocol, RankStats
     from embeval.evaluate import EvalResult, aggregate_mean, evaluate, evaluation_stats, summarize
+    from embeval.extract.embed import embed, evaluate_model
 
 __version__ = "0.1.0"
 
@@ -41,11 +42,13 @@ _LAZY: dict[str, str | None] = {
     "rank_stats": "engine.rank",
     "METRICS": "engine.similarity", "scores": "engine.similarity",
     "EmbeddingSet": "data.store", "load": "data.store", "save": "data.store",
+    "embed": "extract.embed", "evaluate_model": "extract.embed",
 }
 
 __all__ = [
     "EmbeddingSet", "load", "load_many", "ConcatSet", "save",
     "evaluate", "evaluation_stats", "summarize", "EvalResult", "aggregate_mean",
+    "embed", "evaluate_model",
     "rank_stats", "RankStats", "Protocol", "positive_pairs", "scores", "METRICS", "metrics",
     "EmbevalError", "InputFileError", "OptionError", "__version__",
 ]

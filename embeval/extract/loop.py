@@ -31,21 +31,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 from embeval.data.store import atomic_path, save
-from embeval.engine.similarity import resolve_device
+from embeval.engine.similarity import PRECISIONS, resolve_device
 from embeval.errors import InputFileError, OptionError
+from embeval.extract.embed import BatchRunner
 from embeval.extract.images import ImageDataset, ImageList, Preprocessing
 from embeval.extract.models import LoadedModel
 
 __all__ = ["ExtractOptions", "Extraction", "embed_images", "extract_to_files", "partial_dir"]
 
 Progress = Callable[[int, int], None]
-PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 
 
 @dataclass
@@ -120,7 +119,7 @@ def embed_images(model: LoadedModel, images: ImageList, options: ExtractOptions,
     report = progress or (lambda done_, total_: None)
     report(progress_offset + finished, total)
 
-    net = _prepare(model.module, device)
+    run = _runner(model, device, o)
     pending = [k for k in range(n_chunks) if k not in done]
     batches = [list(range(a, min(a + o.batch_size, (k + 1) * c, n)))
                for k in pending for a in range(k * c, min((k + 1) * c, n), o.batch_size)]
@@ -128,22 +127,22 @@ def embed_images(model: LoadedModel, images: ImageList, options: ExtractOptions,
     loader = DataLoader(ImageDataset(images.files, o.preprocessing), batch_sampler=batches,
                         num_workers=min(workers, len(batches)), collate_fn=ImageDataset.collate,
                         pin_memory=device.type == "cuda")
-    parts: dict[int, list] = {}
+    parts: dict[int, _Chunk] = {}
     start = time.perf_counter()
     for index, batch, errors in loader:
         for i, problem in errors:
             if not o.skip_bad:
                 raise InputFileError(images.files[i], problem)
         k = int(index[0] if len(index) else errors[0][0]) // c
-        acc = parts.setdefault(k, [[], [], [], []])
+        acc = parts.setdefault(k, _Chunk())
         if batch is not None:
-            acc[0].append(_forward(net, batch, device, o, model.name))
-            acc[1].append(index)
-        acc[2] += [i for i, _ in errors]
-        acc[3] += [p for _, p in errors]
+            acc.embeddings.append(run(batch))
+            acc.index.append(index)
+        acc.bad_index += [i for i, _ in errors]
+        acc.bad_problems += [p for _, p in errors]
         finished += len(index) + len(errors)
-        if sum(len(x) for x in acc[1]) + len(acc[2]) == _chunk_len(k, c, n):
-            done[k] = _finish_chunk(acc)
+        if acc.count == _chunk_len(k, c, n):
+            done[k] = acc.finish()
             del parts[k]
             if partial is not None:
                 _write_chunk(partial, k, *done[k])
@@ -217,59 +216,17 @@ def _save(out: Path, ext: Extraction, model: LoadedModel, o: ExtractOptions,
 # ---------------------------------------------------------------- forward pass
 
 
-def _prepare(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    module = module.to(device)
+def _runner(model: LoadedModel, device: torch.device, o: ExtractOptions) -> BatchRunner:
+    """The shared forward pass (:class:`BatchRunner`), set up as ``embeval extract`` runs it."""
+    module = model.module.to(device)
     with contextlib.suppress(Exception):  # some compiled archives refuse a layout change
         module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    return module
+    return BatchRunner(module, device, o.precision, label=f"MODEL {model.name}", flip=o.flip,
+                       normalize=o.normalize, channels_last=True, inference=True,
+                       oom_hint="; lower --batch-size",
+                       assert_hint="; a .pt2 needs a dynamic batch dimension, "
+                                   "or use --batch-size 1")
 
-
-def _forward(net: torch.nn.Module, batch: torch.Tensor, device: torch.device,
-             o: ExtractOptions, name: str) -> torch.Tensor:
-    x = batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(o.precision)
-    autocast = (torch.autocast(device.type, dtype=dtype) if dtype is not None
-                else contextlib.nullcontext())
-    tf32 = _tf32() if o.precision == "tf32" else contextlib.nullcontext()
-    try:
-        with torch.inference_mode(), autocast, tf32:
-            y = _as_embedding(net(x), len(x), name)
-            if o.flip:
-                y = (y + _as_embedding(net(torch.flip(x, dims=[3])), len(x), name)) / 2
-    except (RuntimeError, AssertionError, ValueError, TypeError) as e:
-        if isinstance(e, OptionError):
-            raise
-        hint = ""
-        if isinstance(e, torch.OutOfMemoryError):
-            hint = "; lower --batch-size"
-        elif isinstance(e, AssertionError):
-            hint = "; a .pt2 needs a dynamic batch dimension, or use --batch-size 1"
-        text = " ".join(str(e).split())[:200]
-        raise OptionError(f"MODEL {name}: forward failed on a batch of shape {list(x.shape)} "
-                          f"({type(e).__name__}: {text}){hint}") from None
-    y = y.float()
-    if o.normalize:
-        y = F.normalize(y, dim=1)
-    return y.to("cpu")
-
-
-def _as_embedding(out: object, batch: int, name: str) -> torch.Tensor:
-    if isinstance(out, (tuple, list)) and out:
-        out = out[0]
-    if not isinstance(out, torch.Tensor) or out.dim() < 2 or out.shape[0] != batch:
-        shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise OptionError(f"MODEL {name}: output {shape} is not an embedding batch [{batch}, D]")
-    return torch.flatten(out, 1)
-
-
-@contextlib.contextmanager
-def _tf32():  # noqa: ANN202
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 # ---------------------------------------------------------------- resumable chunks
@@ -279,10 +236,25 @@ def _chunk_len(k: int, c: int, n: int) -> int:
     return min(c, n - k * c)
 
 
-def _finish_chunk(acc: list) -> tuple[torch.Tensor, torch.Tensor, list[int], list[str]]:
-    emb = torch.cat(acc[0]) if acc[0] else torch.empty(0, 0)
-    index = torch.cat(acc[1]) if acc[1] else torch.empty(0, dtype=torch.int64)
-    return emb, index, acc[2], acc[3]
+@dataclass
+class _Chunk:
+    """A chunk being embedded: per-batch ``embeddings`` [B, D] and ``index`` [B] (image
+    indices), and the images that did not decode (``bad_index``, ``bad_problems``)."""
+
+    embeddings: list[torch.Tensor] = field(default_factory=list)
+    index: list[torch.Tensor] = field(default_factory=list)
+    bad_index: list[int] = field(default_factory=list)
+    bad_problems: list[str] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return sum(len(x) for x in self.index) + len(self.bad_index)
+
+    def finish(self) -> tuple[torch.Tensor, torch.Tensor, list[int], list[str]]:
+        """(embeddings [M, D], index [M], bad_index, bad_problems): a chunk file's content."""
+        emb = torch.cat(self.embeddings) if self.embeddings else torch.empty(0, 0)
+        index = torch.cat(self.index) if self.index else torch.empty(0, dtype=torch.int64)
+        return emb, index, self.bad_index, self.bad_problems
 
 
 def _fingerprint(model: LoadedModel, images: ImageList, o: ExtractOptions) -> str:
