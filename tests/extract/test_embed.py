@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers_images import image_folder
-from helpers_models import TinyNet, tiny_net
+from helpers.images import image_folder
+from helpers.models import TinyNet, tiny_net
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
