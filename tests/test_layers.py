@@ -1,0 +1,72 @@
+"""Imports flow one way: the layering of the package, checked on its source (static imports,
+TYPE_CHECKING ones included). A new module that reaches upwards fails here with its file and line.
+
+    base (errors, outputs, safe_load, ...) <- data <- engine <- metrics <- evaluate <- results
+                                                         extract <- train <- cli (and the facade)
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "embeval"
+BASE = {"errors", "outputs", "safe_load", "_vocab", "_launch", "_blas", "options"}
+#: part -> the parts it may import (besides itself and BASE)
+ALLOWED: dict[str, set[str]] = {
+    "base": set(),
+    "data": set(),
+    "engine": {"data"},
+    "metrics": {"engine"},
+    "evaluate": {"data", "engine", "metrics"},
+    "results": {"data", "engine", "metrics", "evaluate"},
+    "extract": {"data", "engine", "evaluate"},
+    "train": {"data", "engine", "metrics", "evaluate", "extract", "results"},
+    "cli": {"data", "engine", "metrics", "evaluate", "results", "extract", "train"},
+    "facade": {"data", "engine", "metrics", "evaluate", "results", "extract", "train", "cli"},
+}
+
+
+def part_of(path: Path) -> str:
+    rel = path.relative_to(PACKAGE)
+    head = rel.parts[0].removesuffix(".py")
+    if head in ("__init__", "__main__"):
+        return "facade"
+    return "base" if head in BASE else head
+
+
+def imported_parts(path: Path) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text(), str(path))
+    found = []
+    for node in ast.walk(tree):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module] if node.module != "embeval" else [
+                f"embeval.{a.name}" for a in node.names]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "embeval" and len(parts) > 1:
+                head = parts[1]
+                found.append((node.lineno, "base" if head in BASE else head))
+    return found
+
+
+def test_imports_flow_one_way() -> None:
+    wrong = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        mine = part_of(path)
+        for line, other in imported_parts(path):
+            if other in ("base", mine, "__version__") or other in ALLOWED[mine]:
+                continue
+            wrong.append(f"{path.relative_to(PACKAGE.parent)}:{line}: {mine} imports {other}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_check_sees_an_upward_import(tmp_path: Path) -> None:
+    bad = PACKAGE / "engine" / "__init__.py"
+    assert ("data" in {p for _, p in imported_parts(PACKAGE / "engine" / "rank.py")})
+    assert all(p != "cli" for _, p in imported_parts(bad))
+    probe = tmp_path / "probe.py"
+    probe.write_text("from embeval.cli import main\nimport embeval.train.loop\n")
+    assert [p for _, p in imported_parts(probe)] == ["cli", "train"]
