@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import math
 import os
 
@@ -9,7 +11,7 @@ import torch
 
 from embeval.errors import OptionError
 
-__all__ = ["parse_memory", "shard_range", "parse_shard", "default_memory"]
+__all__ = ["parse_memory", "shard_range", "parse_shard", "default_memory", "compiled_available"]
 
 
 def parse_memory(text: str | int | None) -> int | None:
@@ -64,3 +66,10 @@ def default_memory(dev: torch.device) -> int:
         free, _ = torch.cuda.mem_get_info(dev)
         return int(free * 0.6)
     return int(os.environ.get("EMBEVAL_CPU_MEMORY", 1 << 30))
+
+
+@functools.cache
+def compiled_available() -> bool:
+    """Whether numba (the compiled CPU pass) is installed, found without importing it: the import
+    costs 0.25 s (and yaml), and only CPU jobs above ``rank.SMALL_PASS`` scores need it."""
+    return importlib.util.find_spec("numba") is not None

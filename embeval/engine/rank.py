@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 
 from embeval.data.store import EmbeddingSet
-from embeval.engine import kernels
+from embeval.engine import plan
 from embeval.engine.plan import default_memory, parse_memory
 from embeval.engine.similarity import (
     METRIC_CODES,
@@ -103,7 +103,7 @@ def rank_stats(
     if not 0 <= a <= b <= gallery.n:
         raise OptionError(f"gallery range [{a}, {b}) is outside the gallery (size {gallery.n})")
     if backend == "auto":
-        compiled = (dev.type == "cpu" and precision == "fp32" and kernels.AVAILABLE
+        compiled = (dev.type == "cpu" and precision == "fp32" and plan.compiled_available()
                     and query.n * (b - a) > SMALL_PASS)
         backend = "numba" if compiled else "torch"
     if backend not in ("numba", "torch"):
@@ -223,6 +223,8 @@ def _positive_scores(qemb: torch.Tensor, qa: torch.Tensor, gallery: EmbeddingSet
         sel = by_gallery[lo:hi]
         q, g = qid[sel], gid[sel]
         if compiled:
+            from embeval.engine import kernels  # numba: only the compiled pass loads it
+
             out = torch.empty(len(sel))
             kernels.pair_scores(qemb.numpy(), block.numpy(), q.numpy(), g.numpy(), a, qa.numpy(),
                                  ga.numpy(), METRIC_CODES[metric], out.numpy())

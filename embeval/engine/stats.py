@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from embeval.engine import kernels
+from embeval.engine import plan
 
 __all__ = ["Protocol", "RankStats", "NO_INDEX", "merge_topk"]
 
@@ -103,7 +103,9 @@ class RankStats:
 
 def merge_topk(av: torch.Tensor, ai: torch.Tensor, bv: torch.Tensor, bi: torch.Tensor) -> None:
     """In place: ``av``/``ai`` ← the best k of both lists (score desc, index asc)."""
-    if kernels.AVAILABLE and av.numel() > COMPILED_MERGE:  # small lists: no compile
+    if av.numel() > COMPILED_MERGE and plan.compiled_available():  # small lists: no compile
+        from embeval.engine import kernels
+
         kernels.merge_topk(av.numpy(), ai.numpy(), bv.numpy(), bi.numpy())
         return
     v = torch.cat([av, bv], 1)

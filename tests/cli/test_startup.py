@@ -151,3 +151,19 @@ def test_the_torch_free_vocabularies_are_the_cores():
     assert tuple(models.BACKBONES) == _vocab.BACKBONE_NAMES
     assert images.LAYOUTS is _vocab.LAYOUTS and train_config.CHOICES["layout"] is _vocab.LAYOUTS
     assert (images.IMAGENET_MEAN, images.IMAGENET_STD) == (_vocab.IMAGENET_MEAN, _vocab.IMAGENET_STD)
+
+
+def test_a_metric_command_imports_only_what_it_uses(tmp_path):
+    """A small cmc: the engine and torch, never Pillow, yaml, matplotlib, the model loaders or
+    the training loop (the train command's help reads only its configuration's defaults)."""
+    r = subprocess.run(["embeval", "cmc", str(SAMPLE / "query.safetensors"),
+                        str(SAMPLE / "gallery.safetensors"), "-k", "1"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "torch" in imported and "embeval.engine.rank" in imported
+    unwanted = {"PIL", "yaml", "matplotlib", "sympy", "embeval.safe_load", "embeval.extract.loop",
+                "embeval.extract.models", "embeval.extract.images", "embeval.train.loop"}
+    assert not imported & unwanted, sorted(imported & unwanted)

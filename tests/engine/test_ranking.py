@@ -65,7 +65,7 @@ def test_torch_path_equals_numba_path(metric: str) -> None:
         b = rank_stats(q, g, metric=metric, topk=6, device="cpu", backend="torch", block_size=333)
         assert_same(a, b)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(embeval.engine.kernels, "AVAILABLE", False)  # no numba at all
+        mp.setattr(embeval.engine.plan, "compiled_available", lambda: False)  # no numba at all
         c = rank_stats(q, g, metric=metric, topk=6, device="cpu", block_size=500)
     assert_same(a, c)
 
