@@ -28,6 +28,9 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
     from embeval.engine.similarity import METRICS, scores
     from embeval.engine.stats import Protocol, RankStats
     from embeval.evaluate import EvalResult, aggregate_mean, evaluate, evaluation_stats, summarize
+    from embeval.options import EvalOptions
+    from embeval.results.partials import merge_partials
+    from embeval.results.writers import write_curves, write_per_query, write_pr_plot, write_predictions
 
 __version__ = "0.1.0"
 
@@ -41,11 +44,15 @@ _LAZY: dict[str, str | None] = {
     "rank_stats": "engine.rank",
     "METRICS": "engine.similarity", "scores": "engine.similarity",
     "EmbeddingSet": "data.store", "load": "data.store", "save": "data.store",
+    "EvalOptions": "options", "merge_partials": "results.partials",
+    "write_per_query": "results.writers", "write_predictions": "results.writers",
+    "write_curves": "results.writers", "write_pr_plot": "results.writers",
 }
 
 __all__ = [
     "EmbeddingSet", "load", "load_many", "ConcatSet", "save",
-    "evaluate", "evaluation_stats", "summarize", "EvalResult", "aggregate_mean",
+    "evaluate", "evaluation_stats", "summarize", "EvalResult", "EvalOptions", "aggregate_mean",
+    "merge_partials", "write_per_query", "write_predictions", "write_curves", "write_pr_plot",
     "rank_stats", "RankStats", "Protocol", "positive_pairs", "scores", "METRICS", "metrics",
     "EmbevalError", "InputFileError", "OptionError", "__version__",
 ]
