@@ -83,10 +83,10 @@ class EvalOptions:
     protocol (drop same-label same-camera items / leave-one-out); ``aggregate``: ``"mean"``
     ranks one prototype per label (``None`` means ``"none"``); ``no_positive``: queries
     without positives are skipped or count as 0; ``precision``: score matmul precision.
-    ``device``: auto, cpu, cuda or cuda:N (checked by
-    :func:`embeval.engine.similarity.resolve_device` when the pass starts); ``memory``: block budget in bytes or text such as
-    ``"2GB"`` (None: 60% of free GPU memory, 1 GB on CPU); ``block_size``: gallery rows per
-    block (None: from ``memory``); ``backend``: auto, numba or torch.
+    ``device``: auto, cpu, cuda or cuda:N (checked when the pass starts: ``resolve_device``);
+    ``memory``: block budget in bytes or text such as ``"2GB"`` (None: 60% of free GPU memory,
+    1 GB on CPU); ``block_size``: gallery rows per block (None: from ``memory``);
+    ``backend``: auto, numba or torch.
     Invalid values raise :class:`~embeval.errors.OptionError` naming the parameter.
     """
 

@@ -30,9 +30,9 @@ import copy
 import hashlib
 import json
 import os
-from dataclasses import dataclass, replace
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -214,7 +214,8 @@ def merge_parts(parts: list[Partial]) -> Partial:
         shown = ", ".join(f"{i}/{n}" for i in missing)
         raise InputFileError(first.path or "<parts>",
                              f"shard(s) {shown} missing: the parts of this run are "
-                             f"{len(parts)} of {n} (run the missing shard(s) with --shard)")
+                             f"{len(parts)} of {n} (run the missing shard(s) with "
+                             "`embeval COMMAND ... --shard i/n`)")
     ordered = [by_index[i] for i in range(n)]
     check_together([(p.path or "<part>", p.stats) for p in ordered])
     stats = ordered[0].stats
