@@ -29,6 +29,9 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
     from embeval.engine.stats import Protocol, RankStats
     from embeval.evaluate import EvalResult, aggregate_mean, evaluate, evaluation_stats, summarize
     from embeval.extract.embed import embed, evaluate_model
+    from embeval.options import EvalOptions
+    from embeval.results.partials import merge_partials
+    from embeval.results.writers import write_curves, write_per_query, write_pr_plot, write_predictions
 
 __version__ = "0.1.0"
 
@@ -43,12 +46,16 @@ _LAZY: dict[str, str | None] = {
     "METRICS": "engine.similarity", "scores": "engine.similarity",
     "EmbeddingSet": "data.store", "load": "data.store", "save": "data.store",
     "embed": "extract.embed", "evaluate_model": "extract.embed",
+    "EvalOptions": "options", "merge_partials": "results.partials",
+    "write_per_query": "results.writers", "write_predictions": "results.writers",
+    "write_curves": "results.writers", "write_pr_plot": "results.writers",
 }
 
 __all__ = [
     "EmbeddingSet", "load", "load_many", "ConcatSet", "save",
-    "evaluate", "evaluation_stats", "summarize", "EvalResult", "aggregate_mean",
+    "evaluate", "evaluation_stats", "summarize", "EvalResult", "EvalOptions", "aggregate_mean",
     "embed", "evaluate_model",
+    "merge_partials", "write_per_query", "write_predictions", "write_curves", "write_pr_plot",
     "rank_stats", "RankStats", "Protocol", "positive_pairs", "scores", "METRICS", "metrics",
     "EmbevalError", "InputFileError", "OptionError", "__version__",
 ]

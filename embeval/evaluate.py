@@ -13,16 +13,19 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from embeval.data.store import EmbeddingSet
 from embeval.engine import Protocol, RankStats, rank_stats, shard_range
-from embeval.errors import OptionError
+from embeval.engine.rank import Progress
+from embeval.options import EvalOptions
 
 from . import metrics as M
 
-__all__ = ["EvalResult", "evaluate", "evaluation_stats", "PartialEvaluation", "summarize", "aggregate_mean"]
+__all__ = ["EvalOptions", "EvalResult", "evaluate", "evaluation_stats", "PartialEvaluation",
+           "summarize", "aggregate_mean"]
 
 
 @dataclass
@@ -67,23 +70,20 @@ def aggregate_mean(gallery: EmbeddingSet) -> EmbeddingSet:
 def evaluate(
     query: EmbeddingSet,
     gallery: EmbeddingSet,
+    options: EvalOptions | None = None,
     *,
-    metric: str = "cosine",
     ks: Sequence[int] = (1, 5, 10),
     knn_k: int | None = None,
-    exclude_same_camera: bool = False,
-    exclude_self: bool = False,
-    aggregate: str | None = None,
-    no_positive: str = "skip",
     pr: bool = False,
-    device: str = "auto",
-    precision: str = "fp32",
-    memory: int | str | None = None,
-    block_size: int | None = None,
-    backend: str = "auto",
-    progress=None,
+    progress: Progress | None = None,
+    **overrides: Any,
 ) -> EvalResult:
     """Evaluate ``query`` against ``gallery``: every metric of DESIGN.md section 3.
+
+    ``options``: an :class:`~embeval.options.EvalOptions` (default: its defaults);
+    ``overrides``: any of its fields as keywords (``metric="inner", exclude_self=True``),
+    which replace those of ``options``. ``ks``: rank cut-offs; ``knn_k``: neighbours of the
+    kNN vote; ``pr``: also the precision-recall metrics and curves.
 
     ``metrics`` keys: ``accuracy``, ``top{k}_accuracy``, ``rank{k}``, ``mAP``, ``mINP``,
     ``hard_pos``, ``hard_neg``; ``knn_accuracy`` with ``knn_k``; ``maxF1``, ``P@maxF1``,
@@ -92,13 +92,10 @@ def evaluate(
     ``backend``: see :func:`embeval.engine.rank_stats` (``"torch"`` runs the CUDA code on CPU).
     """
     t0 = time.perf_counter()
-    part = evaluation_stats(query, gallery, metric=metric, ks=ks, knn_k=knn_k,
-                            exclude_same_camera=exclude_same_camera, exclude_self=exclude_self,
-                            aggregate=aggregate, no_positive=no_positive, device=device,
-                            precision=precision, memory=memory, block_size=block_size,
-                            backend=backend, progress=progress)
+    opts = EvalOptions.build(options, **overrides)
+    part = evaluation_stats(query, gallery, opts, ks=ks, knn_k=knn_k, progress=progress)
     return summarize(part.stats, part.gallery.labels, ks=part.ks, knn_k=knn_k,
-                     no_positive=no_positive, pr=pr, options=part.options, t0=t0)
+                     no_positive=opts.no_positive, pr=pr, options=part.options, t0=t0)
 
 
 @dataclass
@@ -120,49 +117,33 @@ class PartialEvaluation:
 def evaluation_stats(
     query: EmbeddingSet,
     gallery: EmbeddingSet,
+    options: EvalOptions | None = None,
     *,
-    metric: str = "cosine",
     ks: Sequence[int] = (1, 5, 10),
     knn_k: int | None = None,
-    exclude_same_camera: bool = False,
-    exclude_self: bool = False,
-    aggregate: str | None = None,
-    no_positive: str = "skip",
-    device: str = "auto",
-    precision: str = "fp32",
-    memory: int | str | None = None,
-    block_size: int | None = None,
-    backend: str = "auto",
     shard: tuple[int, int] | None = None,
-    progress=None,
+    progress: Progress | None = None,
+    **overrides: Any,
 ) -> PartialEvaluation:
     """Check the options and compute the mergeable statistics, of the gallery shard ``shard``
     = ``(i, n)`` (:func:`embeval.engine.shard_range`) or of the whole gallery.
 
-    Shards' statistics combine exactly with :meth:`RankStats.merge`, then :func:`summarize`.
+    ``options`` / ``overrides``: as for :func:`evaluate`. Shards' statistics combine exactly
+    with :meth:`RankStats.merge`, then :func:`summarize`.
     """
-    if no_positive not in ("skip", "zero"):
-        raise OptionError(f"--no-positive: unknown policy {no_positive!r} (skip, zero)")
-    if aggregate not in (None, "none", "mean"):
-        raise OptionError(f"--aggregate: unknown mode {aggregate!r} (mean)")
-    if aggregate == "mean":
-        if exclude_same_camera or exclude_self:
-            raise OptionError("--aggregate mean cannot be combined with --exclude-same-camera "
-                              "or --exclude-self (prototypes have no camera or index)")
+    o = EvalOptions.build(options, **overrides)
+    if o.aggregate == "mean":
         gallery = aggregate_mean(gallery)
     ks = M.check_ks(ks, gallery.n)
     if knn_k is not None:
-        M.check_ks([knn_k], gallery.n, "-k (kNN)")
+        M.check_ks([knn_k], gallery.n, "knn_k")
     g_range = shard_range(gallery.n, *shard) if shard is not None else (0, gallery.n)
-    stats = rank_stats(query, gallery, metric=metric,
-                       protocol=Protocol(exclude_same_camera, exclude_self),
-                       topk=knn_k or 0, device=device, precision=precision, memory=memory,
-                       block_size=block_size, backend=backend, gallery_range=g_range,
+    stats = rank_stats(query, gallery, metric=o.metric,
+                       protocol=Protocol(o.exclude_same_camera, o.exclude_self),
+                       topk=knn_k or 0, device=o.device, precision=o.precision, memory=o.memory,
+                       block_size=o.block_size, backend=o.backend, gallery_range=g_range,
                        progress=progress)
-    options: dict[str, object] = dict(metric=metric, exclude_same_camera=exclude_same_camera,
-                                      exclude_self=exclude_self, aggregate=aggregate or "none",
-                                      no_positive=no_positive, precision=precision)
-    return PartialEvaluation(stats, gallery, g_range, list(ks), options)
+    return PartialEvaluation(stats, gallery, g_range, list(ks), o.result_options())
 
 
 def summarize(stats: RankStats, gallery_labels: torch.Tensor, *, ks: Sequence[int],

@@ -82,7 +82,8 @@ def _valid_mean(values: torch.Tensor, stats: RankStats, no_positive: str) -> flo
     if no_positive == "zero":
         return exact_mean(torch.where(valid, values, torch.zeros_like(values)))
     if no_positive != "skip":
-        raise OptionError(f"--no-positive: unknown policy {no_positive!r} (skip, zero)")
+        raise OptionError(f"no_positive: unknown policy {no_positive!r} (skip, zero)",
+                          param="no_positive")
     return exact_mean(values[valid])
 
 
@@ -112,14 +113,15 @@ def last_hit_rank(stats: RankStats) -> torch.Tensor:
     return torch.where(p > 0, (p + ahead).double(), torch.tensor(float("inf"), dtype=torch.float64))
 
 
-def check_ks(ks: Sequence[int], n_gallery: int, what: str = "-k") -> list[int]:
-    """Validate rank cut-offs: 1 ≤ k ≤ gallery size."""
+def check_ks(ks: Sequence[int], n_gallery: int, what: str = "ks") -> list[int]:
+    """Validate rank cut-offs: 1 ≤ k ≤ gallery size; errors name the parameter ``what``."""
     ks = [int(k) for k in ks]
     if not ks:
-        raise OptionError(f"{what}: give at least one k")
+        raise OptionError(f"{what}: give at least one k", param=what)
     for k in ks:
         if k <= 0 or k > n_gallery:
-            raise OptionError(f"{what} {k}: must be between 1 and the gallery size ({n_gallery})")
+            raise OptionError(f"{what} {k}: must be between 1 and the gallery size ({n_gallery})",
+                              param=what)
     return ks
 
 

@@ -17,7 +17,7 @@ import threading
 import typer
 import typer.main
 
-from embeval.errors import EmbevalError
+from embeval.errors import EmbevalError, InputFileError
 
 from . import (
     _help,  # noqa: F401  (click's usage conventions in the help of this Typer version)
@@ -87,6 +87,22 @@ def _broken_pipe(e: SystemExit) -> bool:
     return e.code == 1 and isinstance(cause, OSError) and cause.errno == errno.EPIPE
 
 
+#: Python parameter -> the flag that sets it, where it is not ``--`` + the name with dashes
+FLAGS = {"ks": "-k", "knn_k": "-k (kNN)"}
+_WORD = r"(?<![\w-]){}(?!\w)"
+
+
+def flag_message(e: EmbevalError) -> str:
+    """The error's message as the command line says it: each Python parameter the core names
+    (``e.params``, first whole-word occurrence) shown as its flag (``exclude_self`` ->
+    ``--exclude-self``, ``ks`` -> ``-k``). The one place where parameters become flags."""
+    text = e.problem if isinstance(e, InputFileError) else str(e)  # not in the file's name
+    for name in e.params:
+        flag = FLAGS.get(name, "--" + name.replace("_", "-"))
+        text = re.sub(_WORD.format(re.escape(name)), flag.replace("\\", r"\\"), text, count=1)
+    return f"{e.path}: {text}" if isinstance(e, InputFileError) else text
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app and map errors to exit codes."""
     args = expand_multi(sys.argv[1:] if argv is None else list(argv))
@@ -110,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except EmbevalError as e:
         if distributed.is_leader():  # under torchrun every rank fails alike; rank 0 says why
-            print(f"{prog}: error: {e}", file=sys.stderr)
+            print(f"{prog}: error: {flag_message(e)}", file=sys.stderr)
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
         rc = INTERRUPTED

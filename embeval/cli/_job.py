@@ -11,7 +11,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -24,6 +24,7 @@ from embeval.engine.hardest import hardest_negatives
 from embeval.engine.similarity import resolve_device, scores
 from embeval.errors import OptionError
 from embeval.evaluate import EvalResult, aggregate_mean, evaluation_stats, summarize
+from embeval.options import EvalOptions
 from embeval.outputs import check_outputs, transaction
 from embeval.results import writers as exports
 from embeval.results.partials import Partial, changed, fingerprint, save_partial
@@ -35,26 +36,13 @@ MATRIX_LIMIT = 1 << 30  # score --out: the full [Q, G] matrix up to 1 GB, else t
 
 
 @dataclass
-class Common:
-    metric: str
-    device: str
-    memory: str | None
-    precision: str
-    exclude_same_camera: bool
-    exclude_self: bool
-    aggregate: str
-    no_positive: str
-    block_size: int | None
-
-
-@dataclass
 class Job:
     """``command`` (cmc, score, knn, pr) on ``query`` × ``gallery`` (files), its output files."""
 
     command: str
     query: Path
     gallery: list[Path]
-    common: Common
+    options: EvalOptions
     ks: list[int]
     knn_k: int | None = None
     pr: bool = False
@@ -65,13 +53,9 @@ class Job:
 
     def identity(self, q: EmbeddingSet, g: EmbeddingSet) -> dict:
         """What every shard of one run shares (the ``job`` of a partial-statistics header)."""
-        c = self.common
         return {"command": self.command, "ks": self.ks, "knn_k": self.knn_k, "pr": self.pr,
                 "extra": self.extra, "out_topk": self.out_topk,
-                "options": {"metric": c.metric, "precision": c.precision,
-                            "exclude_same_camera": c.exclude_same_camera,
-                            "exclude_self": c.exclude_self, "aggregate": c.aggregate,
-                            "no_positive": c.no_positive},
+                "options": self.options.result_options(),
                 "label_names": g.label_names,
                 "inputs": {"query": [fingerprint(f) for f in source_files(q)],
                            "gallery": [fingerprint(f) for f in source_files(g)]}}
@@ -97,8 +81,7 @@ def execute(job: Job, *, shard: str | None = None, out_part: Path | None = None)
     if lead:
         check_outputs({**job.outputs, "--out-part": out_part},
                       inputs=[job.query, *expand_paths(job.gallery)])
-    c = job.common
-    parse_memory(c.memory)
+    c = job.options
     resolve_device(c.device)
     q, g = load(job.query), load_many(job.gallery)
     if q.dim != g.dim:
@@ -119,7 +102,7 @@ def execute(job: Job, *, shard: str | None = None, out_part: Path | None = None)
 
 def _compute(job: Job, q: EmbeddingSet, g: EmbeddingSet, knn_k: int | None,
              part: tuple[int, int] | None, out_part: Path | None, group) -> None:
-    c = job.common
+    c = job.options
     t0 = time.perf_counter()
     by_query = group is not None and distributed.split_axis(
         q.n, g.n, group.world, exclude_self=c.exclude_self) == "query"
@@ -129,13 +112,8 @@ def _compute(job: Job, q: EmbeddingSet, g: EmbeddingSet, knn_k: int | None,
                          metadata=q.metadata, name=q.name)
     with progress_bar("ranking", "items", enabled=distributed.is_leader()) as update:
         ev = evaluation_stats(
-            q, g, metric=c.metric, ks=job.ks, knn_k=knn_k,
-            exclude_same_camera=c.exclude_same_camera, exclude_self=c.exclude_self,
-            aggregate=c.aggregate, no_positive=c.no_positive,
-            device=group.device if group else c.device, precision=c.precision, memory=c.memory,
-            block_size=c.block_size,
-            shard=part or (group.shard if group and not by_query else None),
-            progress=update)
+            q, g, replace(c, device=group.device) if group else c, ks=job.ks, knn_k=knn_k,
+            shard=part or (group.shard if group and not by_query else None), progress=update)
     if part is not None:
         a, b = ev.gallery_range
         header = {"job": job.identity(q, g), "shard": list(part), "gallery_range": [a, b],
@@ -179,7 +157,7 @@ def _query_paths(job: Job) -> list[str] | None:
 def _hard_neg_items(job: Job, result: EvalResult, inputs: dict) -> dict[str, list] | None:
     """Index, label and path of each query's hardest negative (one more pass over the gallery),
     when the scores are exact (fp32) and the input files are the ones ranked."""
-    c = job.common
+    c = job.options
     if c.precision != "fp32" or not _unchanged(inputs):
         return None
     q, g = load(job.query), load_many(job.gallery)
@@ -239,13 +217,13 @@ def _write_outputs(job: Job, result: EvalResult, label_names: list[str] | None,
         names = job.gallery[0].name + (f" (+{len(job.gallery) - 1} files)" if len(job.gallery) > 1
                                        else "")
         exports.write_pr_plot(out["--plot"], result,  # type: ignore[arg-type]
-                              f"{job.query.name} vs {names} ({job.common.metric})")
+                              f"{job.query.name} vs {names} ({job.options.metric})")
     if out.get("--out"):
         _write_scores(out["--out"], job, result, knn_k)  # type: ignore[arg-type]
 
 
 def _write_scores(path: Path, job: Job, result: EvalResult, topn: int | None) -> None:
-    meta = {"embeval.scores": "1", "metric": job.common.metric}
+    meta = {"embeval.scores": "1", "metric": job.options.metric}
     stats = result.stats
     if topn is not None:
         idx = stats.topk_indices
@@ -258,11 +236,11 @@ def _write_scores(path: Path, job: Job, result: EvalResult, topn: int | None) ->
         return
     q, g = load(job.query), load_many(job.gallery)
     gallery_emb = g.embeddings
-    rows = max(1, (parse_memory(job.common.memory) or 1 << 28) // max(1, 4 * g.n))
+    rows = max(1, (parse_memory(job.options.memory) or 1 << 28) // max(1, 4 * g.n))
 
     def blocks():
         for a in range(0, q.n, rows):
-            yield {"scores": scores(q.rows(a, min(a + rows, q.n)), gallery_emb, job.common.metric)}
+            yield {"scores": scores(q.rows(a, min(a + rows, q.n)), gallery_emb, job.options.metric)}
 
     exports.write_tensor_stream(path, [("scores", torch.float32, (q.n, g.n))], blocks(),
                                 {**meta, "layout": "matrix"})

@@ -12,40 +12,15 @@ from __future__ import annotations
 import glob
 import re
 from collections.abc import Sequence
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from embeval.errors import InputFileError, OptionError
+from embeval.options import Aggregate, EvalOptions, Metric, NoPositive, Precision
 
 from ._app import app
-
-
-class Metric(str, Enum):
-    inner = "inner"
-    cosine = "cosine"
-    euclid = "euclid"
-    sq_euclid = "sq_euclid"
-
-
-class Precision(str, Enum):
-    fp32 = "fp32"
-    tf32 = "tf32"
-    bf16 = "bf16"
-    fp16 = "fp16"
-
-
-class Aggregate(str, Enum):
-    none = "none"
-    mean = "mean"
-
-
-class NoPositive(str, Enum):
-    skip = "skip"
-    zero = "zero"
-
 
 QueryArg = Annotated[Path, typer.Argument(
     metavar="QUERY", help="Query embeddings (.safetensors).", show_default=False)]
@@ -123,25 +98,26 @@ def default_ks(ks: list[int] | None, gallery: list[Path]) -> list[int]:
     return [k for k in (1, 5, 10) if k <= n] or [n]
 
 
-def _common(metric, device, memory, precision, exclude_same_camera, exclude_self, aggregate,
-            no_positive, block_size) -> dict[str, Any]:
-    """The fields of :class:`~._job.Common` (built in :func:`_execute`, once torch may load)."""
-    return dict(metric=metric.value, device=device, memory=memory, precision=precision.value,
-                exclude_same_camera=exclude_same_camera, exclude_self=exclude_self,
-                aggregate=aggregate.value, no_positive=no_positive.value, block_size=block_size)
+def _options(metric: str, device: str, memory: str | None, precision: str,
+             exclude_same_camera: bool, exclude_self: bool, aggregate: str, no_positive: str,
+             block_size: int | None) -> EvalOptions:
+    """The evaluation options of the flags (checked here, before torch loads)."""
+    return EvalOptions(metric=metric, exclude_same_camera=exclude_same_camera,
+                       exclude_self=exclude_self, aggregate=aggregate, no_positive=no_positive,
+                       precision=precision, device=device, memory=memory, block_size=block_size)
 
 
-def _execute(command: str, query: Path, gallery: list[Path], common: dict[str, Any],
+def _execute(command: str, query: Path, gallery: list[Path], options: EvalOptions,
              ks: list[int] | None, shard: str | None, out_part: Path | None, **job: Any) -> None:
     """Check the input files, then load the core and run the job: torch is imported here.
 
-    ``common``: the fields of :class:`~._job.Common`; ``ks``: the -k values (None: 1 5 10
-    capped at the gallery size); ``job``: the rest of :class:`~._job.Job`.
+    ``ks``: the -k values (None: 1 5 10 capped at the gallery size); ``job``: the rest of
+    :class:`~._job.Job`.
     """
     require_files([query, *gallery])
-    from ._job import Common, Job, execute
+    from ._job import Job, execute
 
-    execute(Job(command, query, gallery, Common(**common), default_ks(ks, gallery), **job),
+    execute(Job(command, query, gallery, options, default_ks(ks, gallery), **job),
             shard=shard, out_part=out_part)
 
 
@@ -154,15 +130,15 @@ CMC_EXAMPLES = examples(
 def cmc(query: QueryArg, gallery: GalleryArg, ks: KsOpt = None,
         per_query: Annotated[Path | None, file_option(
             "CSV, one row per query: ranks of first/last positive, AP.", "--per-query")] = None,
-        metric: MetricOpt = Metric.cosine, device: DeviceOpt = "auto", memory: MemoryOpt = None,
-        precision: PrecisionOpt = Precision.fp32, exclude_same_camera: CameraOpt = False,
-        exclude_self: SelfOpt = False, aggregate: AggregateOpt = Aggregate.none,
-        no_positive: NoPosOpt = NoPositive.skip, json: JsonOpt = False,
+        metric: MetricOpt = "cosine", device: DeviceOpt = "auto", memory: MemoryOpt = None,
+        precision: PrecisionOpt = "fp32", exclude_same_camera: CameraOpt = False,
+        exclude_self: SelfOpt = False, aggregate: AggregateOpt = "none",
+        no_positive: NoPosOpt = "skip", json: JsonOpt = False,
         block_size: BlockOpt = None, shard: ShardOpt = None, out_part: PartOpt = None) -> None:
     """CMC rank-k, mAP and mINP (retrieval / re-identification)."""
-    common = _common(metric, device, memory, precision, exclude_same_camera, exclude_self,
-                     aggregate, no_positive, block_size)
-    _execute("cmc", query, gallery, common, ks, shard, out_part,
+    options = _options(metric, device, memory, precision, exclude_same_camera, exclude_self,
+                       aggregate, no_positive, block_size)
+    _execute("cmc", query, gallery, options, ks, shard, out_part,
              outputs={"--per-query": per_query}, as_json=json)
 
 
@@ -179,15 +155,15 @@ def score(query: QueryArg, gallery: GalleryArg, ks: KsOpt = None,
           out_topk: Annotated[int | None, typer.Option(
               "--out-topk", metavar="N", min=1,
               help="Write the top-N per query instead of the matrix.")] = None,
-          metric: MetricOpt = Metric.cosine, device: DeviceOpt = "auto", memory: MemoryOpt = None,
-          precision: PrecisionOpt = Precision.fp32, exclude_same_camera: CameraOpt = False,
-          exclude_self: SelfOpt = False, aggregate: AggregateOpt = Aggregate.none,
-          no_positive: NoPosOpt = NoPositive.skip, json: JsonOpt = False,
+          metric: MetricOpt = "cosine", device: DeviceOpt = "auto", memory: MemoryOpt = None,
+          precision: PrecisionOpt = "fp32", exclude_same_camera: CameraOpt = False,
+          exclude_self: SelfOpt = False, aggregate: AggregateOpt = "none",
+          no_positive: NoPosOpt = "skip", json: JsonOpt = False,
           block_size: BlockOpt = None, shard: ShardOpt = None, out_part: PartOpt = None) -> None:
     """Accuracy, top-k accuracy and hardest positive / negative scores."""
-    common = _common(metric, device, memory, precision, exclude_same_camera, exclude_self,
-                     aggregate, no_positive, block_size)
-    _execute("score", query, gallery, common, ks, shard, out_part,
+    options = _options(metric, device, memory, precision, exclude_same_camera, exclude_self,
+                       aggregate, no_positive, block_size)
+    _execute("score", query, gallery, options, ks, shard, out_part,
              outputs={"--out": out}, out_topk=out_topk, as_json=json)
 
 
@@ -201,17 +177,17 @@ def knn(query: QueryArg, gallery: GalleryArg,
         k: Annotated[int, typer.Option("-k", metavar="K", help="Neighbours that vote.")] = 5,
         predictions: Annotated[Path | None, file_option(
             "CSV, one row per query: label, prediction, correct.", "--predictions")] = None,
-        metric: MetricOpt = Metric.cosine, device: DeviceOpt = "auto", memory: MemoryOpt = None,
-        precision: PrecisionOpt = Precision.fp32, exclude_same_camera: CameraOpt = False,
-        exclude_self: SelfOpt = False, aggregate: AggregateOpt = Aggregate.none,
-        no_positive: NoPosOpt = NoPositive.skip, json: JsonOpt = False,
+        metric: MetricOpt = "cosine", device: DeviceOpt = "auto", memory: MemoryOpt = None,
+        precision: PrecisionOpt = "fp32", exclude_same_camera: CameraOpt = False,
+        exclude_self: SelfOpt = False, aggregate: AggregateOpt = "none",
+        no_positive: NoPosOpt = "skip", json: JsonOpt = False,
         block_size: BlockOpt = None, shard: ShardOpt = None, out_part: PartOpt = None) -> None:
     """k-nearest-neighbour classification accuracy (majority vote)."""
-    common = _common(metric, device, memory, precision, exclude_same_camera, exclude_self,
-                     aggregate, no_positive, block_size)
+    options = _options(metric, device, memory, precision, exclude_same_camera, exclude_self,
+                       aggregate, no_positive, block_size)
     if k <= 0:
         raise OptionError(f"-k {k}: must be at least 1")
-    _execute("knn", query, gallery, common, [1], shard, out_part, knn_k=k, extra={"k": k},
+    _execute("knn", query, gallery, options, [1], shard, out_part, knn_k=k, extra={"k": k},
              outputs={"--predictions": predictions}, as_json=json)
 
 
@@ -228,17 +204,17 @@ def pr(query: QueryArg, gallery: GalleryArg,
            "PNG of the mean interpolated PR curve (needs matplotlib).", "--plot")] = None,
        per_query: Annotated[Path | None, file_option(
            "CSV, one row per query: ranks, AP, max F1.", "--per-query")] = None,
-       metric: MetricOpt = Metric.cosine, device: DeviceOpt = "auto", memory: MemoryOpt = None,
-       precision: PrecisionOpt = Precision.fp32, exclude_same_camera: CameraOpt = False,
-       exclude_self: SelfOpt = False, aggregate: AggregateOpt = Aggregate.none,
-       no_positive: NoPosOpt = NoPositive.skip, json: JsonOpt = False,
+       metric: MetricOpt = "cosine", device: DeviceOpt = "auto", memory: MemoryOpt = None,
+       precision: PrecisionOpt = "fp32", exclude_same_camera: CameraOpt = False,
+       exclude_self: SelfOpt = False, aggregate: AggregateOpt = "none",
+       no_positive: NoPosOpt = "skip", json: JsonOpt = False,
        block_size: BlockOpt = None, shard: ShardOpt = None, out_part: PartOpt = None) -> None:
     """Precision-recall: mAP and the best F1 with its precision, recall and threshold."""
-    common = _common(metric, device, memory, precision, exclude_same_camera, exclude_self,
-                     aggregate, no_positive, block_size)
+    options = _options(metric, device, memory, precision, exclude_same_camera, exclude_self,
+                       aggregate, no_positive, block_size)
     if plot:
         from embeval.results import writers as exports
 
         exports.require_matplotlib()
-    _execute("pr", query, gallery, common, [1], shard, out_part, pr=True,
+    _execute("pr", query, gallery, options, [1], shard, out_part, pr=True,
              outputs={"--curves": curves, "--plot": plot, "--per-query": per_query}, as_json=json)

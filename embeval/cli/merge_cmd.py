@@ -42,14 +42,14 @@ def merge(
     t0 = time.perf_counter()
     require_files(parts)  # before torch loads
     from embeval.data.concat import expand_paths
-    from embeval.evaluate import summarize
+    from embeval.options import RESULT_OPTIONS, EvalOptions
     from embeval.results import writers as exports
-    from embeval.results.partials import load_partial, merge_partials
+    from embeval.results.partials import load_parts, summarize_parts
 
-    from ._job import Common, Job, finish
+    from ._job import Job, finish
 
     part_files = expand_paths(parts)
-    merged = merge_partials([load_partial(p) for p in part_files])
+    merged = load_parts(part_files)
     job = merged.job
     command = job["command"]
     given = {"--per-query": per_query, "--predictions": predictions, "--curves": curves,
@@ -62,25 +62,17 @@ def merge(
     check_outputs(given, inputs=[*part_files, *(f["file"] for f in inputs["query"] + inputs["gallery"])])
     if plot:
         exports.require_matplotlib()
-    stats = merged.stats
-    topn = job["knn_k"]
-    if command == "score":
-        topn = stats.topk_scores.shape[1] if stats.topk_scores is not None else None
-        if out is not None and topn is None:
-            _check_inputs_unchanged(job)
-    o = job["options"]
-    options: dict[str, object] = {key: o[key] for key in ("metric", "exclude_same_camera",
-                                                           "exclude_self", "aggregate",
-                                                           "no_positive", "precision")}
-    common = Common(o["metric"], "cpu", None, o["precision"], o["exclude_same_camera"],
-                    o["exclude_self"], o["aggregate"], o["no_positive"], None)
+    if command == "score" and out is not None and merged.stats.topk_scores is None:
+        _check_inputs_unchanged(job)
+    options = EvalOptions(**{k: job["options"][k] for k in RESULT_OPTIONS}, device="cpu")
     run = Job(command, Path(inputs["query"][0]["file"]), [Path(f["file"]) for f in inputs["gallery"]],
-              common, job["ks"], knn_k=job["knn_k"], pr=job["pr"], extra=job["extra"],
+              options, job["ks"], knn_k=job["knn_k"], pr=job["pr"], extra=job["extra"],
               outputs={k: v for k, v in given.items() if k in OUTPUTS[command]},
               out_topk=job["out_topk"], as_json=json)
-    result = summarize(stats, merged.gallery_labels, ks=job["ks"], knn_k=topn,
-                       no_positive=o["no_positive"], pr=job["pr"], options=options, t0=t0)
-    finish(run, result, job["label_names"], topn, inputs=_files(inputs))
+    result = summarize_parts(merged, t0=t0)
+    topn = result.stats.topk_scores.shape[1] if result.stats.topk_scores is not None else None
+    finish(run, result, job["label_names"], topn if command == "score" else job["knn_k"],
+           inputs=_files(inputs))
 
 
 def _files(inputs: dict) -> dict:

@@ -107,7 +107,8 @@ def rank_stats(
                     and query.n * (b - a) > SMALL_PASS)
         backend = "numba" if compiled else "torch"
     if backend not in ("numba", "torch"):
-        raise OptionError(f"unknown backend {backend!r} (numba, torch, auto)")
+        raise OptionError(f"backend: unknown backend {backend!r} (numba, torch, auto)",
+                          param="backend")
     budget = parse_memory(memory) or default_memory(dev)
     rows = block_size or max(1, budget // max(1, 8 * gallery.dim))  # gallery block: ≤ budget / 2
 
@@ -154,10 +155,11 @@ def _check_inputs(query: EmbeddingSet, gallery: EmbeddingSet, protocol: Protocol
     if protocol.exclude_same_camera:
         for s in (query, gallery):
             if s.cameras is None:
-                raise OptionError(f"--exclude-same-camera: {s.name} has no 'cameras' tensor")
+                raise OptionError(f"exclude_same_camera: {s.name} has no 'cameras' tensor",
+                                  param="exclude_same_camera")
     if protocol.exclude_self and query.n != gallery.n:
-        raise OptionError(f"--exclude-self needs the same set as query and gallery, got "
-                          f"{query.n} queries and {gallery.n} gallery items")
+        raise OptionError(f"exclude_self needs the same set as query and gallery, got "
+                          f"{query.n} queries and {gallery.n} gallery items", param="exclude_self")
     if topk < 0 or topk > gallery.n:
         raise OptionError(f"k={topk} must be between 1 and the gallery size ({gallery.n})")
 
@@ -184,8 +186,9 @@ def check_norms(query: EmbeddingSet, query_norms: torch.Tensor, gallery: Embeddi
            else "normalise the rows, or divide query and gallery by one constant (ranks stay "
                 "the same)")
     raise InputFileError(name, f"embedding row {row} has L2 norm {norm:.3g}, too large for "
-                               f"--metric {metric} against {other_name} (its longest row, "
-                               f"{other_row}, has norm {other_norm:.3g}): {why}; {fix}")
+                               f"metric {metric} against {other_name} (its longest row, "
+                               f"{other_row}, has norm {other_norm:.3g}): {why}; {fix}",
+                         param="metric")
 
 
 def _locate(s: EmbeddingSet, row: int) -> tuple[str, int]:

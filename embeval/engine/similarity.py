@@ -32,6 +32,7 @@ from collections.abc import Iterator
 import torch
 
 from embeval.errors import InputFileError, OptionError
+from embeval.options import METRICS, PRECISIONS
 
 __all__ = [
     "METRICS", "PRECISIONS", "METRIC_CODES", "LANES", "aux", "row_norms", "overflow_rule",
@@ -39,15 +40,13 @@ __all__ = [
     "scores", "resolve_device", "matmul_dtype", "precision_context",
 ]
 
-METRICS = ("inner", "cosine", "euclid", "sq_euclid")
 METRIC_CODES = {name: i for i, name in enumerate(METRICS)}
-PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 LANES = 16  # canonical dot product: 16 running sums, lane l takes elements t ≡ l (mod 16)
 
 
 def check_metric(metric: str) -> str:
     if metric not in METRICS:
-        raise OptionError(f"--metric: unknown metric {metric!r} (choose from {', '.join(METRICS)})")
+        raise OptionError(f"metric: unknown metric {metric!r} ({', '.join(METRICS)})", param="metric")
     return metric
 
 
@@ -181,22 +180,26 @@ def resolve_device(device: str = "auto") -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, ValueError):
-        raise OptionError(f"--device: unknown device {device!r} (auto, cpu, cuda, cuda:N)") from None
+        raise OptionError(f"device: unknown device {device!r} (auto, cpu, cuda, cuda:N)",
+                          param="device") from None
     if dev.type not in ("cpu", "cuda"):
-        raise OptionError(f"--device: unsupported device {device!r} (auto, cpu, cuda, cuda:N)")
+        raise OptionError(f"device: unsupported device {device!r} (auto, cpu, cuda, cuda:N)",
+                          param="device")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise OptionError(f"--device {device}: CUDA is not available on this machine")
+            raise OptionError(f"device {device}: CUDA is not available on this machine",
+                              param="device")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise OptionError(f"--device {device}: only {torch.cuda.device_count()} GPU(s) visible")
+            raise OptionError(f"device {device}: only {torch.cuda.device_count()} GPU(s) visible",
+                              param="device")
     return dev
 
 
 def matmul_dtype(precision: str) -> torch.dtype:
     """Operand dtype of the score matmul (``bf16``/``fp16`` are approximate)."""
     if precision not in PRECISIONS:
-        raise OptionError(f"--precision: unknown precision {precision!r} "
-                          f"(choose from {', '.join(PRECISIONS)})")
+        raise OptionError(f"precision: unknown precision {precision!r} ({', '.join(PRECISIONS)})",
+                          param="precision")
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
 
 

@@ -15,15 +15,15 @@ from typing import Any
 import torch
 
 from embeval.engine import NO_INDEX, RankStats, shard_range
-from embeval.engine.similarity import METRICS
 from embeval.errors import InputFileError
+from embeval.options import AGGREGATES, METRICS, NO_POSITIVE, PRECISIONS
 
 __all__ = ["check_header", "check_stats", "check_together", "COMMANDS"]
 
 COMMANDS = ("cmc", "score", "knn", "pr")
 _OPTIONS: dict[str, Any] = {
-    "metric": METRICS, "precision": str, "exclude_same_camera": bool, "exclude_self": bool,
-    "aggregate": ("none", "mean"), "no_positive": ("skip", "zero"),
+    "metric": METRICS, "precision": PRECISIONS, "exclude_same_camera": bool, "exclude_self": bool,
+    "aggregate": AGGREGATES, "no_positive": NO_POSITIVE,
 }
 
 

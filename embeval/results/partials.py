@@ -30,19 +30,25 @@ import copy
 import hashlib
 import json
 import os
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 
+from embeval.data.concat import expand_paths
 from embeval.data.safetensors_io import tensor_digest, write_safetensors
 from embeval.data.store import atomic_path
 from embeval.engine import RankStats
 from embeval.errors import InputFileError
+from embeval.evaluate import EvalResult, summarize
+from embeval.options import RESULT_OPTIONS, EvalOptions
 from embeval.results.partial_checks import check_header, check_stats, check_together
 
-__all__ = ["Partial", "fingerprint", "changed", "save_partial", "load_partial", "merge_partials", "FORMAT"]
+__all__ = ["Partial", "fingerprint", "changed", "save_partial", "load_partial", "merge_parts",
+           "load_parts", "summarize_parts", "merge_partials", "FORMAT"]
 
 FORMAT = "2"
 _STATS = ("query_labels", "pos_offsets", "pos_scores", "neg_hist", "n_neg", "max_neg")
@@ -180,7 +186,7 @@ def _difference(a: dict, b: dict) -> str:
     return "?"
 
 
-def merge_partials(parts: list[Partial]) -> Partial:
+def merge_parts(parts: list[Partial]) -> Partial:
     """Check that ``parts`` are the shards of one run, each exactly once, and merge them.
 
     The merge runs in shard order, so the result is the same for any order of ``parts``.
@@ -208,7 +214,8 @@ def merge_partials(parts: list[Partial]) -> Partial:
         shown = ", ".join(f"{i}/{n}" for i in missing)
         raise InputFileError(first.path or "<parts>",
                              f"shard(s) {shown} missing: the parts of this run are "
-                             f"{len(parts)} of {n} (run the missing shard(s) with --shard)")
+                             f"{len(parts)} of {n} (run the missing shard(s) with "
+                             "`embeval COMMAND ... --shard i/n`)")
     ordered = [by_index[i] for i in range(n)]
     check_together([(p.path or "<part>", p.stats) for p in ordered])
     stats = ordered[0].stats
@@ -219,3 +226,35 @@ def merge_partials(parts: list[Partial]) -> Partial:
     header["gallery_range"] = [0, stats.n_gallery]
     labels = torch.cat([p.gallery_labels for p in ordered])
     return replace(first, stats=stats, gallery_labels=labels, header=header, path=None)
+
+
+def load_parts(paths: Sequence[str | os.PathLike[str]]) -> Partial:
+    """Load, check and merge the parts in ``paths`` (files or quoted globs): one run's statistics."""
+    return merge_parts([load_partial(p) for p in expand_paths([Path(p) for p in paths])])
+
+
+def summarize_parts(merged: Partial, *, t0: float | None = None) -> EvalResult:
+    """The result of the run whose merged parts are ``merged`` (:func:`merge_parts`).
+
+    ``score`` parts keep the top-k per query when the run had one: it is summarised as the
+    run's ``knn_k`` (as the single run of ``embeval score --out`` does).
+    """
+    job, stats = merged.job, merged.stats
+    knn_k = job["knn_k"]
+    if job["command"] == "score":
+        knn_k = stats.topk_scores.shape[1] if stats.topk_scores is not None else None
+    options = EvalOptions(**{k: job["options"][k] for k in RESULT_OPTIONS})
+    return summarize(stats, merged.gallery_labels, ks=job["ks"], knn_k=knn_k,
+                     no_positive=options.no_positive, pr=job["pr"],
+                     options=options.result_options(), t0=t0)
+
+
+def merge_partials(paths: Sequence[str | os.PathLike[str]]) -> EvalResult:
+    """The result of one run from the partial-statistics files of its shards (the Python API
+    of ``embeval merge``): the same metrics, bit for bit, per-query values and options as
+    the run without ``--shard`` gives. ``paths``: files or quoted globs, every shard once.
+
+    Raises :class:`InputFileError` naming the part that is damaged, missing or from another run.
+    """
+    t0 = time.perf_counter()
+    return summarize_parts(load_parts(paths), t0=t0)

@@ -148,7 +148,8 @@ def require_matplotlib():  # noqa: ANN201 - returns matplotlib.pyplot
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise OptionError("--plot needs matplotlib: pip install 'embeval[plot]'") from None
+        raise OptionError("plot needs matplotlib: pip install 'embeval[plot]'",
+                          param="plot") from None
     return plt
 
 

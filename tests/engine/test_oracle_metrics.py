@@ -589,5 +589,5 @@ def test_norms_beyond_the_limit_are_refused_naming_the_row(metric, backend, prec
     case, k = _near_limit(metric, precision)
     for over in (k + 1, k + 40):
         with pytest.raises(embeval.InputFileError, match=r"embedding row \d+ has L2 norm .* too "
-                                                         f"large for --metric {metric}"):
+                                                         f"large for metric {metric}"):
             run(_scaled(case, over), metric=metric, knn_k=3, backend=backend, precision=precision)

@@ -21,7 +21,7 @@ import embeval
 from embeval.engine import shard_range
 from embeval.evaluate import evaluation_stats
 from embeval.results import partials
-from embeval.results.partials import Partial, load_partial, merge_partials, save_partial
+from embeval.results.partials import Partial, load_partial, merge_parts, save_partial
 
 
 def job_header(metric: str = "cosine") -> dict:
@@ -62,9 +62,44 @@ def test_parts_merge_bit_for_bit(tmp_path: Path, metric: str) -> None:
         a, b = ev.gallery_range
         header = {"job": job_header(metric), "shard": [i, 3], "gallery_range": [a, b]}
         paths.append(save_partial(tmp_path / f"p{i}", Partial(ev.stats, g.labels[a:b], header)))
-    merged = merge_partials([load_partial(p) for p in paths])
+    merged = merge_parts([load_partial(p) for p in paths])
     assert_same(merged.stats, whole.stats)
     assert torch.equal(merged.gallery_labels, g.labels)
+
+
+@pytest.mark.parametrize(("command", "flags", "kwargs"), [
+    ("cmc", ["-k", "1", "5", "--exclude-same-camera", "--no-positive", "zero"],
+     dict(ks=(1, 5), exclude_same_camera=True, no_positive="zero")),
+    ("knn", ["-k", "5", "--metric", "inner"], dict(ks=(1,), knn_k=5, metric="inner")),
+    ("pr", ["--metric", "euclid", "--aggregate", "mean"],
+     dict(ks=(1,), pr=True, metric="euclid", aggregate="mean")),
+])
+def test_merge_partials_api_equals_evaluate(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                            files: dict[str, Path], command: str,
+                                            flags: list[str], kwargs: dict) -> None:
+    """embeval.merge_partials(parts of `--shard i/3` runs) is the EvalResult of one evaluate()."""
+    q, g = files["q"], files["g"]
+    for i in range(3):
+        rc, _, err = cli(capsys, command, q, g, *flags, "--shard", f"{i}/3",
+                         "--out-part", tmp_path / f"{command}.part{i}.safetensors")
+        assert rc == 0, err
+    merged = embeval.merge_partials([str(tmp_path / f"{command}.part*.safetensors")])
+    whole = embeval.evaluate(embeval.load(q), embeval.load(g), device="cpu", **kwargs)
+    assert isinstance(merged, embeval.EvalResult)
+    assert merged.metrics == whole.metrics and list(merged.metrics) == list(whole.metrics)
+    assert merged.per_query.keys() == whole.per_query.keys()
+    for k in whole.per_query:  # bit for bit (NaN where a query has no positive / negative)
+        torch.testing.assert_close(merged.per_query[k], whole.per_query[k], rtol=0, atol=0,
+                                   equal_nan=True, msg=k)
+    assert merged.options == whole.options and list(merged.options) == list(whole.options)
+    assert (merged.n_query, merged.n_gallery, merged.n_valid) == \
+        (whole.n_query, whole.n_gallery, whole.n_valid)
+    if kwargs.get("pr"):
+        assert merged.pr_curves is not None and whole.pr_curves is not None
+        assert all(torch.equal(a, b) for a, b in zip(merged.pr_curves, whole.pr_curves))
+    with pytest.raises(embeval.InputFileError, match=r"shard\(s\) 1/3 missing"):
+        embeval.merge_partials([tmp_path / f"{command}.part0.safetensors",
+                                tmp_path / f"{command}.part2.safetensors"])
 
 
 @pytest.mark.parametrize(("command", "opts", "outputs"), [

@@ -1,0 +1,148 @@
+"""The evaluation options, as one validated type, and their vocabularies (defined here only).
+
+Importing this module costs nothing (no torch, numpy or numba): the command line builds an
+:class:`EvalOptions` from its flags while it parses them, the core takes the same object.
+
+>>> from embeval.options import EvalOptions
+>>> EvalOptions(metric="euclid", exclude_self=True).result_options()["metric"]
+'euclid'
+>>> EvalOptions(metric="l2")
+Traceback (most recent call last):
+...
+embeval.errors.OptionError: metric: unknown metric 'l2' (inner, cosine, euclid, sq_euclid)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Any, Literal, get_args
+
+from embeval.errors import OptionError
+
+__all__ = [
+    "EvalOptions", "Metric", "Precision", "Aggregate", "NoPositive", "Backend",
+    "METRICS", "PRECISIONS", "AGGREGATES", "NO_POSITIVE", "BACKENDS", "RESULT_OPTIONS",
+    "parse_memory",
+]
+
+Metric = Literal["inner", "cosine", "euclid", "sq_euclid"]
+Precision = Literal["fp32", "tf32", "bf16", "fp16"]
+Aggregate = Literal["none", "mean"]
+NoPositive = Literal["skip", "zero"]
+Backend = Literal["auto", "numba", "torch"]
+
+#: similarity metrics (higher = more similar), see :mod:`embeval.engine.similarity`
+METRICS: tuple[str, ...] = get_args(Metric)
+#: matmul precisions of the score pass (all but fp32 approximate)
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+#: gallery as is (none) or one normalised mean prototype per label (mean)
+AGGREGATES: tuple[str, ...] = get_args(Aggregate)
+#: queries without positives: skipped, or counted with AP 0 / no hit (zero)
+NO_POSITIVE: tuple[str, ...] = get_args(NoPositive)
+#: engines of the ranking pass (:func:`embeval.engine.rank_stats`)
+BACKENDS: tuple[str, ...] = get_args(Backend)
+
+#: the options that shape the result, in the order of the JSON ``options`` object
+RESULT_OPTIONS = ("metric", "exclude_same_camera", "exclude_self", "aggregate", "no_positive",
+                  "precision")
+
+_UNITS = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "KIB": 2**10, "M": 1e6, "MB": 1e6, "MIB": 2**20,
+          "G": 1e9, "GB": 1e9, "GIB": 2**30, "T": 1e12, "TB": 1e12, "TIB": 2**40}
+
+
+def _one_of(param: str, what: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise OptionError(f"{param}: unknown {what} {value!r} ({', '.join(allowed)})", param=param)
+
+
+def parse_memory(text: str | int | None) -> int | None:
+    """``"2GB"``, ``"512MB"``, ``"1.5GiB"`` or a byte count → bytes (None passes through)."""
+    if text is None or isinstance(text, int):
+        return text
+    s = text.strip().upper().replace(" ", "")
+    num = s.rstrip("KMGTIB")
+    try:
+        value = float(num) * _UNITS[s[len(num):]]
+    except (ValueError, KeyError):
+        raise OptionError(f"memory: cannot read {text!r} (examples: 512MB, 2GB)",
+                          param="memory") from None
+    if not math.isfinite(value):  # nan, inf, 1e400
+        raise OptionError(f"memory: {text!r} is not a finite size (examples: 512MB, 2GB)",
+                          param="memory")
+    if value < 1e6:
+        raise OptionError(f"memory: {text!r} is too small (at least 1MB)", param="memory")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """How to evaluate: what shapes the result (the first six fields), then how it runs.
+
+    ``metric``: similarity (:data:`METRICS`); ``exclude_same_camera`` / ``exclude_self``: the
+    protocol (drop same-label same-camera items / leave-one-out); ``aggregate``: ``"mean"``
+    ranks one prototype per label (``None`` means ``"none"``); ``no_positive``: queries
+    without positives are skipped or count as 0; ``precision``: score matmul precision.
+    ``device``: auto, cpu, cuda or cuda:N (checked when the pass starts: ``resolve_device``);
+    ``memory``: block budget in bytes or text such as ``"2GB"`` (None: 60% of free GPU memory,
+    1 GB on CPU); ``block_size``: gallery rows per block (None: from ``memory``);
+    ``backend``: auto, numba or torch.
+    Invalid values raise :class:`~embeval.errors.OptionError` naming the parameter.
+    """
+
+    metric: str = "cosine"
+    exclude_same_camera: bool = False
+    exclude_self: bool = False
+    aggregate: str | None = "none"
+    no_positive: str = "skip"
+    precision: str = "fp32"
+    device: str = "auto"
+    memory: int | str | None = None
+    block_size: int | None = None
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.aggregate is None:
+            object.__setattr__(self, "aggregate", "none")
+        _one_of("metric", "metric", self.metric, METRICS)
+        _one_of("precision", "precision", self.precision, PRECISIONS)
+        _one_of("aggregate", "mode", self.aggregate, AGGREGATES)
+        _one_of("no_positive", "policy", self.no_positive, NO_POSITIVE)
+        _one_of("backend", "backend", self.backend, BACKENDS)
+        for name in ("exclude_same_camera", "exclude_self"):
+            if not isinstance(getattr(self, name), bool):
+                raise OptionError(f"{name}: expected True or False, got {getattr(self, name)!r}",
+                                  param=name)
+        if self.aggregate == "mean" and (self.exclude_same_camera or self.exclude_self):
+            raise OptionError("aggregate mean cannot be combined with exclude_same_camera or "
+                              "exclude_self (prototypes have no camera or index)",
+                              param=("aggregate", "exclude_same_camera", "exclude_self"))
+        if not isinstance(self.device, str):  # its name is checked when the pass starts
+            raise OptionError(f"device: expected a name such as 'cuda:0', got {self.device!r}",
+                              param="device")
+        parse_memory(self.memory)
+        b = self.block_size
+        if b is not None and (not isinstance(b, int) or isinstance(b, bool) or b < 1):
+            raise OptionError(f"block_size: must be a positive integer, got {b!r}",
+                              param="block_size")
+
+    @classmethod
+    def build(cls, options: EvalOptions | None = None, **overrides: Any) -> EvalOptions:
+        """``options`` (default: the defaults) with the fields in ``overrides`` replaced.
+
+        An unknown keyword raises :class:`TypeError`, as a misspelt keyword argument does.
+        """
+        base = options if options is not None else cls()
+        if not isinstance(base, EvalOptions):
+            raise TypeError(f"options must be an EvalOptions, got {type(base).__name__}")
+        unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
+        if unknown:
+            raise TypeError(f"unexpected keyword argument(s): {', '.join(unknown)}")
+        return replace(base, **overrides) if overrides else base
+
+    def result_options(self) -> dict[str, object]:
+        """The options that shape the result: ``EvalResult.options``, the JSON ``options``
+        object and the ``options`` of a partial-statistics header (same keys, same order)."""
+        return {name: getattr(self, name) for name in RESULT_OPTIONS}
+
+    to_dict = result_options
