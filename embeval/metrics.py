@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -186,7 +187,7 @@ def pr_points(stats: RankStats) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     return tp.double() / n.double(), tp.double() / p.double(), threshold, offsets
 
 
-def max_f1(stats: RankStats, *, no_positive: str = "skip") -> dict[str, object]:
+def max_f1(stats: RankStats, *, no_positive: str = "skip") -> dict[str, Any]:
     """Per-query best F1 over its PR points (equal F1s: highest threshold) and their means.
 
     Returns ``{"f1", "precision", "recall", "threshold"}`` → [Q] tensors (nan when P = 0) and

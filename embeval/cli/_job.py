@@ -226,12 +226,13 @@ def _write_scores(path: Path, job: Job, result: EvalResult, topn: int | None) ->
     meta = {"embeval.scores": "1", "metric": job.options.metric}
     stats = result.stats
     if topn is not None:
-        idx = stats.topk_indices
+        idx, top = stats.topk_indices, stats.topk_scores
+        assert idx is not None and top is not None  # kept by the pass: topn > 0
         empty = idx == torch.iinfo(torch.int64).max
         exports.write_tensor_stream(
             path, [("topk_scores", torch.float32, tuple(idx.shape)),
                    ("topk_indices", torch.int64, tuple(idx.shape))],
-            iter([{"topk_scores": stats.topk_scores, "topk_indices": idx.masked_fill(empty, -1)}]),
+            iter([{"topk_scores": top, "topk_indices": idx.masked_fill(empty, -1)}]),
             {**meta, "layout": "topk"})
         return
     q, g = load(job.query), load_many(job.gallery)

@@ -199,7 +199,7 @@ def load(path: str | os.PathLike[str], *, lazy: bool = True) -> EmbeddingSet:
     parse_label_names(p, meta)
     try:
         return EmbeddingSet(embeddings, labels, cameras, metadata=meta, name=str(p),
-                            _file=p if lazy else None, _shape=shape,  # type: ignore[arg-type]
+                            _file=p if lazy else None, _shape=shape,
                             _dtype=dtype)
     except InputFileError:
         raise

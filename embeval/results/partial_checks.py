@@ -42,8 +42,9 @@ def _need(ok: bool, what: str) -> None:
 
 def _int_pair(header: dict, key: str) -> tuple[int, int]:
     v = header.get(key)
-    _need(isinstance(v, list) and len(v) == 2 and all(_is_int(x) for x in v),
-          f"{key!r} must be a list of two integers, got {v!r}")
+    if not (isinstance(v, list) and len(v) == 2 and all(_is_int(x) for x in v)):
+        _need(False, f"{key!r} must be a list of two integers, got {v!r}")
+    assert isinstance(v, list)
     return v[0], v[1]
 
 
@@ -145,8 +146,9 @@ def _check_values(s: RankStats, a: int, b: int) -> None:
     _need(bool((m[s.n_neg == 0] == float("-inf")).all()), "max_neg is set where n_neg is 0")
     if s.topk_scores is not None:
         ts, ti = s.topk_scores, s.topk_indices
-        empty = ti == NO_INDEX  # type: ignore[operator]
-        _need(bool(((ti >= a) & (ti < b) | empty).all()),  # type: ignore[operator]
+        assert ti is not None  # the loader reads both or neither
+        empty = ti == NO_INDEX
+        _need(bool(((ti >= a) & (ti < b) | empty).all()),
               f"topk_indices outside the shard's items {a}:{b}")
         _need(not bool(torch.isnan(ts).any()) and bool((ts[empty] == float("-inf")).all())
               and bool(torch.isfinite(ts[~empty]).all()), "topk_scores do not fit topk_indices")

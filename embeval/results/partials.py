@@ -160,8 +160,8 @@ def load_partial(path: str | os.PathLike[str]) -> Partial:
     except (KeyError, ValueError) as e:
         raise InputFileError(p, f"damaged partial-statistics header ({e!r})") from None
     check_header(p, header, n_gallery, meta.get("metric"))
-    stats = RankStats(metric=meta["metric"], n_gallery=n_gallery,
-                      **{k: t[k] for k in _STATS}, **{k: t.get(k) for k in _TOPK})
+    stats = RankStats(meta["metric"], n_gallery, *(t[k] for k in _STATS),
+                      *(t.get(k) for k in _TOPK))
     check_stats(p, stats, t["gallery_labels"], header["gallery_range"])
     return Partial(stats, t["gallery_labels"], {**header, "info": info}, p)
 

@@ -22,7 +22,7 @@ from embeval.errors import InputFileError, OptionError
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10: YAML only
-    tomllib = None  # type: ignore[assignment]
+    tomllib = None  # type: ignore[assignment, unused-ignore]
 
 __all__ = ["TrainConfig", "load_config_file", "config_from", "save_config", "CHOICES"]
 
