@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.cli import cli_run
 
 import embeval
 
@@ -58,12 +59,12 @@ def test_json_names_version_and_inputs(files):
     assert len(q["sha256"]) == 64 and q["sha256"] != g["sha256"]
 
 
-def test_same_file_without_exclude_self_warns_once(files):
+def test_same_file_without_exclude_self_warns_once(capsys, files):
     res = run("cmc", files["g"], files["g"], "-k", "1", "--json")
     assert res.returncode == 0
     assert res.stderr.count("warning:") == 1 and "--exclude-self" in res.stderr
-    assert run("cmc", files["g"], files["g"], "-k", "1", "--exclude-self").stderr == ""
-    assert run("cmc", files["q"], files["g"], "-k", "1").stderr == ""
+    assert cli_run(capsys, "cmc", files["g"], files["g"], "-k", "1", "--exclude-self").stderr == ""
+    assert cli_run(capsys, "cmc", files["q"], files["g"], "-k", "1").stderr == ""
 
 
 def test_a_shard_run_says_where_its_part_went(files, tmp_path):
