@@ -15,7 +15,7 @@ from embeval.options import EvalOptions
 
 PACKAGE = Path(embeval.__file__).parent
 #: products whose messages still name their command's flags (extract, train: not yet moved)
-NOT_YET = ("extract", "train")
+NOT_YET: tuple[str, ...] = ()
 
 
 def _sets() -> tuple[embeval.EmbeddingSet, embeval.EmbeddingSet]:

@@ -234,8 +234,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
             meta = dict(f.metadata() or {})
             if "embeval.checkpoint" not in meta:
                 raise InputFileError(p, "is a safetensors file but not an embeval checkpoint (no "
-                                        "'embeval.checkpoint' metadata); for bare weights give the "
-                                        "architecture as MODEL and this file as --weights")
+                                        "'embeval.checkpoint' metadata); for a bare state dict give "
+                                        "the architecture as MODEL and this file as weights",
+                                 param="weights")
             state = {k: f.get_tensor(k) for k in f.keys()}
     except SafetensorError as e:
         raise InputFileError(p, f"not a readable safetensors file ({_one_line(e)})") from None
@@ -320,9 +321,9 @@ def load_model(spec: str, *, weights: str | os.PathLike[str] | None = None,
     ``head``, ``heads`` or ``last_linear``) by ``nn.Identity``.
     """
     if layer is not None and head is not None:
-        raise OptionError("--layer and --head cannot be used together")
+        raise OptionError("layer and head cannot be used together", param=("layer", "head"))
     if head is not None and head != "identity":
-        raise OptionError(f"--head: only 'identity' is supported, got {head!r}")
+        raise OptionError(f"head: only 'identity' is supported, got {head!r}", param="head")
     path = Path(spec)
     prep: Preprocessing | None = None
     files = []
@@ -331,8 +332,8 @@ def load_model(spec: str, *, weights: str | os.PathLike[str] | None = None,
                                    f"or a built-in name ({', '.join(BACKBONES)})")
     if path.is_file():
         if weights is not None:
-            raise OptionError(f"--weights: MODEL {spec} is a file that holds its own weights; "
-                              "--weights goes with a module:callable or built-in MODEL")
+            raise OptionError("weights goes with a module:callable or built-in MODEL; MODEL "
+                              f"{spec} is a file that holds its own weights", param="weights")
         module, prep = _load_file(path)
         files.append(path)
     elif spec in BACKBONES:
@@ -370,7 +371,7 @@ def _load_file(path: Path) -> tuple[nn.Module, Preprocessing | None]:
     if kind == "pickle":
         raise InputFileError(path, "is a torch.save pickle, not a model: give the architecture "
                                    "as MODEL (package.module:callable or a built-in name) and "
-                                   "this file as --weights")
+                                   "this file as weights", param="weights")
     raise InputFileError(path, "not a model file (expected an embeval checkpoint .safetensors, "
                                "a TorchScript archive or a torch.export .pt2)")
 
@@ -466,21 +467,23 @@ class LayerOutput(nn.Module):
         if isinstance(out, (tuple, list)):
             out = out[0]
         if not isinstance(out, torch.Tensor):
-            raise OptionError(f"--layer {self.layer}: the layer did not run or gave no tensor")
+            raise OptionError(f"layer {self.layer}: the layer did not run or gave no tensor",
+                              param="layer")
         return torch.flatten(out, 1)
 
 
 def _cut(module: nn.Module, spec: str, *, layer: str | None) -> nn.Module:
     if isinstance(module, (torch.jit.ScriptModule, torch.fx.GraphModule)):
-        raise OptionError(f"--layer/--head need a Python model (checkpoint, built-in or "
-                          f"module:callable); {spec} is a compiled archive")
+        raise OptionError(f"layer/head need a Python model (checkpoint, built-in or "
+                          f"module:callable); {spec} is a compiled archive",
+                          param=("layer", "head"))
     if layer is not None:
         try:
             module.get_submodule(layer)
         except AttributeError:
             names = [n for n, _ in module.named_children()]
-            raise OptionError(f"--layer: {spec} has no submodule {layer!r} (top level: "
-                              f"{_few(names)})") from None
+            raise OptionError(f"layer: {spec} has no submodule {layer!r} (top level: "
+                              f"{_few(names)})", param="layer") from None
         return LayerOutput(module, layer)
     if isinstance(module, SmallNet):  # forward already returns the embedding
         return module
@@ -488,8 +491,8 @@ def _cut(module: nn.Module, spec: str, *, layer: str | None) -> nn.Module:
         if isinstance(getattr(module, name, None), nn.Module):
             setattr(module, name, nn.Identity())
             return module
-    raise OptionError(f"--head identity: {spec} has no {', '.join(HEAD_NAMES)} attribute; "
-                      "use --layer NAME")
+    raise OptionError(f"head identity: {spec} has no {', '.join(HEAD_NAMES)} attribute; "
+                      "use layer NAME", param=("head", "layer"))
 
 
 def _match_key(key: str, expected: Mapping[str, Any]) -> str:

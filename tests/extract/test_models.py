@@ -10,6 +10,7 @@ import torch
 from helpers.models import TinyNet, tiny_net
 from safetensors.torch import save_file
 
+from embeval.cli import flag_message
 from embeval.errors import InputFileError, OptionError
 from embeval.extract.images import Preprocessing
 from embeval.extract.models import (
@@ -154,8 +155,9 @@ def test_weights_never_unpickle_arbitrary_objects(tmp_path):
 
 def test_a_state_dict_given_as_model_gets_a_hint(tmp_path):
     torch.save(tiny_net().state_dict(), tmp_path / "sd.pt")
-    with pytest.raises(InputFileError, match="--weights"):
+    with pytest.raises(InputFileError, match="this file as weights$") as e:
         load_model(str(tmp_path / "sd.pt"))
+    assert flag_message(e.value).endswith("this file as --weights")
 
 
 def test_layer_takes_an_inner_output():
