@@ -34,8 +34,8 @@ def load_train_data(c: TrainConfig) -> TrainData:
     """The three image sets; training labels become class indices 0..C-1 (unknown < 0 dropped)."""
     for key in ("train", "query", "gallery"):
         if getattr(c, key) is None:
-            raise OptionError(f"no {key} set: give {'TRAIN_DIR' if key == 'train' else '--' + key} "
-                              f"(or {key!r} in the config file)")
+            raise OptionError(f"{key}: not given (a folder or CSV of the {key} images, or "
+                              f"{key!r} in the config file)", param=key)
     try:
         train = list_images(c.train, layout=c.layout, label_regex=c.label_regex)  # type: ignore[arg-type]
         query, gallery = list_image_sets([c.query, c.gallery], layout=c.layout,  # type: ignore[list-item]

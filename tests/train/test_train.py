@@ -472,3 +472,14 @@ def test_train_config_errors_name_the_parameter():
         TrainConfig(ks=[0]).check()
     assert (str(e.value), flag_message(e.value)) == (
         "ks: expected rank cut-offs >= 1, got [0]", "-k: expected rank cut-offs >= 1, got [0]")
+
+
+def test_a_missing_image_set_names_the_parameter(tmp_path):
+    from embeval.train.evaluation import load_train_data
+
+    for cfg, name, flag in ((TrainConfig(), "train", "TRAIN_DIR"),
+                            (TrainConfig(train=str(tmp_path)), "query", "--query")):
+        with pytest.raises(OptionError, match=f"^{name}: not given") as e:
+            load_train_data(cfg)
+        assert flag_message(e.value) == (f"{flag}: not given (a folder or CSV of the {name} "
+                                         f"images, or '{name}' in the config file)")
