@@ -37,8 +37,8 @@ from torch.utils.data import DataLoader
 
 from embeval.engine.similarity import resolve_device
 from embeval.errors import EmbevalError, InputFileError, OptionError
+from embeval.extract.checkpoint import save_checkpoint
 from embeval.extract.images import ImageDataset, Preprocessing
-from embeval.extract.models import save_checkpoint
 from embeval.train import state as S
 from embeval.train.config import TrainConfig, save_config
 from embeval.train.evaluation import (

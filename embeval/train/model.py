@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from embeval.errors import OptionError
-from embeval.extract.models import BACKBONES, NECK_BACKBONE, NeckNet, _call_factory, _cut
+from embeval.extract.architectures import BACKBONES, NECK_BACKBONE, NeckNet, _call_factory, _cut
 from embeval.train.config import TrainConfig
 from embeval.train.losses import make_classifier
 

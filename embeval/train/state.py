@@ -2,7 +2,7 @@
 
 ``RUN/`` holds ``config.yaml`` (effective configuration), ``metrics.jsonl`` (one JSON
 object per finished epoch), ``last.safetensors`` / ``best.safetensors`` (embedding
-network checkpoints, see :mod:`embeval.extract.models`), ``state.pt`` (everything needed to
+network checkpoints, see :mod:`embeval.extract.checkpoint`), ``state.pt`` (everything needed to
 resume, loaded weights-only by :func:`embeval.safe_load.load_tensors`) and ``tensorboard/``
 when asked.
 Every file is written to a temporary name and renamed into place.

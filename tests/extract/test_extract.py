@@ -18,8 +18,10 @@ from embeval.cli import flag_message
 from embeval.data import store
 from embeval.errors import InputFileError, OptionError
 from embeval.extract import ExtractOptions, embed_images, extract_to_files, partial_dir
+from embeval.extract.architectures import build_backbone
+from embeval.extract.checkpoint import save_checkpoint
 from embeval.extract.images import Preprocessing, list_image_sets, list_images, load_image
-from embeval.extract.models import LoadedModel, build_backbone, save_checkpoint
+from embeval.extract.models import LoadedModel
 
 ARCH = {"backbone": "embeval-small", "embedding_dim": 8, "widths": [4, 8]}
 PREP = Preprocessing(size=(8, 8))

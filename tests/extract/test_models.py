@@ -1,4 +1,5 @@
-"""Model sources, weights loading and the checkpoint format (embeval.extract.models)."""
+"""Model sources, weights loading and the checkpoint format (embeval.extract.models,
+.architectures, .checkpoint)."""
 
 from __future__ import annotations
 
@@ -12,14 +13,10 @@ from safetensors.torch import save_file
 
 from embeval.cli import flag_message
 from embeval.errors import InputFileError, OptionError
+from embeval.extract.architectures import SmallNet, build_backbone
+from embeval.extract.checkpoint import read_checkpoint, save_checkpoint
 from embeval.extract.images import Preprocessing
-from embeval.extract.models import (
-    SmallNet,
-    build_backbone,
-    load_model,
-    read_checkpoint,
-    save_checkpoint,
-)
+from embeval.extract.models import load_model
 
 X = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
 ARCH = {"backbone": "embeval-small", "embedding_dim": 8, "widths": [4, 8], "num_classes": 3}

@@ -20,8 +20,9 @@ from safetensors.torch import load_file
 from embeval.cli import flag_message, main
 from embeval.errors import OptionError
 from embeval.extract import ExtractOptions, embed_images
+from embeval.extract.checkpoint import load_checkpoint
 from embeval.extract.images import Preprocessing, list_images
-from embeval.extract.models import LoadedModel, load_checkpoint
+from embeval.extract.models import LoadedModel
 from embeval.safe_load import load_tensors
 from embeval.train import TrainInterrupted, train
 from embeval.train.config import TrainConfig, config_from, load_config_file, save_config
