@@ -15,7 +15,7 @@ from embeval.options import EvalOptions
 
 PACKAGE = Path(embeval.__file__).parent
 #: products whose messages still name their command's flags (extract, train: not yet moved)
-NOT_YET = ("extract", "train")
+NOT_YET: tuple[str, ...] = ()
 
 
 def _sets() -> tuple[embeval.EmbeddingSet, embeval.EmbeddingSet]:
@@ -76,7 +76,7 @@ def _flag_strings(path: Path) -> list[str]:
         for node in ast.walk(raise_):
             if isinstance(node, ast.Constant) and isinstance(node.value, str):
                 text = re.sub(r"`[^`]*`?", "", node.value)
-                if re.search(r"(^|[\s(])(--\w|-k\b)", text):
+                if re.search(r"(^|[\s(])(--(\w|$)|-k\b)", text):  # "--" + name too
                     found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {text[:60]!r}")
     return found
 

@@ -88,7 +88,7 @@ def _broken_pipe(e: SystemExit) -> bool:
 
 
 #: Python parameter -> the flag that sets it, where it is not ``--`` + the name with dashes
-FLAGS = {"ks": "-k", "knn_k": "-k (kNN)"}
+FLAGS = {"ks": "-k", "knn_k": "-k (kNN)", "train": "TRAIN_DIR"}
 _WORD = r"(?<![\w-]){}(?!\w)"
 
 

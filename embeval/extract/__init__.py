@@ -1,5 +1,6 @@
 """Image folders -> embedding files: the extraction loop (:mod:`.loop`), image sets and
-preprocessing (:mod:`.images`), models, checkpoints and their loading (:mod:`.models`).
+preprocessing (:mod:`.images`), architectures (:mod:`.architectures`), checkpoints
+(:mod:`.checkpoint`) and model loading (:mod:`.models`).
 
 Names load on first use (the command line's argument parsing imports no torch).
 """

@@ -44,7 +44,8 @@ class BatchRunner:
     dimensions after the first are flattened. ``precision``: fp32, tf32 (TF32 matmuls), bf16 or
     fp16 (autocast on ``device``). ``flip`` averages with the horizontally mirrored batch,
     ``normalize`` L2-normalises, ``channels_last`` feeds NHWC inputs, ``oom_hint`` /
-    ``assert_hint`` end the error for an out-of-memory / AssertionError forward. ``inference`` runs under
+    ``assert_hint`` end the error for an out-of-memory / AssertionError forward (naming the
+    parameters ``hint_params``). ``inference`` runs under
     ``torch.inference_mode`` (else ``torch.no_grad``, so that state a model builds in its first
     forward stays usable for training). ``strict`` also refuses non-float and NaN/Inf outputs.
     """
@@ -61,6 +62,7 @@ class BatchRunner:
     strict: bool = False
     oom_hint: str = "; use smaller batches"
     assert_hint: str = ""
+    hint_params: tuple[str, ...] = ()
 
     def __call__(self, images: torch.Tensor, where: str = "") -> torch.Tensor:
         """[B, ...] -> [B, D] float32 on the CPU; ``where`` (" in batch 3") ends error messages."""
@@ -87,7 +89,8 @@ class BatchRunner:
                 hint = self.assert_hint
             text = " ".join(str(e).split())[:200]
             raise OptionError(f"{self.label}: forward failed on a batch of shape {list(x.shape)}"
-                              f"{where} ({type(e).__name__}: {text}){hint}") from None
+                              f"{where} ({type(e).__name__}: {text}){hint}",
+                              param=self.hint_params if hint else None) from None
         y = y.float()
         if self.normalize:
             y = F.normalize(y, dim=1)
@@ -154,10 +157,7 @@ def embed(model: nn.Module, loader: Iterable[Any], *, device: str | torch.device
     if str(device) == "auto":
         target = home or _first_device(model) or resolve_device("auto")
     else:
-        try:
-            target = resolve_device(str(device))
-        except OptionError as e:
-            raise OptionError(str(e).replace("--device", "device", 1)) from None
+        target = resolve_device(str(device))
     modes = [(m, m.training) for m in model.modules()]
     moved = str(device) != "auto" and home != target
     label = "embed_fn" if embed_fn is not None else "model"

@@ -84,14 +84,15 @@ class Preprocessing:
 
     def __post_init__(self) -> None:
         if len(self.size) != 2 or min(self.size) < 1:
-            raise OptionError(f"--size: expected two positive integers H W, got {self.size}")
+            raise OptionError(f"size: expected two positive integers H W, got {self.size}",
+                              param="size")
         if self.crop is not None and (len(self.crop) != 2 or min(self.crop) < 1
                                       or self.crop[0] > self.size[0]
                                       or self.crop[1] > self.size[1]):
-            raise OptionError(f"--crop: expected H W no larger than --size {self.size}, "
-                              f"got {self.crop}")
+            raise OptionError(f"crop: expected H W no larger than size {self.size}, "
+                              f"got {self.crop}", param=("crop", "size"))
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise OptionError("--mean/--std: expected three numbers each, std > 0")
+            raise OptionError("mean/std: expected three numbers each, std > 0", param=("mean", "std"))
         object.__setattr__(self, "_mean", torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1))
         object.__setattr__(self, "_std", torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1))
 
@@ -210,9 +211,11 @@ def list_image_sets(sources: Sequence[str | Path], *, layout: str = "auto",
     :class:`OptionError` for a bad layout or regex.
     """
     if layout not in LAYOUTS:
-        raise OptionError(f"--layout: unknown layout {layout!r} (choose from {', '.join(LAYOUTS)})")
+        raise OptionError(f"layout: unknown layout {layout!r} (choose from {', '.join(LAYOUTS)})",
+                          param="layout")
     if label_regex is not None and layout not in ("auto", "regex"):
-        raise OptionError(f"--label-regex cannot be used with --layout {layout}")
+        raise OptionError(f"label_regex cannot be used with layout {layout}",
+                          param=("label_regex", "layout"))
     raws = [_list_raw(Path(s), layout, label_regex) for s in sources]
     return _assign_labels(raws)
 
@@ -230,13 +233,14 @@ def _list_raw(src: Path, layout: str, label_regex: str | None) -> _Raw:
     if layout == "csv":
         raw = _list_csv(src)
     elif src.is_file():
-        raise InputFileError(src, f"is a file; --layout {layout} expects a folder")
+        raise InputFileError(src, f"is a file; layout {layout} expects a folder", param="layout")
     elif layout == "imagefolder":
         raw = _list_imagefolder(src)
     else:
         pattern = MARKET1501_REGEX if layout == "market1501" else label_regex
         if pattern is None:
-            raise OptionError("--layout regex needs --label-regex (named group 'label')")
+            raise OptionError("layout regex needs label_regex (named group 'label')",
+                              param=("layout", "label_regex"))
         raw = _list_flat(src, _compile(pattern), junk=layout == "market1501")
     if not raw.files:
         if raw.junk:
@@ -257,7 +261,8 @@ def _list_imagefolder(root: Path) -> _Raw:
     if not classes:
         if any(_is_image(p) for p in root.iterdir()):
             raise InputFileError(root, "has images but no class sub-folders; for a flat folder "
-                                       "use --label-regex or --layout market1501")
+                                       "use label_regex or layout market1501",
+                                 param=("label_regex", "layout"))
         raise InputFileError(root, "no class sub-folders with images (expected DIR/<label>/*.jpg)")
     files: list[Path] = []
     labels: list[str] = []
@@ -274,10 +279,11 @@ def _compile(pattern: str) -> re.Pattern[str]:
     try:
         rx = re.compile(pattern)
     except re.error as e:
-        raise OptionError(f"--label-regex: invalid regular expression {pattern!r} ({e})") from None
+        raise OptionError(f"label_regex: invalid regular expression {pattern!r} ({e})",
+                          param="label_regex") from None
     if "label" not in rx.groupindex:
-        raise OptionError(f"--label-regex: {pattern!r} has no named group 'label' "
-                          "(write it as (?P<label>...))")
+        raise OptionError(f"label_regex: {pattern!r} has no named group 'label' "
+                          "(write it as (?P<label>...))", param="label_regex")
     return rx
 
 

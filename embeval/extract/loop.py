@@ -64,12 +64,12 @@ class ExtractOptions:
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
-            raise OptionError(f"--batch-size: must be >= 1, got {self.batch_size}")
+            raise OptionError(f"batch_size: must be >= 1, got {self.batch_size}", param="batch_size")
         if self.workers is not None and self.workers < 0:
-            raise OptionError(f"--workers: must be >= 0, got {self.workers}")
+            raise OptionError(f"workers: must be >= 0, got {self.workers}", param="workers")
         if self.precision not in PRECISIONS:
-            raise OptionError(f"--precision: unknown precision {self.precision!r} "
-                              f"(choose from {', '.join(PRECISIONS)})")
+            raise OptionError(f"precision: unknown precision {self.precision!r} "
+                              f"(choose from {', '.join(PRECISIONS)})", param="precision")
         if self.chunk_size < 1:
             raise ValueError("chunk_size must be >= 1")
 
@@ -223,9 +223,9 @@ def _runner(model: LoadedModel, device: torch.device, o: ExtractOptions) -> Batc
         module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     return BatchRunner(module, device, o.precision, label=f"MODEL {model.name}", flip=o.flip,
                        normalize=o.normalize, channels_last=True, inference=True,
-                       oom_hint="; lower --batch-size",
+                       oom_hint="; lower batch_size",
                        assert_hint="; a .pt2 needs a dynamic batch dimension, "
-                                   "or use --batch-size 1")
+                                   "or use batch_size 1", hint_params=("batch_size",))
 
 
 
@@ -275,8 +275,9 @@ def _open_partial(partial: Path, fingerprint: str, n_chunks: int, resume: bool) 
         except (OSError, ValueError, KeyError, TypeError):
             old = None
         if resume and old is not None and old != fingerprint:
-            raise OptionError(f"--resume: {partial} was started with another model, image list "
-                              "or options; run without --resume to start over")
+            raise OptionError(f"resume: {partial} was started with another model, image list "
+                              "or options; run without resume to start over",
+                              param=("resume", "resume"))
         if not resume or old != fingerprint:
             shutil.rmtree(partial)
     partial.mkdir(exist_ok=True)

@@ -109,10 +109,13 @@ class TrainConfig:
         """Validate every value; the error names where the bad value came from."""
         origin = origin or {}
 
-        def bad(key: str, problem: str) -> OptionError:
+        def bad(key: str, problem: str, also: tuple[str, ...] = ()) -> OptionError:
+            """``key: problem`` (a value from a file: ``FILE: 'key': problem``), naming the
+            parameters ``key`` (not for a file's key) and ``also``."""
             where = origin.get(key)
-            name = f"--{key.replace('_', '-')}" if where in (None, "cli") else f"{where}: {key!r}"
-            return OptionError(f"{name}: {problem}")
+            if where in (None, "cli"):
+                return OptionError(f"{key}: {problem}", param=(key, *also))
+            return OptionError(f"{where}: {key!r}: {problem}", param=also)
 
         for key, choices in CHOICES.items():
             if getattr(self, key) not in choices:
@@ -144,8 +147,9 @@ class TrainConfig:
         if not self.ks or min(self.ks) < 1:
             raise bad("ks", f"expected rank cut-offs >= 1, got {self.ks}")
         if self.use_pk and self.batch_size < 2 * self.instances:
-            raise bad("batch_size", f"the P x K sampler needs at least 2 classes of --instances "
-                                    f"{self.instances} per batch (>= {2 * self.instances})")
+            raise bad("batch_size", f"the P x K sampler needs at least 2 classes of instances "
+                                    f"{self.instances} per batch (>= {2 * self.instances})",
+                      also=("instances",))
         known = {"mAP", "mINP", "accuracy", *(f"rank{k}" for k in self.ks),
                  *(f"top{k}_accuracy" for k in self.ks)}
         if self.best_metric not in known:
@@ -191,16 +195,17 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     """A YAML / TOML file -> {field: value} (keys checked and values coerced)."""
     p = Path(path)
     if not p.is_file():
-        raise InputFileError(p, "--config: no such file" if not p.exists() else "--config: not a file")
+        raise InputFileError(p, "config: no such file" if not p.exists() else "config: not a file",
+                             param="config")
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise InputFileError(p, f"--config: cannot read ({e})") from None
+        raise InputFileError(p, f"config: cannot read ({e})", param="config") from None
     suffix = p.suffix.lower()
     if suffix not in (".toml", ".yaml", ".yml", ".json"):
-        raise InputFileError(p, "--config: expected a .yaml, .yml or .toml file")
+        raise InputFileError(p, "config: expected a .yaml, .yml or .toml file", param="config")
     if suffix == ".toml" and tomllib is None:
-        raise InputFileError(p, "--config: TOML needs Python >= 3.11; use YAML")
+        raise InputFileError(p, "config: TOML needs Python >= 3.11; use YAML", param="config")
     import yaml  # here, not at the top: `embeval --help` does not load it
 
     try:

@@ -34,8 +34,8 @@ def load_train_data(c: TrainConfig) -> TrainData:
     """The three image sets; training labels become class indices 0..C-1 (unknown < 0 dropped)."""
     for key in ("train", "query", "gallery"):
         if getattr(c, key) is None:
-            raise OptionError(f"no {key} set: give {'TRAIN_DIR' if key == 'train' else '--' + key} "
-                              f"(or {key!r} in the config file)")
+            raise OptionError(f"{key}: not given (a folder or CSV of the {key} images, or "
+                              f"{key!r} in the config file)", param=key)
     try:
         train = list_images(c.train, layout=c.layout, label_regex=c.label_regex)  # type: ignore[arg-type]
         query, gallery = list_image_sets([c.query, c.gallery], layout=c.layout,  # type: ignore[list-item]
@@ -53,7 +53,8 @@ def load_train_data(c: TrainConfig) -> TrainData:
                       [train.labels[i] for i in known])
     bad = [k for k in c.ks if k > len(gallery)]
     if bad:
-        raise OptionError(f"-k {bad[0]}: larger than the gallery ({len(gallery)} images)")
+        raise OptionError(f"ks {bad[0]}: larger than the gallery ({len(gallery)} images)",
+                          param="ks")
     return TrainData(train, labels, classes, query, gallery)
 
 
@@ -78,12 +79,19 @@ def evaluate_epoch(c: TrainConfig, model: TrainModel, data: TrainData, prep: Pre
                            exclude_same_camera=c.exclude_same_camera, aggregate=c.aggregate,
                            no_positive=c.no_positive, device=str(device))
         except InputFileError as e:  # NaN / Inf embeddings
-            raise EmbevalError(f"training diverged: {e.problem}; lower --lr or set --grad-clip") from None
+            raise diverged(f"training diverged: {e.problem}") from None
     keys = [f"rank{k}" for k in c.ks] + ["mAP", "mINP", "accuracy"]
     metrics: dict[str, Any] = {k: _finite(res.metrics[k]) for k in keys}
     metrics.update({f"top{k}_accuracy": res.metrics[f"top{k}_accuracy"] for k in c.ks})
     metrics.update({"n_query": res.n_query, "n_gallery": res.n_gallery, "n_valid": res.n_valid})
     return metrics, (sets[1] if keep_sample else None)
+
+
+def diverged(what: str) -> EmbevalError:
+    """``what; lower lr or set grad_clip``, naming those two parameters."""
+    e = EmbevalError(f"{what}; lower lr or set grad_clip")
+    e.params = ("lr", "grad_clip")
+    return e
 
 
 def _finite(v: float) -> float | None:
@@ -94,8 +102,8 @@ def summary_writer_class() -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise OptionError("--tensorboard needs the tensorboard package: "
-                          "pip install 'embeval[tensorboard]'") from None
+        raise OptionError("tensorboard needs the tensorboard package: "
+                          "pip install 'embeval[tensorboard]'", param="tensorboard") from None
     return SummaryWriter
 
 

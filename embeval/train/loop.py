@@ -37,12 +37,13 @@ from torch.utils.data import DataLoader
 
 from embeval.engine.similarity import resolve_device
 from embeval.errors import EmbevalError, InputFileError, OptionError
+from embeval.extract.checkpoint import save_checkpoint
 from embeval.extract.images import ImageDataset, Preprocessing
-from embeval.extract.models import save_checkpoint
 from embeval.train import state as S
 from embeval.train.config import TrainConfig, save_config
 from embeval.train.evaluation import (
     TrainData,
+    diverged,
     evaluate_epoch,
     load_train_data,
     log_tensorboard,
@@ -90,18 +91,19 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     """
     c = config.check()
     if c.out_dir is None:
-        raise OptionError("no run folder: give --out-dir RUN")
+        raise OptionError("no run folder: give out_dir RUN", param="out_dir")
     run_dir = Path(c.out_dir)
     state = S.load_state(run_dir) if resume else None
     device = resolve_device(c.device)
     if c.precision != "fp32" and device.type != "cuda":
-        raise OptionError(f"--precision {c.precision}: mixed precision needs a CUDA device "
-                          f"(training on {device})")
+        raise OptionError(f"precision {c.precision}: mixed precision needs a CUDA device "
+                          f"(training on {device})", param="precision")
     if c.tensorboard:
         summary_writer_class()  # fail before any work when tensorboard is missing
     data = load_train_data(c)
     if state is not None and (state["classes"] != data.classes or state.get("n_train") != len(data.labels)):
-        raise OptionError(f"--resume {run_dir}: the training set changed since the run started")
+        raise OptionError(f"resume {run_dir}: the training set changed since the run started",
+                          param="resume")
     if not resume:
         S.check_new_run(run_dir, overwrite=overwrite)
     run = _Run(c, run_dir, data, device, progress or (lambda event: None))
@@ -230,8 +232,8 @@ class _Run:
                if c.triplet_weight > 0 else torch.zeros((), device=self.device))
         loss = ce + c.triplet_weight * tri
         if not torch.isfinite(loss):
-            raise EmbevalError(f"training diverged: the loss is {float(loss)} in epoch "
-                               f"{self.epoch + 1} step {self.step + 1}; lower --lr or set --grad-clip")
+            raise diverged(f"training diverged: the loss is {float(loss)} in epoch "
+                           f"{self.epoch + 1} step {self.step + 1}")
         opt.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()

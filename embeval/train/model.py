@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from embeval.errors import OptionError
-from embeval.extract.models import BACKBONES, NECK_BACKBONE, NeckNet, _call_factory, _cut
+from embeval.extract.architectures import BACKBONES, NECK_BACKBONE, NeckNet, _call_factory, _cut
 from embeval.train.config import TrainConfig
 from embeval.train.losses import make_classifier
 
@@ -49,15 +49,16 @@ def build_model(config: TrainConfig, num_classes: int) -> tuple[TrainModel, dict
             with torch.no_grad():
                 out = probe.eval()(torch.zeros(2, 3, h, w))
         except Exception as e:  # noqa: BLE001 - the user's model refused the input
-            raise OptionError(f"--backbone {c.backbone}: forward of a [2, 3, {h}, {w}] batch failed "
-                              f"({type(e).__name__}: {' '.join(str(e).split())[:160]})") from None
+            raise OptionError(f"backbone {c.backbone}: forward of a [2, 3, {h}, {w}] batch failed "
+                              f"({type(e).__name__}: {' '.join(str(e).split())[:160]})",
+                              param="backbone") from None
         out = out[0] if isinstance(out, (tuple, list)) else out
         arch = {"backbone": NECK_BACKBONE, "base": c.backbone, "head": c.backbone_head,
                 "feature_dim": int(torch.flatten(out, 1).shape[1]), "embedding_dim": c.embedding_dim}
         embedder = NeckNet(**{k: v for k, v in arch.items() if k != "backbone"}, module=base)
     else:
-        raise OptionError(f"--backbone: {c.backbone!r} is neither a built-in backbone "
-                          f"({', '.join(BACKBONES)}) nor package.module:callable")
+        raise OptionError(f"backbone: {c.backbone!r} is neither a built-in backbone "
+                          f"({', '.join(BACKBONES)}) nor package.module:callable", param="backbone")
     head = make_classifier(c.classifier, c.embedding_dim, num_classes, scale=c.scale, margin=c.margin)
     return TrainModel(embedder, head), arch
 

@@ -2,7 +2,7 @@
 
 ``RUN/`` holds ``config.yaml`` (effective configuration), ``metrics.jsonl`` (one JSON
 object per finished epoch), ``last.safetensors`` / ``best.safetensors`` (embedding
-network checkpoints, see :mod:`embeval.extract.models`), ``state.pt`` (everything needed to
+network checkpoints, see :mod:`embeval.extract.checkpoint`), ``state.pt`` (everything needed to
 resume, loaded weights-only by :func:`embeval.safe_load.load_tensors`) and ``tensorboard/``
 when asked.
 Every file is written to a temporary name and renamed into place.
@@ -34,11 +34,12 @@ RUN_FILES = ("state.pt", "metrics.jsonl", "config.yaml", "last.safetensors", "be
 def check_new_run(out_dir: Path, *, overwrite: bool) -> None:
     """Create ``out_dir``; refuse one that holds a run unless ``overwrite`` (then clear it)."""
     if out_dir.exists() and not out_dir.is_dir():
-        raise InputFileError(out_dir, "--out-dir: exists and is not a folder")
+        raise InputFileError(out_dir, "out_dir: exists and is not a folder", param="out_dir")
     found = [name for name in RUN_FILES if (out_dir / name).exists()]
     if found and not overwrite:
-        raise OptionError(f"--out-dir {out_dir}: already holds a run ({found[0]}); use "
-                          f"--resume {out_dir} to continue it or --overwrite to start over")
+        raise OptionError(f"out_dir {out_dir}: already holds a run ({found[0]}); use "
+                          f"resume {out_dir} to continue it or overwrite to start over",
+                          param=("out_dir", "resume", "overwrite"))
     for name in found:
         (out_dir / name).unlink()
     if overwrite:
@@ -46,9 +47,10 @@ def check_new_run(out_dir: Path, *, overwrite: bool) -> None:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise InputFileError(out_dir, f"--out-dir: cannot create ({e.strerror or e})") from None
+        raise InputFileError(out_dir, f"out_dir: cannot create ({e.strerror or e})",
+                             param="out_dir") from None
     if not os.access(out_dir, os.W_OK):
-        raise InputFileError(out_dir, "--out-dir: folder is not writable")
+        raise InputFileError(out_dir, "out_dir: folder is not writable", param="out_dir")
 
 
 def rng_states(**generators: torch.Generator) -> dict[str, Any]:
@@ -86,17 +88,19 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
 def load_state(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "state.pt"
     if not run_dir.is_dir():
-        raise InputFileError(run_dir, "--resume: no such run folder")
+        raise InputFileError(run_dir, "resume: no such run folder", param="resume")
     if not path.is_file():
-        raise InputFileError(path, "--resume: no state file (not a run folder, or the run never "
-                                   "finished a step)")
+        raise InputFileError(path, "resume: no state file (not a run folder, or the run never "
+                                   "finished a step)", param="resume")
     try:
         state = load_tensors(path)
     except InputFileError as e:
-        raise InputFileError(path, f"--resume: cannot read the state file ({e.problem})") from None
+        raise InputFileError(path, f"resume: cannot read the state file ({e.problem})",
+                             param="resume") from None
     if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-        raise InputFileError(path, "--resume: not an embeval training state (version "
-                                   f"{state.get('version') if isinstance(state, dict) else '?'})")
+        raise InputFileError(path, "resume: not an embeval training state (version "
+                                   f"{state.get('version') if isinstance(state, dict) else '?'})",
+                             param="resume")
     return state
 
 

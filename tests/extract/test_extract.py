@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -13,11 +14,14 @@ from helpers.images import image_folder, write_bad_image, write_image
 from helpers.models import TinyNet, tiny_net
 from PIL import Image
 
+from embeval.cli import flag_message
 from embeval.data import store
 from embeval.errors import InputFileError, OptionError
 from embeval.extract import ExtractOptions, embed_images, extract_to_files, partial_dir
+from embeval.extract.architectures import build_backbone
+from embeval.extract.checkpoint import save_checkpoint
 from embeval.extract.images import Preprocessing, list_image_sets, list_images, load_image
-from embeval.extract.models import LoadedModel, build_backbone, save_checkpoint
+from embeval.extract.models import LoadedModel
 
 ARCH = {"backbone": "embeval-small", "embedding_dim": 8, "widths": [4, 8]}
 PREP = Preprocessing(size=(8, 8))
@@ -101,9 +105,10 @@ def test_resume_reuses_finished_chunks(tmp_path):
     assert not out.exists()
     assert sorted(p.name for p in partial.iterdir()) == ["chunk-000000.safetensors",
                                                          "manifest.json"]
-    with pytest.raises(OptionError, match="--resume: .* another model"):
+    with pytest.raises(OptionError, match="^resume: .* another model.*without resume to") as e:
         extract_to_files(small_model(), [(images, out)], options(batch_size=2, chunk_size=4,
                                                                  normalize=True), resume=True)
+    assert re.match(r"--resume: .* another model.*without --resume to", flag_message(e.value))
     seen: list[int] = []
     [(_, ext)] = extract_to_files(small_model(), [(images, out)], opts, resume=True,
                                   progress=lambda done, total: seen.append(done))
@@ -228,3 +233,25 @@ def test_cli_bad_input_exits_2_with_one_line_and_no_output(sets, tmp_path, case)
     out = tmp_path / "out"
     assert not out.exists() or list(out.iterdir()) == []
 
+
+
+@pytest.mark.parametrize(("make", "message", "flags"), [
+    (lambda: Preprocessing(size=(0, 4)),
+     "size: expected two positive integers H W, got (0, 4)",
+     "--size: expected two positive integers H W, got (0, 4)"),
+    (lambda: Preprocessing(size=(8, 8), crop=(9, 4)),
+     "crop: expected H W no larger than size (8, 8), got (9, 4)",
+     "--crop: expected H W no larger than --size (8, 8), got (9, 4)"),
+    (lambda: ExtractOptions(Preprocessing(), batch_size=0),
+     "batch_size: must be >= 1, got 0", "--batch-size: must be >= 1, got 0"),
+    (lambda: list_image_sets(["x"], layout="regex"),
+     "layout regex needs label_regex (named group 'label')",
+     "--layout regex needs --label-regex (named group 'label')"),
+])
+def test_python_errors_name_the_parameter(make, message, flags, tmp_path, monkeypatch):
+    """The core names the Python parameter; the command line shows its flag in its place."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x").mkdir()
+    with pytest.raises(OptionError) as e:
+        make()
+    assert (str(e.value), flag_message(e.value)) == (message, flags)

@@ -111,7 +111,7 @@ def test_csv_layout_bad_line_names_the_line(tmp_path):
     (lambda p: None, {}, "no such folder"),
     (lambda p: p.mkdir(), {}, "no class sub-folders"),
     (lambda p: (p / "a").mkdir(parents=True), {}, "no images found"),
-    (lambda p: write_image(p / "x.png"), {}, "use --label-regex or --layout market1501"),
+    (lambda p: write_image(p / "x.png"), {}, "use label_regex or layout market1501"),
     (lambda p: p.mkdir(), {"layout": "market1501"}, "no images found"),
     (lambda p: (p.mkdir(), write_image(p / "x.png")),
      {"label_regex": r"(?P<label>\d+)"}, "x.png: file name does not match"),
@@ -127,7 +127,7 @@ def test_missing_and_empty_sets_name_the_folder(tmp_path, make, kwargs, message)
 @pytest.mark.parametrize("kwargs, message", [
     ({"label_regex": r"(?P<id>\d+)"}, "no named group 'label'"),
     ({"label_regex": r"(?P<label>\d+"}, "invalid regular expression"),
-    ({"layout": "regex"}, "needs --label-regex"),
+    ({"layout": "regex"}, "needs label_regex"),
     ({"layout": "market1501", "label_regex": "x"}, "cannot be used"),
     ({"layout": "coco"}, "unknown layout"),
 ])

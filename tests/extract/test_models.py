@@ -1,4 +1,5 @@
-"""Model sources, weights loading and the checkpoint format (embeval.extract.models)."""
+"""Model sources, weights loading and the checkpoint format (embeval.extract.models,
+.architectures, .checkpoint)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,12 @@ import torch
 from helpers.models import TinyNet, tiny_net
 from safetensors.torch import save_file
 
+from embeval.cli import flag_message
 from embeval.errors import InputFileError, OptionError
+from embeval.extract.architectures import SmallNet, build_backbone
+from embeval.extract.checkpoint import read_checkpoint, save_checkpoint
 from embeval.extract.images import Preprocessing
-from embeval.extract.models import (
-    SmallNet,
-    build_backbone,
-    load_model,
-    read_checkpoint,
-    save_checkpoint,
-)
+from embeval.extract.models import load_model
 
 X = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
 ARCH = {"backbone": "embeval-small", "embedding_dim": 8, "widths": [4, 8], "num_classes": 3}
@@ -154,8 +152,9 @@ def test_weights_never_unpickle_arbitrary_objects(tmp_path):
 
 def test_a_state_dict_given_as_model_gets_a_hint(tmp_path):
     torch.save(tiny_net().state_dict(), tmp_path / "sd.pt")
-    with pytest.raises(InputFileError, match="--weights"):
+    with pytest.raises(InputFileError, match="this file as weights$") as e:
         load_model(str(tmp_path / "sd.pt"))
+    assert flag_message(e.value).endswith("this file as --weights")
 
 
 def test_layer_takes_an_inner_output():

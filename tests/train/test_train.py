@@ -17,11 +17,12 @@ from helpers.images import write_bad_image
 from PIL import Image
 from safetensors.torch import load_file
 
-from embeval.cli import main
+from embeval.cli import flag_message, main
 from embeval.errors import OptionError
 from embeval.extract import ExtractOptions, embed_images
+from embeval.extract.checkpoint import load_checkpoint
 from embeval.extract.images import Preprocessing, list_images
-from embeval.extract.models import LoadedModel, load_checkpoint
+from embeval.extract.models import LoadedModel
 from embeval.safe_load import load_tensors
 from embeval.train import TrainInterrupted, train
 from embeval.train.config import TrainConfig, config_from, load_config_file, save_config
@@ -393,10 +394,12 @@ def test_config_file_yaml_and_toml_with_cli_precedence(tmp_path):
     assert (cfg.lr, cfg.embedding_dim, cfg.ks, cfg.epochs) == (0.5, 16, [1, 3], 10)
     save_config(tmp_path / "saved.yaml", cfg)
     assert config_from(("f", load_config_file(tmp_path / "saved.yaml"))) == cfg
-    with pytest.raises(OptionError, match=r"^--lr: must be > 0"):
+    with pytest.raises(OptionError, match=r"^lr: must be > 0") as e:
         config_from(("cli", {"lr": -1.0}))
-    with pytest.raises(OptionError, match=r"a\.yaml: 'best_metric': unknown metric 'rank3'"):
+    assert flag_message(e.value).startswith("--lr: must be > 0")
+    with pytest.raises(OptionError, match=r"a\.yaml: 'best_metric': unknown metric 'rank3'") as e:
         config_from((str(tmp_path / "a.yaml"), {"best_metric": "rank3"}))
+    assert flag_message(e.value) == str(e.value)  # a file's key keeps the file's wording
 
 
 def test_batch_hard_triplet_matches_a_loop():
@@ -456,3 +459,28 @@ def test_cli_logs_plain_lines_to_a_log_file_as_it_trains(data, tmp_path, slow_re
         assert f"; saved {Path('run') / 'last.safetensors'}" in line
         assert (f"and {Path('run') / 'best.safetensors'} (best mAP so far)" in line) == r["best"]
     assert "epoch 1/2" not in out.read_text() and "mAP" in out.read_text()  # the table
+
+
+def test_train_config_errors_name_the_parameter():
+    """A value from the command line (or Python) is named by its parameter, mapped to its flag."""
+    with pytest.raises(OptionError) as e:
+        config_from(("cli", {"instances": 4, "batch_size": 6, "triplet_weight": 1.0}))
+    assert str(e.value) == ("batch_size: the P x K sampler needs at least 2 classes of "
+                            "instances 4 per batch (>= 8)")
+    assert flag_message(e.value) == ("--batch-size: the P x K sampler needs at least 2 classes "
+                                     "of --instances 4 per batch (>= 8)")
+    with pytest.raises(OptionError) as e:
+        TrainConfig(ks=[0]).check()
+    assert (str(e.value), flag_message(e.value)) == (
+        "ks: expected rank cut-offs >= 1, got [0]", "-k: expected rank cut-offs >= 1, got [0]")
+
+
+def test_a_missing_image_set_names_the_parameter(tmp_path):
+    from embeval.train.evaluation import load_train_data
+
+    for cfg, name, flag in ((TrainConfig(), "train", "TRAIN_DIR"),
+                            (TrainConfig(train=str(tmp_path)), "query", "--query")):
+        with pytest.raises(OptionError, match=f"^{name}: not given") as e:
+            load_train_data(cfg)
+        assert flag_message(e.value) == (f"{flag}: not given (a folder or CSV of the {name} "
+                                         f"images, or '{name}' in the config file)")
