@@ -14,5 +14,5 @@ LAYOUTS = ("auto", "imagefolder", "regex", "market1501", "csv")
 #: ImageNet normalisation of [0, 1] RGB pixels
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-#: names of the built-in backbones, the keys of ``embeval.extract.models.BACKBONES`` (a test keeps them equal)
+#: the built-in backbones: ``embeval.extract.architectures.BACKBONES`` keys (a test keeps them equal)
 BACKBONE_NAMES = ("embeval-small",)

@@ -41,7 +41,7 @@ from embeval.data.safetensors_io import write_safetensors
 from embeval.errors import InputFileError
 from embeval.outputs import atomic_path
 
-__all__ = ["EmbeddingSet", "load", "save", "atomic_path", "FORMAT_VERSION"]
+__all__ = ["EmbeddingSet", "load", "save", "FORMAT_VERSION"]
 
 FORMAT_VERSION = "1"
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)

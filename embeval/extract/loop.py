@@ -35,12 +35,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
-from embeval.data.store import atomic_path, save
+from embeval.data.store import save
 from embeval.engine.similarity import PRECISIONS, resolve_device
 from embeval.errors import InputFileError, OptionError
 from embeval.extract.embed import BatchRunner
 from embeval.extract.images import ImageDataset, ImageList, Preprocessing
 from embeval.extract.models import LoadedModel
+from embeval.outputs import atomic_path
 
 __all__ = ["ExtractOptions", "Extraction", "embed_images", "extract_to_files", "partial_dir"]
 

@@ -40,11 +40,11 @@ from safetensors import SafetensorError, safe_open
 
 from embeval.data.concat import expand_paths
 from embeval.data.safetensors_io import tensor_digest, write_safetensors
-from embeval.data.store import atomic_path
 from embeval.engine import RankStats
 from embeval.errors import InputFileError
 from embeval.evaluate import EvalResult, summarize
 from embeval.options import RESULT_OPTIONS, EvalOptions
+from embeval.outputs import atomic_path
 from embeval.results.partial_checks import check_header, check_stats, check_together
 
 __all__ = ["Partial", "fingerprint", "changed", "save_partial", "load_partial", "merge_parts",

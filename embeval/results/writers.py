@@ -1,6 +1,6 @@
 """Result files: per-query CSV, kNN predictions, PR curves, score matrices, PR plots.
 
-Every writer goes through :func:`embeval.data.store.atomic_path`: a file appears under its
+Every writer goes through :func:`embeval.outputs.atomic_path`: a file appears under its
 final name complete, or not at all.
 """
 
@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from embeval.data.safetensors_io import plan_layout, write_safetensors
-from embeval.data.store import atomic_path
 from embeval.errors import OptionError
 from embeval.evaluate import EvalResult
+from embeval.outputs import atomic_path
 
 __all__ = ["write_per_query", "write_predictions", "write_curves", "write_tensor_stream",
            "write_pr_plot", "interpolated_precision", "require_matplotlib"]

@@ -250,7 +250,7 @@ def save_config(path: Path, config: TrainConfig) -> None:
     """Write the effective configuration as YAML (atomically), with absolute paths."""
     import yaml
 
-    from embeval.data.store import atomic_path
+    from embeval.outputs import atomic_path
 
     values = config.to_dict()
     for key in ("train", "query", "gallery", "out_dir"):

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from embeval.data.store import atomic_path
 from embeval.errors import InputFileError, OptionError
+from embeval.outputs import atomic_path
 from embeval.safe_load import load_tensors
 
 __all__ = ["RUN_FILES", "STATE_VERSION", "check_new_run", "save_state", "load_state",
