@@ -9,9 +9,12 @@ files first, then load the core (``embeval --help``, a typo or a missing file an
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import glob
+import inspect
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -98,13 +101,37 @@ def default_ks(ks: list[int] | None, gallery: list[Path]) -> list[int]:
     return [k for k in (1, 5, 10) if k <= n] or [n]
 
 
-def _options(metric: str, device: str, memory: str | None, precision: str,
-             exclude_same_camera: bool, exclude_self: bool, aggregate: str, no_positive: str,
-             block_size: int | None) -> EvalOptions:
-    """The evaluation options of the flags (checked here, before torch loads)."""
-    return EvalOptions(metric=metric, exclude_same_camera=exclude_same_camera,
-                       exclude_self=exclude_self, aggregate=aggregate, no_positive=no_positive,
-                       precision=precision, device=device, memory=memory, block_size=block_size)
+#: the evaluation flags, in the order of their help: EvalOptions fields (their defaults are
+#: EvalOptions') and what every metric command runs with (--json, --shard, --out-part)
+SHARED: dict[str, Any] = {
+    "metric": MetricOpt, "device": DeviceOpt, "memory": MemoryOpt, "precision": PrecisionOpt,
+    "exclude_same_camera": CameraOpt, "exclude_self": SelfOpt, "aggregate": AggregateOpt,
+    "no_positive": NoPosOpt, "json": JsonOpt, "block_size": BlockOpt, "shard": ShardOpt,
+    "out_part": PartOpt,
+}
+_DEFAULTS = EvalOptions()
+_FIELDS = {f.name for f in dataclasses.fields(EvalOptions)}
+
+
+def metric_command(epilog: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Register ``fn(query, gallery, <its own options>, *, options, json, shard, out_part)`` as a
+    command whose evaluation flags are written once, here (:data:`SHARED`): the command line
+    gets them appended to ``fn``'s own; ``fn`` gets one checked :class:`EvalOptions`."""
+    def register(fn: Callable[..., None]) -> Callable[..., None]:
+        own = [p for p in inspect.signature(fn, eval_str=True).parameters.values()
+               if p.name not in {"options", *SHARED}]
+        shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
+                                    default=getattr(_DEFAULTS, name, None if name != "json" else False))
+                  for name, annotation in SHARED.items()]
+
+        @functools.wraps(fn)
+        def command(**values: Any) -> None:
+            options = EvalOptions(**{k: values.pop(k) for k in list(values) if k in _FIELDS})
+            fn(**values, options=options)
+
+        command.__signature__ = inspect.Signature(own + shared)  # type: ignore[attr-defined]
+        return app.command(epilog=epilog)(command)
+    return register
 
 
 def _execute(command: str, query: Path, gallery: list[Path], options: EvalOptions,
@@ -126,18 +153,12 @@ CMC_EXAMPLES = examples(
     "embeval cmc query.safetensors 'gallery/*.safetensors' --exclude-same-camera --json")
 
 
-@app.command(epilog=CMC_EXAMPLES)
+@metric_command(CMC_EXAMPLES)
 def cmc(query: QueryArg, gallery: GalleryArg, ks: KsOpt = None,
         per_query: Annotated[Path | None, file_option(
             "CSV, one row per query: ranks of first/last positive, AP.", "--per-query")] = None,
-        metric: MetricOpt = "cosine", device: DeviceOpt = "auto", memory: MemoryOpt = None,
-        precision: PrecisionOpt = "fp32", exclude_same_camera: CameraOpt = False,
-        exclude_self: SelfOpt = False, aggregate: AggregateOpt = "none",
-        no_positive: NoPosOpt = "skip", json: JsonOpt = False,
-        block_size: BlockOpt = None, shard: ShardOpt = None, out_part: PartOpt = None) -> None:
+        *, options: EvalOptions, json: bool, shard: str | None, out_part: Path | None) -> None:
     """CMC rank-k, mAP and mINP (retrieval / re-identification)."""
-    options = _options(metric, device, memory, precision, exclude_same_camera, exclude_self,
-                       aggregate, no_positive, block_size)
     _execute("cmc", query, gallery, options, ks, shard, out_part,
              outputs={"--per-query": per_query}, as_json=json)
 
@@ -147,7 +168,7 @@ SCORE_EXAMPLES = examples(
     "embeval score query.safetensors gallery.safetensors --out scores.safetensors --out-topk 100")
 
 
-@app.command(epilog=SCORE_EXAMPLES)
+@metric_command(SCORE_EXAMPLES)
 def score(query: QueryArg, gallery: GalleryArg, ks: KsOpt = None,
           out: Annotated[Path | None, file_option(
               "Write scores (.safetensors): the [Q, G] matrix when it fits 1 GB, "
@@ -155,14 +176,8 @@ def score(query: QueryArg, gallery: GalleryArg, ks: KsOpt = None,
           out_topk: Annotated[int | None, typer.Option(
               "--out-topk", metavar="N", min=1,
               help="Write the top-N per query instead of the matrix.")] = None,
-          metric: MetricOpt = "cosine", device: DeviceOpt = "auto", memory: MemoryOpt = None,
-          precision: PrecisionOpt = "fp32", exclude_same_camera: CameraOpt = False,
-          exclude_self: SelfOpt = False, aggregate: AggregateOpt = "none",
-          no_positive: NoPosOpt = "skip", json: JsonOpt = False,
-          block_size: BlockOpt = None, shard: ShardOpt = None, out_part: PartOpt = None) -> None:
+          *, options: EvalOptions, json: bool, shard: str | None, out_part: Path | None) -> None:
     """Accuracy, top-k accuracy and hardest positive / negative scores."""
-    options = _options(metric, device, memory, precision, exclude_same_camera, exclude_self,
-                       aggregate, no_positive, block_size)
     _execute("score", query, gallery, options, ks, shard, out_part,
              outputs={"--out": out}, out_topk=out_topk, as_json=json)
 
@@ -172,19 +187,13 @@ KNN_EXAMPLES = examples(
     "embeval knn train.safetensors train.safetensors --exclude-self --predictions knn.csv")
 
 
-@app.command(epilog=KNN_EXAMPLES)
+@metric_command(KNN_EXAMPLES)
 def knn(query: QueryArg, gallery: GalleryArg,
         k: Annotated[int, typer.Option("-k", metavar="K", help="Neighbours that vote.")] = 5,
         predictions: Annotated[Path | None, file_option(
             "CSV, one row per query: label, prediction, correct.", "--predictions")] = None,
-        metric: MetricOpt = "cosine", device: DeviceOpt = "auto", memory: MemoryOpt = None,
-        precision: PrecisionOpt = "fp32", exclude_same_camera: CameraOpt = False,
-        exclude_self: SelfOpt = False, aggregate: AggregateOpt = "none",
-        no_positive: NoPosOpt = "skip", json: JsonOpt = False,
-        block_size: BlockOpt = None, shard: ShardOpt = None, out_part: PartOpt = None) -> None:
+        *, options: EvalOptions, json: bool, shard: str | None, out_part: Path | None) -> None:
     """k-nearest-neighbour classification accuracy (majority vote)."""
-    options = _options(metric, device, memory, precision, exclude_same_camera, exclude_self,
-                       aggregate, no_positive, block_size)
     if k <= 0:
         raise OptionError(f"-k {k}: must be at least 1")
     _execute("knn", query, gallery, options, [1], shard, out_part, knn_k=k, extra={"k": k},
@@ -196,7 +205,7 @@ PR_EXAMPLES = examples(
     "embeval pr query.safetensors gallery.safetensors --plot pr.png --curves pr.safetensors")
 
 
-@app.command(epilog=PR_EXAMPLES)
+@metric_command(PR_EXAMPLES)
 def pr(query: QueryArg, gallery: GalleryArg,
        curves: Annotated[Path | None, file_option(
            "Per-query PR points (.safetensors, values + offsets).", "--curves")] = None,
@@ -204,14 +213,8 @@ def pr(query: QueryArg, gallery: GalleryArg,
            "PNG of the mean interpolated PR curve (needs matplotlib).", "--plot")] = None,
        per_query: Annotated[Path | None, file_option(
            "CSV, one row per query: ranks, AP, max F1.", "--per-query")] = None,
-       metric: MetricOpt = "cosine", device: DeviceOpt = "auto", memory: MemoryOpt = None,
-       precision: PrecisionOpt = "fp32", exclude_same_camera: CameraOpt = False,
-       exclude_self: SelfOpt = False, aggregate: AggregateOpt = "none",
-       no_positive: NoPosOpt = "skip", json: JsonOpt = False,
-       block_size: BlockOpt = None, shard: ShardOpt = None, out_part: PartOpt = None) -> None:
+       *, options: EvalOptions, json: bool, shard: str | None, out_part: Path | None) -> None:
     """Precision-recall: mAP and the best F1 with its precision, recall and threshold."""
-    options = _options(metric, device, memory, precision, exclude_same_camera, exclude_self,
-                       aggregate, no_positive, block_size)
     if plot:
         from embeval.results import writers as exports
 
