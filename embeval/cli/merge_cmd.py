@@ -76,9 +76,10 @@ def merge(
 
 
 def _files(inputs: dict) -> dict:
-    """The parts' input fingerprints as a whole run's JSON object lists them."""
-    return {side: [{"file": f["file"], "size": f["size"], "sha256": f["sha256"]} for f in files]
-            for side, files in inputs.items()}
+    """The parts' input fingerprints as a whole run's JSON object lists them (same key order, so
+    the merged ``--json`` line is the single run's, byte for byte but for the elapsed time)."""
+    return {side: [{"file": f["file"], "size": f["size"], "sha256": f["sha256"]}
+                   for f in inputs[side]] for side in ("query", "gallery")}
 
 
 def _check_inputs_unchanged(job: dict) -> None:
