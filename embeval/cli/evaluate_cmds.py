@@ -35,12 +35,14 @@ KsOpt = Annotated[list[int] | None, typer.Option(
     "-k", metavar="K...",
     help="Rank cut-offs, e.g. -k 1 5 10 (default: 1 5 10, capped at the gallery size).")]
 MetricOpt = Annotated[Metric, typer.Option(
-    metavar="METRIC", help="Similarity, higher = more similar: inner, cosine, euclid or sq_euclid.")]
-DeviceOpt = Annotated[str, typer.Option(metavar="DEVICE", help="auto, cpu, cuda or cuda:N.")]
+    "--metric", metavar="METRIC",
+    help="Similarity, higher = more similar: inner, cosine, euclid or sq_euclid.")]
+DeviceOpt = Annotated[str, typer.Option("--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N.")]
 MemoryOpt = Annotated[str | None, typer.Option(
     metavar="SIZE", help="Block memory budget, e.g. 2GB (default: 60% of free GPU memory, 1GB on CPU).")]
 PrecisionOpt = Annotated[Precision, typer.Option(
-    metavar="PRECISION", help="Matmul precision: fp32, tf32, bf16 or fp16 (all but fp32 are approximate).")]
+    "--precision", metavar="PRECISION",
+    help="Matmul precision: fp32, tf32, bf16 or fp16 (all but fp32 are approximate).")]
 CameraOpt = Annotated[bool, typer.Option("--exclude-same-camera",
                                          help="Drop gallery items with the query's label AND camera.")]
 SelfOpt = Annotated[bool, typer.Option("--exclude-self",

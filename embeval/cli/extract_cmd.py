@@ -63,7 +63,8 @@ def extract(
     normalize: Annotated[bool, typer.Option(
         "--normalize", help="L2-normalise the embeddings.")] = False,
     layout: Annotated[str, typer.Option(
-        metavar="LAYOUT", help=f"Image set layout: {', '.join(LAYOUTS)} (auto: a CSV file or a class-folder "
+        "--layout", metavar="LAYOUT",
+        help=f"Image set layout: {', '.join(LAYOUTS)} (auto: a CSV file or a class-folder "
              "tree, or regex when --label-regex is given).")] = "auto",
     label_regex: Annotated[str | None, typer.Option(
         metavar="REGEX",
@@ -74,11 +75,12 @@ def extract(
     layer: Annotated[str | None, typer.Option(
         metavar="NAME", help="Take the (flattened) output of this submodule as the embedding.")] = None,
     head: Annotated[str | None, typer.Option(
-        metavar="HEAD",
+        "--head", metavar="HEAD",
         help="'identity': replace the classifier (fc / classifier / head) by identity.")] = None,
-    device: Annotated[str, typer.Option(metavar="DEVICE", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: Annotated[str, typer.Option("--device", metavar="DEVICE",
+                                        help="auto, cpu, cuda or cuda:N.")] = "auto",
     precision: Annotated[str, typer.Option(
-        metavar="PRECISION",
+        "--precision", metavar="PRECISION",
         help="fp32, tf32, bf16 or fp16 (autocast; reduced precisions are for CUDA).")] = "fp32",
     batch_size: Annotated[int, typer.Option(metavar="N", help="Images per forward pass.")] = 64,
     workers: Annotated[int | None, typer.Option(

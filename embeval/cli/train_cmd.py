@@ -34,7 +34,10 @@ RESUMABLE = ("epochs", "device", "workers", "eval_batch_size", "tensorboard")
 
 
 def _opt(metavar: str | None, help_: str, *names: str, **kw: Any) -> Any:
-    """An option without a shown default (the help text says it: the config file may change it)."""
+    """An option without a shown default (the help text says it: the config file may change it).
+
+    Name the flag (``names``) when ``metavar`` is the parameter's name in capitals: Typer 0.27
+    then takes the metavar for the flag (``--LR``)."""
     return typer.Option(*names, metavar=metavar, help=help_, show_default=False, **kw)
 
 
@@ -62,7 +65,8 @@ def train_cmd(
         f"{', '.join('--' + k.replace('_', '-') for k in RESUMABLE)} may change).")] = None,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Start over in an --out-dir that holds a run.")] = False,
-    layout: Annotated[str | None, _opt("LAYOUT", f"Image set layout (default {D.layout}).")] = None,
+    layout: Annotated[str | None, _opt(
+        "LAYOUT", f"Image set layout (default {D.layout}).", "--layout")] = None,
     label_regex: Annotated[str | None, _opt(
         "REGEX", "Regex with named groups 'label' [, 'camera'].")] = None,
     backbone: Annotated[str | None, _opt(
@@ -100,7 +104,7 @@ def train_cmd(
     epochs: Annotated[int | None, _opt("N", f"Epochs (default {D.epochs}).")] = None,
     batch_size: Annotated[int | None, _opt("N", f"Images per step (default {D.batch_size}).")] = None,
     optimizer: Annotated[str | None, _opt("NAME", "sgd (Nesterov momentum) or adamw.")] = None,
-    lr: Annotated[float | None, _opt("LR", f"Peak learning rate (default {D.lr}).")] = None,
+    lr: Annotated[float | None, _opt("LR", f"Peak learning rate (default {D.lr}).", "--lr")] = None,
     momentum: Annotated[float | None, _opt("M", f"SGD momentum (default {D.momentum}).")] = None,
     weight_decay: Annotated[float | None, _opt(
         "WD", f"Weight decay of weights (not BN/biases) (default {D.weight_decay}).")] = None,
@@ -111,13 +115,14 @@ def train_cmd(
         "N", "Linear LR warm-up, in epochs (default 0).")] = None,
     grad_clip: Annotated[float | None, _opt("NORM", "Clip the gradient norm to this value.")] = None,
     precision: Annotated[str | None, _opt(
-        "PRECISION", "fp32, or bf16 / fp16 autocast (CUDA only).")] = None,
+        "PRECISION", "fp32, or bf16 / fp16 autocast (CUDA only).", "--precision")] = None,
     seed: Annotated[int | None, _opt(
         "N", f"Random seed (default {D.seed}): same seed, same run.")] = None,
-    device: Annotated[str | None, _opt("DEVICE", "auto, cpu, cuda or cuda:N.")] = None,
+    device: Annotated[str | None, _opt("DEVICE", "auto, cpu, cuda or cuda:N.", "--device")] = None,
     workers: Annotated[int | None, _opt(
         "N", "Image decoding processes (default min(4, CPUs)).")] = None,
-    metric: Annotated[str | None, _opt("METRIC", "Evaluation similarity (default cosine).")] = None,
+    metric: Annotated[str | None, _opt(
+        "METRIC", "Evaluation similarity (default cosine).", "--metric")] = None,
     ks: Annotated[list[int] | None, _opt("K...", "Rank cut-offs (default 1 5 10).", "-k")] = None,
     exclude_same_camera: Annotated[bool | None, _opt(
         None, "Evaluation: drop gallery items with the query's label AND camera.",

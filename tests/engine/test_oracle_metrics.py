@@ -515,6 +515,9 @@ def test_cuda_exact_against_reference(opt, metric):
 @given(opt=options(gauss_cases()), metric=st.sampled_from(["cosine", "euclid"]))
 def test_cuda_float_against_reference(opt, metric):
     case, ks, knn_k = opt
+    # as on CPU: 1-D cosine is the sign, real ties that float32 (q.g)/(|q||g|) does not keep
+    # (the CUDA and CPU engines agree there; the float64 reference ties them)
+    assume(metric != "cosine" or case.qe.shape[1] > 1)
     ref = case.ref(metric=metric, ks=ks, knn_k=knn_k, pr=True)
     assume(min_gap(ref.scores) > 1e-4)
     res = run(case, metric=metric, ks=ks, knn_k=knn_k, pr=True, device="cuda")
