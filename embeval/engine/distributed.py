@@ -41,8 +41,10 @@ from embeval._launch import is_leader, requested  # torch-free: the CLI's error 
 from embeval.engine.plan import shard_range
 from embeval.engine.similarity import resolve_device
 from embeval.engine.stats import RankStats, merge_topk
+from embeval.errors import OptionError
 
-__all__ = ["requested", "is_leader", "Group", "process_group", "threads_per_rank", "split_axis"]
+__all__ = ["requested", "is_leader", "Group", "process_group", "threads_per_rank", "split_axis",
+           "check_gpus_per_rank"]
 
 QUERY_TILE = 512  # the CPU engine's tile (embeval.engine.cpu.TILE_Q, TILE_G)
 GALLERY_TILE = 2048
@@ -121,6 +123,15 @@ class Group:
                        topk_scores=topv, topk_indices=topi)
 
 
+def check_gpus_per_rank(ranks_per_node: int, gpus: int) -> None:
+    """Each CUDA rank takes ``cuda:LOCAL_RANK``: refuse (on every rank alike, so rank 0 says it)
+    more ranks on a node than it has GPUs, instead of failing on the ranks beyond them."""
+    if ranks_per_node > gpus:
+        raise OptionError(f"device: {ranks_per_node} ranks on this node, each needing a GPU of its "
+                          f"own, but {gpus} GPU(s) are visible: start at most {gpus} per node, or "
+                          "evaluate on the CPU", param="device")
+
+
 @contextmanager
 def process_group(device: str = "auto") -> Iterator[Group]:
     """Join the torchrun group (NCCL on CUDA, gloo on CPU) for the duration of the block."""
@@ -128,6 +139,7 @@ def process_group(device: str = "auto") -> Iterator[Group]:
     dev = resolve_device(device)
     extra: dict[str, Any] = {}
     if dev.type == "cuda":
+        check_gpus_per_rank(int(os.environ.get("LOCAL_WORLD_SIZE", world)), torch.cuda.device_count())
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(dev)
         backend = "nccl"

@@ -89,7 +89,7 @@ def test_query_split_under_torchrun(capsys: pytest.CaptureFixture[str], tmp_path
     q, g = sets(nq=1100, ng=600, d=16)
     qp = embeval.save(tmp_path / "q.safetensors", q.embeddings, q.labels, q.cameras)
     gp = embeval.save(tmp_path / "g.safetensors", g.embeddings, g.labels, g.cameras)
-    opts = ["-k", "1", "5", "--exclude-same-camera", "--metric", "euclid", "--json"]
+    opts = ["-k", "1", "5", "--exclude-same-camera", "--metric", "euclid", "--json", "--device", "cpu"]
     rc, single, err = cli(capsys, "cmc", qp, gp, *opts, "--per-query", tmp_path / "one.csv")
     assert rc == 0, err
     res = torchrun("cmc", qp, gp, *opts, "--per-query", tmp_path / "two.csv")
@@ -120,3 +120,12 @@ def test_threads_per_rank(monkeypatch: pytest.MonkeyPatch) -> None:
     assert distributed.threads_per_rank() == 3
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert not distributed.requested() and distributed.is_leader()
+
+
+def test_more_cuda_ranks_than_gpus_is_refused_by_every_rank() -> None:
+    """torchrun --nproc-per-node 2 on a one-GPU node: exit 2 with one line (rank 0), not a CUDA
+    'invalid device ordinal' traceback from rank 1."""
+    distributed.check_gpus_per_rank(2, 2)
+    with pytest.raises(embeval.OptionError, match=r"^device: 2 ranks on this node.*1 GPU\(s\)") as e:
+        distributed.check_gpus_per_rank(2, 1)
+    assert e.value.params == ("device",)
