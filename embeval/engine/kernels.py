@@ -42,7 +42,7 @@ try:
 except ImportError:  # pragma: no cover - exercised only where numba is missing
     numba = None  # type: ignore[assignment]
 
-__all__ = ["AVAILABLE", "LANES", "tile_pass", "merge_topk", "pair_scores"]
+__all__ = ["AVAILABLE", "LANES", "tile_pass", "merge_topk", "pair_scores", "verify_tile"]
 
 AVAILABLE = numba is not None
 
@@ -287,3 +287,90 @@ if AVAILABLE:
 else:  # pragma: no cover
     pair_scores = tile_pass = None  # type: ignore[assignment]
     merge_topk = _merge_topk  # type: ignore[assignment]
+
+
+def _slot_rank(u, table, base, scale, x):
+    """How many of the ascending distinct ``u`` are ≤ x: a table guess, then a short walk."""
+    n = len(u)
+    f = (np.float64(x) - base) * scale
+    t = 0
+    if f >= len(table):
+        t = len(table) - 1
+    elif f > 0.0:
+        t = int(f)
+    j = table[t]
+    while j < n and u[j] <= x:
+        j += 1
+    while j > 0 and u[j - 1] > x:
+        j -= 1
+    return j
+
+
+def _verify_tile(S, G, Qe, nrows, c0, c1, q0, g0, qlab, glab, qcam, gcam, qa, ga, mode,
+                 exclude_self, lab_order, lab_lo, lab_hi, eps, u, table, base, scale,
+                 slots, keys):
+    """Count the impostor trials of tile rows ``[0, nrows)`` × columns ``[c0, c1)``.
+
+    Arguments as :func:`_tile_pass`; ``u`` [U] float32: the distinct genuine scores ascending,
+    ``table`` [T] int64: ``table[t]`` = how many of ``u`` are below ``base + t / scale`` (a
+    guess that :func:`_slot_rank` corrects); ``slots`` [2U + 1] and ``keys`` [65536] int64:
+    this worker's counts (``embeval.engine.trials.VerifyStats``), updated in place. A BLAS
+    score within ``eps`` of a genuine value is replaced by its canonical score before counting.
+    """
+    two = np.float32(2.0)
+    zero = np.float32(0.0)
+    ninf = np.float32(-np.inf)
+    n_u = len(u)
+    width = c1 - c0
+    gcol = ga[g0 + c0:g0 + c1]
+    for r in range(nrows):
+        qi = q0 + r
+        ql = qlab[qi]
+        qa_r = qa[qi]
+        qrow = Qe[qi]
+        e = eps[qi]
+        row = S[r, c0:c1]
+        if mode == 1:
+            for c in range(width):
+                row[c] = row[c] * qa_r * gcol[c]
+        elif mode >= 2:
+            for c in range(width):
+                d2 = (qa_r + gcol[c]) - two * row[c]
+                d2 = d2 if d2 > zero else zero
+                row[c] = np.float32(-np.sqrt(d2)) if mode == 2 else -d2
+        if ql >= 0:  # own-label items are genuine trials (or dropped): not impostors
+            lo = lab_lo[qi]
+            hi = lab_hi[qi]
+            t = lo + _count_lt(lab_order[lo:hi], g0 + c0)
+            while t < hi and lab_order[t] < g0 + c1:
+                row[lab_order[t] - g0 - c0] = ninf
+                t += 1
+        if exclude_self and g0 + c0 <= qi < g0 + c1:
+            row[qi - g0 - c0] = ninf
+        for c in range(width):
+            x = row[c]
+            if x == ninf:
+                continue
+            x = x + zero  # -0.0 -> +0.0
+            if n_u > 0:
+                j = _slot_rank(u, table, base, scale, x)
+                if (j > 0 and x - u[j - 1] <= e) or (j < n_u and u[j] - x <= e):
+                    x = _canon_score(qrow, G[c0 + c], qa_r, gcol[c], mode) + zero
+                    j = _slot_rank(u, table, base, scale, x)
+                slots[2 * j - (1 if j > 0 and u[j - 1] == x else 0)] += 1
+            else:
+                slots[0] += 1
+            row[c] = x
+        bits = row.view(np.uint32)
+        for c in range(width):
+            if row[c] != ninf:
+                b = bits[c]
+                b = b ^ np.uint32(0xFFFFFFFF) if b >= np.uint32(0x80000000) else b | np.uint32(0x80000000)
+                keys[b >> np.uint32(16)] += 1
+
+
+if AVAILABLE:
+    _slot_rank = _inline(_slot_rank)
+    verify_tile = numba.njit(nogil=True, cache=True, boundscheck=False)(_verify_tile)
+else:  # pragma: no cover
+    verify_tile = None

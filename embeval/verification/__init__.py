@@ -1,0 +1,1 @@
+"""Verification and identification protocols (face recognition and biometrics)."""
