@@ -53,22 +53,79 @@ def _canon_dot(q, g):
     """q · g in one fixed order (16 lane sums, then a fixed tree), float32.
 
     The order is part of the definition, so the result depends on the two vectors only
-    (never on blocks, tiles, threads or the BLAS); LLVM vectorises the lanes.
+    (never on blocks, tiles, threads or the BLAS). Lane l sums elements l, l + 16, ... in
+    order (the last ``D mod 16`` elements go to lanes 0, 1, ...); then lane l + 8 is added into
+    l, then l + 4, l + 2, l + 1. Sixteen scalar sums (no array): LLVM keeps them in registers.
     """
-    acc = np.zeros(LANES, dtype=np.float32)
+    z = np.float32(0.0)
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = z
+    a8 = a9 = a10 = a11 = a12 = a13 = a14 = a15 = z
     d = len(q)
     full = d - d % LANES
     for t in range(0, full, LANES):
-        for lane in range(LANES):
-            acc[lane] += q[t + lane] * g[t + lane]
-    for t in range(full, d):
-        acc[t - full] += q[t] * g[t]
-    width = LANES
-    while width > 1:
-        width >>= 1
-        for lane in range(width):
-            acc[lane] += acc[lane + width]
-    return acc[0]
+        a0 += q[t + 0] * g[t + 0]
+        a1 += q[t + 1] * g[t + 1]
+        a2 += q[t + 2] * g[t + 2]
+        a3 += q[t + 3] * g[t + 3]
+        a4 += q[t + 4] * g[t + 4]
+        a5 += q[t + 5] * g[t + 5]
+        a6 += q[t + 6] * g[t + 6]
+        a7 += q[t + 7] * g[t + 7]
+        a8 += q[t + 8] * g[t + 8]
+        a9 += q[t + 9] * g[t + 9]
+        a10 += q[t + 10] * g[t + 10]
+        a11 += q[t + 11] * g[t + 11]
+        a12 += q[t + 12] * g[t + 12]
+        a13 += q[t + 13] * g[t + 13]
+        a14 += q[t + 14] * g[t + 14]
+        a15 += q[t + 15] * g[t + 15]
+    rest = d - full
+    if rest > 0:
+        a0 += q[full + 0] * g[full + 0]
+    if rest > 1:
+        a1 += q[full + 1] * g[full + 1]
+    if rest > 2:
+        a2 += q[full + 2] * g[full + 2]
+    if rest > 3:
+        a3 += q[full + 3] * g[full + 3]
+    if rest > 4:
+        a4 += q[full + 4] * g[full + 4]
+    if rest > 5:
+        a5 += q[full + 5] * g[full + 5]
+    if rest > 6:
+        a6 += q[full + 6] * g[full + 6]
+    if rest > 7:
+        a7 += q[full + 7] * g[full + 7]
+    if rest > 8:
+        a8 += q[full + 8] * g[full + 8]
+    if rest > 9:
+        a9 += q[full + 9] * g[full + 9]
+    if rest > 10:
+        a10 += q[full + 10] * g[full + 10]
+    if rest > 11:
+        a11 += q[full + 11] * g[full + 11]
+    if rest > 12:
+        a12 += q[full + 12] * g[full + 12]
+    if rest > 13:
+        a13 += q[full + 13] * g[full + 13]
+    if rest > 14:
+        a14 += q[full + 14] * g[full + 14]
+    a0 += a8
+    a1 += a9
+    a2 += a10
+    a3 += a11
+    a4 += a12
+    a5 += a13
+    a6 += a14
+    a7 += a15
+    a0 += a4
+    a1 += a5
+    a2 += a6
+    a3 += a7
+    a0 += a2
+    a1 += a3
+    a0 += a1
+    return a0
 
 
 def _transform(d, qa_i, ga_j, mode):
@@ -306,67 +363,69 @@ def _slot_rank(u, table, base, scale, x):
     return j
 
 
-def _verify_tile(S, G, Qe, nrows, c0, c1, q0, g0, qlab, glab, qcam, gcam, qa, ga, mode,
-                 exclude_self, lab_order, lab_lo, lab_hi, eps, u, table, base, scale,
-                 slots, keys):
-    """Count the impostor trials of tile rows ``[0, nrows)`` × columns ``[c0, c1)``.
+def _verify_tile(S, nrows, c0, c1, q0, g0, qlab, qa, ga, mode, exclude_self, lab_order,
+                 lab_lo, lab_hi, bound, u, table, base, scale, slots, keys, amb):
+    """Count the impostor trials of tile rows ``[0, nrows)`` × columns ``[c0, c1)``; return how
+    many pairs were ambiguous (listed in ``amb`` [n, 2] as (query, gallery item), not counted).
 
-    Arguments as :func:`_tile_pass`; ``u`` [U] float32: the distinct genuine scores ascending,
-    ``table`` [T] int64: ``table[t]`` = how many of ``u`` are below ``base + t / scale`` (a
-    guess that :func:`_slot_rank` corrects); ``slots`` [2U + 1] and ``keys`` [65536] int64:
-    this worker's counts (``embeval.engine.trials.VerifyStats``), updated in place. A BLAS
-    score within ``eps`` of a genuine value is replaced by its canonical score before counting.
+    ``S``: [TQ, TG] float64 dot products (tile row r is query ``q0 + r``, column c gallery item
+    ``g0 + c``), overwritten; ``bound`` [Q] float64: their error bound
+    (``embeval.engine.exact``): a dot product is rounded to float32 where ``S ± bound`` rounds to
+    one float32, else listed. ``u`` [U] float32: the distinct genuine scores ascending;
+    ``table`` [T] int64: ``table[t]`` = how many of ``u`` are below ``base + t / scale`` (a guess
+    :func:`_slot_rank` corrects); ``slots`` [2U + 1] and ``keys`` [65536] int64: this worker's
+    counts (``embeval.engine.trials.VerifyStats``), updated in place. Labels, ``lab_*``: as
+    :func:`_tile_pass`.
     """
-    two = np.float32(2.0)
     zero = np.float32(0.0)
-    ninf = np.float32(-np.inf)
     n_u = len(u)
     width = c1 - c0
     gcol = ga[g0 + c0:g0 + c1]
+    own = np.zeros(width, dtype=np.bool_)
+    vals = np.empty(width, dtype=np.float32)
+    bits = vals.view(np.uint32)
+    n_amb = 0
     for r in range(nrows):
         qi = q0 + r
         ql = qlab[qi]
         qa_r = qa[qi]
-        qrow = Qe[qi]
-        e = eps[qi]
+        e = bound[qi]
         row = S[r, c0:c1]
-        if mode == 1:
-            for c in range(width):
-                row[c] = row[c] * qa_r * gcol[c]
-        elif mode >= 2:
-            for c in range(width):
-                d2 = (qa_r + gcol[c]) - two * row[c]
-                d2 = d2 if d2 > zero else zero
-                row[c] = np.float32(-np.sqrt(d2)) if mode == 2 else -d2
+        own[:] = False
         if ql >= 0:  # own-label items are genuine trials (or dropped): not impostors
             lo = lab_lo[qi]
             hi = lab_hi[qi]
             t = lo + _count_lt(lab_order[lo:hi], g0 + c0)
             while t < hi and lab_order[t] < g0 + c1:
-                row[lab_order[t] - g0 - c0] = ninf
+                own[lab_order[t] - g0 - c0] = True
                 t += 1
         if exclude_self and g0 + c0 <= qi < g0 + c1:
-            row[qi - g0 - c0] = ninf
+            own[qi - g0 - c0] = True
         for c in range(width):
-            x = row[c]
-            if x == ninf:
+            if own[c]:
                 continue
-            x = x + zero  # -0.0 -> +0.0
+            own[c] = True  # from here: "not counted below" (own, ambiguous or counted)
+            x = row[c]
+            d = np.float32(x)
+            if np.float32(x - e) != np.float32(x + e):
+                amb[n_amb, 0] = qi
+                amb[n_amb, 1] = g0 + c0 + c
+                n_amb += 1
+                continue
+            own[c] = False
+            s = _transform(d, qa_r, gcol[c], mode) + zero  # -0.0 -> +0.0
             if n_u > 0:
-                j = _slot_rank(u, table, base, scale, x)
-                if (j > 0 and x - u[j - 1] <= e) or (j < n_u and u[j] - x <= e):
-                    x = _canon_score(qrow, G[c0 + c], qa_r, gcol[c], mode) + zero
-                    j = _slot_rank(u, table, base, scale, x)
-                slots[2 * j - (1 if j > 0 and u[j - 1] == x else 0)] += 1
+                j = _slot_rank(u, table, base, scale, s)
+                slots[2 * j - (1 if j > 0 and u[j - 1] == s else 0)] += 1
             else:
                 slots[0] += 1
-            row[c] = x
-        bits = row.view(np.uint32)
+            vals[c] = s
         for c in range(width):
-            if row[c] != ninf:
+            if not own[c]:
                 b = bits[c]
                 b = b ^ np.uint32(0xFFFFFFFF) if b >= np.uint32(0x80000000) else b | np.uint32(0x80000000)
                 keys[b >> np.uint32(16)] += 1
+    return n_amb
 
 
 if AVAILABLE:

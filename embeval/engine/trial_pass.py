@@ -1,14 +1,14 @@
 """The verification pass: every (query, gallery) pair is a trial, counted in one pass.
 
 Genuine trials (same known label, after the protocol's exclusions) are gathered first, from
-the whole gallery, exactly as the ranking pass gathers positives (canonical scores). One
-pass over the gallery in blocks then counts every other pair, an impostor, in the slot its
-score falls in among the genuine values (:class:`~embeval.engine.trials.VerifyStats`). Matrix
-product scores only filter: one within the rounding bound (``rank.tie_tolerance``) of a
-genuine value is replaced by its canonical score, so every count is that of the canonical
-scores, the same for any block size, shard split, thread count or device (fp32).
+the whole gallery. One pass over the gallery in blocks then counts every other pair, an
+impostor, in the slot its score falls in among the genuine values
+(:class:`~embeval.engine.trials.VerifyStats`). Every score, genuine or impostor, is the float32
+transform of the correctly rounded dot product (:mod:`embeval.engine.exact`: a float64 matrix
+product, the rare ambiguous pair summed exactly), a function of the pair alone: the counts are
+the same for any block size, shard split, thread count, device or gallery order (fp32).
 
-Cost: one pass over the gallery (the matrix product) plus, per impostor score, a table
+Cost: one pass over the gallery (a float64 matrix product) plus, per impostor score, a table
 lookup and two counter increments; memory: the block budget plus the genuine scores.
 """
 
@@ -23,20 +23,12 @@ from threadpoolctl import threadpool_limits
 
 from embeval.data.store import EmbeddingSet
 from embeval.engine import plan
+from embeval.engine.exact import dot_bound, exact_dots, pair_dots, round_dots
 from embeval.engine.plan import default_memory, parse_memory
-from embeval.engine.rank import (
-    SMALL_PASS,
-    Progress,
-    _check_inputs,
-    _positive_scores,
-    check_norms,
-    positive_pairs,
-    tie_tolerance,
-)
+from embeval.engine.rank import SMALL_PASS, Progress, _check_inputs, check_norms, positive_pairs
 from embeval.engine.similarity import (
     METRIC_CODES,
     aux,
-    canonical_dot,
     check_finite_scores,
     check_metric,
     matmul_dtype,
@@ -99,24 +91,60 @@ def trial_stats(
     qa = aux(qemb, metric, qnorm)
     ga = torch.empty(gallery.n, dtype=torch.float32)
     qid, gid = positive_pairs(query.labels, gallery.labels, query.cameras, gallery.cameras, protocol)
-    genuine, gmax, g_row = _positive_scores(qemb, qa, gallery, ga, qid, gid, metric, rows,
-                                            compiled=backend == "numba")
+    gmax, g_row = _gallery_aux(gallery, ga, metric, rows)
     check_norms(query, qnorm, gallery, gmax, g_row, metric=metric, precision=precision)
+    bound = dot_bound(qnorm, gmax, query.dim)
+    genuine = _genuine_scores(qemb, qa, gallery, ga, qid, gid, bound, metric, rows)
     check_finite_scores(genuine, query.name, gallery.name, "genuine ")
     stats = VerifyStats.empty(genuine, metric)
-    eps = tie_tolerance(qemb, metric, gmax)
     run = _cpu_pass if backend == "numba" else _torch_pass
-    run(stats, query, gallery, qemb, qa, ga, eps, protocol, (qa_, qb_), (a, b), rows,
+    run(stats, query, gallery, qemb, qa, ga, bound, protocol, (qa_, qb_), (a, b), rows,
         device=dev, precision=precision, budget=budget, progress=progress)
     return stats
 
 
+def _gallery_aux(gallery: EmbeddingSet, ga: torch.Tensor, metric: str,
+                 rows: int) -> tuple[float, int]:
+    """Fill ``ga`` [G] (the gallery's aux) in one pass; the largest row norm and its row."""
+    gmax, g_row = 0.0, 0
+    step = max(rows, 4096)
+    for a in range(0, gallery.n, step):
+        block = gallery.rows(a, min(a + step, gallery.n))
+        norms = row_norms(block)
+        ga[a:a + len(block)] = aux(block, metric, norms)
+        top = int(torch.argmax(norms))
+        if not float(norms[top]) <= gmax:
+            gmax, g_row = float(norms[top]), a + top
+    return gmax, g_row
+
+
+def _genuine_scores(qemb: torch.Tensor, qa: torch.Tensor, gallery: EmbeddingSet,
+                    ga: torch.Tensor, qid: torch.Tensor, gid: torch.Tensor, bound: torch.Tensor,
+                    metric: str, rows: int) -> torch.Tensor:
+    """[M] float32 scores of the genuine pairs (``qid``, ``gid``), gallery read in blocks."""
+    by_gallery = torch.argsort(gid, stable=True)
+    g_sorted = gid[by_gallery]
+    out = torch.empty(len(gid), dtype=torch.float32)
+    step = max(rows, 4096)
+    for a in range(0, gallery.n, step):
+        b = min(a + step, gallery.n)
+        lo, hi = (int(x) for x in torch.searchsorted(g_sorted, torch.tensor([a, b])))
+        if lo == hi:
+            continue
+        sel = by_gallery[lo:hi]
+        q, g = qid[sel], gid[sel]
+        dots = pair_dots(qemb[q], gallery.rows(a, b)[g - a], bound[q])
+        out[sel] = transform(dots, qa[q], ga[g], metric)
+    return out
+
+
 def _cpu_pass(stats: VerifyStats, query: EmbeddingSet, gallery: EmbeddingSet, qemb: torch.Tensor,
-              qa: torch.Tensor, ga: torch.Tensor, eps: torch.Tensor, protocol: Protocol,
+              qa: torch.Tensor, ga: torch.Tensor, bound: torch.Tensor, protocol: Protocol,
               q_range: tuple[int, int], g_range: tuple[int, int], rows: int, *,
               progress: Progress | None = None, **_: object) -> None:
-    """The compiled pass: fixed score tiles (as :mod:`embeval.engine.cpu`), counted by
-    :func:`embeval.engine.kernels.verify_tile` on a thread pool, one set of counters per worker."""
+    """The compiled pass: float64 score tiles of a fixed grid (as :mod:`embeval.engine.cpu`),
+    counted by :func:`embeval.engine.kernels.verify_tile` on a thread pool, one set of counters
+    per worker; the few ambiguous pairs are summed exactly here."""
     from embeval.engine import kernels
     from embeval.engine.cpu import _grid_tiles, label_groups, tile_shape, workers
 
@@ -125,50 +153,64 @@ def _cpu_pass(stats: VerifyStats, query: EmbeddingSet, gallery: EmbeddingSet, qe
     if nq == 0:
         return
     tq, tg = tile_shape(nq, gallery.n)
-    q = qemb[q0:q1].contiguous().numpy()
+    q = qemb[q0:q1].double().numpy()
     n_qt = -(-nq // tq)
-    last = np.zeros((tq, gallery.dim), np.float32)
+    last = np.zeros((tq, gallery.dim), np.float64)
     last[: nq - (n_qt - 1) * tq] = q[(n_qt - 1) * tq:]
     q_tiles = [q[i * tq:(i + 1) * tq] if i < n_qt - 1 else last for i in range(n_qt)]
     lab_order, lab_lo, lab_hi = label_groups(query.labels, gallery.labels)
     u = stats.gen_values.numpy()
     table, base, scale = _slot_table(u)
     shared = dict(
-        Qe=qemb.numpy(), qlab=query.labels.numpy(), glab=gallery.labels.numpy(),
-        qcam=np.zeros(1, np.int64), gcam=np.zeros(1, np.int64),
-        qa=qa.numpy(), ga=ga.numpy(), mode=METRIC_CODES[stats.metric],
+        qlab=query.labels.numpy(), qa=qa.numpy(), ga=ga.numpy(), mode=METRIC_CODES[stats.metric],
         exclude_self=protocol.exclude_self, lab_order=lab_order, lab_lo=lab_lo, lab_hi=lab_hi,
-        eps=eps.numpy(), u=u, table=table, base=base, scale=scale,
+        bound=bound.numpy(), u=u, table=table, base=base, scale=scale,
     )
     n_workers = workers()
     counters: queue.SimpleQueue = queue.SimpleQueue()
     for _ in range(n_workers):
-        counters.put((np.zeros(len(stats.imp_slots), np.int64), np.zeros(KEY_BINS, np.int64)))
+        counters.put((np.zeros(len(stats.imp_slots), np.int64), np.zeros(KEY_BINS, np.int64),
+                      np.empty((tq * tg, 2), np.int64)))
     a, b = g_range
     with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(n_workers) as pool:
         for start in range(a, b, max(1, rows)):
             stop = min(start + max(1, rows), b)
-            tiles = _grid_tiles(gallery.rows(start, stop).numpy(), start, stop, tg)
+            block = gallery.rows(start, stop)
+            tiles = _grid_tiles(block.double().numpy(), start, stop, tg)
             jobs = [(qt, tile) for qt in range(n_qt) for tile in tiles]
 
-            def count(job: tuple[int, tuple]) -> None:
+            def count(job: tuple[int, tuple], block: torch.Tensor = block, start: int = start) -> None:
                 qt, (g_tile, c0, c1, g0) = job
-                slots, keys = counters.get()
+                slots, keys, amb = counters.get()
                 try:
-                    out = np.empty((tq, tg), np.float32)
+                    out = np.empty((tq, tg), np.float64)
                     np.matmul(q_tiles[qt], g_tile.T, out=out)
-                    kernels.verify_tile(out, g_tile, nrows=min(tq, nq - qt * tq), c0=c0, c1=c1,
-                                        q0=q0 + qt * tq, g0=g0, slots=slots, keys=keys, **shared)
+                    n = kernels.verify_tile(out, nrows=min(tq, nq - qt * tq), c0=c0, c1=c1,
+                                            q0=q0 + qt * tq, g0=g0, slots=slots, keys=keys,
+                                            amb=amb, **shared)
+                    if n:
+                        pairs = torch.from_numpy(amb[:n].copy())
+                        _count_exact(stats, qemb, block, qa, ga, pairs[:, 0], pairs[:, 1] - start,
+                                     start, slots, keys)
                 finally:
-                    counters.put((slots, keys))
+                    counters.put((slots, keys, amb))
 
             list(pool.map(count, jobs))
             if progress is not None:
                 progress(stop - a, b - a)
     for _ in range(n_workers):
-        slots, keys = counters.get()
+        slots, keys, _amb = counters.get()
         stats.imp_slots += torch.from_numpy(slots)
         stats.imp_keys += torch.from_numpy(keys)
+
+
+def _count_exact(stats: VerifyStats, qemb: torch.Tensor, block: torch.Tensor, qa: torch.Tensor,
+                 ga: torch.Tensor, qi: torch.Tensor, c: torch.Tensor, start: int,
+                 slots: np.ndarray, keys: np.ndarray) -> None:
+    """Count impostor pairs (query ``qi``, gallery item ``start + c``) summed exactly."""
+    x = transform(exact_dots(qemb[qi], block[c]), qa[qi], ga[start + c], stats.metric) + 0.0
+    np.add.at(slots, slot_of(x, stats.gen_values).numpy(), 1)
+    np.add.at(keys, (ordered_keys(x) >> 16).numpy(), 1)
 
 
 def _slot_table(u: np.ndarray) -> tuple[np.ndarray, float, float]:
@@ -183,18 +225,21 @@ def _slot_table(u: np.ndarray) -> tuple[np.ndarray, float, float]:
 
 
 def _torch_pass(stats: VerifyStats, query: EmbeddingSet, gallery: EmbeddingSet,
-                qemb: torch.Tensor, qa: torch.Tensor, ga: torch.Tensor, eps: torch.Tensor,
+                qemb: torch.Tensor, qa: torch.Tensor, ga: torch.Tensor, bound: torch.Tensor,
                 protocol: Protocol, q_range: tuple[int, int], g_range: tuple[int, int],
                 rows: int, *, device: torch.device, precision: str, budget: int,
                 progress: Progress | None = None) -> None:
-    """The same counts in plain PyTorch ops (CUDA, reduced precisions, small CPU jobs)."""
+    """The same counts in plain PyTorch ops (CUDA, reduced precisions, small CPU jobs): float64
+    dot products for fp32 (exact scores), the precision's matmul otherwise (approximate)."""
     from embeval.engine.torch_pass import device_blocks
 
     q0, q1 = q_range
-    dtype = matmul_dtype(precision)
+    exact = precision == "fp32"
+    dtype = torch.float64 if exact else matmul_dtype(precision)
     q_all, qa_all, ga_all = qemb.to(device), qa.to(device), ga.to(device)
+    q_mm = q_all.to(dtype)
+    e_all = bound.to(device)
     qlab, glab = query.labels.to(device), gallery.labels.to(device)
-    e_all = eps.to(device) if precision == "fp32" else None
     u = stats.gen_values.to(device)
     slots = torch.zeros_like(stats.imp_slots, device=device)
     keys = torch.zeros_like(stats.imp_keys, device=device)
@@ -208,37 +253,24 @@ def _torch_pass(stats: VerifyStats, query: EmbeddingSet, gallery: EmbeddingSet,
             g_mm = g.to(dtype)
             for s0 in range(q0, q1, qb):
                 s1 = min(s0 + qb, q1)
-                s = transform((q_all[s0:s1].to(dtype) @ g_mm.T).float(), qa_all[s0:s1, None],
-                              ga_all[None, start:stop], stats.metric)
-                check_finite_scores(s, query.name, gallery.name)
                 own = (qlab[s0:s1, None] == glab[None, start:stop]) & (qlab[s0:s1, None] >= 0)
                 if protocol.exclude_self:
                     own |= torch.arange(s0, s1, device=device)[:, None] == gi[None, :]
                 r, c = (~own).nonzero(as_tuple=True)
-                x = s[r, c] + 0.0
-                if e_all is not None and len(u):
-                    x = _canonical_near(x, u, e_all[s0 + r], q_all, g, qa_all, ga_all,
-                                        s0 + r, c, start, stats.metric)
+                dot = (q_mm[s0:s1] @ g_mm.T)[r, c]
+                qi = s0 + r
+                if exact:
+                    d, amb = round_dots(dot, e_all[qi])
+                    idx = amb.nonzero().flatten()
+                    if len(idx):
+                        d[idx] = exact_dots(q_all[qi[idx]].cpu(), g[c[idx]].cpu()).to(device)
+                else:
+                    d = dot.float()
+                x = transform(d, qa_all[qi], ga_all[start + c], stats.metric) + 0.0
+                check_finite_scores(x, query.name, gallery.name)
                 slots += torch.bincount(slot_of(x, u), minlength=len(slots))
                 keys += torch.bincount(ordered_keys(x) >> 16, minlength=KEY_BINS)
             if progress is not None:
                 progress(stop - a, b - a)
     stats.imp_slots += slots.cpu()
     stats.imp_keys += keys.cpu()
-
-
-def _canonical_near(x: torch.Tensor, u: torch.Tensor, e: torch.Tensor, q_all: torch.Tensor,
-                    g: torch.Tensor, qa_all: torch.Tensor, ga_all: torch.Tensor,
-                    qi: torch.Tensor, c: torch.Tensor, start: int, metric: str) -> torch.Tensor:
-    """``x`` with every score within ``e`` of a genuine value replaced by its canonical score."""
-    j = torch.searchsorted(u, x.contiguous(), right=True)
-    below = u[(j - 1).clamp_min(0)]
-    above = u[j.clamp_max(len(u) - 1)]
-    near = ((j > 0) & (x - below <= e)) | ((j < len(u)) & (above - x <= e))
-    idx = near.nonzero().flatten()
-    if len(idx):
-        qi, c = qi[idx], c[idx]
-        x = x.clone()
-        x[idx] = transform(canonical_dot(q_all[qi], g[c]), qa_all[qi], ga_all[start + c],
-                           metric) + 0.0
-    return x
