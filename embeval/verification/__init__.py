@@ -1,0 +1,1 @@
+"""Face verification and open-set identification (issue 13): ROC, TAR@FAR, EER, AUC, TPIR@FPIR."""
