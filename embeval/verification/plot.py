@@ -144,8 +144,9 @@ def thin_roc(fpr: ArrayLike, tpr: ArrayLike, thresholds: ArrayLike | None,
         found += [_reach(f, _log_levels(f, levels)), _reach(t, np.linspace(t[0], t[-1], levels))]
         below_one = int(np.searchsorted(t, 1.0, side="left"))  # points with TPR < 1: [0, below_one)
         if below_one:
-            fnr = 1.0 - t[[below_one - 1, 0]].astype(np.float64)  # smallest, largest positive FNR
-            found.append(_reach(t, 1.0 - np.logspace(*np.log10(fnr), levels)[::-1]))
+            low, high = 1.0 - float(t[below_one - 1]), 1.0 - float(t[0])  # positive FNR range
+            fnr = np.logspace(math.log10(low), math.log10(high), levels)
+            found.append(_reach(t, 1.0 - fnr[::-1]))
     picked = np.unique(np.concatenate(found))
     return picked[(picked >= 0) & (picked < n)]
 
@@ -185,9 +186,9 @@ def write_verification_plot(path: PathLike, *, fpr: ArrayLike, tpr: ArrayLike,
     """
     from embeval.results.writers import require_matplotlib
     plt = require_matplotlib()
-    f, t = _np(fpr).astype(np.float64), _np(tpr).astype(np.float64)
+    f, t = _np(fpr), _np(tpr)
     keep = thin_roc(f, t, None)
-    f, t = f[keep], t[keep]
+    f, t = f[keep].astype(np.float64), t[keep].astype(np.float64)
     fig, (roc, det, hist) = plt.subplots(1, 3, figsize=(15, 4.5), dpi=100)
     try:
         _roc_panel(roc, f, t, far_points)

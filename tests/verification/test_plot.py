@@ -14,8 +14,13 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from embeval.errors import InputFileError, OptionError
-from embeval.verification.plot import (impostor_histogram, rebin, thin_roc, write_roc_csv,
-                                       write_verification_plot)
+from embeval.verification.plot import (
+    impostor_histogram,
+    rebin,
+    thin_roc,
+    write_roc_csv,
+    write_verification_plot,
+)
 
 F32 = np.finfo(np.float32)
 SPECIAL = np.array([0.0, -0.0, 1.0, -1.0, F32.tiny, -F32.tiny, F32.smallest_subnormal,
@@ -126,6 +131,9 @@ def test_thin_roc_keeps_the_ends_the_requested_points_and_the_shape() -> None:
     assert max_gap(idx, fpr, tpr) <= 1.0 / (levels - 1) + 1e-12
     naive = np.linspace(0, n - 1, 600).astype(np.int64)  # evenly spaced indices would not be
     assert max_gap(naive, fpr, tpr) > 5.0 / (levels - 1)
+    many = np.linspace(1, n - 2, 60).astype(np.int64)  # the requested points count in the budget
+    thinned = thin_roc(fpr, tpr, thr, many, max_points=300)
+    assert 250 < len(thinned) <= 300 and set(many.tolist()) <= set(thinned.tolist())
 
 
 def max_gap(idx: np.ndarray, fpr: np.ndarray, tpr: np.ndarray) -> float:
