@@ -214,13 +214,14 @@ def _roc_panel(ax, f: np.ndarray, t: np.ndarray,  # noqa: ANN001 - a matplotlib 
                far_points: Mapping[float, tuple[float, float]]) -> None:
     shown = f > 0
     ax.plot(f[shown], t[shown], lw=1.5, color="C0")
-    for far, tar, label in _marks(far_points):
+    marks = _marks(far_points)
+    for far, tar, label in marks:
         ax.plot([far], [tar], "o", ms=5, label=label)
     ax.set_xscale("log")
     ax.set(xlabel="FAR (false accept rate)", ylabel="TAR (true accept rate)", ylim=(0, 1.02),
            title="ROC")
     ax.grid(alpha=0.3, which="both")
-    if far_points:
+    if marks:
         ax.legend(fontsize=7, loc="lower right")
 
 
@@ -264,4 +265,5 @@ def _hist_panel(ax, gen_values: np.ndarray, gen_counts: np.ndarray,  # noqa: ANN
         ax.stairs(i / (i.sum() * width), edges, fill=True, alpha=0.45, color="C3", label="impostor")
     ax.set(xlabel="score", ylabel="density", xlim=(lo, hi), title="score distributions")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if gen_counts.sum() > 0 or imp_counts.sum() > 0:
+        ax.legend(fontsize=8)
