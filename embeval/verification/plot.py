@@ -123,7 +123,7 @@ def thin_roc(fpr: ArrayLike, tpr: ArrayLike, thresholds: ArrayLike | None,
     ``fpr``, ``tpr`` [n]: non-decreasing (a ROC in threshold order); ``thresholds``: [n] or None
     (only its length is checked); ``keep_fprs``: indices of points that must stay (the requested
     FAR operating points). Rule: keep the first and last points and ``keep_fprs``; then, for L
-    levels evenly spaced in log10(FPR) (smallest positive FPR .. 1), L in TPR (first .. last) and
+    levels evenly spaced in log10(FPR) (smallest positive .. last FPR), L in TPR (first .. last) and
     L in log10(FNR) (FNR = 1 - TPR: the DET's other axis), keep the first point reaching the
     level and the one before it (the corner of the step), with L = (max_points - 2 - len(keep)) // 6.
     Every gap of the drawn curve is then at most one level wide on each axis. Cost: a few
