@@ -1,1 +1,1 @@
-"""Verification and identification protocols (face recognition and biometrics)."""
+"""Verification and identification protocols (face recognition, biometrics)."""
