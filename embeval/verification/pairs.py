@@ -27,14 +27,26 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 import torch
 
-from embeval.errors import InputFileError
+from embeval.data.concat import ConcatSet, source_files
+from embeval.data.store import EmbeddingSet, read_ids
+from embeval.engine import plan
+from embeval.engine.similarity import (
+    METRIC_CODES,
+    aux,
+    canonical_dot,
+    check_finite_scores,
+    check_metric,
+    transform,
+)
+from embeval.errors import InputFileError, OptionError
 
-__all__ = ["Pairs", "TemplateIds", "read_pairs", "COLUMNS"]
+__all__ = ["Pairs", "TemplateIds", "FoldAccuracy", "read_pairs", "pool_templates", "pair_scores",
+           "trial_labels", "fold_accuracy", "COLUMNS"]
 
 COLUMNS = ("query", "gallery", "same")
 _HEADER_HINT = "'query,gallery' or 'query,gallery,same' (any order)"
@@ -275,3 +287,229 @@ def _text_lines(reader: _Reader, f: BinaryIO, line: int) -> Iterator[str]:
     """The file's remaining lines, decoded one by one (a bad byte names its line)."""
     for i, raw in enumerate(f):
         yield _decode(reader, raw, line + i)
+
+
+# ---------------------------------------------------------------------------------- templates
+
+
+def pool_templates(s: EmbeddingSet, path: str | Path | None = None, *,
+                   templates: torch.Tensor | None = None,
+                   media: torch.Tensor | None = None) -> tuple[EmbeddingSet, torch.Tensor]:
+    """Pool items into templates (IJB protocol): ``(pooled set [T, D] float32, ids [T] int64)``.
+
+    ``templates`` [N] int64 names each item's template, ``media`` [N] int64 (optional) its
+    medium (a video, or a still image). With media: the mean of the items of each medium,
+    then the mean over the template's media; without: the mean of the template's items; then
+    L2-normalised (a zero mean stays zero). Sums in float64, rows as stored (not normalised
+    first). Row t of the pooled set is template ``ids[t]`` (ascending); its label is its
+    items' label (they must agree) and it has no camera. When ``templates`` is not given, the
+    tensors ``templates`` / ``media`` are read from ``path`` (default: the file(s) ``s`` was
+    read from). Memory: O(groups · D) float64, rows read in blocks.
+    """
+    file = str(path) if path is not None else s.name
+    if templates is None:
+        templates, media = _template_tensors(s, path)
+    tpl_ids, tpl = torch.unique(templates, return_inverse=True)
+    if media is not None:
+        groups, grp = torch.unique(torch.stack([tpl, media.long()], 1), dim=0, return_inverse=True)
+        group_tpl = groups[:, 0]
+    else:
+        grp, group_tpl = tpl, torch.arange(len(tpl_ids))
+    pooled = _group_means(s, grp, len(group_tpl))
+    if media is not None:
+        pooled = _means(torch.zeros(len(tpl_ids), s.dim, dtype=torch.float64)
+                        .index_add_(0, group_tpl, pooled), group_tpl, len(tpl_ids))
+    norms = torch.linalg.vector_norm(pooled, dim=1, keepdim=True)
+    pooled = (pooled / norms.clamp_min(torch.finfo(torch.float64).tiny)).float()
+    labels = _template_labels(file, s.labels, tpl, tpl_ids)
+    return EmbeddingSet(pooled, labels, metadata=s.metadata, name=s.name), tpl_ids
+
+
+def _template_tensors(s: EmbeddingSet,
+                      path: str | Path | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``templates`` and ``media`` of ``s`` from ``path`` or from its own file(s)."""
+    if path is not None:
+        sources = [(str(path), s.n)]
+    else:
+        parts = s.parts if isinstance(s, ConcatSet) else [s]
+        files = [source_files(part) for part in parts]
+        if not all(files):
+            raise OptionError(f"templates: {s.name} was not read from a file: give the "
+                              "templates (and media) tensors", param="templates")
+        sources = [(str(f[0]), part.n) for f, part in zip(files, parts)]
+    tpl, med = [], []
+    for file, n in sources:
+        t = read_ids(file, "templates", n)
+        if t is None:
+            raise InputFileError(file, "no 'templates' tensor (int64 [N]: each item's template "
+                                       "id), needed to pool templates")
+        tpl.append(t)
+        med.append(read_ids(file, "media", n))
+    if any(m is None for m in med) and not all(m is None for m in med):
+        lacks = next(f for (f, _), m in zip(sources, med) if m is None)
+        raise InputFileError(lacks, "has no 'media' tensor but another file of the set has one: "
+                                    "give media in every file or in none")
+    media = None if med[0] is None else torch.cat(med)  # type: ignore[arg-type]
+    return torch.cat(tpl), media
+
+
+def _group_means(s: EmbeddingSet, grp: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """Mean row of each group (``grp`` [N] in [0, n_groups)): [n_groups, D] float64."""
+    sums = torch.zeros(n_groups, s.dim, dtype=torch.float64)
+    step = max(1, (64 << 20) // (8 * s.dim))
+    for a in range(0, s.n, step):
+        sums.index_add_(0, grp[a:a + step], s.rows(a, min(a + step, s.n)).double())
+    return _means(sums, grp, n_groups)
+
+
+def _means(sums: torch.Tensor, members: torch.Tensor, n: int) -> torch.Tensor:
+    counts = torch.bincount(members, minlength=n).clamp_min(1)
+    return sums / counts[:, None].double()
+
+
+def _template_labels(file: str, labels: torch.Tensor, tpl: torch.Tensor,
+                     tpl_ids: torch.Tensor) -> torch.Tensor:
+    """Each template's label; a template whose items disagree raises InputFileError."""
+    big = torch.iinfo(torch.int64)
+    lo = torch.full((len(tpl_ids),), big.max).scatter_reduce(0, tpl, labels, "amin")
+    hi = torch.full((len(tpl_ids),), big.min).scatter_reduce(0, tpl, labels, "amax")
+    bad = torch.nonzero(lo != hi).flatten()
+    if len(bad):
+        t = int(bad[0])
+        raise InputFileError(file, f"template {int(tpl_ids[t])} has items with different labels "
+                                   f"({int(lo[t])} and {int(hi[t])}): a template is one identity")
+    return lo
+
+
+# ---------------------------------------------------------------------------------- scores
+
+#: pairs from which the compiled kernel scores them (below, the torch path: no compile wait)
+COMPILED_PAIRS = 1 << 18
+
+
+def pair_scores(query: EmbeddingSet | torch.Tensor, gallery: EmbeddingSet | torch.Tensor,
+                qidx: torch.Tensor, gidx: torch.Tensor, metric: str = "cosine", *,
+                block_rows: int | None = None, compiled: bool | None = None) -> torch.Tensor:
+    """Canonical scores of the listed pairs ``(qidx[m], gidx[m])``: [P] float32.
+
+    Bit-identical to ``transform(canonical_dot(q, g), aux(q), aux(g))`` and so to the scores
+    of the all-pairs engine. The query rows are held in memory; the gallery is read in blocks
+    of ``block_rows`` rows (default: 64 MB), each pair scored in the block holding its gallery
+    row. ``compiled``: the numba kernel (default: when installed, from ``COMPILED_PAIRS``
+    pairs). Raises :class:`InputFileError` on non-finite scores.
+    """
+    check_metric(metric)
+    q = _as_set(query, "query")
+    g = _as_set(gallery, "gallery")
+    qemb = q.embeddings
+    qa = aux(qemb, metric)
+    if compiled is None:
+        compiled = len(qidx) >= COMPILED_PAIRS and plan.compiled_available()
+    out = torch.empty(len(qidx), dtype=torch.float32)
+    ga = torch.empty(g.n, dtype=torch.float32)
+    by_gallery = torch.argsort(gidx, stable=True)
+    g_sorted = gidx[by_gallery]
+    step = block_rows or max(1, (64 << 20) // (4 * g.dim))
+    for a in range(0, g.n, step):
+        block = g.rows(a, min(a + step, g.n))
+        ga[a:a + len(block)] = aux(block, metric)
+        lo, hi = (int(x) for x in torch.searchsorted(g_sorted, torch.tensor([a, a + len(block)])))
+        sel = by_gallery[lo:hi]
+        out[sel] = _block_scores(qemb, qa, block, ga, a, qidx[sel], gidx[sel], metric, compiled)
+    check_finite_scores(out, q.name, g.name, "pair ")
+    return out
+
+
+def _as_set(x: EmbeddingSet | torch.Tensor, name: str) -> EmbeddingSet:
+    if isinstance(x, EmbeddingSet):
+        return x
+    return EmbeddingSet(x, torch.full((len(x),), -1, dtype=torch.int64), name=f"<{name}>")
+
+
+def _block_scores(qemb: torch.Tensor, qa: torch.Tensor, block: torch.Tensor, ga: torch.Tensor,
+                  g0: int, q: torch.Tensor, g: torch.Tensor, metric: str, compiled: bool,
+                  chunk: int = 16384) -> torch.Tensor:
+    """Scores of pairs (q[m], g[m]) whose gallery rows ``g0 + ...`` are in ``block``: [M]."""
+    if compiled:
+        from embeval.engine import kernels  # numba: loaded only when needed
+
+        out = torch.empty(len(q), dtype=torch.float32)
+        kernels.pair_scores(qemb.numpy(), block.numpy(), q.contiguous().numpy(),
+                            g.contiguous().numpy(), g0, qa.numpy(), ga.numpy(),
+                            METRIC_CODES[metric], out.numpy())
+        return out
+    dot = torch.cat([canonical_dot(qemb[q[c:c + chunk]], block[g[c:c + chunk] - g0])
+                     for c in range(0, len(q), chunk)] or [torch.empty(0)])
+    return transform(dot, qa[q], ga[g], metric)
+
+
+def trial_labels(pairs: Pairs, query_labels: torch.Tensor,
+                 gallery_labels: torch.Tensor) -> torch.Tensor:
+    """Genuine flags of the trials: [P] bool. The ``same`` column where the file has one, else
+    equal labels; an unknown label (< 0) is never genuine."""
+    if pairs.same is not None:
+        return pairs.same.clone()
+    ql, gl = query_labels[pairs.query], gallery_labels[pairs.gallery]
+    return (ql == gl) & (ql >= 0)
+
+
+# ---------------------------------------------------------------------------------- folds
+
+
+class FoldAccuracy(NamedTuple):
+    """LFW-protocol accuracy: mean and population std (ddof 0) over folds, fractions in [0, 1];
+    each fold's accuracy and the threshold chosen on the other folds."""
+
+    mean: float
+    std: float
+    accuracies: list[float]
+    thresholds: list[float]
+
+
+def fold_accuracy(scores: torch.Tensor, genuine: torch.Tensor, folds: int = 10) -> FoldAccuracy:
+    """Accuracy of listed trials by ``folds``-fold cross-validation of the threshold (LFW).
+
+    Fold i holds trials ``[i·P // folds, (i + 1)·P // folds)`` as listed. Its threshold is
+    the one most accurate on the other folds (accept iff score ≥ threshold; candidates: every
+    distinct score of those folds, and +inf; among equally accurate candidates the highest);
+    its accuracy is (genuine accepted + impostors rejected) / fold size. ``scores`` [P]
+    float (finite), ``genuine`` [P] bool. Exact counts; one sort per fold.
+    """
+    n = len(scores)
+    if isinstance(folds, bool) or not isinstance(folds, int) or not 2 <= folds <= n:
+        raise OptionError(f"folds: need an integer from 2 to the number of pairs ({n}), got "
+                          f"{folds!r}", param="folds")
+    if len(genuine) != n:
+        raise ValueError(f"scores ({n}) and genuine ({len(genuine)}) differ in length")
+    if not bool(torch.isfinite(scores).all()):
+        raise ValueError("scores must be finite")
+    genuine = genuine.bool()
+    accs, thresholds = [], []
+    for i in range(folds):
+        lo, hi = i * n // folds, (i + 1) * n // folds
+        keep = torch.ones(n, dtype=torch.bool)
+        keep[lo:hi] = False
+        t = _best_threshold(scores[keep], genuine[keep])
+        s, gen = scores[lo:hi], genuine[lo:hi]
+        right = int(((s >= t) & gen).sum()) + int(((s < t) & ~gen).sum())
+        accs.append(right / (hi - lo))
+        thresholds.append(float(t))
+    acc = torch.tensor(accs, dtype=torch.float64)
+    return FoldAccuracy(float(acc.mean()), float(acc.std(correction=0)), accs, thresholds)
+
+
+def _best_threshold(scores: torch.Tensor, genuine: torch.Tensor) -> torch.Tensor:
+    """The candidate threshold (a distinct score, or +inf) with the most right decisions on
+    these trials (the highest among ties), as a 0-d tensor of ``scores``' dtype."""
+    order = torch.argsort(scores)
+    s, gen = scores[order], genuine[order]
+    gen_below = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(gen, 0)])
+    imp_below = torch.arange(len(s) + 1) - gen_below
+    first = torch.ones(len(s) + 1, dtype=torch.bool)  # position j: candidate s[j] (+inf at end)
+    first[1:-1] = s[1:] != s[:-1]
+    at = torch.nonzero(first).flatten()
+    right = (gen_below[-1] - gen_below[at]) + imp_below[at]
+    best = at[len(at) - 1 - int(torch.argmax(right.flip(0)))]
+    if best == len(s):
+        return torch.tensor(float("inf"), dtype=scores.dtype)
+    return s[best]
