@@ -276,6 +276,18 @@ def test_pair_scores_bit_identical_to_canonical(tmp_path: Path, metric: str,
         assert error.max() < 1e-6
 
 
+def test_pair_scores_refuse_bad_indices() -> None:
+    q, g = torch.randn(3, 4), torch.randn(5, 4)
+    with pytest.raises(ValueError, match=r"gidx holds indices outside \[0, 5\)"):
+        pair_scores(q, g, torch.tensor([0]), torch.tensor([5]), compiled=True)
+    with pytest.raises(ValueError, match="qidx holds indices"):
+        pair_scores(q, g, torch.tensor([-1]), torch.tensor([0]))
+    with pytest.raises(ValueError, match="must be int64"):
+        pair_scores(q, g, torch.tensor([0], dtype=torch.int32), torch.tensor([0]))
+    assert pair_scores(q, g, torch.zeros(0, dtype=torch.int64),
+                       torch.zeros(0, dtype=torch.int64)).shape == (0,)
+
+
 def test_pair_scores_equal_the_engines_positive_scores() -> None:
     """The genuine pairs of the all-pairs engine get the same bits here."""
     g = torch.Generator().manual_seed(4)
