@@ -41,7 +41,7 @@ from embeval.data.safetensors_io import write_safetensors
 from embeval.errors import InputFileError
 from embeval.outputs import atomic_path
 
-__all__ = ["EmbeddingSet", "load", "save", "FORMAT_VERSION"]
+__all__ = ["EmbeddingSet", "load", "save", "read_ids", "FORMAT_VERSION"]
 
 FORMAT_VERSION = "1"
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -207,6 +207,29 @@ def load(path: str | os.PathLike[str], *, lazy: bool = True) -> EmbeddingSet:
         raise InputFileError(p, str(e)) from None
 
 
+def read_ids(path: str | os.PathLike[str], key: str, n: int) -> torch.Tensor | None:
+    """One optional per-item id tensor ``key`` of an embedding file (``templates``, ``media``):
+    [n] int64, or None when the file has no tensor of that name.
+
+    Read with ``safe_open`` like the rest of the file (no unpickling); integers of any dtype
+    become int64 as labels do; a float dtype or a shape other than [n] raises
+    :class:`InputFileError` naming the file.
+    """
+    p = Path(path)
+    try:
+        with _open(p) as f:
+            if key not in f.keys():
+                return None
+            raw = f.get_tensor(key)
+    except SafetensorError as e:
+        raise InputFileError(p, f"not a readable safetensors file ({e})") from None
+    except OSError as e:
+        raise InputFileError(p, f"cannot read ({e.strerror or e})") from None
+    ids = _as_ids(str(p), key, raw)
+    _check_ids(str(p), key, ids, n)
+    return ids
+
+
 def save(
     path: str | os.PathLike[str],
     embeddings: torch.Tensor,
@@ -284,20 +307,24 @@ def _validate(name: str, shape: tuple[int, ...] | None, dtype: torch.dtype | Non
     if n == 0 or d == 0:
         raise InputFileError(name, f"empty set: embeddings have shape [{n}, {d}]")
     for key, t in (("labels", labels), ("cameras", cameras)):
-        if t is None:
-            continue
-        if t.dtype != torch.int64:
-            hint = (f" (if they are whole numbers, convert them: {key}.long() or "
-                    ".astype('int64'))" if t.is_floating_point() else "")
-            raise InputFileError(name, f"{key!r} must be integers (int64, int32, ...), got "
-                                       f"{str(t.dtype).removeprefix('torch.')}{hint}")
-        if t.dim() != 1:
-            raise InputFileError(name, f"{key!r} must be 1-D [N], got shape {list(t.shape)}")
-        if t.numel() != n:
-            raise InputFileError(name, f"{key!r} has {t.numel()} entries but embeddings have "
-                                       f"{n} rows")
+        if t is not None:
+            _check_ids(name, key, t, n)
     if paths is not None and len(paths) != n:
         raise InputFileError(name, f"{len(paths)} paths for {n} embeddings")
+
+
+def _check_ids(name: str, key: str, t: torch.Tensor, n: int) -> None:
+    """Per-item ids (labels, cameras, templates, ...) must be int64 [n]."""
+    if t.dtype != torch.int64:
+        hint = (f" (if they are whole numbers, convert them: {key}.long() or "
+                ".astype('int64'))" if t.is_floating_point() else "")
+        raise InputFileError(name, f"{key!r} must be integers (int64, int32, ...), got "
+                                   f"{str(t.dtype).removeprefix('torch.')}{hint}")
+    if t.dim() != 1:
+        raise InputFileError(name, f"{key!r} must be 1-D [N], got shape {list(t.shape)}")
+    if t.numel() != n:
+        raise InputFileError(name, f"{key!r} has {t.numel()} entries but embeddings have "
+                                   f"{n} rows")
 
 
 def _as_ids(name: str, key: str, values: object) -> torch.Tensor:

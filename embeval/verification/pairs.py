@@ -1,0 +1,524 @@
+"""Listed verification trials (LFW / CFP / IJB style): the pairs file, templates, scores, folds.
+
+The pairs file is CSV, UTF-8, with a header row naming its columns, one trial per line::
+
+    query,gallery,same
+    0,17,1
+    3,250,0
+
+``query`` and ``gallery`` are 0-based item indices into the two embedding files (one file may
+be both), or template ids when the items are pooled into templates (:func:`pool_templates`);
+the optional ``same`` (1 / 0) says whether the trial is genuine, overriding label equality.
+Columns may come in any order; other columns, a missing header, a cell that is not an integer
+(``[ \\t]*-?[0-9]+[ \\t]*``), an index outside [0, n), an unknown template id or a ``same``
+other than 0 / 1 raise :class:`InputFileError` naming the file and the line. Blank lines are
+skipped.
+
+Reading streams the file in blocks: a block of plain ``digits,digits\\n`` lines is parsed
+with numpy (tens of millions of rows per second), any other block (quotes, spaces, minus
+signs, an error) with the csv module, so every message still names its line. Memory:
+O(pairs) int64.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, NamedTuple
+
+import numpy as np
+import torch
+
+from embeval.data.concat import ConcatSet, source_files
+from embeval.data.store import EmbeddingSet, read_ids
+from embeval.engine import plan
+from embeval.engine.similarity import (
+    METRIC_CODES,
+    aux,
+    canonical_dot,
+    check_finite_scores,
+    check_metric,
+    transform,
+)
+from embeval.errors import InputFileError, OptionError
+
+__all__ = ["Pairs", "TemplateIds", "FoldAccuracy", "read_pairs", "pool_templates", "pair_scores",
+           "trial_labels", "fold_accuracy", "COLUMNS"]
+
+COLUMNS = ("query", "gallery", "same")
+_HEADER_HINT = "'query,gallery' or 'query,gallery,same' (any order)"
+_CELL = re.compile(r"[ \t]*(-?[0-9]+)[ \t]*")
+_BLOCK = 1 << 22  # bytes parsed at once by the numpy path
+_BATCH = 1 << 16  # rows collected by the csv path before they are checked together
+_INT64 = 1 << 63
+
+
+@dataclass(frozen=True)
+class TemplateIds:
+    """The id space of a pooled set: pairs name ``ids`` (any int64), not row indices.
+
+    ``ids``: [T] int64 ascending and distinct; id ``ids[t]`` is row t of the pooled set.
+    ``file``: the embedding file they come from (named in errors).
+    """
+
+    ids: torch.Tensor
+    file: str
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """Listed trials. ``query`` / ``gallery``: [P] int64 row indices into the query and gallery
+    sets (template rows when templates are pooled); ``same``: [P] bool or None (no column)."""
+
+    query: torch.Tensor
+    gallery: torch.Tensor
+    same: torch.Tensor | None
+    path: str
+
+    def __len__(self) -> int:
+        return len(self.query)
+
+
+def read_pairs(path: str | Path, n_query: int | TemplateIds, n_gallery: int | TemplateIds) -> Pairs:
+    """Read and check a pairs file (see the module docstring).
+
+    ``n_query`` / ``n_gallery``: the number of items (cells are indices in [0, n)), or the
+    :class:`TemplateIds` of a pooled set (cells are template ids, mapped to template rows).
+    Raises :class:`InputFileError` naming ``path`` and the line.
+    """
+    p = Path(path)
+    _check_file(p)
+    reader = _Reader(p, (n_query, n_gallery))
+    try:
+        with open(p, "rb") as f:
+            reader.run(f)
+    except OSError as e:
+        raise InputFileError(p, f"cannot read ({e.strerror or e})") from None
+    return reader.result()
+
+
+def _check_file(p: Path) -> None:
+    if not p.exists():
+        raise InputFileError(p, "no such file")
+    if p.is_dir():
+        raise InputFileError(p, "is a folder, expected a CSV pairs file")
+    if not p.is_file():  # opening a FIFO for reading would block
+        raise InputFileError(p, "is not a regular file (a FIFO, device or socket?), expected a "
+                                "CSV pairs file")
+
+
+class _Reader:
+    """Streams one pairs file: header, then blocks of rows checked and collected as numpy."""
+
+    def __init__(self, path: Path, spaces: tuple[int | TemplateIds, int | TemplateIds]) -> None:
+        self.path = path
+        self.spaces = spaces
+        self.order: list[int] = []  # order[j]: the header position of COLUMNS[j]
+        self.parts: list[np.ndarray] = []  # [b, k] blocks, columns in COLUMNS order
+        self.last_line = 1
+
+    def fail(self, line: int, problem: str) -> InputFileError:
+        return InputFileError(self.path, f"line {line}: {problem}")
+
+    # ------------------------------------------------------------------ header and dispatch
+
+    def run(self, f: BinaryIO) -> None:
+        first = f.readline()
+        if first.startswith(b"\xef\xbb\xbf"):
+            first = first[3:]
+        if not first.strip():
+            what = "the line is blank" if first else "empty file"
+            raise self.fail(1, f"{what}: expected the header row {_HEADER_HINT}, then one pair "
+                               "per line")
+        self._header(_decode(self, first, 1))
+        line, offset = 2, f.tell()
+        while True:
+            block = f.read(_BLOCK)
+            if not block:
+                break
+            cut = len(block)
+            if len(block) == _BLOCK and not block.endswith(b"\n"):
+                cut = block.rfind(b"\n") + 1  # the partial last line goes to the next block
+                f.seek(offset + cut)
+            if not cut or not self._fast(block[:cut], line):
+                f.seek(offset)
+                self._slow(f, line)
+                break
+            line += block.count(b"\n", 0, cut)
+            offset = f.tell()
+        if not self.parts:
+            raise self.fail(self.last_line + 1, "no pairs after the header row")
+
+    def _header(self, text: str) -> None:
+        cells = [c.strip() for c in next(csv.reader([text]), [])]
+        shown = ",".join(cells)
+        for c in cells:
+            if c not in COLUMNS:
+                raise self.fail(1, f"unknown column {c!r}: expected the header row {_HEADER_HINT}"
+                                   f", got {shown!r}")
+            if cells.count(c) > 1:
+                raise self.fail(1, f"column {c!r} is given twice in the header row {shown!r}")
+        for c in COLUMNS[:2]:
+            if c not in cells:
+                raise self.fail(1, f"no {c!r} column: expected the header row {_HEADER_HINT}, "
+                                   f"got {shown!r}")
+        self.order = [cells.index(c) for c in COLUMNS if c in cells]
+
+    # ------------------------------------------------------------------ the two parsers
+
+    def _fast(self, block: bytes, line: int) -> bool:
+        """Parse a block of plain ``digits,digits\\n`` lines with numpy; False: not that plain."""
+        if b"\r" in block:
+            block = block.replace(b"\r\n", b"\n")
+        if not block.endswith(b"\n"):
+            block += b"\n"
+        if block.translate(None, b"0123456789,\n") or b"\n\n" in block or block[:1] == b"\n":
+            return False
+        k = len(self.order)
+        arr = np.frombuffer(block, dtype=np.uint8)
+        seps = np.flatnonzero((arr == 44) | (arr == 10))
+        is_nl = arr[seps] == 10
+        if len(seps) % k or not is_nl[k - 1::k].all() or np.count_nonzero(is_nl) * k != len(seps):
+            return False  # not k cells on every line
+        lengths = np.diff(seps, prepend=-1) - 1
+        if lengths.min() < 1 or lengths.max() > 18:  # an empty cell; or beyond int64
+            return False
+        # the block is plain digits and separators, checked above: numpy's C parser reads it
+        values = np.fromstring(block.replace(b"\n", b","), dtype=np.int64, sep=",")
+        if len(values) != len(seps):  # pragma: no cover - cannot happen after the checks
+            return False
+        rows = values.reshape(-1, k)[:, self.order]
+        self._add(rows, np.arange(line, line + len(rows), dtype=np.int64))
+        return True
+
+    def _slow(self, f: BinaryIO, line: int) -> None:
+        """The csv module from ``line`` to the end (quotes, spaces, signs; precise errors)."""
+        k = len(self.order)
+        lines: list[int] = []
+        rows: list[list[int]] = []
+        reader = csv.reader(_text_lines(self, f, line))
+        while True:
+            try:
+                cells = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as e:
+                raise self.fail(line - 1 + reader.line_num, f"not CSV ({e})") from None
+            at = line - 1 + reader.line_num
+            if not cells or (len(cells) == 1 and not cells[0].strip()):
+                continue
+            if len(cells) != k:
+                raise self.fail(at, f"expected {k} cells ({self._names()}), got {len(cells)}")
+            rows.append([self._cell(cells[h], COLUMNS[j], at) for j, h in enumerate(self.order)])
+            lines.append(at)
+            if len(rows) == _BATCH:
+                self._add(np.array(rows, dtype=np.int64), np.array(lines, dtype=np.int64))
+                rows, lines = [], []
+        if rows:
+            self._add(np.array(rows, dtype=np.int64), np.array(lines, dtype=np.int64))
+
+    def _names(self) -> str:
+        return ",".join(COLUMNS[j] for j in np.argsort(self.order))
+
+    def _cell(self, cell: str, column: str, line: int) -> int:
+        m = _CELL.fullmatch(cell)
+        if m is None:
+            shown = cell if len(cell) <= 40 else cell[:37] + "..."
+            raise self.fail(line, f"{column} cell {shown!r} is not an integer")
+        value = int(m.group(1))
+        if not -_INT64 <= value < _INT64:  # beyond int64: out of every range, in no id list
+            self._refuse(column, value, line)
+        return value
+
+    # ------------------------------------------------------------------ checks of a block
+
+    def _add(self, rows: np.ndarray, lines: np.ndarray) -> None:
+        """Check ``rows`` [b, k] (columns in COLUMNS order; row i from line ``lines[i]``), map
+        template ids to rows, and keep them."""
+        for j in range(2):
+            space = self.spaces[j]
+            col = rows[:, j]
+            if isinstance(space, TemplateIds):
+                ids = space.ids.numpy()
+                pos = np.searchsorted(ids, col)
+                found = pos < len(ids)
+                found[found] = ids[pos[found]] == col[found]
+                if not found.all():
+                    i = int(np.argmin(found))
+                    self._refuse(COLUMNS[j], int(col[i]), int(lines[i]))
+                rows[:, j] = pos
+            else:
+                bad = (col < 0) | (col >= space)
+                if bad.any():
+                    i = int(np.argmax(bad))
+                    self._refuse(COLUMNS[j], int(col[i]), int(lines[i]))
+        if rows.shape[1] == 3:
+            bad = (rows[:, 2] != 0) & (rows[:, 2] != 1)
+            if bad.any():
+                i = int(np.argmax(bad))
+                raise self.fail(int(lines[i]), f"same must be 1 or 0, got {int(rows[i, 2])}")
+        self.parts.append(rows)
+        self.last_line = int(lines[-1])
+
+    def _refuse(self, column: str, value: int, line: int) -> None:
+        space = self.spaces[COLUMNS.index(column)]
+        if isinstance(space, TemplateIds):
+            raise self.fail(line, f"template id {value} ({column} column) is not in {space.file}")
+        raise self.fail(line, f"{column} index {value} is out of range [0, {space}) (0-based "
+                              "row of the embedding file)")
+
+    def result(self) -> Pairs:
+        rows = torch.from_numpy(np.concatenate(self.parts))
+        same = rows[:, 2].bool() if rows.shape[1] == 3 else None
+        return Pairs(rows[:, 0].contiguous(), rows[:, 1].contiguous(), same, str(self.path))
+
+
+def _decode(reader: _Reader, raw: bytes, line: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise reader.fail(line, "not UTF-8 text") from None
+
+
+def _text_lines(reader: _Reader, f: BinaryIO, line: int) -> Iterator[str]:
+    """The file's remaining lines, decoded one by one (a bad byte names its line)."""
+    for i, raw in enumerate(f):
+        yield _decode(reader, raw, line + i)
+
+
+# ---------------------------------------------------------------------------------- templates
+
+
+def pool_templates(s: EmbeddingSet, path: str | Path | None = None, *,
+                   templates: torch.Tensor | None = None,
+                   media: torch.Tensor | None = None) -> tuple[EmbeddingSet, torch.Tensor]:
+    """Pool items into templates (IJB protocol): ``(pooled set [T, D] float32, ids [T] int64)``.
+
+    ``templates`` [N] int64 names each item's template, ``media`` [N] int64 (optional) its
+    medium (a video, or a still image). With media: the mean of the items of each medium,
+    then the mean over the template's media; without: the mean of the template's items; then
+    L2-normalised (a zero mean stays zero). Sums in float64, rows as stored (not normalised
+    first). Row t of the pooled set is template ``ids[t]`` (ascending); its label is its
+    items' label (they must agree) and it has no camera. When ``templates`` is not given, the
+    tensors ``templates`` / ``media`` are read from ``path`` (default: the file(s) ``s`` was
+    read from). Memory: O(groups · D) float64, rows read in blocks.
+    """
+    file = str(path) if path is not None else s.name
+    if templates is None:
+        templates, media = _template_tensors(s, path)
+    tpl_ids, tpl = torch.unique(templates, return_inverse=True)
+    if media is not None:
+        groups, grp = torch.unique(torch.stack([tpl, media.long()], 1), dim=0, return_inverse=True)
+        group_tpl = groups[:, 0]
+    else:
+        grp, group_tpl = tpl, torch.arange(len(tpl_ids))
+    pooled = _group_means(s, grp, len(group_tpl))
+    if media is not None:
+        pooled = _means(torch.zeros(len(tpl_ids), s.dim, dtype=torch.float64)
+                        .index_add_(0, group_tpl, pooled), group_tpl, len(tpl_ids))
+    norms = torch.linalg.vector_norm(pooled, dim=1, keepdim=True)
+    pooled = (pooled / norms.clamp_min(torch.finfo(torch.float64).tiny)).float()
+    labels = _template_labels(file, s.labels, tpl, tpl_ids)
+    return EmbeddingSet(pooled, labels, metadata=s.metadata, name=s.name), tpl_ids
+
+
+def _template_tensors(s: EmbeddingSet,
+                      path: str | Path | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``templates`` and ``media`` of ``s`` from ``path`` or from its own file(s)."""
+    if path is not None:
+        sources = [(str(path), s.n)]
+    else:
+        parts = s.parts if isinstance(s, ConcatSet) else [s]
+        files = [source_files(part) for part in parts]
+        if not all(files):
+            raise OptionError(f"templates: {s.name} was not read from a file: give the "
+                              "templates (and media) tensors", param="templates")
+        sources = [(str(f[0]), part.n) for f, part in zip(files, parts)]
+    tpl, med = [], []
+    for file, n in sources:
+        t = read_ids(file, "templates", n)
+        if t is None:
+            raise InputFileError(file, "no 'templates' tensor (int64 [N]: each item's template "
+                                       "id), needed to pool templates")
+        tpl.append(t)
+        med.append(read_ids(file, "media", n))
+    if any(m is None for m in med) and not all(m is None for m in med):
+        lacks = next(f for (f, _), m in zip(sources, med) if m is None)
+        raise InputFileError(lacks, "has no 'media' tensor but another file of the set has one: "
+                                    "give media in every file or in none")
+    media = None if med[0] is None else torch.cat(med)  # type: ignore[arg-type]
+    return torch.cat(tpl), media
+
+
+def _group_means(s: EmbeddingSet, grp: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """Mean row of each group (``grp`` [N] in [0, n_groups)): [n_groups, D] float64."""
+    sums = torch.zeros(n_groups, s.dim, dtype=torch.float64)
+    step = max(1, (64 << 20) // (8 * s.dim))
+    for a in range(0, s.n, step):
+        sums.index_add_(0, grp[a:a + step], s.rows(a, min(a + step, s.n)).double())
+    return _means(sums, grp, n_groups)
+
+
+def _means(sums: torch.Tensor, members: torch.Tensor, n: int) -> torch.Tensor:
+    counts = torch.bincount(members, minlength=n).clamp_min(1)
+    return sums / counts[:, None].double()
+
+
+def _template_labels(file: str, labels: torch.Tensor, tpl: torch.Tensor,
+                     tpl_ids: torch.Tensor) -> torch.Tensor:
+    """Each template's label; a template whose items disagree raises InputFileError."""
+    big = torch.iinfo(torch.int64)
+    lo = torch.full((len(tpl_ids),), big.max).scatter_reduce(0, tpl, labels, "amin")
+    hi = torch.full((len(tpl_ids),), big.min).scatter_reduce(0, tpl, labels, "amax")
+    bad = torch.nonzero(lo != hi).flatten()
+    if len(bad):
+        t = int(bad[0])
+        raise InputFileError(file, f"template {int(tpl_ids[t])} has items with different labels "
+                                   f"({int(lo[t])} and {int(hi[t])}): a template is one identity")
+    return lo
+
+
+# ---------------------------------------------------------------------------------- scores
+
+#: pairs from which the compiled kernel scores them (below, the torch path: no compile wait)
+COMPILED_PAIRS = 1 << 16
+
+
+def pair_scores(query: EmbeddingSet | torch.Tensor, gallery: EmbeddingSet | torch.Tensor,
+                qidx: torch.Tensor, gidx: torch.Tensor, metric: str = "cosine", *,
+                block_rows: int | None = None, compiled: bool | None = None) -> torch.Tensor:
+    """Canonical scores of the listed pairs ``(qidx[m], gidx[m])``: [P] float32.
+
+    Bit-identical to ``transform(canonical_dot(q, g), aux(q), aux(g))`` and so to the scores
+    of the all-pairs engine. The query rows are held in memory; the gallery is read in blocks
+    of ``block_rows`` rows (default: 64 MB), each pair scored in the block holding its gallery
+    row. ``compiled``: the numba kernel (default: when installed, from ``COMPILED_PAIRS``
+    pairs). Raises :class:`InputFileError` on non-finite scores.
+    """
+    check_metric(metric)
+    q = _as_set(query, "query")
+    g = _as_set(gallery, "gallery")
+    _check_indices(qidx, gidx, q.n, g.n)  # the compiled kernel does not check bounds
+    qemb = q.embeddings
+    qa = aux(qemb, metric)
+    if compiled is None:
+        compiled = len(qidx) >= COMPILED_PAIRS and plan.compiled_available()
+    out = torch.empty(len(qidx), dtype=torch.float32)
+    ga = torch.empty(g.n, dtype=torch.float32)
+    by_gallery = torch.argsort(gidx, stable=True)
+    g_sorted = gidx[by_gallery]
+    step = block_rows or max(1, (64 << 20) // (4 * g.dim))
+    for a in range(0, g.n, step):
+        block = g.rows(a, min(a + step, g.n))
+        ga[a:a + len(block)] = aux(block, metric)
+        lo, hi = (int(x) for x in torch.searchsorted(g_sorted, torch.tensor([a, a + len(block)])))
+        sel = by_gallery[lo:hi]
+        out[sel] = _block_scores(qemb, qa, block, ga, a, qidx[sel], gidx[sel], metric, compiled)
+    check_finite_scores(out, q.name, g.name, "pair ")
+    return out
+
+
+def _check_indices(qidx: torch.Tensor, gidx: torch.Tensor, nq: int, ng: int) -> None:
+    if qidx.shape != gidx.shape or qidx.dim() != 1:
+        raise ValueError(f"qidx {list(qidx.shape)} and gidx {list(gidx.shape)} must be [P]")
+    for name, idx, n in (("qidx", qidx, nq), ("gidx", gidx, ng)):
+        if idx.dtype != torch.int64:
+            raise ValueError(f"{name} must be int64, got {idx.dtype}")
+        if len(idx) and not (int(idx.min()) >= 0 and int(idx.max()) < n):
+            raise ValueError(f"{name} holds indices outside [0, {n})")
+
+
+def _as_set(x: EmbeddingSet | torch.Tensor, name: str) -> EmbeddingSet:
+    if isinstance(x, EmbeddingSet):
+        return x
+    return EmbeddingSet(x, torch.full((len(x),), -1, dtype=torch.int64), name=f"<{name}>")
+
+
+def _block_scores(qemb: torch.Tensor, qa: torch.Tensor, block: torch.Tensor, ga: torch.Tensor,
+                  g0: int, q: torch.Tensor, g: torch.Tensor, metric: str, compiled: bool,
+                  chunk: int = 16384) -> torch.Tensor:
+    """Scores of pairs (q[m], g[m]) whose gallery rows ``g0 + ...`` are in ``block``: [M]."""
+    if compiled:
+        from embeval.engine import kernels  # numba: loaded only when needed
+
+        out = torch.empty(len(q), dtype=torch.float32)
+        kernels.pair_scores(qemb.numpy(), block.numpy(), q.contiguous().numpy(),
+                            g.contiguous().numpy(), g0, qa.numpy(), ga.numpy(),
+                            METRIC_CODES[metric], out.numpy())
+        return out
+    dot = torch.cat([canonical_dot(qemb[q[c:c + chunk]], block[g[c:c + chunk] - g0])
+                     for c in range(0, len(q), chunk)] or [torch.empty(0)])
+    return transform(dot, qa[q], ga[g], metric)
+
+
+def trial_labels(pairs: Pairs, query_labels: torch.Tensor,
+                 gallery_labels: torch.Tensor) -> torch.Tensor:
+    """Genuine flags of the trials: [P] bool. The ``same`` column where the file has one, else
+    equal labels; an unknown label (< 0) is never genuine."""
+    if pairs.same is not None:
+        return pairs.same.clone()
+    ql, gl = query_labels[pairs.query], gallery_labels[pairs.gallery]
+    return (ql == gl) & (ql >= 0)
+
+
+# ---------------------------------------------------------------------------------- folds
+
+
+class FoldAccuracy(NamedTuple):
+    """LFW-protocol accuracy: mean and population std (ddof 0) over folds, fractions in [0, 1];
+    each fold's accuracy and the threshold chosen on the other folds."""
+
+    mean: float
+    std: float
+    accuracies: list[float]
+    thresholds: list[float]
+
+
+def fold_accuracy(scores: torch.Tensor, genuine: torch.Tensor, folds: int = 10) -> FoldAccuracy:
+    """Accuracy of listed trials by ``folds``-fold cross-validation of the threshold (LFW).
+
+    Fold i holds trials ``[i·P // folds, (i + 1)·P // folds)`` as listed. Its threshold is
+    the one most accurate on the other folds (accept iff score ≥ threshold; candidates: every
+    distinct score of those folds, and +inf; among equally accurate candidates the highest);
+    its accuracy is (genuine accepted + impostors rejected) / fold size. ``scores`` [P]
+    float (finite), ``genuine`` [P] bool. Exact counts; one sort, then O(P) per fold.
+    """
+    n = len(scores)
+    if isinstance(folds, bool) or not isinstance(folds, int) or not 2 <= folds <= n:
+        raise OptionError(f"folds: need an integer from 2 to the number of pairs ({n}), got "
+                          f"{folds!r}", param="folds")
+    if len(genuine) != n:
+        raise ValueError(f"scores ({n}) and genuine ({len(genuine)}) differ in length")
+    if not bool(torch.isfinite(scores).all()):
+        raise ValueError("scores must be finite")
+    genuine = genuine.bool()
+    order = torch.argsort(scores)  # once: each fold's training trials in score order
+    accs, thresholds = [], []
+    for i in range(folds):
+        lo, hi = i * n // folds, (i + 1) * n // folds
+        train = order[(order < lo) | (order >= hi)]
+        t = _best_threshold(scores[train], genuine[train])
+        s, gen = scores[lo:hi], genuine[lo:hi]
+        right = int(((s >= t) & gen).sum()) + int(((s < t) & ~gen).sum())
+        accs.append(right / (hi - lo))
+        thresholds.append(float(t))
+    acc = torch.tensor(accs, dtype=torch.float64)
+    return FoldAccuracy(float(acc.mean()), float(acc.std(correction=0)), accs, thresholds)
+
+
+def _best_threshold(s: torch.Tensor, gen: torch.Tensor) -> torch.Tensor:
+    """The candidate threshold (a distinct score, or +inf) with the most right decisions on
+    these trials (``s`` ascending; the highest among ties), as a 0-d tensor of ``s``' dtype."""
+    gen_below = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(gen, 0)])
+    imp_below = torch.arange(len(s) + 1) - gen_below
+    first = torch.ones(len(s) + 1, dtype=torch.bool)  # position j: candidate s[j] (+inf at end)
+    first[1:-1] = s[1:] != s[:-1]
+    at = torch.nonzero(first).flatten()
+    right = (gen_below[-1] - gen_below[at]) + imp_below[at]
+    best = at[len(at) - 1 - int(torch.argmax(right.flip(0)))]
+    if best == len(s):
+        return torch.tensor(float("inf"), dtype=s.dtype)
+    return s[best]
