@@ -3,7 +3,11 @@ applies the definition literally: every candidate threshold is scanned (DESIGN.m
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -203,3 +207,63 @@ def test_metrics_of_merged_gallery_shards_equal_whole_run() -> None:
     whole = identify(q, g, fpirs=[0.1, 0.25], ks=[1, 5], metric="inner", device="cpu")
     same(identification_metrics(merged, fpirs=[0.1, 0.25], ks=[1, 5]), whole.metrics)
     assert whole.metrics["n_nonmated"] > 4
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Integer embeddings (exact inner products, ties): 60 probes, about a third non-mated."""
+    d = tmp_path_factory.mktemp("identify")
+    gen = torch.Generator().manual_seed(11)
+    qe, ge = torch.randint(-2, 3, (60, 3), generator=gen), torch.randint(-2, 3, (25, 3), generator=gen)
+    ql, gl = torch.randint(-1, 12, (60,), generator=gen), torch.randint(0, 8, (25,), generator=gen)
+    return {"q": embeval.save(d / "q.safetensors", qe.float(), ql),
+            "g": embeval.save(d / "g.safetensors", ge.float(), gl),
+            "want": brute_force(qe.tolist(), ql.tolist(), ge.tolist(), gl.tolist(),
+                                fpirs=[0.05, 0.1, 0.5], ks=[1, 3])}
+
+
+def test_cli_json_equals_brute_force(files: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    from helpers.cli import cli_run
+
+    res = cli_run(capsys, "identify", files["q"], files["g"], "--metric", "inner", "--fpir",
+                  "0.05", "0.1", "0.5", "-k", "3", "--device", "cpu", "--json")
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout)
+    same(data["metrics"], files["want"])  # 0.05 < 1/15: omitted
+    assert data["command"] == "identify" and data["options"]["fpir_rule"] == "embeval"
+    assert data["n_valid"] == files["want"]["n_mated"] > 0 and files["want"]["n_nonmated"] == 15
+    assert "TPIR@FPIR=0.05" not in data["metrics"] and data["metrics"]["TPIR@FPIR=0.1,rank3"] > 0
+    res = cli_run(capsys, "identify", files["q"], files["g"], "--fpir", "0.1", "1.5")
+    assert (res.returncode, res.stdout) == (2, "")
+    assert res.stderr == "embeval: error: --fpir 1.5: must be between 0 and 1 (exclusive)\n"
+
+
+EXE = shutil.which("embeval")
+
+
+@pytest.mark.skipif(EXE is None, reason="the embeval console script is not installed")
+def test_installed_command(files: dict, tmp_path) -> None:
+    """Through the installed command: the table, --fpir-rule insightface in JSON, one-line errors."""
+    def run(*args: object) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([EXE, "identify", files["q"], files["g"], "--metric", "inner",
+                               "--device", "cpu", *map(str, args)], capture_output=True, text=True,
+                              timeout=300, env={**os.environ, "COLUMNS": "120"})
+
+    res = run("--fpir", "0.1", "0.5", "-k", "3")
+    assert res.returncode == 0 and res.stderr == "", res.stderr
+    assert "TPIR@FPIR=0.1,rank3" in res.stdout and "threshold@FPIR=0.5" in res.stdout
+    assert f"({files['want']['n_mated']} mated, {files['want']['n_nonmated']} non-mated)" in res.stdout
+    res = run("--fpir", "0.05", "0.5", "--fpir-rule", "insightface", "-k", "3", "--json")
+    want = brute_force(*_load(files), fpirs=[0.05, 0.5], ks=[3], rule="insightface")
+    same(json.loads(res.stdout)["metrics"], want)
+    for bad, line in [(["--fpir", "0"], "embeval: error: --fpir 0: must be between 0 and 1 "
+                                        "(exclusive)\n"),
+                      (["--shard", "0/2"], "embeval: error: --shard: embeval identify runs whole "
+                                           "(no array-job shards yet)\n")]:
+        res = run(*bad)
+        assert (res.returncode, res.stdout, res.stderr) == (2, "", line)
+
+
+def _load(files: dict) -> tuple:
+    q, g = embeval.load(files["q"]), embeval.load(files["g"])
+    return (q.embeddings.tolist(), q.labels.tolist(), g.embeddings.tolist(), g.labels.tolist())
