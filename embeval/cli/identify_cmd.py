@@ -95,6 +95,7 @@ def _run(query: Path, gallery: list[Path], options: EvalOptions, ks: list[int],
     note = (f"{result.n_query} queries ({result.n_mated} mated, {result.n_nonmated} non-mated) × "
             f"{result.n_gallery} gallery items · TPIR/rank over mated queries, FPIR over "
             f"non-mated · {result.elapsed_s:.2f}s")
-    render("identify", result, ks, as_json=as_json, extra=extra, keys=list(result.metrics),
-           note=note)  # type: ignore[arg-type]  # IdentifyResult: EvalResult's rendered fields
+    # IdentifyResult has the fields that render reads of an EvalResult
+    render("identify", result, ks, as_json=as_json, extra=extra,  # type: ignore[arg-type]
+           keys=list(result.metrics), note=note)
     sys.stdout.flush()
