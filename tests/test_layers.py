@@ -19,10 +19,12 @@ ALLOWED: dict[str, set[str]] = {
     "metrics": {"engine"},
     "evaluate": {"data", "engine", "metrics"},
     "results": {"data", "engine", "metrics", "evaluate"},
+    "verification": {"data", "engine", "metrics", "evaluate"},
     "extract": {"data", "engine", "evaluate"},
     "train": {"data", "engine", "metrics", "evaluate", "extract", "results"},
-    "cli": {"data", "engine", "metrics", "evaluate", "results", "extract", "train"},
-    "facade": {"data", "engine", "metrics", "evaluate", "results", "extract", "train", "cli"},
+    "cli": {"data", "engine", "metrics", "evaluate", "results", "extract", "train", "verification"},
+    "facade": {"data", "engine", "metrics", "evaluate", "results", "extract", "train", "cli",
+               "verification"},
 }
 
 

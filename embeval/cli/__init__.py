@@ -23,6 +23,7 @@ from . import (
     _help,  # noqa: F401  (click's usage conventions in the help of this Typer version)
     evaluate_cmds,  # noqa: F401  (registers score, knn, cmc, pr)
     extract_cmd,  # noqa: F401  (registers extract)
+    identify_cmd,  # noqa: F401  (registers identify)
     merge_cmd,  # noqa: F401  (registers merge)
     train_cmd,  # noqa: F401  (registers train)
 )
@@ -45,8 +46,10 @@ try:  # Typer >= 0.22 ships its own copy of click
 except ImportError:  # pragma: no cover - older Typer uses click itself
     from click import exceptions as _click_errors  # type: ignore[no-redef]
 
-MULTI_VALUE = {"-k", "--k"}  # `-k 1 5 10` means `-k 1 -k 5 -k 10`
+MULTI_VALUE = {"-k", "--k", "--fpir"}  # `-k 1 5 10` means `-k 1 -k 5 -k 10`
 _INT = re.compile(r"^[+-]?\d+$")
+_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+FLOAT_VALUED = {"--fpir"}  # multi-value flags whose values are decimals (1e-3 0.01)
 
 
 def expand_multi(argv: list[str]) -> list[str]:
@@ -54,7 +57,7 @@ def expand_multi(argv: list[str]) -> list[str]:
     out: list[str] = []
     flag, taken = None, 0
     for arg in argv:
-        if flag and _INT.match(arg):
+        if flag and (_INT.match(arg) or flag in FLOAT_VALUED and _FLOAT.match(arg)):
             out += [flag, arg]
             taken += 1
             continue

@@ -18,10 +18,12 @@ KEYS = {
     "pr": lambda ks: ["mAP", "maxF1", "P@maxF1", "R@maxF1", "T@maxF1"],
 }
 SCORES = {"hard_pos", "hard_neg", "T@maxF1"}  # similarity scores, not fractions
+SCORE_PREFIXES = ("threshold@",)  # identify: threshold@FPIR=f (a score)
+COUNTS = {"n_mated", "n_nonmated"}  # integers, shown as such
 
 
-def _clean(x: float) -> float | None:
-    return None if math.isnan(x) or math.isinf(x) else x
+def _clean(x: float | None) -> float | None:
+    return None if x is None or math.isnan(x) or math.isinf(x) else x
 
 
 def _approximate(result: EvalResult) -> bool:
@@ -29,9 +31,11 @@ def _approximate(result: EvalResult) -> bool:
     return str(result.options.get("precision", "fp32")) != "fp32"
 
 
-def payload(command: str, result: EvalResult, ks: list[int], extra: dict | None = None) -> dict:
-    """The ``--json`` object of DESIGN.md section 5 (NaN → null)."""
-    metrics = {k: _clean(result.metrics[k]) for k in KEYS[command](ks)}
+def payload(command: str, result: EvalResult, ks: list[int], extra: dict | None = None,
+            keys: list[str] | None = None) -> dict:
+    """The ``--json`` object of DESIGN.md section 5 (NaN → null); ``keys``: the metrics shown
+    (default: the command's :data:`KEYS`)."""
+    metrics = {k: _clean(result.metrics[k]) for k in (keys or KEYS[command](ks))}
     out = {"command": command, "metric": result.stats.metric, "n_query": result.n_query,
            "n_gallery": result.n_gallery, "n_valid": result.n_valid}
     out.update(extra or {})
@@ -43,9 +47,10 @@ def payload(command: str, result: EvalResult, ks: list[int], extra: dict | None 
 
 
 def render(command: str, result: EvalResult, ks: list[int], *, as_json: bool,
-           extra: dict | None = None) -> None:
-    """Print the result on stdout: one JSON object, or a table."""
-    data = payload(command, result, ks, extra)
+           extra: dict | None = None, keys: list[str] | None = None,
+           note: str | None = None) -> None:
+    """Print the result on stdout: one JSON object, or a table (``note``: its last line)."""
+    data = payload(command, result, ks, extra, keys)
     if as_json:
         print(json.dumps(data))
         return
@@ -55,6 +60,8 @@ def render(command: str, result: EvalResult, ks: list[int], *, as_json: bool,
         protocol.append(f"aggregate {opts['aggregate']}")
     title = (f"embeval {command} · {data['metric']}"
              + (f" · k={extra['k']}" if extra and "k" in extra else "")
+             + (f" · --fpir-rule {extra['fpir_rule']}" if extra and extra.get("fpir_rule")
+                not in (None, "embeval") else "")
              + (f" · {', '.join(protocol)}" if protocol else "")
              + (f" · {opts['precision']} (approximate)" if data["approximate"] else ""))
     table = Table(title=title, title_justify="left", show_edge=False)
@@ -63,16 +70,19 @@ def render(command: str, result: EvalResult, ks: list[int], *, as_json: bool,
     for key, value in data["metrics"].items():
         if value is None:
             shown = "n/a"
-        elif key in SCORES:
+        elif key in SCORES or key.startswith(SCORE_PREFIXES):
             shown = f"{value:.4f}"
+        elif key in COUNTS:
+            shown = f"{value:d}"
         else:
             shown = f"{100 * value:.2f}%"
         table.add_row(key, shown)
     stdout.print(table)
-    skipped = result.n_query - result.n_valid
-    note = (f"{result.n_query} queries × {result.n_gallery} gallery items · {result.n_valid} with "
-            f"positives" + (f" ({skipped} without: " + ("skipped" if opts.get("no_positive") == "skip"
-                                                        else "counted as 0") + " for rank/mAP)"
-                            if skipped else "")
-            + f" · {result.elapsed_s:.2f}s")
+    if note is None:
+        skipped = result.n_query - result.n_valid
+        note = (f"{result.n_query} queries × {result.n_gallery} gallery items · {result.n_valid} with "
+                f"positives" + (f" ({skipped} without: " + ("skipped" if opts.get("no_positive") == "skip"
+                                                            else "counted as 0") + " for rank/mAP)"
+                                if skipped else "")
+                + f" · {result.elapsed_s:.2f}s")
     stdout.print(note, style="dim", highlight=False)
