@@ -19,7 +19,7 @@ ALLOWED: dict[str, set[str]] = {
     "metrics": {"engine"},
     "evaluate": {"data", "engine", "metrics"},
     "results": {"data", "engine", "metrics", "evaluate"},
-    "verification": {"data", "engine", "metrics", "evaluate"},
+    "verification": {"data", "engine", "metrics", "evaluate", "results"},
     "extract": {"data", "engine", "evaluate"},
     "train": {"data", "engine", "metrics", "evaluate", "extract", "results"},
     "cli": {"data", "engine", "metrics", "evaluate", "results", "extract", "train", "verification"},

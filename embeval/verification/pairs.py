@@ -34,15 +34,8 @@ import torch
 
 from embeval.data.concat import ConcatSet, source_files
 from embeval.data.store import EmbeddingSet, read_ids
-from embeval.engine import plan
-from embeval.engine.similarity import (
-    METRIC_CODES,
-    aux,
-    canonical_dot,
-    check_finite_scores,
-    check_metric,
-    transform,
-)
+from embeval.engine.exact import dot_bound, pair_dots
+from embeval.engine.similarity import aux, check_finite_scores, check_metric, row_norms, transform
 from embeval.errors import InputFileError, OptionError
 
 __all__ = ["Pairs", "TemplateIds", "FoldAccuracy", "read_pairs", "pool_templates", "pair_scores",
@@ -383,40 +376,37 @@ def _template_labels(file: str, labels: torch.Tensor, tpl: torch.Tensor,
 
 # ---------------------------------------------------------------------------------- scores
 
-#: pairs from which the compiled kernel scores them (below, the torch path: no compile wait)
-COMPILED_PAIRS = 1 << 16
-
-
 def pair_scores(query: EmbeddingSet | torch.Tensor, gallery: EmbeddingSet | torch.Tensor,
                 qidx: torch.Tensor, gidx: torch.Tensor, metric: str = "cosine", *,
-                block_rows: int | None = None, compiled: bool | None = None) -> torch.Tensor:
-    """Canonical scores of the listed pairs ``(qidx[m], gidx[m])``: [P] float32.
+                block_rows: int | None = None) -> torch.Tensor:
+    """Scores of the listed pairs ``(qidx[m], gidx[m])``: [P] float32.
 
-    Bit-identical to ``transform(canonical_dot(q, g), aux(q), aux(g))`` and so to the scores
-    of the all-pairs engine. The query rows are held in memory; the gallery is read in blocks
-    of ``block_rows`` rows (default: 64 MB), each pair scored in the block holding its gallery
-    row. ``compiled``: the numba kernel (default: when installed, from ``COMPILED_PAIRS``
-    pairs). Raises :class:`InputFileError` on non-finite scores.
+    The float32 transform of the correctly rounded dot product (:mod:`embeval.engine.exact`),
+    bit-identical to the trial scores of the all-pairs pass (``embeval verify`` without
+    ``--pairs``). The query rows are held in memory; the gallery is read in blocks of
+    ``block_rows`` rows (default: 64 MB), each pair scored in the block holding its gallery
+    row. Raises :class:`InputFileError` on non-finite scores.
     """
     check_metric(metric)
     q = _as_set(query, "query")
     g = _as_set(gallery, "gallery")
-    _check_indices(qidx, gidx, q.n, g.n)  # the compiled kernel does not check bounds
+    _check_indices(qidx, gidx, q.n, g.n)
     qemb = q.embeddings
-    qa = aux(qemb, metric)
-    if compiled is None:
-        compiled = len(qidx) >= COMPILED_PAIRS and plan.compiled_available()
+    qnorm = row_norms(qemb)
+    qa = aux(qemb, metric, qnorm)
     out = torch.empty(len(qidx), dtype=torch.float32)
-    ga = torch.empty(g.n, dtype=torch.float32)
     by_gallery = torch.argsort(gidx, stable=True)
     g_sorted = gidx[by_gallery]
     step = block_rows or max(1, (64 << 20) // (4 * g.dim))
     for a in range(0, g.n, step):
         block = g.rows(a, min(a + step, g.n))
-        ga[a:a + len(block)] = aux(block, metric)
+        gnorm = row_norms(block)
+        ga = aux(block, metric, gnorm)
         lo, hi = (int(x) for x in torch.searchsorted(g_sorted, torch.tensor([a, a + len(block)])))
         sel = by_gallery[lo:hi]
-        out[sel] = _block_scores(qemb, qa, block, ga, a, qidx[sel], gidx[sel], metric, compiled)
+        qi, gi = qidx[sel], gidx[sel] - a
+        dots = pair_dots(qemb[qi], block[gi], dot_bound(qnorm[qi] * gnorm[gi], 1.0, g.dim))
+        out[sel] = transform(dots, qa[qi], ga[gi], metric)
     check_finite_scores(out, q.name, g.name, "pair ")
     return out
 
@@ -435,23 +425,6 @@ def _as_set(x: EmbeddingSet | torch.Tensor, name: str) -> EmbeddingSet:
     if isinstance(x, EmbeddingSet):
         return x
     return EmbeddingSet(x, torch.full((len(x),), -1, dtype=torch.int64), name=f"<{name}>")
-
-
-def _block_scores(qemb: torch.Tensor, qa: torch.Tensor, block: torch.Tensor, ga: torch.Tensor,
-                  g0: int, q: torch.Tensor, g: torch.Tensor, metric: str, compiled: bool,
-                  chunk: int = 16384) -> torch.Tensor:
-    """Scores of pairs (q[m], g[m]) whose gallery rows ``g0 + ...`` are in ``block``: [M]."""
-    if compiled:
-        from embeval.engine import kernels  # numba: loaded only when needed
-
-        out = torch.empty(len(q), dtype=torch.float32)
-        kernels.pair_scores(qemb.numpy(), block.numpy(), q.contiguous().numpy(),
-                            g.contiguous().numpy(), g0, qa.numpy(), ga.numpy(),
-                            METRIC_CODES[metric], out.numpy())
-        return out
-    dot = torch.cat([canonical_dot(qemb[q[c:c + chunk]], block[g[c:c + chunk] - g0])
-                     for c in range(0, len(q), chunk)] or [torch.empty(0)])
-    return transform(dot, qa[q], ga[g], metric)
 
 
 def trial_labels(pairs: Pairs, query_labels: torch.Tensor,
