@@ -31,7 +31,11 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
     from embeval.extract.embed import embed, evaluate_model
     from embeval.options import EvalOptions
     from embeval.results.partials import merge_partials
+    from embeval.engine.trial_pass import trial_stats
+    from embeval.engine.trials import VerifyStats
     from embeval.results.writers import write_curves, write_per_query, write_pr_plot, write_predictions
+    from embeval.verification.identify import IdentifyResult, identify
+    from embeval.verification.verify import VerifyResult, verify
 
 __version__ = "0.1.0"
 
@@ -49,12 +53,16 @@ _LAZY: dict[str, str | None] = {
     "EvalOptions": "options", "merge_partials": "results.partials",
     "write_per_query": "results.writers", "write_predictions": "results.writers",
     "write_curves": "results.writers", "write_pr_plot": "results.writers",
+    "verify": "verification.verify", "VerifyResult": "verification.verify",
+    "identify": "verification.identify", "IdentifyResult": "verification.identify",
+    "VerifyStats": "engine.trials", "trial_stats": "engine.trial_pass",
 }
 
 __all__ = [
     "EmbeddingSet", "load", "load_many", "ConcatSet", "save",
     "evaluate", "evaluation_stats", "summarize", "EvalResult", "EvalOptions", "aggregate_mean",
-    "embed", "evaluate_model",
+    "embed", "evaluate_model", "verify", "VerifyResult", "identify", "IdentifyResult",
+    "VerifyStats", "trial_stats",
     "merge_partials", "write_per_query", "write_predictions", "write_curves", "write_pr_plot",
     "rank_stats", "RankStats", "Protocol", "positive_pairs", "scores", "METRICS", "metrics",
     "EmbevalError", "InputFileError", "OptionError", "__version__",

@@ -26,6 +26,7 @@ from . import (
     identify_cmd,  # noqa: F401  (registers identify)
     merge_cmd,  # noqa: F401  (registers merge)
     train_cmd,  # noqa: F401  (registers train)
+    verify_cmd,  # noqa: F401  (registers verify)
 )
 from ._app import app
 from ._lazy import LazyModule
@@ -46,10 +47,10 @@ try:  # Typer >= 0.22 ships its own copy of click
 except ImportError:  # pragma: no cover - older Typer uses click itself
     from click import exceptions as _click_errors  # type: ignore[no-redef]
 
-MULTI_VALUE = {"-k", "--k", "--fpir"}  # `-k 1 5 10` means `-k 1 -k 5 -k 10`
+MULTI_VALUE = {"-k", "--k", "--fpir", "--far"}  # `-k 1 5 10` means `-k 1 -k 5 -k 10`
 _INT = re.compile(r"^[+-]?\d+$")
 _FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
-FLOAT_VALUED = {"--fpir"}  # multi-value flags whose values are decimals (1e-3 0.01)
+FLOAT_VALUED = {"--fpir", "--far"}  # multi-value flags whose values are decimals (1e-3 0.01)
 
 
 def expand_multi(argv: list[str]) -> list[str]:

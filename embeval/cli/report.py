@@ -17,9 +17,9 @@ KEYS = {
     "cmc": lambda ks: [*(f"rank{k}" for k in ks), "mAP", "mINP"],
     "pr": lambda ks: ["mAP", "maxF1", "P@maxF1", "R@maxF1", "T@maxF1"],
 }
-SCORES = {"hard_pos", "hard_neg", "T@maxF1"}  # similarity scores, not fractions
-SCORE_PREFIXES = ("threshold@",)  # identify: threshold@FPIR=f (a score)
-COUNTS = {"n_mated", "n_nonmated"}  # integers, shown as such
+SCORES = {"hard_pos", "hard_neg", "T@maxF1", "EER_threshold"}  # similarity scores, not fractions
+SCORE_PREFIXES = ("threshold@",)  # threshold@FPIR=f, threshold@FAR=f (scores)
+COUNTS = {"n_mated", "n_nonmated", "n_genuine", "n_impostor"}  # integers, shown as such
 
 
 def _clean(x: float | None) -> float | None:
@@ -37,7 +37,9 @@ def payload(command: str, result: EvalResult, ks: list[int], extra: dict | None 
     (default: the command's :data:`KEYS`)."""
     metrics = {k: _clean(result.metrics[k]) for k in (keys or KEYS[command](ks))}
     out = {"command": command, "metric": result.stats.metric, "n_query": result.n_query,
-           "n_gallery": result.n_gallery, "n_valid": result.n_valid}
+           "n_gallery": result.n_gallery}
+    if hasattr(result, "n_valid"):
+        out["n_valid"] = result.n_valid
     out.update(extra or {})
     out["approximate"] = _approximate(result)
     out["metrics"] = metrics

@@ -1,0 +1,159 @@
+"""``verify``: every trial of two embedding sets (or the listed ones) → ROC, TAR@FAR, EER, AUC.
+
+>>> import torch, embeval
+>>> q = embeval.EmbeddingSet(torch.eye(2), torch.tensor([0, 1]))
+>>> g = embeval.EmbeddingSet(torch.tensor([[1., 0.], [0., 1.], [.6, .8]]), torch.tensor([0, 1, 1]))
+>>> res = embeval.verify(q, g, fars=(0.5,), device="cpu")
+>>> res.metrics["TAR@FAR=0.5"], res.metrics["AUC"], res.metrics["n_impostor"]
+(1.0, 1.0, 3)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from embeval.data.store import EmbeddingSet
+from embeval.engine import Protocol, positive_pairs
+from embeval.engine.rank import Progress
+from embeval.engine.trial_pass import trial_stats
+from embeval.engine.trials import VerifyStats
+from embeval.errors import OptionError
+from embeval.options import EvalOptions
+from embeval.verification import pairs as P
+from embeval.verification.roc import (
+    DEFAULT_FARS,
+    FAR_RULES,
+    Curve,
+    check_fars,
+    curve,
+    verification_metrics,
+)
+
+__all__ = ["VerifyResult", "verify", "NEAREST_LIMIT"]
+
+#: all-pairs runs up to this many trials can use ``far_rule="nearest"`` (it needs every score)
+NEAREST_LIMIT = 1 << 25
+
+
+@dataclass
+class VerifyResult:
+    """Metrics (fractions in [0, 1]; thresholds are scores; counts), the trial statistics,
+    the options that shaped them, and the LFW folds when asked for."""
+
+    metrics: dict[str, float]
+    stats: VerifyStats
+    n_query: int
+    n_gallery: int
+    options: dict[str, object] = field(default_factory=dict)
+    folds: P.FoldAccuracy | None = None
+    elapsed_s: float = 0.0
+
+    def curve(self) -> Curve:
+        """The exact ROC points (:func:`embeval.verification.roc.curve`)."""
+        return curve(self.stats)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in self.metrics.items())
+        return f"VerifyResult({shown})"
+
+
+def verify(
+    query: EmbeddingSet,
+    gallery: EmbeddingSet,
+    options: EvalOptions | None = None,
+    *,
+    fars: Sequence[float] = DEFAULT_FARS,
+    far_rule: str = "step",
+    pairs: str | Path | None = None,
+    templates: bool = False,
+    folds: int | None = None,
+    progress: Progress | None = None,
+    **overrides: Any,
+) -> VerifyResult:
+    """Verification metrics of ``query`` × ``gallery`` (see :mod:`embeval.verification.roc`).
+
+    Without ``pairs`` every (query, gallery) pair left by the protocol (``exclude_self``,
+    ``exclude_same_camera``) is a trial, genuine when both labels are the same known label,
+    counted in one streamed pass. ``pairs``: a CSV file of listed trials
+    (:func:`embeval.verification.pairs.read_pairs`). ``templates``: pool items by their file's
+    ``templates`` (and ``media``) tensors first; pairs then name template ids. ``folds``: the
+    LFW protocol on the listed pairs (``accuracy``, ``accuracy_std``). ``far_rule``: ``step``
+    or ``nearest`` (insightface; needs every score: listed pairs, or up to
+    :data:`NEAREST_LIMIT` trials). ``options`` / ``overrides``: :class:`EvalOptions` fields.
+    """
+    t0 = time.perf_counter()
+    o = EvalOptions.build(options, **overrides)
+    fars = check_fars(fars)
+    if far_rule not in FAR_RULES:
+        raise OptionError(f"far_rule: unknown rule {far_rule!r} ({', '.join(FAR_RULES)})",
+                          param="far_rule")
+    if o.aggregate != "none":
+        raise OptionError("aggregate: verification compares items (or --templates), not class "
+                          "means", param="aggregate")
+    if folds is not None and pairs is None:
+        raise OptionError("folds: the LFW protocol splits listed pairs: give pairs too",
+                          param="folds")
+    if templates:
+        same = query is gallery
+        query, q_ids = P.pool_templates(query)
+        gallery, g_ids = (query, q_ids) if same else P.pool_templates(gallery)
+    fold_result = None
+    scores = None
+    if pairs is not None:
+        if o.exclude_self or o.exclude_same_camera:
+            raise OptionError("exclude_self / exclude_same_camera: listed pairs are the trials "
+                              "as listed", param=("exclude_self", "exclude_same_camera"))
+        spaces = ((P.TemplateIds(q_ids, query.name), P.TemplateIds(g_ids, gallery.name))
+                  if templates else (query.n, gallery.n))
+        listed = P.read_pairs(pairs, *spaces)
+        s = P.pair_scores(query, gallery, listed.query, listed.gallery, o.metric)
+        genuine = P.trial_labels(listed, query.labels, gallery.labels)
+        scores = (s[genuine], s[~genuine])
+        stats = VerifyStats.from_scores(*scores, o.metric)
+        if folds is not None:
+            fold_result = P.fold_accuracy(s, genuine, folds)
+    else:
+        protocol = Protocol(o.exclude_same_camera, o.exclude_self)
+        stats = trial_stats(query, gallery, metric=o.metric, protocol=protocol, device=o.device,
+                            precision=o.precision, memory=o.memory, block_size=o.block_size,
+                            backend=o.backend, progress=progress)
+        if far_rule == "nearest":
+            scores = _all_scores(query, gallery, o.metric, protocol)
+    metrics = verification_metrics(stats, fars, far_rule=far_rule, scores=scores)
+    if fold_result is not None:
+        metrics["accuracy"] = fold_result.mean
+        metrics["accuracy_std"] = fold_result.std
+    opts: dict[str, object] = {**o.result_options(), "far_rule": far_rule, "templates": templates,
+                               "pairs": str(pairs) if pairs is not None else None, "folds": folds}
+    opts.pop("aggregate")
+    opts.pop("no_positive")
+    return VerifyResult(metrics, stats, query.n, gallery.n, opts, fold_result,
+                        time.perf_counter() - t0)
+
+
+def _all_scores(query: EmbeddingSet, gallery: EmbeddingSet, metric: str,
+                protocol: Protocol) -> tuple[torch.Tensor, torch.Tensor]:
+    """(genuine, impostor) scores of every trial: for the ``nearest`` rule on small runs."""
+    n = query.n * gallery.n
+    if n > NEAREST_LIMIT:
+        raise OptionError(f"far_rule nearest: insightface's rule reads every trial's score, and "
+                          f"this run has {n:,} trials (more than {NEAREST_LIMIT:,}); use the "
+                          "default rule (exact at any scale) or listed pairs", param="far_rule")
+    qi = torch.arange(query.n).repeat_interleave(gallery.n)
+    gi = torch.arange(gallery.n).repeat(query.n)
+    s = P.pair_scores(query, gallery, qi, gi, metric)
+    keep = torch.ones(n, dtype=torch.bool)
+    if protocol.exclude_self:
+        keep &= qi != gi
+    pq, pg = positive_pairs(query.labels, gallery.labels, query.cameras, gallery.cameras, protocol)
+    genuine = torch.zeros(n, dtype=torch.bool)
+    genuine[pq * gallery.n + pg] = True
+    own = (query.labels[qi] == gallery.labels[gi]) & (query.labels[qi] >= 0)
+    keep &= genuine | ~own  # own-label pairs dropped by the protocol are no trial
+    return s[genuine & keep], s[~genuine & keep]
