@@ -27,12 +27,12 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
     from embeval.engine.rank import positive_pairs, rank_stats
     from embeval.engine.similarity import METRICS, scores
     from embeval.engine.stats import Protocol, RankStats
+    from embeval.engine.trial_pass import trial_stats
+    from embeval.engine.trials import VerifyStats
     from embeval.evaluate import EvalResult, aggregate_mean, evaluate, evaluation_stats, summarize
     from embeval.extract.embed import embed, evaluate_model
     from embeval.options import EvalOptions
     from embeval.results.partials import merge_partials
-    from embeval.engine.trial_pass import trial_stats
-    from embeval.engine.trials import VerifyStats
     from embeval.results.writers import write_curves, write_per_query, write_pr_plot, write_predictions
     from embeval.verification.identify import IdentifyResult, identify
     from embeval.verification.verify import VerifyResult, verify

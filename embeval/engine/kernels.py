@@ -432,4 +432,4 @@ if AVAILABLE:
     _slot_rank = _inline(_slot_rank)
     verify_tile = numba.njit(nogil=True, cache=True, boundscheck=False)(_verify_tile)
 else:  # pragma: no cover
-    verify_tile = None
+    verify_tile = None  # type: ignore[assignment]

@@ -168,7 +168,7 @@ def _cpu_pass(stats: VerifyStats, query: EmbeddingSet, gallery: EmbeddingSet, qe
     )
     n_workers = workers()
     counters: queue.SimpleQueue = queue.SimpleQueue()
-    for _ in range(n_workers):
+    for _worker in range(n_workers):
         counters.put((np.zeros(len(stats.imp_slots), np.int64), np.zeros(KEY_BINS, np.int64),
                       np.empty((tq * tg, 2), np.int64)))
     a, b = g_range
@@ -198,7 +198,7 @@ def _cpu_pass(stats: VerifyStats, query: EmbeddingSet, gallery: EmbeddingSet, qe
             list(pool.map(count, jobs))
             if progress is not None:
                 progress(stop - a, b - a)
-    for _ in range(n_workers):
+    for _worker in range(n_workers):
         slots, keys, _amb = counters.get()
         stats.imp_slots += torch.from_numpy(slots)
         stats.imp_keys += torch.from_numpy(keys)
