@@ -198,8 +198,13 @@ def finish(job: Job, result: EvalResult, label_names: list[str] | None, knn_k: i
     with transaction():
         _write_outputs(job, result, label_names, knn_k, inputs)
     provenance = {"embeval": __version__, "inputs": inputs} if job.as_json else {}
-    render(job.command, result, job.ks, as_json=job.as_json,
-           extra={**job.extra, **provenance} or None)
+    if job.command == "identify":
+        from .identify_cmd import render_identification
+
+        render_identification(job, result, job.as_json, provenance)
+    else:
+        render(job.command, result, job.ks, as_json=job.as_json,
+               extra={**job.extra, **provenance} or None)
     sys.stdout.flush()
 
 

@@ -1,8 +1,8 @@
 """``embeval identify``: open-set 1:N identification (TPIR@FPIR at rank k), one whole run.
 
 Importing this module does not import torch: the command checks its arguments and input
-files first. ``--shard``/``--out-part`` and torchrun are refused (one line): the statistics
-would merge exactly, but ``embeval merge`` does not summarise identification yet.
+files first. It runs as the other metric commands do (:mod:`._job`): whole, as a ``--shard``
+of an array job (``embeval merge`` prints the identification), or under torchrun.
 """
 
 from __future__ import annotations
@@ -15,15 +15,7 @@ import typer
 from embeval.errors import OptionError
 from embeval.options import EvalOptions
 
-from .evaluate_cmds import (
-    GalleryArg,
-    KsOpt,
-    QueryArg,
-    default_ks,
-    examples,
-    metric_command,
-    require_files,
-)
+from .evaluate_cmds import GalleryArg, KsOpt, QueryArg, _execute, examples, metric_command
 
 FpirRule = Literal["embeval", "insightface"]
 DEFAULT_FPIRS = [1e-3, 1e-2, 1e-1]
@@ -46,56 +38,30 @@ def identify(query: QueryArg, gallery: GalleryArg, ks: KsOpt = None,
              *, options: EvalOptions, json: bool, shard: str | None,
              out_part: Path | None) -> None:
     """Open-set identification: TPIR@FPIR at rank 1 and -k, thresholds, closed-set rank-k."""
-    from embeval._launch import requested
-
     fpirs = fpir or DEFAULT_FPIRS
     for f in fpirs:
         if not 0.0 < f < 1.0:
             raise OptionError(f"--fpir {f:g}: must be between 0 and 1 (exclusive)")
-    if shard is not None or out_part is not None:
-        flag = "--shard" if shard is not None else "--out-part"
-        raise OptionError(f"{flag}: embeval identify runs whole (no array-job shards yet)")
-    if requested():
-        raise OptionError("embeval identify: not under torchrun yet; run it as one process")
     if options.no_positive != "skip":
         raise OptionError("--no-positive: identify ranks mated queries only (the others are "
                           "its non-mated searches)")
-    require_files([query, *gallery])
-    _run(query, gallery, options, default_ks(ks, gallery), fpirs, fpir_rule, json)
+    _execute("identify", query, gallery, options, ks, shard, out_part,
+             extra={"fpirs": fpirs, "fpir_rule": fpir_rule}, as_json=json)
 
 
-def _run(query: Path, gallery: list[Path], options: EvalOptions, ks: list[int],
-         fpirs: list[float], rule: str, as_json: bool) -> None:
-    """Load, rank (one pass), summarise and print: torch is imported here."""
-    import sys
+def render_identification(job, result, as_json: bool, provenance: dict) -> None:  # noqa: ANN001
+    """Print an identification result (``job``: its :class:`~._job.Job`; ``result``: the
+    ranking pass's ``EvalResult``, whole or merged from shards)."""
+    from embeval.verification.identify import summarize_identification
 
-    from embeval import __version__
-    from embeval.data.concat import load_many, source_files
-    from embeval.data.store import load
-    from embeval.engine.similarity import resolve_device
-    from embeval.verification.identify import identify as run_identify
-
-    from ._app import progress_bar, stderr
-    from ._job import _inputs, _same_file
     from .report import render
 
-    resolve_device(options.device)
-    q, g = load(query), load_many(gallery)
-    if q.dim != g.dim:
-        raise OptionError(f"{q.name} has {q.dim}-dimensional embeddings but {g.name} has {g.dim}")
-    if not options.exclude_self and options.aggregate == "none" and _same_file(query, source_files(g)):
-        stderr.print(f"embeval: warning: {query} is the query set and the gallery, so every "
-                     "query finds itself at rank 1; add --exclude-self for leave-one-out "
-                     "(this note goes away with it)", highlight=False, soft_wrap=True)
-    with progress_bar("ranking", "items") as update:
-        result = run_identify(q, g, options, fpirs=fpirs, ks=ks, fpir_rule=rule, progress=update)
-    extra: dict = {"fpir_rule": rule}
-    if as_json:
-        extra |= {"embeval": __version__, "inputs": _inputs(query, source_files(q), source_files(g))}
-    note = (f"{result.n_query} queries ({result.n_mated} mated, {result.n_nonmated} non-mated) × "
-            f"{result.n_gallery} gallery items · TPIR/rank over mated queries, FPIR over "
-            f"non-mated · {result.elapsed_s:.2f}s")
-    # IdentifyResult has the fields that render reads of an EvalResult
-    render("identify", result, ks, as_json=as_json, extra=extra,  # type: ignore[arg-type]
-           keys=list(result.metrics), note=note)
-    sys.stdout.flush()
+    ident = summarize_identification(result.stats, result.options, fpirs=job.extra["fpirs"],
+                                     ks=job.ks, fpir_rule=job.extra["fpir_rule"])
+    ident.elapsed_s = result.elapsed_s
+    note = (f"{ident.n_query} queries ({ident.n_mated} mated, {ident.n_nonmated} non-mated) × "
+            f"{ident.n_gallery} gallery items · TPIR/rank over mated queries, FPIR over "
+            f"non-mated · {ident.elapsed_s:.2f}s")
+    render("identify", ident, job.ks, as_json=as_json,  # type: ignore[arg-type]
+           extra={"fpir_rule": job.extra["fpir_rule"], **provenance}, keys=list(ident.metrics),
+           note=note)

@@ -15,7 +15,7 @@ from ._app import app
 from .evaluate_cmds import JsonOpt, examples, file_option, require_files
 
 OUTPUTS = {"cmc": ("--per-query",), "score": ("--out",), "knn": ("--predictions",),
-           "pr": ("--curves", "--plot", "--per-query")}
+           "pr": ("--curves", "--plot", "--per-query"), "identify": (), "verify": ("--roc", "--plot")}
 
 
 MERGE_EXAMPLES = examples(
@@ -33,7 +33,9 @@ def merge(
     per_query: Annotated[Path | None, file_option("cmc, pr: CSV, one row per query.", "--per-query")] = None,
     predictions: Annotated[Path | None, file_option("knn: CSV, one row per query.", "--predictions")] = None,
     curves: Annotated[Path | None, file_option("pr: per-query PR points.", "--curves")] = None,
-    plot: Annotated[Path | None, file_option("pr: PNG of the mean PR curve.", "--plot")] = None,
+    plot: Annotated[Path | None, file_option("pr: PNG of the mean PR curve; verify: ROC, DET, "
+                                             "histograms.", "--plot")] = None,
+    roc: Annotated[Path | None, file_option("verify: CSV of ROC points.", "--roc")] = None,
     out: Annotated[Path | None, file_option(
         "score: scores file (top-k when the shards kept one, else the matrix, "
         "recomputed from the input files).", "--out")] = None,
@@ -53,7 +55,7 @@ def merge(
     job = merged.job
     command = job["command"]
     given = {"--per-query": per_query, "--predictions": predictions, "--curves": curves,
-             "--plot": plot, "--out": out}
+             "--plot": plot, "--out": out, "--roc": roc}
     for option, path in given.items():
         if path is not None and option not in OUTPUTS[command]:
             raise OptionError(f"{option}: not an output of `embeval {command}` (the parts' command); "
@@ -62,9 +64,12 @@ def merge(
     check_outputs(given, inputs=[*part_files, *(f["file"] for f in inputs["query"] + inputs["gallery"])])
     if plot:
         exports.require_matplotlib()
-    if command == "score" and out is not None and merged.stats.topk_scores is None:
+    if command == "score" and out is not None and getattr(merged.stats, "topk_scores", None) is None:
         _check_inputs_unchanged(job)
     options = EvalOptions(**{k: job["options"][k] for k in RESULT_OPTIONS}, device="cpu")
+    if command == "verify":
+        _finish_verify(merged, job, options, given, json, t0)
+        return
     run = Job(command, Path(inputs["query"][0]["file"]), [Path(f["file"]) for f in inputs["gallery"]],
               options, job["ks"], knn_k=job["knn_k"], pr=job["pr"], extra=job["extra"],
               outputs={k: v for k, v in given.items() if k in OUTPUTS[command]},
@@ -90,3 +95,20 @@ def _check_inputs_unchanged(job: dict) -> None:
         if (problem := changed(fp)) is not None:
             raise InputFileError(fp["file"], f"score --out needs the input files again to write "
                                              f"the matrix, and this one {problem}")
+
+
+def _finish_verify(merged, job: dict, options, given: dict, as_json: bool, t0: float) -> None:  # noqa: ANN001
+    """Sum verification parts' trial counts and print what the whole run prints."""
+    from embeval.verification.verify import summarize_verification
+
+    from ._job import Job
+    from .verify_cmd import finish_verify
+
+    inputs = job["inputs"]
+    run = Job("verify", Path(inputs["query"][0]["file"]), [Path(f["file"]) for f in inputs["gallery"]],
+              options, job["ks"], extra=job["extra"], as_json=as_json,
+              outputs={k: v for k, v in given.items() if k in OUTPUTS["verify"]})
+    result = summarize_verification(merged.stats, options, fars=job["extra"]["fars"],
+                                    far_rule=job["extra"]["far_rule"],
+                                    templates=job["extra"]["templates"], t0=t0)
+    finish_verify(run, result, _files(inputs))

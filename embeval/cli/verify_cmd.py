@@ -1,9 +1,9 @@
 """``embeval verify``: verification (ROC, TAR@FAR, EER, AUC) of all pairs or listed pairs.
 
 Importing this module does not import torch: the command checks its arguments and input
-files first. ``--shard``/``--out-part`` and torchrun are refused (one line): the trial
-statistics merge by addition (``VerifyStats.merge``), but ``embeval merge`` does not read
-verification parts yet.
+files first. An all-pairs run also runs as a ``--shard i/n`` of an array job (its part holds
+the trial counts of its gallery items; ``embeval merge`` sums them and prints, and writes
+``--roc``/``--plot``) or under torchrun (ranks take gallery shards, counts summed on rank 0).
 """
 
 from __future__ import annotations
@@ -61,11 +61,6 @@ def verify(query: QueryArg, gallery: GalleryArg,
     for f in fars:
         if not 0.0 < f < 1.0:
             raise OptionError(f"--far {f:g}: must be between 0 and 1 (exclusive)")
-    if shard is not None or out_part is not None:
-        flag = "--shard" if shard is not None else "--out-part"
-        raise OptionError(f"{flag}: embeval verify runs whole (no array-job shards yet)")
-    if requested():
-        raise OptionError("embeval verify: not under torchrun yet; run it as one process")
     if options.no_positive != "skip":
         raise OptionError("--no-positive: verify counts trials, not queries")
     if folds is not None and pairs is None:
@@ -73,55 +68,158 @@ def verify(query: QueryArg, gallery: GalleryArg,
     if pairs is not None and (options.exclude_self or options.exclude_same_camera):
         raise OptionError("--exclude-self/--exclude-same-camera: with --pairs the trials are "
                           "the listed ones")
+    split = "--shard" if shard is not None else "torchrun" if requested() else None
+    if split is None and out_part is not None:
+        raise OptionError("--out-part needs --shard i/n")
+    if split is not None:
+        given = [flag for flag, used in (("--pairs", pairs), ("--templates", templates),
+                                         ("--far-rule nearest", far_rule == "nearest"),
+                                         ("--roc", roc), ("--plot", plot)) if used]
+        if given:
+            raise OptionError(f"{given[0]}: not with {split} (listed pairs and templates are "
+                              "scored in one process; outputs come from `embeval merge`)")
     require_files([query, *gallery, *([pairs] if pairs else [])])
     if plot:
         from embeval.results.writers import require_matplotlib
 
         require_matplotlib()
-    _run(query, gallery, options, fars, far_rule, pairs, templates, folds, roc, plot, json)
+    from ._job import Job
+
+    job = Job("verify", query, gallery, options, [1], outputs={"--roc": roc, "--plot": plot},
+              extra={"fars": fars, "far_rule": far_rule, "templates": templates}, as_json=json)
+    if shard is not None:
+        _shard(job, shard, out_part)
+    elif requested():
+        _torchrun(job)
+    else:
+        _whole(job, pairs, folds)
 
 
-def _run(query: Path, gallery: list[Path], options: EvalOptions, fars: list[float],
-         rule: str, pairs: Path | None, templates: bool, folds: int | None,
-         roc: Path | None, plot: Path | None, as_json: bool) -> None:
-    """Load, count (one pass), write the outputs, print: torch is imported here."""
-    import sys
-
-    from embeval import __version__
-    from embeval.data.concat import expand_paths, load_many, source_files
+def _load(job):  # noqa: ANN001, ANN202
+    """Load the job's sets (torch is imported here)."""
+    from embeval.data.concat import load_many, source_files
     from embeval.data.store import load
     from embeval.engine.similarity import resolve_device
-    from embeval.outputs import check_outputs, transaction
+
+    from ._job import _same_file
+
+    resolve_device(job.options.device)
+    q, g = load(job.query), load_many(job.gallery)
+    if q.dim != g.dim:
+        raise OptionError(f"{q.name} has {q.dim}-dimensional embeddings but {g.name} has {g.dim}")
+    if job.extra["templates"] and _same_file(job.query, source_files(g)):
+        g = q  # one file, pooled once
+    return q, g
+
+
+def _whole(job, pairs: Path | None, folds: int | None) -> None:  # noqa: ANN001
+    from embeval.data.concat import expand_paths, source_files
+    from embeval.outputs import check_outputs
     from embeval.verification.verify import verify as run_verify
 
     from ._app import progress_bar
-    from ._job import _inputs, _same_file
+    from ._job import _inputs
+
+    check_outputs(job.outputs, inputs=[job.query, *expand_paths(job.gallery),
+                                       *([pairs] if pairs else [])])
+    q, g = _load(job)
+    with progress_bar("counting trials", "items", enabled=pairs is None) as update:
+        result = run_verify(q, g, job.options, fars=job.extra["fars"],
+                            far_rule=job.extra["far_rule"], pairs=pairs,
+                            templates=job.extra["templates"], folds=folds, progress=update)
+    finish_verify(job, result, _inputs(job.query, source_files(q), source_files(g)))
+
+
+def _shard(job, shard: str, out_part: Path | None) -> None:  # noqa: ANN001
+    """One gallery shard of an array job: its trial counts, written as a part for `merge`."""
+    import platform
+    import time
+
+    from embeval.data.concat import expand_paths
+    from embeval.engine import parse_shard, shard_range
+    from embeval.outputs import check_outputs
+    from embeval.results.partials import Partial, save_partial
+    from embeval.verification.verify import verification_stats
+
+    from ._app import progress_bar, stderr
+
+    i, n = parse_shard(shard)
+    out_part = out_part or Path(f"verify.part-{i}-of-{n}.safetensors")
+    check_outputs({"--out-part": out_part}, inputs=[job.query, *expand_paths(job.gallery)])
+    t0 = time.perf_counter()
+    q, g = _load(job)
+    a, b = shard_range(g.n, i, n)
+    with progress_bar("counting trials", "items") as update:
+        stats = verification_stats(q, g, job.options, gallery_range=(a, b), progress=update)
+    header = {"job": job.identity(q, g), "kind": "trials", "n_query": q.n, "shard": [i, n],
+              "gallery_range": [a, b],
+              "info": {"device": job.options.device, "memory": job.options.memory,
+                       "host": platform.node(), "seconds": round(time.perf_counter() - t0, 3)}}
+    save_partial(out_part, Partial(stats, g.labels[a:b], header))
+    stderr.print(f"embeval verify: shard {i}/{n} (gallery items {a}:{b} of {g.n}) written to "
+                 f"{out_part}", highlight=False, soft_wrap=True)
+
+
+def _torchrun(job) -> None:  # noqa: ANN001
+    """One rank of a torchrun group: a gallery shard each; counts summed onto rank 0."""
+    import dataclasses
+    import time
+
+    import torch
+    import torch.distributed as dist
+
+    from embeval.data.concat import expand_paths, source_files
+    from embeval.engine import distributed, shard_range
+    from embeval.outputs import check_outputs
+    from embeval.verification.verify import summarize_verification, verification_stats
+
+    from ._app import stderr
+    from ._job import _inputs
+
+    if distributed.is_leader():
+        check_outputs(job.outputs, inputs=[job.query, *expand_paths(job.gallery)])
+    t0 = time.perf_counter()
+    q, g = _load(job)
+    with distributed.process_group(job.options.device) as group:
+        a, b = shard_range(g.n, group.rank, group.world)
+        stats = verification_stats(q, g, dataclasses.replace(job.options, device=group.device),
+                                   gallery_range=(a, b))
+        counts = torch.cat([stats.imp_slots, stats.imp_keys])
+        dist.reduce(counts, dst=0, op=dist.ReduceOp.SUM)  # int64 on CPU (gloo and nccl)
+        if group.rank != 0:
+            return
+        n_slots = len(stats.imp_slots)
+        stats.imp_slots, stats.imp_keys = counts[:n_slots], counts[n_slots:]
+        result = summarize_verification(stats, job.options, fars=job.extra["fars"], t0=t0)
+        stderr.print(f"embeval verify: {group.world} ranks (gallery shards, {group.device}) "
+                     "summed onto rank 0", highlight=False, soft_wrap=True)
+        finish_verify(job, result, _inputs(job.query, source_files(q), source_files(g)))
+
+
+def finish_verify(job, result, inputs: dict) -> None:  # noqa: ANN001
+    """Write the job's outputs (all or none), then print: a whole run, rank 0, or `merge`."""
+    import sys
+
+    from embeval import __version__
+    from embeval.outputs import transaction
+
     from .report import render
 
-    check_outputs({"--roc": roc, "--plot": plot},
-                  inputs=[query, *expand_paths(gallery), *([pairs] if pairs else [])])
-    resolve_device(options.device)
-    q, g = load(query), load_many(gallery)
-    if q.dim != g.dim:
-        raise OptionError(f"{q.name} has {q.dim}-dimensional embeddings but {g.name} has {g.dim}")
-    if templates and _same_file(query, source_files(g)):
-        g = q  # one file, pooled once
-    with progress_bar("counting trials", "items", enabled=pairs is None) as update:
-        result = run_verify(q, g, options, fars=fars, far_rule=rule, pairs=pairs,
-                            templates=templates, folds=folds, progress=update)
+    roc, plot = job.outputs.get("--roc"), job.outputs.get("--plot")
     with transaction():
         if roc is not None:
             _write_roc(roc, result)
         if plot is not None:
-            _write_plot(plot, result, f"{query.name} vs {gallery[0].name} ({options.metric})")
-    extra: dict = {"far_rule": rule}
-    if as_json:
-        extra |= {"embeval": __version__, "inputs": _inputs(query, source_files(q), source_files(g))}
+            names = job.gallery[0].name + (f" (+{len(job.gallery) - 1} files)"
+                                           if len(job.gallery) > 1 else "")
+            _write_plot(plot, result, f"{job.query.name} vs {names} ({job.options.metric})")
+    extra: dict = {"far_rule": job.extra["far_rule"]}
+    if job.as_json:
+        extra |= {"embeval": __version__, "inputs": inputs}
     m = result.metrics
     note = (f"{m['n_genuine']:,} genuine and {m['n_impostor']:,} impostor trials · accept iff "
             f"score >= threshold · {result.elapsed_s:.2f}s")
-    render("verify", result, [], as_json=as_json, extra=extra,  # type: ignore[arg-type]
-           keys=list(m), note=note)
+    render("verify", result, [], as_json=job.as_json, extra=extra, keys=list(m), note=note)
     sys.stdout.flush()
 
 

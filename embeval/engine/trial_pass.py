@@ -96,7 +96,7 @@ def trial_stats(
     bound = dot_bound(qnorm, gmax, query.dim)
     genuine = _genuine_scores(qemb, qa, gallery, ga, qid, gid, bound, metric, rows)
     check_finite_scores(genuine, query.name, gallery.name, "genuine ")
-    stats = VerifyStats.empty(genuine, metric)
+    stats = VerifyStats.empty(genuine, metric, query.n, gallery.n)
     run = _cpu_pass if backend == "numba" else _torch_pass
     run(stats, query, gallery, qemb, qa, ga, bound, protocol, (qa_, qb_), (a, b), rows,
         device=dev, precision=precision, budget=budget, progress=progress)

@@ -53,6 +53,7 @@ class VerifyStats:
     ``gen_values`` [U] float32: the distinct genuine scores, ascending; ``gen_counts`` [U] int64
     their multiplicities. ``imp_slots`` [2U + 1] int64: impostors per slot (:func:`slot_of`).
     ``imp_keys`` [65536] int64: impostors by ``ordered_keys(score) >> 16`` (plots only).
+    ``n_query`` / ``n_gallery``: the sizes of the sets paired (0 for listed trials).
     """
 
     metric: str
@@ -60,6 +61,8 @@ class VerifyStats:
     gen_counts: torch.Tensor
     imp_slots: torch.Tensor
     imp_keys: torch.Tensor
+    n_query: int = 0
+    n_gallery: int = 0
 
     @property
     def n_genuine(self) -> int:
@@ -70,11 +73,12 @@ class VerifyStats:
         return int(self.imp_slots.sum())
 
     @classmethod
-    def empty(cls, genuine: torch.Tensor, metric: str) -> VerifyStats:
+    def empty(cls, genuine: torch.Tensor, metric: str, n_query: int = 0,
+              n_gallery: int = 0) -> VerifyStats:
         """No impostor counted yet: the start of a pass, from all its genuine scores [M]."""
         values, counts = genuine_values(genuine)
         return cls(metric, values, counts, torch.zeros(2 * len(values) + 1, dtype=torch.int64),
-                   torch.zeros(KEY_BINS, dtype=torch.int64))
+                   torch.zeros(KEY_BINS, dtype=torch.int64), n_query, n_gallery)
 
     @classmethod
     def from_scores(cls, genuine: torch.Tensor, impostor: torch.Tensor,
@@ -93,7 +97,8 @@ class VerifyStats:
 
     def merge(self, other: VerifyStats) -> VerifyStats:
         """The statistics of two disjoint sets of impostor trials (same genuine trials)."""
-        if (self.metric != other.metric or not torch.equal(self.gen_values, other.gen_values)
+        if (self.metric != other.metric or (self.n_query, self.n_gallery) != (other.n_query, other.n_gallery)
+                or not torch.equal(self.gen_values, other.gen_values)
                 or not torch.equal(self.gen_counts, other.gen_counts)):
             raise ValueError("cannot merge verification statistics with different genuine trials: "
                              "shards must split one run's impostor trials")

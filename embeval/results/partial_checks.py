@@ -15,12 +15,13 @@ from typing import Any
 import torch
 
 from embeval.engine import NO_INDEX, RankStats, shard_range
+from embeval.engine.trials import KEY_BINS, VerifyStats
 from embeval.errors import InputFileError
 from embeval.options import AGGREGATES, METRICS, NO_POSITIVE, PRECISIONS
 
-__all__ = ["check_header", "check_stats", "check_together", "COMMANDS"]
+__all__ = ["check_header", "check_stats", "check_trials", "check_together", "COMMANDS"]
 
-COMMANDS = ("cmc", "score", "knn", "pr")
+COMMANDS = ("cmc", "score", "knn", "pr", "identify", "verify")
 _OPTIONS: dict[str, Any] = {
     "metric": METRICS, "precision": PRECISIONS, "exclude_same_camera": bool, "exclude_self": bool,
     "aggregate": AGGREGATES, "no_positive": NO_POSITIVE,
@@ -165,11 +166,45 @@ def check_stats(path: Path, s: RankStats, gallery_labels: torch.Tensor,
         raise InputFileError(path, f"damaged partial statistics: {e}") from None
 
 
-def check_together(parts: Sequence[tuple[Path | str, RankStats]]) -> None:
-    """Parts of one run share queries and positives; counts add up to at most the gallery."""
+def check_trials(path: Path, s: VerifyStats, gallery_labels: torch.Tensor,
+                 gallery_range: Sequence[int]) -> None:
+    """Shapes, dtypes and value ranges of one verification part (see :class:`VerifyStats`)."""
+    a, b = gallery_range
+    try:
+        for name, dtype in (("gen_values", torch.float32), ("gen_counts", torch.int64),
+                            ("imp_slots", torch.int64), ("imp_keys", torch.int64)):
+            t = getattr(s, name)
+            _need(t.dtype == dtype, f"{name} is {t.dtype}, not {dtype}")
+        u = s.gen_values.numel()
+        for name, shape in (("gen_values", [u]), ("gen_counts", [u]), ("imp_slots", [2 * u + 1]),
+                            ("imp_keys", [KEY_BINS]), ("gallery_labels", [b - a])):
+            t = gallery_labels if name == "gallery_labels" else getattr(s, name)
+            _need(list(t.shape) == shape, f"{name} has shape {list(t.shape)}, expected {shape}")
+        _need(s.n_query >= 1, "header n_query must be a positive integer")
+        _need(bool(torch.isfinite(s.gen_values).all()), "gen_values holds NaN or Inf")
+        _need(bool((s.gen_values.diff() > 0).all()), "gen_values are not strictly ascending")
+        _need(bool((s.gen_counts >= 1).all()), "gen_counts must be positive")
+        _need(bool((s.imp_slots >= 0).all()) and bool((s.imp_keys >= 0).all()), "negative counts")
+        _need(int(s.imp_slots.sum()) == int(s.imp_keys.sum()),
+              "imp_slots and imp_keys count different numbers of impostors")
+        _need(s.n_impostor + s.n_genuine <= s.n_query * s.n_gallery,
+              f"more trials than {s.n_query} queries × {s.n_gallery} gallery items")
+        _need(s.n_impostor <= s.n_query * (b - a),
+              f"more impostors than {s.n_query} queries × the shard's {b - a} gallery items")
+    except _Bad as e:
+        raise InputFileError(path, f"damaged partial statistics: {e}") from None
+
+
+def check_together(parts: Sequence[tuple[Path | str, RankStats | VerifyStats]]) -> None:
+    """Parts of one run share queries and positives (genuine trials); counts add up to at
+    most the gallery."""
     first_path, first = parts[0]
+    if isinstance(first, VerifyStats):
+        _trials_together(parts)
+        return
     total = first.n_pos.clone()
     for where, s in parts:
+        assert isinstance(s, RankStats) and isinstance(first, RankStats)
         for name in ("query_labels", "pos_offsets", "pos_scores"):
             if not torch.equal(getattr(s, name), getattr(first, name)):
                 raise InputFileError(where, f"{name} differ from those of {first_path} "
@@ -181,3 +216,20 @@ def check_together(parts: Sequence[tuple[Path | str, RankStats]]) -> None:
     if bool((total > first.n_gallery).any()):
         raise InputFileError(first_path, "positives and negatives of a query add up to more than "
                                          f"the {first.n_gallery} gallery items")
+
+
+def _trials_together(parts: Sequence[tuple[Path | str, RankStats | VerifyStats]]) -> None:
+    first_path, first = parts[0]
+    total = 0
+    for where, s in parts:
+        assert isinstance(s, VerifyStats) and isinstance(first, VerifyStats)
+        if not (torch.equal(s.gen_values, first.gen_values)
+                and torch.equal(s.gen_counts, first.gen_counts)
+                and (s.n_query, s.n_gallery) == (first.n_query, first.n_gallery)):
+            raise InputFileError(where, f"genuine trials or set sizes differ from those of "
+                                        f"{first_path} (every shard of one run holds the same)")
+        total += s.n_impostor
+    assert isinstance(first, VerifyStats)
+    if total + first.n_genuine > first.n_query * first.n_gallery:
+        raise InputFileError(first_path, f"the parts count more trials than {first.n_query} "
+                                         f"queries × {first.n_gallery} gallery items")

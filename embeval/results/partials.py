@@ -41,11 +41,17 @@ from safetensors import SafetensorError, safe_open
 from embeval.data.concat import expand_paths
 from embeval.data.safetensors_io import tensor_digest, write_safetensors
 from embeval.engine import RankStats
+from embeval.engine.trials import VerifyStats
 from embeval.errors import InputFileError
 from embeval.evaluate import EvalResult, summarize
 from embeval.options import RESULT_OPTIONS, EvalOptions
 from embeval.outputs import atomic_path
-from embeval.results.partial_checks import check_header, check_stats, check_together
+from embeval.results.partial_checks import (
+    check_header,
+    check_stats,
+    check_together,
+    check_trials,
+)
 
 __all__ = ["Partial", "fingerprint", "changed", "save_partial", "load_partial", "merge_parts",
            "load_parts", "summarize_parts", "merge_partials", "FORMAT"]
@@ -53,14 +59,16 @@ __all__ = ["Partial", "fingerprint", "changed", "save_partial", "load_partial", 
 FORMAT = "2"
 _STATS = ("query_labels", "pos_offsets", "pos_scores", "neg_hist", "n_neg", "max_neg")
 _TOPK = ("topk_scores", "topk_indices")
+_TRIALS = ("gen_values", "gen_counts", "imp_slots", "imp_keys")  # verify (header "kind": "trials")
 _SIGNED = ("embeval.partial", "metric", "n_gallery", "header")  # metadata the digest covers
 
 
 @dataclass
 class Partial:
-    """Statistics of gallery items ``header["gallery_range"]`` (all of them once merged)."""
+    """Statistics of gallery items ``header["gallery_range"]`` (all of them once merged):
+    :class:`RankStats`, or :class:`VerifyStats` for ``verify`` (``header["kind"] == "trials"``)."""
 
-    stats: RankStats
+    stats: RankStats | VerifyStats
     gallery_labels: torch.Tensor
     header: dict
     path: Path | None = None
@@ -104,8 +112,9 @@ def save_partial(path: str | os.PathLike[str], part: Partial) -> Path:
     """Write ``part`` atomically (complete under its final name, or absent) and reproducibly:
     the same statistics and header give the same bytes, but for ``header["info"]``."""
     s = part.stats
-    tensors = {name: getattr(s, name).contiguous() for name in _STATS}
-    if s.topk_scores is not None:
+    names = _TRIALS if isinstance(s, VerifyStats) else _STATS
+    tensors = {name: getattr(s, name).contiguous() for name in names}
+    if isinstance(s, RankStats) and s.topk_scores is not None:
         tensors.update({name: getattr(s, name).contiguous() for name in _TOPK})
     tensors["gallery_labels"] = part.gallery_labels.contiguous()
     header = {k: v for k, v in part.header.items() if k != "info"}
@@ -144,8 +153,16 @@ def load_partial(path: str | os.PathLike[str]) -> Partial:
         raise InputFileError(p, f"not a readable safetensors file ({e})") from None
     except OSError as e:
         raise InputFileError(p, f"cannot read ({e.strerror or e})") from None
-    missing = [k for k in (*_STATS, "gallery_labels") if k not in keys]
-    extra = sorted(keys - {*_STATS, *_TOPK, "gallery_labels"})
+    try:
+        header = json.loads(meta["header"])
+        info = json.loads(meta.get("info", "null"))
+        n_gallery = int(meta["n_gallery"])
+    except (KeyError, ValueError) as e:
+        raise InputFileError(p, f"damaged partial-statistics header ({e!r})") from None
+    trials = isinstance(header, dict) and header.get("kind") == "trials"
+    names, optional = (_TRIALS, ()) if trials else (_STATS, _TOPK)
+    missing = [k for k in (*names, "gallery_labels") if k not in keys]
+    extra = sorted(keys - {*names, *optional, "gallery_labels"})
     if missing or extra or (("topk_scores" in keys) != ("topk_indices" in keys)):
         raise InputFileError(p, "damaged partial-statistics file: tensors "
                                 f"{', '.join(sorted(keys)) or 'none'} (missing: "
@@ -153,16 +170,19 @@ def load_partial(path: str | os.PathLike[str]) -> Partial:
     if meta.get("sha256") != _digest(meta, t):
         raise InputFileError(p, "contents do not match the checksum recorded when it was written "
                                 "(changed or damaged since): run the shard again")
-    try:
-        header = json.loads(meta["header"])
-        info = json.loads(meta.get("info", "null"))
-        n_gallery = int(meta["n_gallery"])
-    except (KeyError, ValueError) as e:
-        raise InputFileError(p, f"damaged partial-statistics header ({e!r})") from None
     check_header(p, header, n_gallery, meta.get("metric"))
-    stats = RankStats(meta["metric"], n_gallery, *(t[k] for k in _STATS),
-                      *(t.get(k) for k in _TOPK))
-    check_stats(p, stats, t["gallery_labels"], header["gallery_range"])
+    stats: RankStats | VerifyStats
+    if trials:
+        n_query = header.get("n_query")
+        stats = VerifyStats(meta["metric"], gen_values=t["gen_values"], gen_counts=t["gen_counts"],
+                            imp_slots=t["imp_slots"], imp_keys=t["imp_keys"],
+                            n_query=n_query if isinstance(n_query, int) else -1,
+                            n_gallery=n_gallery)
+        check_trials(p, stats, t["gallery_labels"], header["gallery_range"])
+    else:
+        stats = RankStats(meta["metric"], n_gallery, *(t[k] for k in _STATS),
+                          *(t.get(k) for k in _TOPK))
+        check_stats(p, stats, t["gallery_labels"], header["gallery_range"])
     return Partial(stats, t["gallery_labels"], {**header, "info": info}, p)
 
 
@@ -220,10 +240,10 @@ def merge_parts(parts: list[Partial]) -> Partial:
     check_together([(p.path or "<part>", p.stats) for p in ordered])
     stats = ordered[0].stats
     for part in ordered[1:]:
-        stats = stats.merge(part.stats)
+        stats = stats.merge(part.stats)  # type: ignore[arg-type]
     header = {k: v for k, v in first.header.items() if k not in ("shard", "gallery_range", "info")}
     header["shard"] = [0, 1]
-    header["gallery_range"] = [0, stats.n_gallery]
+    header["gallery_range"] = [0, first.stats.n_gallery]
     labels = torch.cat([p.gallery_labels for p in ordered])
     return replace(first, stats=stats, gallery_labels=labels, header=header, path=None)
 
@@ -240,6 +260,7 @@ def summarize_parts(merged: Partial, *, t0: float | None = None) -> EvalResult:
     run's ``knn_k`` (as the single run of ``embeval score --out`` does).
     """
     job, stats = merged.job, merged.stats
+    assert isinstance(stats, RankStats)  # verify parts are summarised by the verify command
     knn_k = job["knn_k"]
     if job["command"] == "score":
         knn_k = stats.topk_scores.shape[1] if stats.topk_scores is not None else None

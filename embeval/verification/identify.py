@@ -46,7 +46,8 @@ from embeval.errors import OptionError
 from embeval.evaluate import evaluation_stats
 from embeval.options import EvalOptions
 
-__all__ = ["FPIR_RULES", "DEFAULT_FPIRS", "IdentifyResult", "OpenSetScores", "open_set_scores",
+__all__ = [
+    "summarize_identification", "FPIR_RULES", "DEFAULT_FPIRS", "IdentifyResult", "OpenSetScores", "open_set_scores",
            "check_fpirs", "accepted_nonmated", "identification_metrics", "identify"]
 
 FPIR_RULES = ("embeval", "insightface")
@@ -192,9 +193,18 @@ def identify(query: EmbeddingSet, gallery: EmbeddingSet, options: EvalOptions | 
             len(torch.unique(gallery.labels[known])) + int((~known).sum()))
         ks = [k for k in (1, 5, 10) if k <= n] or [1]
     part = evaluation_stats(query, gallery, opts, ks=ks, progress=progress)
-    values = identification_metrics(part.stats, fpirs=fpirs, ks=part.ks, rule=fpir_rule)
-    options_out = {k: v for k, v in part.options.items() if k != "no_positive"}
+    return summarize_identification(part.stats, part.options, fpirs=fpirs, ks=part.ks,
+                                    fpir_rule=fpir_rule, t0=t0)
+
+
+def summarize_identification(stats: RankStats, options: dict[str, object], *,
+                             fpirs: Sequence[float] = DEFAULT_FPIRS, ks: Sequence[int] = (1,),
+                             fpir_rule: str = "embeval", t0: float | None = None) -> IdentifyResult:
+    """The :class:`IdentifyResult` of (possibly merged) ranking statistics; ``options``: the
+    evaluation's result options (``EvalResult.options``)."""
+    values = identification_metrics(stats, fpirs=fpirs, ks=ks, rule=fpir_rule)
+    options_out = {k: v for k, v in options.items() if k != "no_positive"}
     options_out["fpir_rule"] = fpir_rule
-    return IdentifyResult(values, part.stats.n_query, part.stats.n_gallery, values["n_mated"],
-                          values["n_nonmated"], part.stats, options_out,
-                          time.perf_counter() - t0)
+    return IdentifyResult(values, stats.n_query, stats.n_gallery, values["n_mated"],
+                          values["n_nonmated"], stats, options_out,
+                          time.perf_counter() - t0 if t0 is not None else 0.0)

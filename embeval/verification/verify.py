@@ -35,7 +35,7 @@ from embeval.verification.roc import (
     verification_metrics,
 )
 
-__all__ = ["VerifyResult", "verify", "NEAREST_LIMIT"]
+__all__ = ["VerifyResult", "verify", "verification_stats", "summarize_verification", "NEAREST_LIMIT"]
 
 #: all-pairs runs up to this many trials can use ``far_rule="nearest"`` (it needs every score)
 NEAREST_LIMIT = 1 << 25
@@ -90,25 +90,12 @@ def verify(
     t0 = time.perf_counter()
     o = EvalOptions.build(options, **overrides)
     fars = check_fars(fars)
-    if far_rule not in FAR_RULES:
-        raise OptionError(f"far_rule: unknown rule {far_rule!r} ({', '.join(FAR_RULES)})",
-                          param="far_rule")
-    if o.aggregate != "none":
-        raise OptionError("aggregate: verification compares items (or --templates), not class "
-                          "means", param="aggregate")
-    if folds is not None and pairs is None:
-        raise OptionError("folds: the LFW protocol splits listed pairs: give pairs too",
-                          param="folds")
+    _check(o, far_rule, pairs, folds)
     if templates:
-        same = query is gallery
-        query, q_ids = P.pool_templates(query)
-        gallery, g_ids = (query, q_ids) if same else P.pool_templates(gallery)
+        query, gallery, q_ids, g_ids = _pool(query, gallery)
     fold_result = None
     scores = None
     if pairs is not None:
-        if o.exclude_self or o.exclude_same_camera:
-            raise OptionError("exclude_self / exclude_same_camera: listed pairs are the trials "
-                              "as listed", param=("exclude_self", "exclude_same_camera"))
         spaces = ((P.TemplateIds(q_ids, query.name), P.TemplateIds(g_ids, gallery.name))
                   if templates else (query.n, gallery.n))
         listed = P.read_pairs(pairs, *spaces)
@@ -119,22 +106,76 @@ def verify(
         if folds is not None:
             fold_result = P.fold_accuracy(s, genuine, folds)
     else:
-        protocol = Protocol(o.exclude_same_camera, o.exclude_self)
-        stats = trial_stats(query, gallery, metric=o.metric, protocol=protocol, device=o.device,
-                            precision=o.precision, memory=o.memory, block_size=o.block_size,
-                            backend=o.backend, progress=progress)
+        stats = verification_stats(query, gallery, o, progress=progress)
         if far_rule == "nearest":
-            scores = _all_scores(query, gallery, o.metric, protocol)
+            scores = _all_scores(query, gallery, o.metric,
+                                 Protocol(o.exclude_same_camera, o.exclude_self))
+    return summarize_verification(stats, o, fars=fars, far_rule=far_rule, scores=scores,
+                                  folds=fold_result, pairs=pairs, templates=templates,
+                                  n_query=query.n, n_gallery=gallery.n, t0=t0)
+
+
+def verification_stats(query: EmbeddingSet, gallery: EmbeddingSet,
+                       options: EvalOptions | None = None, *, templates: bool = False,
+                       gallery_range: tuple[int, int] | None = None,
+                       progress: Progress | None = None, **overrides: Any) -> VerifyStats:
+    """The trial counts of every pair (``templates``: of the pooled templates); of gallery items
+    ``gallery_range`` only for a shard (shards' statistics merge with :meth:`VerifyStats.merge`)."""
+    o = EvalOptions.build(options, **overrides)
+    _check(o, "step", None, None)
+    if templates:
+        query, gallery, _, _ = _pool(query, gallery)
+    return trial_stats(query, gallery, metric=o.metric,
+                       protocol=Protocol(o.exclude_same_camera, o.exclude_self), device=o.device,
+                       precision=o.precision, memory=o.memory, block_size=o.block_size,
+                       backend=o.backend, gallery_range=gallery_range, progress=progress)
+
+
+def summarize_verification(stats: VerifyStats, options: EvalOptions, *,
+                           fars: Sequence[float] = DEFAULT_FARS, far_rule: str = "step",
+                           scores: tuple[torch.Tensor, torch.Tensor] | None = None,
+                           folds: P.FoldAccuracy | None = None, pairs: str | Path | None = None,
+                           templates: bool = False, n_query: int | None = None,
+                           n_gallery: int | None = None, t0: float | None = None) -> VerifyResult:
+    """The :class:`VerifyResult` of (possibly merged) trial statistics."""
     metrics = verification_metrics(stats, fars, far_rule=far_rule, scores=scores)
-    if fold_result is not None:
-        metrics["accuracy"] = fold_result.mean
-        metrics["accuracy_std"] = fold_result.std
-    opts: dict[str, object] = {**o.result_options(), "far_rule": far_rule, "templates": templates,
-                               "pairs": str(pairs) if pairs is not None else None, "folds": folds}
+    if folds is not None:
+        metrics["accuracy"] = folds.mean
+        metrics["accuracy_std"] = folds.std
+    opts: dict[str, object] = {**options.result_options(), "far_rule": far_rule,
+                               "templates": templates,
+                               "pairs": str(pairs) if pairs is not None else None,
+                               "folds": len(folds.accuracies) if folds is not None else None}
     opts.pop("aggregate")
     opts.pop("no_positive")
-    return VerifyResult(metrics, stats, query.n, gallery.n, opts, fold_result,
-                        time.perf_counter() - t0)
+    return VerifyResult(metrics, stats, stats.n_query if n_query is None else n_query,
+                        stats.n_gallery if n_gallery is None else n_gallery, opts, folds,
+                        time.perf_counter() - t0 if t0 is not None else 0.0)
+
+
+def _check(o: EvalOptions, far_rule: str, pairs: str | Path | None, folds: int | None) -> None:
+    if far_rule not in FAR_RULES:
+        raise OptionError(f"far_rule: unknown rule {far_rule!r} ({', '.join(FAR_RULES)})",
+                          param="far_rule")
+    if o.aggregate != "none":
+        raise OptionError("aggregate: verification compares items (or templates), not class "
+                          "means", param="aggregate")
+    if folds is not None and pairs is None:
+        raise OptionError("folds: the LFW protocol splits listed pairs: give pairs too",
+                          param="folds")
+    if pairs is not None and (o.exclude_self or o.exclude_same_camera):
+        raise OptionError("exclude_self / exclude_same_camera: listed pairs are the trials "
+                          "as listed", param=("exclude_self", "exclude_same_camera"))
+
+
+def _pool(query: EmbeddingSet,
+          gallery: EmbeddingSet) -> tuple[EmbeddingSet, EmbeddingSet, torch.Tensor, torch.Tensor]:
+    """Both sets pooled into templates (one set pooled once when it is both)."""
+    pooled, q_ids = P.pool_templates(query)
+    if gallery is query:
+        return pooled, pooled, q_ids, q_ids
+    g_pooled, g_ids = P.pool_templates(gallery)
+    return pooled, g_pooled, q_ids, g_ids
 
 
 def _all_scores(query: EmbeddingSet, gallery: EmbeddingSet, metric: str,
