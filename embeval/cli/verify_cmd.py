@@ -73,11 +73,13 @@ def verify(query: QueryArg, gallery: GalleryArg,
         raise OptionError("--out-part needs --shard i/n")
     if split is not None:
         given = [flag for flag, used in (("--pairs", pairs), ("--templates", templates),
-                                         ("--far-rule nearest", far_rule == "nearest"),
-                                         ("--roc", roc), ("--plot", plot)) if used]
+                                         ("--far-rule nearest", far_rule == "nearest")) if used]
         if given:
-            raise OptionError(f"{given[0]}: not with {split} (listed pairs and templates are "
-                              "scored in one process; outputs come from `embeval merge`)")
+            raise OptionError(f"{given[0]}: not with {split} (listed pairs, templates and the "
+                              "nearest rule are computed in one process)")
+        if split == "--shard" and (roc or plot):
+            raise OptionError(f"{'--roc' if roc else '--plot'}: a --shard run writes only its "
+                              "partial statistics; give output files to `embeval merge`")
     require_files([query, *gallery, *([pairs] if pairs else [])])
     if plot:
         from embeval.results.writers import require_matplotlib
@@ -192,7 +194,7 @@ def _torchrun(job) -> None:  # noqa: ANN001
         stats.imp_slots, stats.imp_keys = counts[:n_slots], counts[n_slots:]
         result = summarize_verification(stats, job.options, fars=job.extra["fars"], t0=t0)
         stderr.print(f"embeval verify: {group.world} ranks (gallery shards, {group.device}) "
-                     "summed onto rank 0", highlight=False, soft_wrap=True)
+                     "reduced onto rank 0", highlight=False, soft_wrap=True)
         finish_verify(job, result, _inputs(job.query, source_files(q), source_files(g)))
 
 

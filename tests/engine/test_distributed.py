@@ -45,6 +45,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     ("score", ["-k", "1", "5", "--metric", "euclid", "--out-topk", "4"], ("--out", "s.safetensors")),
     ("knn", ["-k", "5", "--metric", "inner"], ("--predictions", "p.csv")),
     ("pr", [], ("--curves", "c.safetensors")),
+    ("verify", ["--metric", "inner", "--far", "1e-3", "1e-2", "--exclude-same-camera"],
+     ("--roc", "roc.csv")),
 ])
 def test_two_gloo_ranks_equal_one_process(capsys: pytest.CaptureFixture[str], tmp_path: Path,
                                           files: dict[str, Path], command: str, opts: list[str],
@@ -67,6 +69,17 @@ def test_two_gloo_ranks_equal_one_process(capsys: pytest.CaptureFixture[str], tm
     else:
         x, y = load_file(a), load_file(b)
         assert all(torch.equal(x[k], y[k]) for k in x)
+
+
+def test_identify_under_torchrun_equals_one_process(capsys: pytest.CaptureFixture[str],
+                                                   files: dict[str, Path]) -> None:
+    opts = ["--fpir", "0.05", "0.2", "-k", "1", "5", "--json"]
+    rc, single, err = cli(capsys, "identify", files["q"], files["g"], *opts)
+    assert rc == 0, err
+    res = torchrun("identify", files["q"], files["g0"], files["g1"], *opts, "--device", "cpu")
+    assert res.returncode == 0, res.stderr
+    assert without_time(res.stdout, "inputs") == without_time(single, "inputs")
+    assert '"TPIR@FPIR=0.2,rank5"' in single  # non-mated queries: the open-set numbers exist
 
 
 @pytest.mark.parametrize("metric", embeval.METRICS)

@@ -109,6 +109,8 @@ def test_merge_partials_api_equals_evaluate(capsys: pytest.CaptureFixture[str], 
     ("score", ["-k", "2", "--out-topk", "7"], [("--out", "t.safetensors")]),
     ("knn", ["-k", "5"], [("--predictions", "p.csv")]),
     ("pr", ["--metric", "inner"], [("--curves", "c.safetensors"), ("--per-query", "pq.csv")]),
+    ("verify", ["--far", "1e-3", "1e-2", "--exclude-same-camera"], [("--roc", "roc.csv")]),
+    ("identify", ["--fpir", "0.05", "0.2", "-k", "1", "5"], []),
 ])
 def test_shard_merge_equals_one_run(capsys: pytest.CaptureFixture[str], tmp_path: Path,
                                     files: dict[str, Path], command: str, opts: list[str],
@@ -266,6 +268,42 @@ def test_merge_refuses_edited_parts(capsys: pytest.CaptureFixture[str], tmp_path
         (dict(meta={"embeval.partial": "1"}), "format '1' is not the one this embeval reads"),
     ]
     for edit, message in in_process:
+        rc, out, err = cli(capsys, "merge", rewrite(p0, x, **edit), p1)
+        assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+        assert str(x) in err and message in err, (message, err)
+
+
+def test_merge_refuses_edited_verify_parts(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                           files: dict[str, Path]) -> None:
+    """A verification part (trial counts) is checked as a ranking part is: checksum, then
+    shapes, value ranges and agreement with the other parts."""
+    parts = [tmp_path / f"v{i}.safetensors" for i in range(2)]
+    for i, part in enumerate(parts):
+        rc, _, err = cli(capsys, "verify", files["q"], files["g"], "--shard", f"{i}/2",
+                         "--out-part", part)
+        assert rc == 0, err
+    p0, p1 = parts
+    with safe_open(str(p0), framework="pt") as f:
+        slots, keys, gen = f.get_tensor("imp_slots"), f.get_tensor("imp_keys"), f.get_tensor("gen_values")
+    assert cli(capsys, "merge", p0, p1)[0] == 0
+    bumped = slots.clone()
+    bumped[int(torch.nonzero(slots)[0])] += 1
+    keys_bumped = keys.clone()
+    keys_bumped[int(torch.nonzero(keys)[0])] += 1
+    moved = gen.clone()
+    moved[0] = torch.nextafter(moved[0], torch.tensor(-1.0))
+    x = tmp_path / "x.safetensors"
+    for edit, message in [
+        (dict(imp_slots=bumped), "do not match the checksum"),
+        (dict(imp_slots=bumped, forge=True), "imp_slots and imp_keys count different numbers"),
+        # consistent, but the parts now count one trial more than the query × gallery pairs
+        (dict(imp_slots=bumped, imp_keys=keys_bumped, forge=True), "count more trials than"),
+        (dict(imp_slots=-slots, imp_keys=-keys, forge=True), "negative counts"),
+        (dict(gen_values=gen.flip(0), forge=True), "not strictly ascending"),
+        (dict(gen_values=moved, forge=True), "genuine trials or set sizes differ"),
+        (dict(imp_slots=slots[:-1], forge=True), "has shape"),
+        (dict(header=lambda h: {**h, "n_query": 0}, forge=True), "n_query must be a positive"),
+    ]:
         rc, out, err = cli(capsys, "merge", rewrite(p0, x, **edit), p1)
         assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1, err
         assert str(x) in err and message in err, (message, err)
