@@ -6,7 +6,9 @@ or a sort.
 - :mod:`.plan`: memory budgets and gallery shards;
 - :mod:`.rank`: :func:`rank_stats`, the one pass, run by :mod:`.cpu` (compiled
   :mod:`.kernels`) or :mod:`.torch_pass` (CUDA, reduced precisions, small jobs);
-- :mod:`.distributed`: torchrun groups; :mod:`.hardest`: the item behind a hardest negative.
+- :mod:`.distributed`: torchrun groups; :mod:`.hardest`: the item behind a hardest negative;
+- :mod:`.trials` / :mod:`.trial_pass`: verification's trial counts (:class:`VerifyStats`) and
+  their one pass, with the correctly rounded scores of :mod:`.exact`.
 """
 
 from embeval.engine.plan import parse_memory, parse_shard, shard_range
