@@ -346,10 +346,41 @@ def test_cli_roc_csv_points_are_on_the_dense_roc(files: dict, tmp_path: Path,
     imp, gen = scores[~genuine], scores[genuine]
     for x, y, t in roc[1:]:  # every point is the dense ROC's point at its threshold
         assert x == (imp >= t).sum() / len(imp) and y == (gen >= t).sum() / len(gen), t
-    for f in (0.01, 0.1):
+    has_far_points(roc, m, (0.01, 0.1))
+
+
+def has_far_points(roc: np.ndarray, m: dict, fars: tuple[float, ...]) -> None:
+    """Each TAR@FAR is a row: FAR ≤ f, TPR = TAR, at the threshold reaching it (+inf, the
+    first row, where no genuine trial is accepted: threshold null)."""
+    fpr, tpr, thr = roc.T
+    for f in fars:
         tar, t = m[f"TAR@FAR={f:g}"], m[f"threshold@FAR={f:g}"]
-        assert ((fpr <= f) & (tpr == tar)).any() and tpr[fpr <= f].max() == tar
-        assert t in thr and fpr[thr == t][0] <= f
+        t = math.inf if t is None else t
+        assert tpr[fpr <= f].max() == tar, f
+        assert ((fpr <= f) & (tpr == tar) & (thr == t)).any(), f
+
+
+def test_cli_roc_csv_is_thinned_and_keeps_the_far_points(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from helpers.cli import cli_run
+
+    gen = torch.Generator().manual_seed(8)
+    q = embeval.save(tmp_path / "q.safetensors", torch.randn(80, 8, generator=gen),
+                     torch.randint(0, 10, (80,), generator=gen))
+    g = embeval.save(tmp_path / "g.safetensors", torch.randn(400, 8, generator=gen),
+                     torch.randint(0, 10, (400,), generator=gen))
+    out = tmp_path / "roc.csv"
+    fars = [f"{x:.4g}" for x in np.logspace(-4, -0.5, 40)]  # far points left alone by luck: few
+    res = cli_run(capsys, "verify", q, g, "--metric", "inner", "--far", *fars, "--device", "cpu",
+                  "--roc", out, "--json")
+    assert res.returncode == 0, res.stderr
+    m = json.loads(res.stdout)["metrics"]
+    roc = read_roc(out)
+    assert 100 < len(roc) <= 2000 + len(fars) < m["n_genuine"]  # thinned: fewer rows than points
+    fpr, tpr, thr = roc.T
+    assert tuple(roc[0]) == (0.0, 0.0, math.inf) and tuple(roc[-1, :2]) == (1.0, 1.0)
+    assert (np.diff(fpr) >= 0).all() and (np.diff(tpr) >= 0).all() and (np.diff(thr) < 0).all()
+    has_far_points(roc, m, tuple(map(float, fars)))
 
 
 def test_cli_plot_writes_a_png(files: dict, tmp_path: Path,
