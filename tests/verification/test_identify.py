@@ -258,8 +258,8 @@ def test_installed_command(files: dict, tmp_path) -> None:
     same(json.loads(res.stdout)["metrics"], want)
     for bad, line in [(["--fpir", "0"], "embeval: error: --fpir 0: must be between 0 and 1 "
                                         "(exclusive)\n"),
-                      (["--shard", "0/2"], "embeval: error: --shard: embeval identify runs whole "
-                                           "(no array-job shards yet)\n")]:
+                      (["--out-part", "x.safetensors"], "embeval: error: --out-part needs "
+                                                        "--shard i/n\n")]:
         res = run(*bad)
         assert (res.returncode, res.stdout, res.stderr) == (2, "", line)
 

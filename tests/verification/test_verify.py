@@ -408,7 +408,8 @@ def bad_inputs(files: dict, d: Path) -> list[tuple[list, str]]:
         ([q, g, "--far", "0"], "--far 0: must be between 0 and 1 (exclusive)"),
         ([q, g, "--far", "0.1", "1.5"], "--far 1.5: must be between 0 and 1 (exclusive)"),
         ([q, g, "--folds", "10"], "--folds: the LFW protocol splits listed pairs"),
-        ([q, g, "--shard", "0/2"], "--shard: embeval verify runs whole"),
+        ([q, g, "--pairs", oob, "--shard", "0/2"], "--pairs: not with --shard"),
+        ([q, g, "--shard", "0/2", "--roc", d / "roc.csv"], "--roc: a --shard run writes only"),
         ([q, g, "--far-rule", "nearest"], "--far-rule nearest: insightface's rule reads every "
                                           "trial's score, and this run has 2,000 trials"),
     ]
