@@ -42,7 +42,7 @@ try:
 except ImportError:  # pragma: no cover - exercised only where numba is missing
     numba = None  # type: ignore[assignment]
 
-__all__ = ["AVAILABLE", "LANES", "tile_pass", "merge_topk", "pair_scores", "verify_tile"]
+__all__ = ["AVAILABLE", "LANES", "tile_pass", "merge_topk", "pair_scores", "verify_tile", "round_pairs"]
 
 AVAILABLE = numba is not None
 
@@ -347,15 +347,22 @@ else:  # pragma: no cover
 
 
 def _slot_rank(u, table, base, scale, x):
-    """How many of the ascending distinct ``u`` are ≤ x: a table guess, then a short walk."""
+    """How many of the ascending distinct ``u`` are ≤ x: the table's bin of x bounds the answer
+    (``table[t]`` = how many of u lie below the bin's low edge), a count inside it; a walk
+    corrects a bin misjudged by rounding (never in practice)."""
     n = len(u)
     f = (np.float64(x) - base) * scale
+    last = len(table) - 2
     t = 0
-    if f >= len(table):
-        t = len(table) - 1
+    if f >= last:
+        t = last
     elif f > 0.0:
         t = int(f)
-    j = table[t]
+    lo = table[t]
+    hi = table[t + 1]
+    if lo < hi and u[lo] <= x:  # how many of u[lo:hi] are <= x (branch-free for long bins)
+        lo += _count_le(u[lo:hi], x)
+    j = lo
     while j < n and u[j] <= x:
         j += 1
     while j > 0 and u[j - 1] > x:
@@ -428,8 +435,50 @@ def _verify_tile(S, nrows, c0, c1, q0, g0, qlab, qa, ga, mode, exclude_self, lab
     return n_amb
 
 
+def _round_pairs(Q, G, qi, gi, g0, out, unsure):
+    """``out[m]`` = the float32 nearest to the exact ``Q[qi[m]] · G[gi[m] - g0]`` (float32 rows),
+    or ``unsure[m] = True`` where even a double-length sum cannot tell (an exact tie between two
+    float32 values: the caller sums those exactly).
+
+    The products are exact in float64; they are summed with error-free transformations (Ogita,
+    Rump and Oishi's Sum2), whose error is at most γ_n² · Σ|p| plus the last rounding.
+    """
+    n = Q.shape[1]
+    u = 2.0 ** -53
+    gamma = n * u / (1.0 - n * u)
+    for m in range(len(qi)):
+        a = Q[qi[m]]
+        b = G[gi[m] - g0]
+        s = 0.0
+        c = 0.0
+        mag = 0.0
+        for t in range(n):
+            p = np.float64(a[t]) * np.float64(b[t])
+            x = s + p  # TwoSum(s, p): x + e == s + p exactly
+            z = x - s
+            e = (s - (x - z)) + (p - z)
+            s = x
+            c += e
+            mag += abs(p)
+        hi = s + c
+        lo = c - (hi - s)
+        err = 4.0 * gamma * gamma * mag + 4.0 * u * abs(lo) + 1e-300
+        f = np.float32(hi)
+        below = (np.float64(f) + np.float64(np.nextafter(f, np.float32(-np.inf)))) / 2.0
+        above = (np.float64(f) + np.float64(np.nextafter(f, np.float32(np.inf)))) / 2.0
+        d_lo = (hi - below) + lo
+        d_hi = (above - hi) - lo
+        tol = err + 4.0 * u * (abs(hi - below) + abs(above - hi))
+        if d_lo > tol and d_hi > tol:
+            out[m] = f
+            unsure[m] = False
+        else:
+            unsure[m] = True
+
+
 if AVAILABLE:
     _slot_rank = _inline(_slot_rank)
     verify_tile = numba.njit(nogil=True, cache=True, boundscheck=False)(_verify_tile)
+    round_pairs = _jit(_round_pairs)
 else:  # pragma: no cover
-    verify_tile = None  # type: ignore[assignment]
+    verify_tile = round_pairs = None  # type: ignore[assignment]

@@ -94,7 +94,8 @@ def trial_stats(
     gmax, g_row = _gallery_aux(gallery, ga, metric, rows)
     check_norms(query, qnorm, gallery, gmax, g_row, metric=metric, precision=precision)
     bound = dot_bound(qnorm, gmax, query.dim)
-    genuine = _genuine_scores(qemb, qa, gallery, ga, qid, gid, bound, metric, rows)
+    genuine = _genuine_scores(qemb, qa, gallery, ga, qid, gid, bound, metric, rows,
+                              compiled=backend == "numba")
     check_finite_scores(genuine, query.name, gallery.name, "genuine ")
     stats = VerifyStats.empty(genuine, metric, query.n, gallery.n)
     run = _cpu_pass if backend == "numba" else _torch_pass
@@ -120,8 +121,9 @@ def _gallery_aux(gallery: EmbeddingSet, ga: torch.Tensor, metric: str,
 
 def _genuine_scores(qemb: torch.Tensor, qa: torch.Tensor, gallery: EmbeddingSet,
                     ga: torch.Tensor, qid: torch.Tensor, gid: torch.Tensor, bound: torch.Tensor,
-                    metric: str, rows: int) -> torch.Tensor:
-    """[M] float32 scores of the genuine pairs (``qid``, ``gid``), gallery read in blocks."""
+                    metric: str, rows: int, *, compiled: bool = False) -> torch.Tensor:
+    """[M] float32 scores of the genuine pairs (``qid``, ``gid``), gallery read in blocks;
+    ``compiled``: double-length sums in the numba kernel (the same roundings, faster)."""
     by_gallery = torch.argsort(gid, stable=True)
     g_sorted = gid[by_gallery]
     out = torch.empty(len(gid), dtype=torch.float32)
@@ -133,9 +135,30 @@ def _genuine_scores(qemb: torch.Tensor, qa: torch.Tensor, gallery: EmbeddingSet,
             continue
         sel = by_gallery[lo:hi]
         q, g = qid[sel], gid[sel]
-        dots = pair_dots(qemb[q], gallery.rows(a, b)[g - a], bound[q])
+        block = gallery.rows(a, b)
+        if compiled:
+            dots = _round_compiled(qemb, block, q, g - a)
+        else:
+            dots = pair_dots(qemb[q], block[g - a], bound[q])
         out[sel] = transform(dots, qa[q], ga[g], metric)
     return out
+
+
+def _round_compiled(qemb: torch.Tensor, block: torch.Tensor, qi: torch.Tensor,
+                    c: torch.Tensor) -> torch.Tensor:
+    """[n] float32 correctly rounded ``qemb[qi] · block[c]``: the compiled double-length sums,
+    the exact ties summed exactly."""
+    from embeval.engine import kernels
+
+    dots = np.empty(len(qi), np.float32)
+    unsure = np.empty(len(qi), np.bool_)
+    kernels.round_pairs(qemb.numpy(), block.numpy(), qi.contiguous().numpy(),
+                        c.contiguous().numpy(), 0, dots, unsure)
+    d = torch.from_numpy(dots)
+    if unsure.any():
+        idx = torch.from_numpy(np.flatnonzero(unsure))
+        d[idx] = exact_dots(qemb[qi[idx]], block[c[idx]])
+    return d
 
 
 def _cpu_pass(stats: VerifyStats, query: EmbeddingSet, gallery: EmbeddingSet, qemb: torch.Tensor,
@@ -207,21 +230,24 @@ def _cpu_pass(stats: VerifyStats, query: EmbeddingSet, gallery: EmbeddingSet, qe
 def _count_exact(stats: VerifyStats, qemb: torch.Tensor, block: torch.Tensor, qa: torch.Tensor,
                  ga: torch.Tensor, qi: torch.Tensor, c: torch.Tensor, start: int,
                  slots: np.ndarray, keys: np.ndarray) -> None:
-    """Count impostor pairs (query ``qi``, gallery item ``start + c``) summed exactly."""
-    x = transform(exact_dots(qemb[qi], block[c]), qa[qi], ga[start + c], stats.metric) + 0.0
+    """Count impostor pairs (query ``qi``, gallery item ``start + c``) whose float64 dot product
+    was ambiguous (:func:`_round_compiled`)."""
+    x = transform(_round_compiled(qemb, block, qi, c), qa[qi], ga[start + c], stats.metric) + 0.0
     np.add.at(slots, slot_of(x, stats.gen_values).numpy(), 1)
     np.add.at(keys, (ordered_keys(x) >> 16).numpy(), 1)
 
 
 def _slot_table(u: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """The kernel's slot guess: ``table[t]`` = #u below ``base + t / scale`` over [u_0, u_last]."""
+    """The kernel's slot bounds: bin t of T equal bins over [u_0, u_last] starts at
+    ``base + t / scale``; ``table[t]`` [T + 1] = #u below that edge (``table[T]`` = U)."""
     if len(u) == 0:
-        return np.zeros(1, np.int64), 0.0, 0.0
+        return np.zeros(2, np.int64), 0.0, 0.0
     n = int(min(max(4 * len(u), 16), 1 << 22))
     base, top = float(u[0]), float(u[-1])
     scale = n / (top - base) if top > base else 0.0
     edges = base + np.arange(n, dtype=np.float64) / scale if scale else np.full(1, base)
-    return np.searchsorted(u.astype(np.float64), edges, side="left").astype(np.int64), base, scale
+    table = np.searchsorted(u.astype(np.float64), edges, side="left").astype(np.int64)
+    return np.append(table, len(u)), base, scale
 
 
 def _torch_pass(stats: VerifyStats, query: EmbeddingSet, gallery: EmbeddingSet,

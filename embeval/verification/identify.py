@@ -47,8 +47,9 @@ from embeval.evaluate import evaluation_stats
 from embeval.options import EvalOptions
 
 __all__ = [
-    "summarize_identification", "FPIR_RULES", "DEFAULT_FPIRS", "IdentifyResult", "OpenSetScores", "open_set_scores",
-           "check_fpirs", "accepted_nonmated", "identification_metrics", "identify"]
+    "summarize_identification", "FPIR_RULES", "DEFAULT_FPIRS", "IdentifyResult", "OpenSetScores",
+    "open_set_scores", "check_fpirs", "accepted_nonmated", "identification_metrics", "identify",
+]
 
 FPIR_RULES = ("embeval", "insightface")
 DEFAULT_FPIRS = (1e-3, 1e-2, 1e-1)
