@@ -97,19 +97,27 @@ def verify(query: QueryArg, gallery: GalleryArg,
         _whole(job, pairs, folds)
 
 
-def _load(job):  # noqa: ANN001, ANN202
-    """Load the job's sets (torch is imported here)."""
+def _load(job, listed: bool = False):  # noqa: ANN001, ANN202
+    """Load the job's sets (torch is imported here); warn when all pairs of one file include
+    every item paired with itself."""
+    from embeval._launch import is_leader
     from embeval.data.concat import load_many, source_files
     from embeval.data.store import load
     from embeval.engine.similarity import resolve_device
 
+    from ._app import stderr
     from ._job import _same_file
 
     resolve_device(job.options.device)
     q, g = load(job.query), load_many(job.gallery)
     if q.dim != g.dim:
         raise OptionError(f"{q.name} has {q.dim}-dimensional embeddings but {g.name} has {g.dim}")
-    if job.extra["templates"] and _same_file(job.query, source_files(g)):
+    same = _same_file(job.query, source_files(g))
+    if same and not listed and not job.options.exclude_self and is_leader():
+        stderr.print(f"embeval: warning: {job.query} is the query set and the gallery, so every "
+                     "item's pair with itself is a genuine trial; add --exclude-self to leave "
+                     "them out (this note goes away with it)", highlight=False, soft_wrap=True)
+    if job.extra["templates"] and same:
         g = q  # one file, pooled once
     return q, g
 
@@ -124,7 +132,7 @@ def _whole(job, pairs: Path | None, folds: int | None) -> None:  # noqa: ANN001
 
     check_outputs(job.outputs, inputs=[job.query, *expand_paths(job.gallery),
                                        *([pairs] if pairs else [])])
-    q, g = _load(job)
+    q, g = _load(job, listed=pairs is not None)
     with progress_bar("counting trials", "items", enabled=pairs is None) as update:
         result = run_verify(q, g, job.options, fars=job.extra["fars"],
                             far_rule=job.extra["far_rule"], pairs=pairs,

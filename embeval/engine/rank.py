@@ -36,7 +36,7 @@ from embeval.engine.similarity import (
 from embeval.engine.stats import NO_INDEX, Protocol, RankStats
 from embeval.errors import InputFileError, OptionError
 
-__all__ = ["rank_stats", "positive_pairs", "tie_tolerance", "check_norms", "SMALL_PASS"]
+__all__ = ["rank_stats", "positive_pairs", "tie_tolerance", "check_norms", "block_aux", "SMALL_PASS"]
 
 #: ``backend="auto"`` on CPU: up to this many query × gallery scores the torch pass runs (exact,
 #: bit-identical to the compiled one, at most ~0.1 s slower), so a small job never waits for
@@ -201,6 +201,16 @@ def _locate(s: EmbeddingSet, row: int) -> tuple[str, int]:
     return s.name, row
 
 
+def block_aux(block: torch.Tensor, a: int, ga: torch.Tensor, metric: str,
+              longest: tuple[float, int]) -> tuple[float, int]:
+    """Fill ``ga[a:a + len(block)]`` (the gallery rows' aux) from gallery rows ``a...``; return
+    the longest row so far, ``(its L2 norm (float64), its index)``, given ``longest`` before."""
+    norms = row_norms(block)
+    ga[a:a + len(block)] = aux(block, metric, norms)
+    top = int(torch.argmax(norms))
+    return (float(norms[top]), a + top) if not float(norms[top]) <= longest[0] else longest
+
+
 def _positive_scores(qemb: torch.Tensor, qa: torch.Tensor, gallery: EmbeddingSet,
                      ga: torch.Tensor, qid: torch.Tensor, gid: torch.Tensor, metric: str,
                      rows: int, chunk: int = 16384, *,
@@ -214,14 +224,10 @@ def _positive_scores(qemb: torch.Tensor, qa: torch.Tensor, gallery: EmbeddingSet
     g_sorted = gid[by_gallery]
     pos = torch.empty(len(gid), dtype=torch.float32)
     step = max(rows, 4096)
-    gmax, g_row = 0.0, 0
+    longest = (0.0, 0)
     for a in range(0, gallery.n, step):
         block = gallery.rows(a, min(a + step, gallery.n))
-        norms = row_norms(block)
-        ga[a:a + len(block)] = aux(block, metric, norms)
-        top = int(torch.argmax(norms))
-        if not float(norms[top]) <= gmax:
-            gmax, g_row = float(norms[top]), a + top
+        longest = block_aux(block, a, ga, metric, longest)
         lo, hi = (int(x) for x in torch.searchsorted(g_sorted, torch.tensor([a, a + len(block)])))
         sel = by_gallery[lo:hi]
         q, g = qid[sel], gid[sel]
@@ -238,7 +244,7 @@ def _positive_scores(qemb: torch.Tensor, qa: torch.Tensor, gallery: EmbeddingSet
             pos[sel] = transform(dot, qa[q], ga[g], metric)
     order = torch.argsort(pos, stable=True)
     order = order[torch.argsort(qid[order], stable=True)]
-    return pos[order], gmax, g_row
+    return pos[order], *longest
 
 
 def tie_tolerance(qemb: torch.Tensor, metric: str, gallery_max_norm: float) -> torch.Tensor:

@@ -25,7 +25,14 @@ from embeval.data.store import EmbeddingSet
 from embeval.engine import plan
 from embeval.engine.exact import dot_bound, exact_dots, pair_dots, round_dots
 from embeval.engine.plan import default_memory, parse_memory
-from embeval.engine.rank import SMALL_PASS, Progress, _check_inputs, check_norms, positive_pairs
+from embeval.engine.rank import (
+    SMALL_PASS,
+    Progress,
+    _check_inputs,
+    block_aux,
+    check_norms,
+    positive_pairs,
+)
 from embeval.engine.similarity import (
     METRIC_CODES,
     aux,
@@ -91,11 +98,10 @@ def trial_stats(
     qa = aux(qemb, metric, qnorm)
     ga = torch.empty(gallery.n, dtype=torch.float32)
     qid, gid = positive_pairs(query.labels, gallery.labels, query.cameras, gallery.cameras, protocol)
-    gmax, g_row = _gallery_aux(gallery, ga, metric, rows)
+    genuine, gmax, g_row = _genuine_scores(qemb, qnorm, qa, gallery, ga, qid, gid, metric, rows,
+                                           compiled=backend == "numba")
     check_norms(query, qnorm, gallery, gmax, g_row, metric=metric, precision=precision)
     bound = dot_bound(qnorm, gmax, query.dim)
-    genuine = _genuine_scores(qemb, qa, gallery, ga, qid, gid, bound, metric, rows,
-                              compiled=backend == "numba")
     check_finite_scores(genuine, query.name, gallery.name, "genuine ")
     stats = VerifyStats.empty(genuine, metric, query.n, gallery.n)
     run = _cpu_pass if backend == "numba" else _torch_pass
@@ -104,44 +110,32 @@ def trial_stats(
     return stats
 
 
-def _gallery_aux(gallery: EmbeddingSet, ga: torch.Tensor, metric: str,
-                 rows: int) -> tuple[float, int]:
-    """Fill ``ga`` [G] (the gallery's aux) in one pass; the largest row norm and its row."""
-    gmax, g_row = 0.0, 0
-    step = max(rows, 4096)
-    for a in range(0, gallery.n, step):
-        block = gallery.rows(a, min(a + step, gallery.n))
-        norms = row_norms(block)
-        ga[a:a + len(block)] = aux(block, metric, norms)
-        top = int(torch.argmax(norms))
-        if not float(norms[top]) <= gmax:
-            gmax, g_row = float(norms[top]), a + top
-    return gmax, g_row
-
-
-def _genuine_scores(qemb: torch.Tensor, qa: torch.Tensor, gallery: EmbeddingSet,
-                    ga: torch.Tensor, qid: torch.Tensor, gid: torch.Tensor, bound: torch.Tensor,
-                    metric: str, rows: int, *, compiled: bool = False) -> torch.Tensor:
-    """[M] float32 scores of the genuine pairs (``qid``, ``gid``), gallery read in blocks;
-    ``compiled``: double-length sums in the numba kernel (the same roundings, faster)."""
+def _genuine_scores(qemb: torch.Tensor, qnorm: torch.Tensor, qa: torch.Tensor,
+                    gallery: EmbeddingSet, ga: torch.Tensor, qid: torch.Tensor, gid: torch.Tensor,
+                    metric: str, rows: int, *,
+                    compiled: bool = False) -> tuple[torch.Tensor, float, int]:
+    """[M] float32 scores of the genuine pairs (``qid``, ``gid``); the largest gallery row norm
+    and its row. Streams the gallery once in blocks, filling ``ga`` ([G] gallery aux) on the
+    way; ``compiled``: double-length sums in the numba kernel (the same roundings, faster)."""
     by_gallery = torch.argsort(gid, stable=True)
     g_sorted = gid[by_gallery]
     out = torch.empty(len(gid), dtype=torch.float32)
     step = max(rows, 4096)
+    longest = (0.0, 0)
     for a in range(0, gallery.n, step):
         b = min(a + step, gallery.n)
-        lo, hi = (int(x) for x in torch.searchsorted(g_sorted, torch.tensor([a, b])))
-        if lo == hi:
-            continue
-        sel = by_gallery[lo:hi]
-        q, g = qid[sel], gid[sel]
         block = gallery.rows(a, b)
+        longest = block_aux(block, a, ga, metric, longest)
+        lo, hi = (int(x) for x in torch.searchsorted(g_sorted, torch.tensor([a, b])))
+        sel = by_gallery[lo:hi]
+        q, c = qid[sel], gid[sel] - a
         if compiled:
-            dots = _round_compiled(qemb, block, q, g - a)
+            dots = _round_compiled(qemb, block, q, c)
         else:
-            dots = pair_dots(qemb[q], block[g - a], bound[q])
-        out[sel] = transform(dots, qa[q], ga[g], metric)
-    return out
+            bound = dot_bound(qnorm[q] * row_norms(block[c]), 1.0, qemb.shape[1])
+            dots = pair_dots(qemb[q], block[c], bound)
+        out[sel] = transform(dots, qa[q], ga[a + c], metric)
+    return out, *longest
 
 
 def _round_compiled(qemb: torch.Tensor, block: torch.Tensor, qi: torch.Tensor,

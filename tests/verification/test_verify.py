@@ -280,6 +280,18 @@ def test_cli_json_equals_the_api(files: dict, capsys: pytest.CaptureFixture[str]
     assert "TAR@FAR=0.001" in data["metrics"]  # 2000 trials: 1e-3 is reported
 
 
+def test_cli_warns_when_one_file_pairs_every_item_with_itself(
+        files: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    from helpers.cli import cli_run
+
+    res = cli_run(capsys, "verify", files["g"], files["g"], "--far", "0.1", "--device", "cpu")
+    assert res.returncode == 0
+    assert res.stderr.startswith("embeval: warning: ") and "--exclude-self" in res.stderr
+    res = cli_run(capsys, "verify", files["g"], files["g"], "--exclude-self", "--far", "0.1",
+                  "--device", "cpu")
+    assert res.returncode == 0 and res.stderr == "", res.stderr
+
+
 def test_cli_pairs_with_folds(files: dict, capsys: pytest.CaptureFixture[str]) -> None:
     from helpers.cli import cli_run
 
