@@ -14,7 +14,7 @@ those of disjoint query shards concatenate.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -36,7 +36,8 @@ from embeval.engine.similarity import (
 from embeval.engine.stats import NO_INDEX, Protocol, RankStats
 from embeval.errors import InputFileError, OptionError
 
-__all__ = ["rank_stats", "positive_pairs", "tie_tolerance", "check_norms", "block_aux", "SMALL_PASS"]
+__all__ = ["rank_stats", "positive_pairs", "tie_tolerance", "check_norms", "block_aux",
+           "blocks_with_pairs", "SMALL_PASS"]
 
 #: ``backend="auto"`` on CPU: up to this many query × gallery scores the torch pass runs (exact,
 #: bit-identical to the compiled one, at most ~0.1 s slower), so a small job never waits for
@@ -201,6 +202,18 @@ def _locate(s: EmbeddingSet, row: int) -> tuple[str, int]:
     return s.name, row
 
 
+def blocks_with_pairs(gallery: EmbeddingSet, gid: torch.Tensor,
+                      step: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """The gallery in blocks of ``step`` rows: ``(a, rows [a, a + n), the indices m of the
+    pairs whose gallery item gid[m] is in the block)``; ``gid`` [M] int64."""
+    by_gallery = torch.argsort(gid, stable=True)
+    g_sorted = gid[by_gallery]
+    for a in range(0, gallery.n, step):
+        block = gallery.rows(a, min(a + step, gallery.n))
+        lo, hi = (int(x) for x in torch.searchsorted(g_sorted, torch.tensor([a, a + len(block)])))
+        yield a, block, by_gallery[lo:hi]
+
+
 def block_aux(block: torch.Tensor, a: int, ga: torch.Tensor, metric: str,
               longest: tuple[float, int]) -> tuple[float, int]:
     """Fill ``ga[a:a + len(block)]`` (the gallery rows' aux) from gallery rows ``a...``; return
@@ -220,16 +233,10 @@ def _positive_scores(qemb: torch.Tensor, qa: torch.Tensor, gallery: EmbeddingSet
 
     Streams the gallery once in blocks of ``rows``; fills ``ga`` ([G] gallery aux) on the way.
     """
-    by_gallery = torch.argsort(gid, stable=True)
-    g_sorted = gid[by_gallery]
     pos = torch.empty(len(gid), dtype=torch.float32)
-    step = max(rows, 4096)
     longest = (0.0, 0)
-    for a in range(0, gallery.n, step):
-        block = gallery.rows(a, min(a + step, gallery.n))
+    for a, block, sel in blocks_with_pairs(gallery, gid, max(rows, 4096)):
         longest = block_aux(block, a, ga, metric, longest)
-        lo, hi = (int(x) for x in torch.searchsorted(g_sorted, torch.tensor([a, a + len(block)])))
-        sel = by_gallery[lo:hi]
         q, g = qid[sel], gid[sel]
         if compiled:
             from embeval.engine import kernels  # numba: only the compiled pass loads it

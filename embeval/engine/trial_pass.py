@@ -30,6 +30,7 @@ from embeval.engine.rank import (
     Progress,
     _check_inputs,
     block_aux,
+    blocks_with_pairs,
     check_norms,
     positive_pairs,
 )
@@ -117,17 +118,10 @@ def _genuine_scores(qemb: torch.Tensor, qnorm: torch.Tensor, qa: torch.Tensor,
     """[M] float32 scores of the genuine pairs (``qid``, ``gid``); the largest gallery row norm
     and its row. Streams the gallery once in blocks, filling ``ga`` ([G] gallery aux) on the
     way; ``compiled``: double-length sums in the numba kernel (the same roundings, faster)."""
-    by_gallery = torch.argsort(gid, stable=True)
-    g_sorted = gid[by_gallery]
     out = torch.empty(len(gid), dtype=torch.float32)
-    step = max(rows, 4096)
     longest = (0.0, 0)
-    for a in range(0, gallery.n, step):
-        b = min(a + step, gallery.n)
-        block = gallery.rows(a, b)
+    for a, block, sel in blocks_with_pairs(gallery, gid, max(rows, 4096)):
         longest = block_aux(block, a, ga, metric, longest)
-        lo, hi = (int(x) for x in torch.searchsorted(g_sorted, torch.tensor([a, b])))
-        sel = by_gallery[lo:hi]
         q, c = qid[sel], gid[sel] - a
         if compiled:
             dots = _round_compiled(qemb, block, q, c)

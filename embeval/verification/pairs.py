@@ -35,6 +35,7 @@ import torch
 from embeval.data.concat import ConcatSet, source_files
 from embeval.data.store import EmbeddingSet, read_ids
 from embeval.engine.exact import dot_bound, pair_dots
+from embeval.engine.rank import blocks_with_pairs
 from embeval.engine.similarity import aux, check_finite_scores, check_metric, row_norms, transform
 from embeval.errors import InputFileError, OptionError
 
@@ -395,15 +396,10 @@ def pair_scores(query: EmbeddingSet | torch.Tensor, gallery: EmbeddingSet | torc
     qnorm = row_norms(qemb)
     qa = aux(qemb, metric, qnorm)
     out = torch.empty(len(qidx), dtype=torch.float32)
-    by_gallery = torch.argsort(gidx, stable=True)
-    g_sorted = gidx[by_gallery]
     step = block_rows or max(1, (64 << 20) // (4 * g.dim))
-    for a in range(0, g.n, step):
-        block = g.rows(a, min(a + step, g.n))
+    for a, block, sel in blocks_with_pairs(g, gidx, step):
         gnorm = row_norms(block)
         ga = aux(block, metric, gnorm)
-        lo, hi = (int(x) for x in torch.searchsorted(g_sorted, torch.tensor([a, a + len(block)])))
-        sel = by_gallery[lo:hi]
         qi, gi = qidx[sel], gidx[sel] - a
         dots = pair_dots(qemb[qi], block[gi], dot_bound(qnorm[qi] * gnorm[gi], 1.0, g.dim))
         out[sel] = transform(dots, qa[qi], ga[gi], metric)
