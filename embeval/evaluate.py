@@ -86,9 +86,10 @@ def evaluate(
     kNN vote; ``pr``: also the precision-recall metrics and curves.
 
     ``metrics`` keys: ``accuracy``, ``top{k}_accuracy``, ``rank{k}``, ``mAP``, ``mINP``,
-    ``hard_pos``, ``hard_neg``; ``knn_accuracy`` with ``knn_k``; ``maxF1``, ``P@maxF1``,
-    ``R@maxF1``, ``T@maxF1`` with ``pr=True``. ``per_query``: [Q] tensors ``n_pos``,
-    ``first_rank``, ``last_rank``, ``ap``, ``hard_pos``, ``hard_neg`` (+ ``knn_pred``).
+    ``MRR``, ``MAP@R``, ``R-precision``, ``P@{k}``, ``nDCG@{k}``, ``hard_pos``, ``hard_neg``;
+    ``knn_accuracy`` with ``knn_k``; ``maxF1``, ``P@maxF1``, ``R@maxF1``, ``T@maxF1`` with
+    ``pr=True``. ``per_query``: [Q] tensors ``n_pos``, ``first_rank``, ``last_rank``, ``ap``,
+    ``hard_pos``, ``hard_neg``, ``rr``, ``map_at_r``, ``r_precision`` (+ ``knn_pred``).
     ``backend``: see :func:`embeval.engine.rank_stats` (``"torch"`` runs the CUDA code on CPU).
     """
     t0 = time.perf_counter()
@@ -161,6 +162,9 @@ def summarize(stats: RankStats, gallery_labels: torch.Tensor, *, ks: Sequence[in
     values.update({f"rank{k}": v for k, v in M.cmc(stats, ks=ks, no_positive=no_positive).items()})
     values["mAP"] = M.mean_average_precision(stats, no_positive=no_positive)
     values["mINP"] = M.mean_inp(stats, no_positive=no_positive)
+    ranked = M.rank_metrics(stats, ks=ks, no_positive=no_positive)
+    values.update({key: ranked[key] for key in _rank_keys(ks)})
+    per_query.update({key: ranked[key] for key in ("rr", "map_at_r", "r_precision")})
     values["hard_pos"] = _nanmean(hard_pos)
     values["hard_neg"] = _nanmean(hard_neg)
     curves = None
@@ -177,6 +181,11 @@ def summarize(stats: RankStats, gallery_labels: torch.Tensor, *, ks: Sequence[in
                       n_valid=n_valid, stats=stats, per_query=per_query, options=options or {},
                       elapsed_s=time.perf_counter() - t0 if t0 is not None else 0.0,
                       pr_curves=curves)
+
+
+def _rank_keys(ks: Sequence[int]) -> list[str]:
+    """The summary keys of :func:`embeval.metrics.rank_metrics`, in cmc's order."""
+    return ["MRR", "MAP@R", "R-precision", *(f"P@{k}" for k in ks), *(f"nDCG@{k}" for k in ks)]
 
 
 def _nanmean(x: torch.Tensor) -> float:

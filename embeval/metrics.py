@@ -28,6 +28,7 @@ __all__ = [
     "positive_ranks", "average_precision", "mean_average_precision", "first_hit_rank",
     "last_hit_rank", "cmc", "topk_accuracy", "inverse_negative_penalty", "mean_inp",
     "hard_scores", "pr_points", "max_f1", "knn_predict", "knn_accuracy", "check_ks", "exact_mean",
+    "reciprocal_rank", "map_at_r", "r_precision", "precision_at_k", "ndcg_at_k", "rank_metrics",
 ]
 
 
@@ -147,6 +148,85 @@ def inverse_negative_penalty(stats: RankStats) -> torch.Tensor:
 def mean_inp(stats: RankStats, *, no_positive: str = "skip") -> float:
     """mINP: mean INP over queries with positives."""
     return _valid_mean(inverse_negative_penalty(stats), stats, no_positive)
+
+
+Ranks = tuple[torch.Tensor, torch.Tensor]  # (TP, N) of every positive, from positive_ranks
+
+
+def _per_valid(values: torch.Tensor, stats: RankStats) -> torch.Tensor:
+    """[Q] float64 ``values``, nan where the query has no positive."""
+    return torch.where(stats.n_pos > 0, values, torch.tensor(float("nan"), dtype=torch.float64))
+
+
+def reciprocal_rank(stats: RankStats) -> torch.Tensor:
+    """[Q] float64 1 / first-hit rank (MRR's terms); nan when P = 0."""
+    return _per_valid(1.0 / first_hit_rank(stats), stats)
+
+
+def _ranks_of(stats: RankStats, ranks: Ranks | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(TP [M], N [M], P of each positive's query [M]), from ``ranks`` when given."""
+    tp, n = positive_ranks(stats) if ranks is None else ranks
+    qid, _ = _segments(stats)
+    return tp, n, stats.n_pos[qid]
+
+
+def map_at_r(stats: RankStats, ranks: Ranks | None = None) -> torch.Tensor:
+    """[Q] float64 AP@R, R = P: (1/R) Σ over positives j with N_j ≤ R of TP_j / N_j; nan when P = 0.
+
+    ``ranks``: :func:`positive_ranks` of ``stats`` when already computed.
+    """
+    tp, n, r = _ranks_of(stats, ranks)
+    terms = torch.where(n <= r, tp.double() / n.double(), torch.zeros((), dtype=torch.float64))
+    return _per_valid(_segment_sum(terms, stats) / stats.n_pos.double(), stats)
+
+
+def r_precision(stats: RankStats, ranks: Ranks | None = None) -> torch.Tensor:
+    """[Q] float64 #positives j with N_j ≤ R, divided by R = P; nan when P = 0."""
+    _, n, r = _ranks_of(stats, ranks)
+    return _per_valid(_segment_sum((n <= r).double(), stats) / stats.n_pos.double(), stats)
+
+
+def precision_at_k(stats: RankStats, ks: Sequence[int],
+                   ranks: Ranks | None = None) -> dict[int, torch.Tensor]:
+    """k → [Q] float64 P@k = #positives j with N_j ≤ k, divided by k; nan when P = 0."""
+    _, n, _ = _ranks_of(stats, ranks)
+    return {k: _per_valid(_segment_sum((n <= k).double(), stats) / k, stats) for k in ks}
+
+
+def ndcg_at_k(stats: RankStats, ks: Sequence[int],
+              ranks: Ranks | None = None) -> dict[int, torch.Tensor]:
+    """k → [Q] float64 nDCG@k, binary gain: Σ over positives j with N_j ≤ k of 1/log2(N_j + 1),
+    divided by the ideal Σ_{i=1}^{min(P, k)} 1/log2(i + 1); nan when P = 0."""
+    _, n, _ = _ranks_of(stats, ranks)
+    gain = 1.0 / torch.log2(n.double() + 1.0)
+    top = max([0, *ks])
+    ideal_cum = torch.zeros(top + 1, dtype=torch.float64)  # ideal_cum[m] = Σ_{i=1}^{m} 1/log2(i+1)
+    torch.cumsum(1.0 / torch.log2(torch.arange(2, top + 2, dtype=torch.float64)), 0,
+                 out=ideal_cum[1:])
+    out = {}
+    for k in ks:
+        dcg = _segment_sum(torch.where(n <= k, gain, torch.zeros((), dtype=torch.float64)), stats)
+        out[k] = _per_valid(dcg / ideal_cum[stats.n_pos.clamp(1, k)], stats)
+    return out
+
+
+def rank_metrics(stats: RankStats, *, ks: Sequence[int] = (1, 5, 10),
+                 no_positive: str = "skip") -> dict[str, Any]:
+    """MRR, MAP@R, R-precision, P@k and nDCG@k (DESIGN.md section 7) in one walk of the ranks.
+
+    Returns the summary ``{"MRR", "MAP@R", "R-precision", "P@{k}", "nDCG@{k}"}`` → floats
+    (means over queries with positives, or counting them as 0 under ``no_positive="zero"``) and
+    the per-query ``{"rr", "map_at_r", "r_precision"}`` → [Q] float64 (nan when P = 0).
+    """
+    ranks = positive_ranks(stats)
+    per = {"rr": reciprocal_rank(stats), "map_at_r": map_at_r(stats, ranks),
+           "r_precision": r_precision(stats, ranks)}
+    summary: dict[str, Any] = {name: _valid_mean(per[key], stats, no_positive) for name, key in
+                               (("MRR", "rr"), ("MAP@R", "map_at_r"), ("R-precision", "r_precision"))}
+    precision, ndcg = precision_at_k(stats, ks, ranks), ndcg_at_k(stats, ks, ranks)
+    summary.update({f"P@{k}": _valid_mean(v, stats, no_positive) for k, v in precision.items()})
+    summary.update({f"nDCG@{k}": _valid_mean(v, stats, no_positive) for k, v in ndcg.items()})
+    return {**summary, **per}
 
 
 def hard_scores(stats: RankStats) -> tuple[torch.Tensor, torch.Tensor]:

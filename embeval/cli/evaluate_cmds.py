@@ -158,9 +158,10 @@ CMC_EXAMPLES = examples(
 @metric_command(CMC_EXAMPLES)
 def cmc(query: QueryArg, gallery: GalleryArg, ks: KsOpt = None,
         per_query: Annotated[Path | None, file_option(
-            "CSV, one row per query: ranks of first/last positive, AP.", "--per-query")] = None,
+            "CSV, one row per query: ranks of first/last positive, AP, RR, AP@R, R-precision.",
+            "--per-query")] = None,
         *, options: EvalOptions, json: bool, shard: str | None, out_part: Path | None) -> None:
-    """CMC rank-k, mAP and mINP (retrieval / re-identification)."""
+    """CMC rank-k, mAP, mINP, MRR, MAP@R, R-precision, P@k, nDCG@k (retrieval / re-identification)."""
     _execute("cmc", query, gallery, options, ks, shard, out_part,
              outputs={"--per-query": per_query}, as_json=json)
 

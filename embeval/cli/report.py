@@ -14,7 +14,8 @@ from ._app import stdout
 KEYS = {
     "score": lambda ks: ["accuracy", *(f"top{k}_accuracy" for k in ks), "hard_pos", "hard_neg"],
     "knn": lambda ks: ["knn_accuracy"],
-    "cmc": lambda ks: [*(f"rank{k}" for k in ks), "mAP", "mINP"],
+    "cmc": lambda ks: [*(f"rank{k}" for k in ks), "mAP", "mINP", "MRR", "MAP@R", "R-precision",
+                       *(f"P@{k}" for k in ks), *(f"nDCG@{k}" for k in ks)],
     "pr": lambda ks: ["mAP", "maxF1", "P@maxF1", "R@maxF1", "T@maxF1"],
 }
 SCORES = {"hard_pos", "hard_neg", "T@maxF1", "EER_threshold"}  # similarity scores, not fractions

@@ -35,7 +35,7 @@ def write_per_query(path: str | os.PathLike[str], result: EvalResult,
                     paths: Sequence[str] | None = None,
                     hard_neg_items: Mapping[str, Sequence[object]] | None = None) -> None:
     """CSV, one row per query: index, label, n_pos, first_rank, last_rank, ap, hard_pos,
-    hard_neg (+ max_f1, threshold@maxF1 with PR).
+    hard_neg (+ max_f1, threshold@maxF1 with PR), rr, map_at_r, r_precision.
 
     Optional columns: ``label_name`` with ``names`` (label names), ``path`` with ``paths`` (the
     query items' paths), and the hardest negative item after ``hard_neg`` with
@@ -56,7 +56,8 @@ def write_per_query(path: str | os.PathLike[str], result: EvalResult,
 
 
 _PER_QUERY = ("n_pos", "first_rank", "last_rank", "ap", "hard_pos", "hard_neg", "hard_neg_index",
-              "hard_neg_label", "hard_neg_path", "max_f1", "threshold@maxF1")
+              "hard_neg_label", "hard_neg_path", "max_f1", "threshold@maxF1", "rr", "map_at_r",
+              "r_precision")
 
 
 def write_predictions(path: str | os.PathLike[str], result: EvalResult,

@@ -45,7 +45,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 EXPECTED_KEYS = {
     "score": ["accuracy", "top1_accuracy", "top5_accuracy", "hard_pos", "hard_neg"],
-    "cmc": ["rank1", "rank5", "mAP", "mINP"],
+    "cmc": ["rank1", "rank5", "mAP", "mINP", "MRR", "MAP@R", "R-precision", "P@1", "P@5", "nDCG@1",
+            "nDCG@5"],
     "pr": ["mAP", "maxF1", "P@maxF1", "R@maxF1", "T@maxF1"],
     "knn": ["knn_accuracy"],
 }
