@@ -129,4 +129,5 @@ def test_csv_files_have_unix_line_endings_and_paths(tmp_path):
     assert int(misses) == sum(r.endswith(",0") for r in rows[1:]) > 0
     header = pq.read_text().splitlines()[0]
     assert header == ("index,path,label,n_pos,first_rank,last_rank,ap,hard_pos,hard_neg,"
-                      "hard_neg_index,hard_neg_label")  # the gallery file records no paths
+                      "hard_neg_index,hard_neg_label,rr,map_at_r,r_precision")  # the gallery file
+    # records no paths (no hard_neg_path)
