@@ -29,6 +29,7 @@ __all__ = [
     "last_hit_rank", "cmc", "topk_accuracy", "inverse_negative_penalty", "mean_inp",
     "hard_scores", "pr_points", "max_f1", "knn_predict", "knn_accuracy", "check_ks", "exact_mean",
     "reciprocal_rank", "map_at_r", "r_precision", "precision_at_k", "ndcg_at_k", "rank_metrics",
+    "trapezoid_average_precision", "revisited_precision_at_k",
 ]
 
 
@@ -71,6 +72,39 @@ def average_precision(stats: RankStats) -> torch.Tensor:
     tp, n = positive_ranks(stats)
     p = stats.n_pos.double()
     return _segment_sum(tp.double() / n.double(), stats) / p  # 0/0 → nan when P = 0
+
+
+def trapezoid_average_precision(stats: RankStats) -> torch.Tensor:
+    """[Q] float64 revisitop's AP: the area under the PR curve by trapezoids; nan when P = 0.
+
+    The positives in rank order (pessimistic ranks N), the j-th (0-based) at 0-based rank
+    r = N - 1 adds (1/P) · (p0 + p1) / 2 with p0 = j / r (1 when r = 0) and p1 = (j + 1) / (r + 1)
+    (Revisited Oxford/Paris, Holidays, INSTRE). Without ties it equals revisitop's ``compute_ap``.
+    """
+    tp, n = positive_ranks(stats)
+    qid, starts = _segments(stats)
+    p = stats.n_pos[qid].double()
+    j = p - 1 - (torch.arange(len(n)) - starts[qid]).double()  # ascending scores: last is best
+    r = n.double() - 1
+    p0 = torch.where(r == 0, torch.ones_like(r), j / r.clamp_min(1))
+    area = (p0 + (j + 1) / (r + 1)) / (2 * p)
+    return _segment_sum(area, stats) / (stats.n_pos > 0).double()  # 0/0 → nan when P = 0
+
+
+def revisited_precision_at_k(stats: RankStats, ks: Sequence[int]) -> dict[int, torch.Tensor]:
+    """{k: [Q] float64}: revisitop's mP@k per query: k' = min(k, rank of the last positive),
+    #positives ranked ≤ k' divided by k' (pessimistic ranks); nan when P = 0."""
+    _, n = positive_ranks(stats)
+    qid, starts = _segments(stats)
+    # positives ascend by score: each query's first one is its last ranked (largest N)
+    last = n[starts.clamp_max(max(len(n) - 1, 0))] if len(n) else torch.zeros_like(starts)
+    out = {}
+    for k in ks:
+        cut = torch.minimum(last, torch.tensor(k))
+        hits = _segment_sum((n <= cut[qid]).double(), stats)
+        out[k] = torch.where(stats.n_pos > 0, hits / cut.clamp_min(1).double(),
+                             torch.tensor(float("nan"), dtype=torch.float64))
+    return out
 
 
 def exact_mean(values: torch.Tensor) -> float:
