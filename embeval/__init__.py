@@ -23,6 +23,7 @@ from embeval.errors import EmbevalError, InputFileError, OptionError  # noqa: E4
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ loads these
     from embeval import metrics
     from embeval.data.concat import ConcatSet, load_many
+    from embeval.data.relevance import Relevance, read_relevance, save_relevance
     from embeval.data.store import EmbeddingSet, load, save
     from embeval.engine.rank import positive_pairs, rank_stats
     from embeval.engine.similarity import METRICS, scores
@@ -43,6 +44,8 @@ __version__ = "0.1.0"
 _LAZY: dict[str, str | None] = {
     "metrics": None,
     "ConcatSet": "data.concat", "load_many": "data.concat",
+    "Relevance": "data.relevance", "read_relevance": "data.relevance",
+    "save_relevance": "data.relevance",
     "EvalResult": "evaluate", "aggregate_mean": "evaluate", "evaluate": "evaluate",
     "evaluation_stats": "evaluate", "summarize": "evaluate",
     "Protocol": "engine.stats", "RankStats": "engine.stats", "positive_pairs": "engine.rank",
@@ -60,6 +63,7 @@ _LAZY: dict[str, str | None] = {
 
 __all__ = [
     "EmbeddingSet", "load", "load_many", "ConcatSet", "save",
+    "Relevance", "read_relevance", "save_relevance",
     "evaluate", "evaluation_stats", "summarize", "EvalResult", "EvalOptions", "aggregate_mean",
     "embed", "evaluate_model", "verify", "VerifyResult", "identify", "IdentifyResult",
     "VerifyStats", "trial_stats",

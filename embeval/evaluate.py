@@ -17,9 +17,11 @@ from typing import Any
 
 import torch
 
+from embeval.data.relevance import Relevance
 from embeval.data.store import EmbeddingSet
 from embeval.engine import Protocol, RankStats, rank_stats, shard_range
 from embeval.engine.rank import Progress
+from embeval.errors import OptionError
 from embeval.options import EvalOptions
 
 from . import metrics as M
@@ -76,6 +78,7 @@ def evaluate(
     knn_k: int | None = None,
     pr: bool = False,
     progress: Progress | None = None,
+    relevance: Relevance | None = None,
     **overrides: Any,
 ) -> EvalResult:
     """Evaluate ``query`` against ``gallery``: every metric of DESIGN.md section 3.
@@ -91,10 +94,13 @@ def evaluate(
     ``pr=True``. ``per_query``: [Q] tensors ``n_pos``, ``first_rank``, ``last_rank``, ``ap``,
     ``hard_pos``, ``hard_neg``, ``rr``, ``map_at_r``, ``r_precision`` (+ ``knn_pred``).
     ``backend``: see :func:`embeval.engine.rank_stats` (``"torch"`` runs the CUDA code on CPU).
+    ``relevance``: per-query positives and junk instead of label equality
+    (:func:`embeval.read_relevance`); the protocol's exclusions still apply.
     """
     t0 = time.perf_counter()
     opts = EvalOptions.build(options, **overrides)
-    part = evaluation_stats(query, gallery, opts, ks=ks, knn_k=knn_k, progress=progress)
+    part = evaluation_stats(query, gallery, opts, ks=ks, knn_k=knn_k, progress=progress,
+                            relevance=relevance)
     return summarize(part.stats, part.gallery.labels, ks=part.ks, knn_k=knn_k,
                      no_positive=opts.no_positive, pr=pr, options=part.options, t0=t0)
 
@@ -124,15 +130,20 @@ def evaluation_stats(
     knn_k: int | None = None,
     shard: tuple[int, int] | None = None,
     progress: Progress | None = None,
+    relevance: Relevance | None = None,
     **overrides: Any,
 ) -> PartialEvaluation:
     """Check the options and compute the mergeable statistics, of the gallery shard ``shard``
     = ``(i, n)`` (:func:`embeval.engine.shard_range`) or of the whole gallery.
 
     ``options`` / ``overrides``: as for :func:`evaluate`. Shards' statistics combine exactly
-    with :meth:`RankStats.merge`, then :func:`summarize`.
+    with :meth:`RankStats.merge`, then :func:`summarize`. ``relevance``: as for :func:`evaluate`
+    (the whole gallery's lists, whatever the shard).
     """
     o = EvalOptions.build(options, **overrides)
+    if relevance is not None and o.aggregate == "mean":
+        raise OptionError("aggregate mean cannot be combined with relevance (the lists name "
+                          "gallery items, not class prototypes)", param=("aggregate", "relevance"))
     if o.aggregate == "mean":
         gallery = aggregate_mean(gallery)
     ks = M.check_ks(ks, gallery.n)
@@ -143,7 +154,7 @@ def evaluation_stats(
                        protocol=Protocol(o.exclude_same_camera, o.exclude_self),
                        topk=knn_k or 0, device=o.device, precision=o.precision, memory=o.memory,
                        block_size=o.block_size, backend=o.backend, gallery_range=g_range,
-                       progress=progress)
+                       progress=progress, relevance=relevance)
     return PartialEvaluation(stats, gallery, g_range, list(ks), o.result_options())
 
 

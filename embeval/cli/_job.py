@@ -18,6 +18,7 @@ import torch
 
 from embeval import __version__
 from embeval.data.concat import expand_paths, load_many, source_files
+from embeval.data.relevance import Relevance, read_relevance
 from embeval.data.store import EmbeddingSet, load
 from embeval.engine import Protocol, distributed, parse_memory, parse_shard
 from embeval.engine.hardest import hardest_negatives
@@ -50,6 +51,11 @@ class Job:
     outputs: dict[str, Path | None] = field(default_factory=dict)
     out_topk: int | None = None  # score: top-N per query for --out (None: matrix when it fits)
     as_json: bool = False
+    relevance: Path | None = None  # --relevance FILE: per-query positives and junk
+
+    def read_relevance(self, q: EmbeddingSet, g: EmbeddingSet) -> Relevance | None:
+        """The --relevance lists for ``q`` × ``g`` (None without the flag)."""
+        return None if self.relevance is None else read_relevance(self.relevance, q.n, g.n)
 
     def identity(self, q: EmbeddingSet, g: EmbeddingSet) -> dict:
         """What every shard of one run shares (the ``job`` of a partial-statistics header)."""
@@ -57,8 +63,7 @@ class Job:
                 "extra": self.extra, "out_topk": self.out_topk,
                 "options": self.options.result_options(),
                 "label_names": g.label_names,
-                "inputs": {"query": [fingerprint(f) for f in source_files(q)],
-                           "gallery": [fingerprint(f) for f in source_files(g)]}}
+                "inputs": _inputs(self.query, source_files(q), source_files(g), self.relevance)}
 
 
 def execute(job: Job, *, shard: str | None = None, out_part: Path | None = None) -> None:
@@ -80,7 +85,8 @@ def execute(job: Job, *, shard: str | None = None, out_part: Path | None = None)
         raise OptionError("--out-part needs --shard i/n")
     if lead:
         check_outputs({**job.outputs, "--out-part": out_part},
-                      inputs=[job.query, *expand_paths(job.gallery)])
+                      inputs=[job.query, *expand_paths(job.gallery),
+                              *([job.relevance] if job.relevance else [])])
     c = job.options
     resolve_device(c.device)
     q, g = load(job.query), load_many(job.gallery)
@@ -90,18 +96,23 @@ def execute(job: Job, *, shard: str | None = None, out_part: Path | None = None)
         stderr.print(f"embeval: warning: {job.query} is the query set and the gallery, so every "
                      "query finds itself at rank 1; add --exclude-self for leave-one-out "
                      "(this note goes away with it)", highlight=False, soft_wrap=True)
+    if job.relevance is not None and c.aggregate == "mean":
+        raise OptionError("--relevance cannot be combined with --aggregate mean (the lists name "
+                          "gallery items, not class prototypes)")
+    rel = job.read_relevance(q, g)
     knn_k = job.knn_k
     if job.command == "score":
         knn_k = _score_topn(job, q, g) if (part or job.outputs.get("--out")) else None
     if not distributed.requested():
-        _compute(job, q, g, knn_k, part, out_part, None)
+        _compute(job, q, g, knn_k, part, out_part, None, rel)
         return
     with distributed.process_group(c.device) as group:
-        _compute(job, q, g, knn_k, None, None, group)
+        _compute(job, q, g, knn_k, None, None, group, rel)
 
 
 def _compute(job: Job, q: EmbeddingSet, g: EmbeddingSet, knn_k: int | None,
-             part: tuple[int, int] | None, out_part: Path | None, group) -> None:
+             part: tuple[int, int] | None, out_part: Path | None, group,
+             rel: Relevance | None) -> None:
     c = job.options
     t0 = time.perf_counter()
     by_query = group is not None and distributed.split_axis(
@@ -110,10 +121,12 @@ def _compute(job: Job, q: EmbeddingSet, g: EmbeddingSet, knn_k: int | None,
         a, b = group.query_range(q.n)
         q = EmbeddingSet(q.rows(a, b), q.labels[a:b], None if q.cameras is None else q.cameras[a:b],
                          metadata=q.metadata, name=q.name)
+        rel = rel.rows(a, b) if rel is not None else None
     with progress_bar("ranking", "items", enabled=distributed.is_leader()) as update:
         ev = evaluation_stats(
             q, g, replace(c, device=group.device) if group else c, ks=job.ks, knn_k=knn_k,
-            shard=part or (group.shard if group and not by_query else None), progress=update)
+            shard=part or (group.shard if group and not by_query else None), progress=update,
+            relevance=rel)
     if part is not None:
         a, b = ev.gallery_range
         header = {"job": job.identity(q, g), "shard": list(part), "gallery_range": [a, b],
@@ -132,7 +145,8 @@ def _compute(job: Job, q: EmbeddingSet, g: EmbeddingSet, knn_k: int | None,
     if group is not None:
         stderr.print(f"embeval {job.command}: {group.world} ranks ({'query' if by_query else 'gallery'}"
                      f" shards, {group.device}) reduced onto rank 0", highlight=False, soft_wrap=True)
-    finish(job, result, g.label_names, knn_k, inputs=_inputs(job.query, source_files(q), source_files(g)))
+    finish(job, result, g.label_names, knn_k,
+           inputs=_inputs(job.query, source_files(q), source_files(g), job.relevance))
 
 
 def _score_topn(job: Job, q: EmbeddingSet, g: EmbeddingSet) -> int | None:
@@ -164,7 +178,8 @@ def _hard_neg_items(job: Job, result: EvalResult, inputs: dict) -> dict[str, lis
     if c.aggregate == "mean":
         g = aggregate_mean(g)
     index = hardest_negatives(q, g, result.stats.max_neg, metric=c.metric,
-                              protocol=Protocol(c.exclude_same_camera, c.exclude_self)).tolist()
+                              protocol=Protocol(c.exclude_same_camera, c.exclude_self),
+                              relevance=job.read_relevance(q, g)).tolist()
     labels = g.labels.tolist()
     paths = _item_paths(g) if c.aggregate == "none" else None
     return {"hard_neg_index": index,
@@ -174,7 +189,7 @@ def _hard_neg_items(job: Job, result: EvalResult, inputs: dict) -> dict[str, lis
 
 
 def _unchanged(inputs: dict) -> bool:
-    return not any(changed(fp) for fp in [*inputs["query"], *inputs["gallery"]])
+    return not any(changed(fp) for files in inputs.values() for fp in files)
 
 
 def _same_file(query: Path, gallery_files: list[Path]) -> bool:
@@ -182,10 +197,15 @@ def _same_file(query: Path, gallery_files: list[Path]) -> bool:
     return any((f.stat().st_dev, f.stat().st_ino) == (q.st_dev, q.st_ino) for f in gallery_files)
 
 
-def _inputs(query: Path, query_files: list[Path], gallery_files: list[Path]) -> dict:
-    """The input files as the JSON object names them: path, size, sha256 of the first/last MiB."""
-    return {"query": [fingerprint(f) for f in query_files or [query]],
-            "gallery": [fingerprint(f) for f in gallery_files]}
+def _inputs(query: Path, query_files: list[Path], gallery_files: list[Path],
+            relevance: Path | None = None) -> dict:
+    """The input files as the JSON object names them: path, size, sha256 of the first/last MiB
+    (``relevance``: the --relevance file, listed only when given)."""
+    out = {"query": [fingerprint(f) for f in query_files or [query]],
+           "gallery": [fingerprint(f) for f in gallery_files]}
+    if relevance is not None:
+        out["relevance"] = [fingerprint(relevance)]
+    return out
 
 
 def finish(job: Job, result: EvalResult, label_names: list[str] | None, knn_k: int | None, *,

@@ -58,6 +58,11 @@ ShardOpt = Annotated[str | None, typer.Option(
     "--shard", metavar="I/N",
     help="Array jobs: evaluate gallery shard I of N (0 <= I < N) and write its partial "
          "statistics to --out-part; combine the N parts with `embeval merge`.")]
+RelevanceOpt = Annotated[Path | None, typer.Option(
+    "--relevance", metavar="FILE",
+    help="Per-query positives and junk instead of label equality: CSV with header "
+         "query,gallery,relevance (1 positive, -1 junk; unlisted = negative), or .safetensors "
+         "CSR. Junk is invisible to its query; --exclude-* still apply.")]
 PartOpt = Annotated[Path | None, typer.Option(
     "--out-part", metavar="FILE", help="Partial-statistics file of a --shard run "
                                        "(default: COMMAND.part-I-of-N.safetensors in the current folder).")]
@@ -111,20 +116,26 @@ SHARED: dict[str, Any] = {
     "no_positive": NoPosOpt, "json": JsonOpt, "block_size": BlockOpt, "shard": ShardOpt,
     "out_part": PartOpt,
 }
+#: the flags of the commands that rank the gallery per query (all metric commands but verify)
+RANKED: dict[str, Any] = {"relevance": RelevanceOpt}
 _DEFAULTS = EvalOptions()
 _FIELDS = {f.name for f in dataclasses.fields(EvalOptions)}
 
 
-def metric_command(epilog: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+def metric_command(epilog: str, *, ranked: bool = True
+                   ) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Register ``fn(query, gallery, <its own options>, *, options, json, shard, out_part)`` as a
-    command whose evaluation flags are written once, here (:data:`SHARED`): the command line
-    gets them appended to ``fn``'s own; ``fn`` gets one checked :class:`EvalOptions`."""
+    command whose evaluation flags are written once, here (:data:`SHARED`, and :data:`RANKED`
+    when ``ranked``: ``fn`` then also takes ``relevance``): the command line gets them appended
+    to ``fn``'s own; ``fn`` gets one checked :class:`EvalOptions`."""
+    flags = {**SHARED, **RANKED} if ranked else SHARED
+
     def register(fn: Callable[..., None]) -> Callable[..., None]:
         own = [p for p in inspect.signature(fn, eval_str=True).parameters.values()
-               if p.name not in {"options", *SHARED}]
+               if p.name not in {"options", *flags}]
         shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
                                     default=getattr(_DEFAULTS, name, None if name != "json" else False))
-                  for name, annotation in SHARED.items()]
+                  for name, annotation in flags.items()]
 
         @functools.wraps(fn)
         def command(**values: Any) -> None:
@@ -144,6 +155,10 @@ def _execute(command: str, query: Path, gallery: list[Path], options: EvalOption
     :class:`~._job.Job`.
     """
     require_files([query, *gallery])
+    if job.get("relevance") is not None:
+        from embeval.data.int_csv import check_file
+
+        check_file(job["relevance"], "a relevance file (CSV or .safetensors)")
     from ._job import Job, execute
 
     execute(Job(command, query, gallery, options, default_ks(ks, gallery), **job),
@@ -160,10 +175,11 @@ def cmc(query: QueryArg, gallery: GalleryArg, ks: KsOpt = None,
         per_query: Annotated[Path | None, file_option(
             "CSV, one row per query: ranks of first/last positive, AP, RR, AP@R, R-precision.",
             "--per-query")] = None,
-        *, options: EvalOptions, json: bool, shard: str | None, out_part: Path | None) -> None:
+        *, options: EvalOptions, json: bool, shard: str | None, out_part: Path | None,
+        relevance: Path | None) -> None:
     """CMC rank-k, mAP, mINP, MRR, MAP@R, R-precision, P@k, nDCG@k (retrieval / re-identification)."""
     _execute("cmc", query, gallery, options, ks, shard, out_part,
-             outputs={"--per-query": per_query}, as_json=json)
+             outputs={"--per-query": per_query}, as_json=json, relevance=relevance)
 
 
 SCORE_EXAMPLES = examples(
@@ -179,10 +195,11 @@ def score(query: QueryArg, gallery: GalleryArg, ks: KsOpt = None,
           out_topk: Annotated[int | None, typer.Option(
               "--out-topk", metavar="N", min=1,
               help="Write the top-N per query instead of the matrix.")] = None,
-          *, options: EvalOptions, json: bool, shard: str | None, out_part: Path | None) -> None:
+          *, options: EvalOptions, json: bool, shard: str | None, out_part: Path | None,
+          relevance: Path | None) -> None:
     """Accuracy, top-k accuracy and hardest positive / negative scores."""
     _execute("score", query, gallery, options, ks, shard, out_part,
-             outputs={"--out": out}, out_topk=out_topk, as_json=json)
+             outputs={"--out": out}, out_topk=out_topk, as_json=json, relevance=relevance)
 
 
 KNN_EXAMPLES = examples(
@@ -195,12 +212,13 @@ def knn(query: QueryArg, gallery: GalleryArg,
         k: Annotated[int, typer.Option("-k", metavar="K", help="Neighbours that vote.")] = 5,
         predictions: Annotated[Path | None, file_option(
             "CSV, one row per query: label, prediction, correct.", "--predictions")] = None,
-        *, options: EvalOptions, json: bool, shard: str | None, out_part: Path | None) -> None:
+        *, options: EvalOptions, json: bool, shard: str | None, out_part: Path | None,
+        relevance: Path | None) -> None:
     """k-nearest-neighbour classification accuracy (majority vote)."""
     if k <= 0:
         raise OptionError(f"-k {k}: must be at least 1")
     _execute("knn", query, gallery, options, [1], shard, out_part, knn_k=k, extra={"k": k},
-             outputs={"--predictions": predictions}, as_json=json)
+             outputs={"--predictions": predictions}, as_json=json, relevance=relevance)
 
 
 PR_EXAMPLES = examples(
@@ -216,11 +234,13 @@ def pr(query: QueryArg, gallery: GalleryArg,
            "PNG of the mean interpolated PR curve (needs matplotlib).", "--plot")] = None,
        per_query: Annotated[Path | None, file_option(
            "CSV, one row per query: ranks, AP, max F1.", "--per-query")] = None,
-       *, options: EvalOptions, json: bool, shard: str | None, out_part: Path | None) -> None:
+       *, options: EvalOptions, json: bool, shard: str | None, out_part: Path | None,
+       relevance: Path | None) -> None:
     """Precision-recall: mAP and the best F1 with its precision, recall and threshold."""
     if plot:
         from embeval.results import writers as exports
 
         exports.require_matplotlib()
     _execute("pr", query, gallery, options, [1], shard, out_part, pr=True,
-             outputs={"--curves": curves, "--plot": plot, "--per-query": per_query}, as_json=json)
+             outputs={"--curves": curves, "--plot": plot, "--per-query": per_query}, as_json=json,
+             relevance=relevance)

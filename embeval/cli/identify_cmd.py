@@ -36,7 +36,7 @@ def identify(query: QueryArg, gallery: GalleryArg, ks: KsOpt = None,
                  help="Threshold at FPIR f: embeval (above the (⌊f·N⌋+1)-th highest non-mated "
                       "top-1 score) or insightface (above the max(⌊f·N⌋, 1)-th).")] = "embeval",
              *, options: EvalOptions, json: bool, shard: str | None,
-             out_part: Path | None) -> None:
+             out_part: Path | None, relevance: Path | None) -> None:
     """Open-set identification: TPIR@FPIR at rank 1 and -k, thresholds, closed-set rank-k."""
     fpirs = fpir or DEFAULT_FPIRS
     for f in fpirs:
@@ -46,7 +46,7 @@ def identify(query: QueryArg, gallery: GalleryArg, ks: KsOpt = None,
         raise OptionError("--no-positive: identify ranks mated queries only (the others are "
                           "its non-mated searches)")
     _execute("identify", query, gallery, options, ks, shard, out_part,
-             extra={"fpirs": fpirs, "fpir_rule": fpir_rule}, as_json=json)
+             extra={"fpirs": fpirs, "fpir_rule": fpir_rule}, as_json=json, relevance=relevance)
 
 
 def render_identification(job, result, as_json: bool, provenance: dict) -> None:  # noqa: ANN001

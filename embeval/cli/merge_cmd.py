@@ -73,7 +73,8 @@ def merge(
     run = Job(command, Path(inputs["query"][0]["file"]), [Path(f["file"]) for f in inputs["gallery"]],
               options, job["ks"], knn_k=job["knn_k"], pr=job["pr"], extra=job["extra"],
               outputs={k: v for k, v in given.items() if k in OUTPUTS[command]},
-              out_topk=job["out_topk"], as_json=json)
+              out_topk=job["out_topk"], as_json=json,
+              relevance=Path(inputs["relevance"][0]["file"]) if "relevance" in inputs else None)
     result = summarize_parts(merged, t0=t0)
     topn = result.stats.topk_scores.shape[1] if result.stats.topk_scores is not None else None
     finish(run, result, job["label_names"], topn if command == "score" else job["knn_k"],
@@ -84,7 +85,8 @@ def _files(inputs: dict) -> dict:
     """The parts' input fingerprints as a whole run's JSON object lists them (same key order, so
     the merged ``--json`` line is the single run's, byte for byte but for the elapsed time)."""
     return {side: [{"file": f["file"], "size": f["size"], "sha256": f["sha256"]}
-                   for f in inputs[side]] for side in ("query", "gallery")}
+                   for f in inputs[side]] for side in ("query", "gallery", "relevance")
+            if side in inputs}
 
 
 def _check_inputs_unchanged(job: dict) -> None:

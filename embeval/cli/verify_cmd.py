@@ -27,7 +27,7 @@ VERIFY_EXAMPLES = examples(
     "--far-rule nearest --roc roc.csv --plot roc.png")
 
 
-@metric_command(VERIFY_EXAMPLES)
+@metric_command(VERIFY_EXAMPLES, ranked=False)
 def verify(query: QueryArg, gallery: GalleryArg,
            far: Annotated[list[float] | None, typer.Option(
                "--far", metavar="F...",

@@ -38,8 +38,12 @@ def workers() -> int:
 
 def negative_pass(stats, query: EmbeddingSet, gallery: EmbeddingSet, qemb: torch.Tensor,
                   qa: torch.Tensor, ga: torch.Tensor, protocol, g_range: tuple[int, int],
-                  rows: int, *, progress=None, **_: object) -> None:
-    """Fill ``stats`` (in place) from gallery items ``g_range`` streamed in blocks of ``rows``."""
+                  rows: int, *, progress=None, relevance=None, **_: object) -> None:
+    """Fill ``stats`` (in place) from gallery items ``g_range`` streamed in blocks of ``rows``.
+
+    ``relevance``: the queries' listed items, exclusions folded in
+    (:func:`embeval.engine.listed.with_protocol`), instead of their label groups.
+    """
     nq = query.n
     tq, tg = tile_shape(nq, gallery.n)
     q = qemb.numpy()
@@ -49,15 +53,20 @@ def negative_pass(stats, query: EmbeddingSet, gallery: EmbeddingSet, qemb: torch
     q_tiles = [q[i * tq:(i + 1) * tq] if i < n_qt - 1 else last for i in range(n_qt)]
 
     no_cam = np.zeros(1, np.int64)
-    lab_order, lab_lo, lab_hi = label_groups(query.labels, gallery.labels)
+    if relevance is None:
+        lab_order, lab_lo, lab_hi = label_groups(query.labels, gallery.labels)
+        own_junk = np.zeros(len(lab_order), np.bool_)
+    else:  # the camera rule is folded into the lists (junk)
+        lab_order, off = relevance.gallery.numpy(), relevance.offsets.numpy()
+        lab_lo, lab_hi, own_junk = off[:-1], off[1:], (~relevance.positive).numpy()
     shared = dict(
-        qlab=query.labels.numpy(), glab=gallery.labels.numpy(),
         qcam=query.cameras.numpy() if query.cameras is not None else np.zeros(nq, np.int64),
         gcam=gallery.cameras.numpy() if gallery.cameras is not None else no_cam,
         qa=qa.numpy(), ga=ga.numpy(), mode=METRIC_CODES[stats.metric],
-        exclude_self=protocol.exclude_self, exclude_cam=protocol.exclude_same_camera,
-        lab_order=lab_order, lab_lo=lab_lo, lab_hi=lab_hi, eps=stats.extra["eps"].numpy(),
-        Qe=q,
+        exclude_self=protocol.exclude_self,
+        exclude_cam=protocol.exclude_same_camera and relevance is None,
+        lab_order=lab_order, lab_lo=lab_lo, lab_hi=lab_hi, own_junk=own_junk,
+        eps=stats.extra["eps"].numpy(), Qe=q,
     )
     offsets = stats.pos_offsets.numpy()
     k = stats.topk_scores.shape[1] if stats.topk_scores is not None else 0

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import torch
 
+from embeval.data.relevance import Relevance
 from embeval.data.store import EmbeddingSet
+from embeval.engine.listed import listed_masks, with_protocol
 from embeval.engine.rank import tie_tolerance
 from embeval.engine.similarity import aux, canonical_dot, transform
 from embeval.engine.stats import Protocol
@@ -24,14 +26,18 @@ NONE = -1
 
 def hardest_negatives(query: EmbeddingSet, gallery: EmbeddingSet, max_neg: torch.Tensor, *,
                       metric: str, protocol: Protocol = Protocol(), rows: int = 4096,
-                      query_rows: int = 2048) -> torch.Tensor:
+                      query_rows: int = 2048, relevance: Relevance | None = None) -> torch.Tensor:
     """[Q] int64: the gallery index of each query's hardest negative (``-1``: no negative).
 
     ``max_neg``: [Q] float32 hardest negative scores from an fp32 ranking pass
     (``RankStats.max_neg``, ``-inf`` where a query has none). A negative is a gallery item
     whose label is not the query's known label, other than the query's own index under
-    ``protocol.exclude_self``. Streams the gallery in blocks of ``rows`` items.
+    ``protocol.exclude_self``; with ``relevance``, an item the query does not list (nor drops
+    by the protocol: :func:`embeval.engine.listed.with_protocol`). Streams the gallery in blocks
+    of ``rows`` items.
     """
+    if relevance is not None:
+        relevance = with_protocol(relevance, query, gallery, protocol)
     qemb = query.embeddings
     qa = aux(qemb, metric)
     best = torch.full((query.n,), NONE, dtype=torch.int64)
@@ -49,8 +55,12 @@ def hardest_negatives(query: EmbeddingSet, gallery: EmbeddingSet, max_neg: torch
             if not len(rows_todo):
                 continue
             s = transform(qemb[rows_todo] @ g.T, qa[rows_todo, None], ga[None, :], metric)
-            qlab = query.labels[rows_todo, None]
-            neg = ~((qlab >= 0) & (qlab == glab[None, :]))
+            if relevance is not None:
+                neg = ~listed_masks(relevance.offsets, relevance.gallery, relevance.positive,
+                                    rows_todo, a, a + len(g))[0]
+            else:
+                qlab = query.labels[rows_todo, None]
+                neg = ~((qlab >= 0) & (qlab == glab[None, :]))
             if protocol.exclude_self:
                 neg &= rows_todo[:, None] != torch.arange(a, a + len(g))[None, :]
             near = neg & (s >= (max_neg[rows_todo] - eps[rows_todo])[:, None])

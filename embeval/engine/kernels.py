@@ -19,8 +19,9 @@ lowest positive at D = 512).
 Per row of a tile, :func:`tile_pass`:
 
 1. applies the metric transform to the BLAS dot products;
-2. offers the query's own-label items (never negatives; the camera rule may drop
-   them) to the running top-k, then masks them and the query itself (``--exclude-self``);
+2. offers the query's own items (never negatives: its label group, or its listed items
+   under a relevance list) to the running top-k unless junk or dropped by the camera rule,
+   then masks them and the query itself (``--exclude-self``);
 3. scans the row once, keeping only the columns whose score reaches min(the query's
    lowest positive, the k-th best so far, the hardest negative so far) - eps (a
    compare and a store per score, no branch);
@@ -152,16 +153,19 @@ def _pair_scores(q, g, qid, gid, g0, qa, ga, mode, out):
         out[m] = _canon_score(q[qid[m]], g[gid[m] - g0], qa[qid[m]], ga[gid[m]], mode)
 
 
-def _tile_pass(S, G, Qe, nrows, c0, c1, q0, g0, qlab, glab, qcam, gcam, qa, ga, mode,
-               exclude_self, exclude_cam, lab_order, lab_lo, lab_hi, eps,
+def _tile_pass(S, G, Qe, nrows, c0, c1, q0, g0, qcam, gcam, qa, ga, mode,
+               exclude_self, exclude_cam, lab_order, lab_lo, lab_hi, own_junk, eps,
                pos_off, pos, hist, max_neg, n_neg, topv, topi):
     """Update the statistics of tile rows ``[0, nrows)`` from tile columns ``[c0, c1)``.
 
     S: [TQ, TG] float32 BLAS dot products, overwritten (scratch); tile row r is query
     ``q0 + r``, tile column c is gallery item ``g0 + c``, whose embedding is ``G[c]``; ``Qe``
-    [Q, D] holds the queries. ``lab_order`` [G]: gallery indices grouped by label
-    (ascending within a label); query i's group is ``lab_order[lab_lo[i]:lab_hi[i]]``
-    (empty for unknown labels). ``eps`` [Q]: the BLAS-vs-canonical score bound.
+    [Q, D] holds the queries. Query i's *own* items (never negatives) are
+    ``lab_order[lab_lo[i]:lab_hi[i]]``, ascending: its label group (``lab_order`` [G]: gallery
+    indices grouped by label; empty for unknown labels), or its listed items (a relevance CSR).
+    ``own_junk`` (aligned with ``lab_order``): True for a junk entry, never offered to the top-k
+    (all False for label groups, where the camera rule ``exclude_cam`` drops items instead).
+    ``eps`` [Q]: the BLAS-vs-canonical score bound.
     ``pos_off`` [nrows + 1] and ``pos`` (canonical, ascending per row), ``hist`` (P_r + 1
     bins per row, row r starts at ``pos_off[r] + r``), ``max_neg``/``n_neg`` [nrows] and
     ``topv``/``topi`` [nrows, k] are views of this tile's rows, updated in place.
@@ -176,7 +180,6 @@ def _tile_pass(S, G, Qe, nrows, c0, c1, q0, g0, qlab, glab, qcam, gcam, qa, ga, 
     gcol = ga[g0 + c0:g0 + c1]
     for r in range(nrows):
         qi = q0 + r
-        ql = qlab[qi]
         qc = qcam[qi]
         qa_r = qa[qi]
         qrow = Qe[qi]
@@ -191,20 +194,21 @@ def _tile_pass(S, G, Qe, nrows, c0, c1, q0, g0, qlab, glab, qcam, gcam, qa, ga, 
                 d2 = d2 if d2 > zero else zero
                 row[c] = np.float32(-np.sqrt(d2)) if mode == 2 else -d2
         masked = 0
-        if ql >= 0:  # own-label items: top-k only (unless dropped by the camera rule)
-            lo = lab_lo[qi]
-            hi = lab_hi[qi]
-            t = lo + _count_lt(lab_order[lo:hi], g0 + c0)
-            while t < hi and lab_order[t] < g0 + c1:
-                j = lab_order[t]
-                c = j - g0 - c0
-                t += 1
-                if exclude_self and j == qi:
-                    continue  # masked below
-                if k > 0 and not (exclude_cam and gcam[j] == qc) and row[c] >= topv[r, k - 1] - e:
-                    _topk_insert(topv, topi, r, _canon_score(qrow, G[c0 + c], qa_r, ga[j], mode), j)
-                row[c] = ninf
-                masked += 1
+        lo = lab_lo[qi]  # own items: top-k only (unless junk or dropped by the camera rule)
+        hi = lab_hi[qi]
+        t = lo + _count_lt(lab_order[lo:hi], g0 + c0) if lo < hi else hi
+        while t < hi and lab_order[t] < g0 + c1:
+            j = lab_order[t]
+            c = j - g0 - c0
+            junk = own_junk[t]
+            t += 1
+            if exclude_self and j == qi:
+                continue  # masked below
+            if (k > 0 and not junk and not (exclude_cam and gcam[j] == qc)
+                    and row[c] >= topv[r, k - 1] - e):
+                _topk_insert(topv, topi, r, _canon_score(qrow, G[c0 + c], qa_r, ga[j], mode), j)
+            row[c] = ninf
+            masked += 1
         if exclude_self and g0 + c0 <= qi < g0 + c1:
             row[qi - g0 - c0] = ninf
             masked += 1

@@ -18,8 +18,9 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from embeval.data.relevance import Relevance
 from embeval.data.store import EmbeddingSet
-from embeval.engine import plan
+from embeval.engine import listed, plan
 from embeval.engine.plan import default_memory, parse_memory
 from embeval.engine.similarity import (
     METRIC_CODES,
@@ -86,6 +87,7 @@ def rank_stats(
     gallery_range: tuple[int, int] | None = None,
     backend: str = "auto",
     progress: Progress | None = None,
+    relevance: Relevance | None = None,
 ) -> RankStats:
     """Stream the gallery once and return the exact :class:`RankStats` of every query.
 
@@ -95,6 +97,9 @@ def rank_stats(
     ``backend``: ``"numba"`` (CPU fp32: fused compiled pass over fixed tiles, bit-identical
     for any block size, shard split or thread count), ``"torch"`` (CUDA, other precisions),
     or ``"auto"``.
+    ``relevance``: per-query positives and junk (:class:`~embeval.data.relevance.Relevance`,
+    for these query and gallery sets) instead of label equality; junk is invisible to its
+    query; the protocol applies on top (:func:`embeval.engine.listed.with_protocol`).
     """
     check_metric(metric)
     _check_inputs(query, gallery, protocol, topk)
@@ -117,7 +122,13 @@ def rank_stats(
     qnorm = row_norms(qemb)
     qa = aux(qemb, metric, qnorm)
     ga = torch.empty(gallery.n, dtype=torch.float32)
-    qid, gid = positive_pairs(query.labels, gallery.labels, query.cameras, gallery.cameras, protocol)
+    if relevance is not None:
+        relevance.check_sizes(query.n, gallery.n)
+        relevance = listed.with_protocol(relevance, query, gallery, protocol)
+        qid, gid = listed.positive_pairs_listed(relevance)
+    else:
+        qid, gid = positive_pairs(query.labels, gallery.labels, query.cameras, gallery.cameras,
+                                  protocol)
     pos, gmax, g_row = _positive_scores(qemb, qa, gallery, ga, qid, gid, metric, rows,
                                         compiled=backend == "numba")
     check_norms(query, qnorm, gallery, gmax, g_row, metric=metric, precision=precision)
@@ -141,7 +152,8 @@ def rank_stats(
     else:
         from embeval.engine.torch_pass import negative_pass  # type: ignore[assignment]
     negative_pass(stats, query, gallery, qemb, qa, ga, protocol, (a, b), rows,
-                  device=dev, precision=precision, budget=budget, progress=progress)
+                  device=dev, precision=precision, budget=budget, progress=progress,
+                  relevance=relevance)
     # a query that saw a negative has a finite hardest negative (-inf only when it saw none)
     check_finite_scores(torch.where(stats.n_neg > 0, stats.max_neg, 0.0), query.name,
                         gallery.name, "negative ")

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from embeval.data.store import EmbeddingSet
+from embeval.engine.listed import listed_masks
 from embeval.engine.similarity import (
     canonical_dot,
     check_finite_scores,
@@ -41,8 +42,13 @@ BYTES_PER_SCORE = 64  # dot, score, bucket (int64), neighbour scores, masks, top
 def negative_pass(stats, query: EmbeddingSet, gallery: EmbeddingSet, qemb: torch.Tensor,
                   qa: torch.Tensor, ga: torch.Tensor, protocol, g_range: tuple[int, int],
                   rows: int, *, device: torch.device, precision: str, budget: int,
-                  progress=None) -> None:
-    """Fill ``stats`` (in place) from gallery items ``g_range`` streamed in blocks of ``rows``."""
+                  progress=None, relevance=None) -> None:
+    """Fill ``stats`` (in place) from gallery items ``g_range`` streamed in blocks of ``rows``.
+
+    ``relevance``: the queries' listed items, exclusions folded in
+    (:func:`embeval.engine.listed.with_protocol`): listed items are not negatives, junk is
+    not a top-k candidate; else label equality and the camera rule decide.
+    """
     nq = query.n
     dtype = matmul_dtype(precision)
     q_all = qemb.to(device)
@@ -50,7 +56,11 @@ def negative_pass(stats, query: EmbeddingSet, gallery: EmbeddingSet, qemb: torch
     qlab = query.labels.to(device)
     glab = gallery.labels.to(device)
     qcam = gcam = None
-    if protocol.exclude_same_camera:
+    csr = None
+    if relevance is not None:
+        csr = (relevance.offsets.to(device), relevance.gallery.to(device),
+               relevance.positive.to(device))
+    elif protocol.exclude_same_camera:
         assert query.cameras is not None and gallery.cameras is not None  # checked by rank_stats
         qcam, gcam = query.cameras.to(device), gallery.cameras.to(device)
     counts = stats.n_pos.to(device)
@@ -79,17 +89,20 @@ def negative_pass(stats, query: EmbeddingSet, gallery: EmbeddingSet, qemb: torch
                 dot = (q_all[q0:q1].to(dtype) @ g_mm.T).float()
                 s = transform(dot, qa_all[q0:q1, None], ga_all[None, start:stop], stats.metric)
                 check_finite_scores(s, query.name, gallery.name)
-                same = (qlab[q0:q1, None] == glab[None, start:stop]) & (qlab[q0:q1, None] >= 0)
+                if csr is not None:
+                    same, junk = listed_masks(*csr, qi, start, stop)
+                else:
+                    same = (qlab[q0:q1, None] == glab[None, start:stop]) & (qlab[q0:q1, None] >= 0)
+                    junk = same & (qcam[q0:q1, None] == gcam[None, start:stop]) \
+                        if k and qcam is not None and gcam is not None else None
                 dropped = qi[:, None] == gi[None, :] if protocol.exclude_self else None
                 neg = ~same if dropped is None else ~same & ~dropped
                 n_neg[q0:q1] += neg.sum(1)
                 padded = _padded_positives(counts[q0:q1], offsets[q0:q1 + 1], pos)
                 cand = None
                 if k:
-                    out = same & (qcam[q0:q1, None] == gcam[None, start:stop]) \
-                        if qcam is not None and gcam is not None else None
-                    excluded = dropped if out is None else (out if dropped is None
-                                                            else out | dropped)
+                    excluded = dropped if junk is None else (junk if dropped is None
+                                                             else junk | dropped)
                     cand = s if excluded is None else s.masked_fill(excluded, NEG_INF)
                 masked = s.masked_fill(~neg, NEG_INF)
                 bucket = torch.searchsorted(padded, masked, right=True)  # [qb, gb] in 0..P

@@ -15,6 +15,10 @@ second, obviously-correct reading of the specification:
 * positives: kept gallery items with the query's label, only when the query's
   label is >= 0 (a label < 0 is "unknown": never a positive). Everything else
   kept is a negative.
+* per-query relevance (``relevance=(positives, junk)``, two lists of Q lists of gallery
+  indices) replaces label equality: query i's positives are its listed positives that the
+  protocol keeps, its junk is removed from its row like an excluded item, everything else
+  kept is a negative.
 * pessimistic ties: for positive j, N_j = #kept items with score >= s_j and
   TP_j = #positives with score >= s_j.
 
@@ -138,7 +142,7 @@ def _knn_vote(order: np.ndarray, g_labels: np.ndarray, k: int) -> int:
 
 def reference(q_emb, q_labels, g_emb, g_labels, *, q_cams=None, g_cams=None, metric="cosine",
               ks=(1, 5, 10), knn_k=None, exclude_same_camera=False, exclude_self=False,
-              aggregate=None, no_positive="skip", pr=False) -> Reference:
+              aggregate=None, no_positive="skip", pr=False, relevance=None) -> Reference:
     """Every metric of ``embeval.evaluate`` by brute force (see module docstring)."""
     ql, gl = _i64(q_labels), _i64(g_labels)
     qe, ge = _f64(q_emb), _f64(g_emb)
@@ -150,6 +154,13 @@ def reference(q_emb, q_labels, g_emb, g_labels, *, q_cams=None, g_cams=None, met
                      exclude_self=exclude_self)
     Q, G = S.shape
     pos_all = (gl[None, :] == ql[:, None]) & (ql[:, None] >= 0) & keep
+    if relevance is not None:
+        listed_pos, listed_junk = relevance
+        pos_all = np.zeros((Q, G), dtype=bool)
+        for i in range(Q):
+            pos_all[i, list(listed_pos[i])] = True
+            keep[i, list(listed_junk[i])] = False
+        pos_all &= keep
 
     n_pos = np.zeros(Q, np.int64)
     first_rank = np.full(Q, np.inf)
