@@ -89,6 +89,7 @@ def negative_pass(stats, query: EmbeddingSet, gallery: EmbeddingSet, qemb: torch
                 dot = (q_all[q0:q1].to(dtype) @ g_mm.T).float()
                 s = transform(dot, qa_all[q0:q1, None], ga_all[None, start:stop], stats.metric)
                 check_finite_scores(s, query.name, gallery.name)
+                junk: torch.Tensor | None
                 if csr is not None:
                     same, junk = listed_masks(*csr, qi, start, stop)
                 else:
