@@ -21,7 +21,7 @@ from typing import Annotated, Any
 import typer
 
 from embeval.errors import InputFileError, OptionError
-from embeval.options import Aggregate, EvalOptions, Metric, NoPositive, Precision
+from embeval.options import Aggregate, ApRule, EvalOptions, Metric, NoPositive, Precision
 
 from ._app import app
 
@@ -52,6 +52,11 @@ AggregateOpt = Annotated[Aggregate, typer.Option(
 NoPosOpt = Annotated[NoPositive, typer.Option(
     "--no-positive", metavar="HOW",
     help="Queries without positives: skip them (torchreid), or zero: count AP 0.")]
+ApOpt = Annotated[ApRule, typer.Option(
+    "--ap", metavar="RULE",
+    help="AP behind mAP and the per-query ap: standard ((1/P) Σ TP_j/N_j), or trapezoid "
+         "(revisitop's trapezoidal area, as Revisited Oxford/Paris tables; the default under "
+         "--protocol).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
 BlockOpt = Annotated[int | None, typer.Option(hidden=True, min=1, help="Gallery rows per block.")]
 ShardOpt = Annotated[str | None, typer.Option(
@@ -118,17 +123,20 @@ SHARED: dict[str, Any] = {
 }
 #: the flags of the commands that rank the gallery per query (all metric commands but verify)
 RANKED: dict[str, Any] = {"relevance": RelevanceOpt}
+#: the flag of the commands that report mAP (cmc, pr)
+MAP: dict[str, Any] = {"ap": ApOpt}
 _DEFAULTS = EvalOptions()
 _FIELDS = {f.name for f in dataclasses.fields(EvalOptions)}
 
 
-def metric_command(epilog: str, *, ranked: bool = True
+def metric_command(epilog: str, *, ranked: bool = True, reports_map: bool = False
                    ) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Register ``fn(query, gallery, <its own options>, *, options, json, shard, out_part)`` as a
     command whose evaluation flags are written once, here (:data:`SHARED`, and :data:`RANKED`
-    when ``ranked``: ``fn`` then also takes ``relevance``): the command line gets them appended
-    to ``fn``'s own; ``fn`` gets one checked :class:`EvalOptions`."""
-    flags = {**SHARED, **RANKED} if ranked else SHARED
+    when ``ranked``: ``fn`` then also takes ``relevance``; :data:`MAP` when ``reports_map``):
+    the command line gets them appended to ``fn``'s own; ``fn`` gets one checked
+    :class:`EvalOptions`."""
+    flags = {**SHARED, **(RANKED if ranked else {}), **(MAP if reports_map else {})}
 
     def register(fn: Callable[..., None]) -> Callable[..., None]:
         own = [p for p in inspect.signature(fn, eval_str=True).parameters.values()
@@ -170,7 +178,7 @@ CMC_EXAMPLES = examples(
     "embeval cmc query.safetensors 'gallery/*.safetensors' --exclude-same-camera --json")
 
 
-@metric_command(CMC_EXAMPLES)
+@metric_command(CMC_EXAMPLES, reports_map=True)
 def cmc(query: QueryArg, gallery: GalleryArg, ks: KsOpt = None,
         per_query: Annotated[Path | None, file_option(
             "CSV, one row per query: ranks of first/last positive, AP, RR, AP@R, R-precision.",
@@ -226,7 +234,7 @@ PR_EXAMPLES = examples(
     "embeval pr query.safetensors gallery.safetensors --plot pr.png --curves pr.safetensors")
 
 
-@metric_command(PR_EXAMPLES)
+@metric_command(PR_EXAMPLES, reports_map=True)
 def pr(query: QueryArg, gallery: GalleryArg,
        curves: Annotated[Path | None, file_option(
            "Per-query PR points (.safetensors, values + offsets).", "--curves")] = None,
