@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
     from embeval.evaluate import EvalResult, aggregate_mean, evaluate, evaluation_stats, summarize
     from embeval.extract.embed import embed, evaluate_model
     from embeval.options import EvalOptions
+    from embeval.protocols.revisited import RevisitedResult, read_revisited, revisited
     from embeval.results.partials import merge_partials
     from embeval.results.writers import write_curves, write_per_query, write_pr_plot, write_predictions
     from embeval.verification.identify import IdentifyResult, identify
@@ -46,6 +47,8 @@ _LAZY: dict[str, str | None] = {
     "ConcatSet": "data.concat", "load_many": "data.concat",
     "Relevance": "data.relevance", "read_relevance": "data.relevance",
     "save_relevance": "data.relevance",
+    "read_revisited": "protocols.revisited", "revisited": "protocols.revisited",
+    "RevisitedResult": "protocols.revisited",
     "EvalResult": "evaluate", "aggregate_mean": "evaluate", "evaluate": "evaluate",
     "evaluation_stats": "evaluate", "summarize": "evaluate",
     "Protocol": "engine.stats", "RankStats": "engine.stats", "positive_pairs": "engine.rank",
@@ -63,7 +66,7 @@ _LAZY: dict[str, str | None] = {
 
 __all__ = [
     "EmbeddingSet", "load", "load_many", "ConcatSet", "save",
-    "Relevance", "read_relevance", "save_relevance",
+    "Relevance", "read_relevance", "save_relevance", "read_revisited", "revisited", "RevisitedResult",
     "evaluate", "evaluation_stats", "summarize", "EvalResult", "EvalOptions", "aggregate_mean",
     "embed", "evaluate_model", "verify", "VerifyResult", "identify", "IdentifyResult",
     "VerifyStats", "trial_stats",

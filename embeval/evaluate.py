@@ -102,7 +102,7 @@ def evaluate(
     part = evaluation_stats(query, gallery, opts, ks=ks, knn_k=knn_k, progress=progress,
                             relevance=relevance)
     return summarize(part.stats, part.gallery.labels, ks=part.ks, knn_k=knn_k,
-                     no_positive=opts.no_positive, pr=pr, options=part.options, t0=t0)
+                     no_positive=opts.no_positive, pr=pr, options=part.options, t0=t0, ap=opts.ap)
 
 
 @dataclass
@@ -160,18 +160,26 @@ def evaluation_stats(
 
 def summarize(stats: RankStats, gallery_labels: torch.Tensor, *, ks: Sequence[int],
               knn_k: int | None = None, no_positive: str = "skip", pr: bool = False,
-              options: dict[str, object] | None = None, t0: float | None = None) -> EvalResult:
-    """Every metric from (possibly merged) statistics."""
+              options: dict[str, object] | None = None, t0: float | None = None,
+              ap: str | None = None) -> EvalResult:
+    """Every metric from (possibly merged) statistics.
+
+    ``ap``: the AP of ``mAP`` and the per-query ``ap`` (:data:`embeval.options.AP_RULES`;
+    None: ``options["ap"]``, else ``"standard"``).
+    """
+    rule = ap if ap is not None else str((options or {}).get("ap", "standard"))
+    EvalOptions(ap=rule)  # checks the name
     first, last = M.first_hit_rank(stats), M.last_hit_rank(stats)
     hard_pos, hard_neg = M.hard_scores(stats)
+    ap_q = M.trapezoid_average_precision(stats) if rule == "trapezoid" else M.average_precision(stats)
     per_query = {"n_pos": stats.n_pos, "first_rank": first, "last_rank": last,
-                 "ap": M.average_precision(stats), "hard_pos": hard_pos, "hard_neg": hard_neg}
+                 "ap": ap_q, "hard_pos": hard_pos, "hard_neg": hard_neg}
     values: dict[str, float] = {}
     top = M.topk_accuracy(stats, ks=sorted(set([1, *ks])))
     values["accuracy"] = top[1]
     values.update({f"top{k}_accuracy": top[k] for k in ks})
     values.update({f"rank{k}": v for k, v in M.cmc(stats, ks=ks, no_positive=no_positive).items()})
-    values["mAP"] = M.mean_average_precision(stats, no_positive=no_positive)
+    values["mAP"] = M._valid_mean(ap_q, stats, no_positive)
     values["mINP"] = M.mean_inp(stats, no_positive=no_positive)
     ranked = M.rank_metrics(stats, ks=ks, no_positive=no_positive)
     values.update({key: ranked[key] for key in _rank_keys(ks)})

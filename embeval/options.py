@@ -21,8 +21,8 @@ from typing import Any, Literal, get_args
 from embeval.errors import OptionError
 
 __all__ = [
-    "EvalOptions", "Metric", "Precision", "Aggregate", "NoPositive", "Backend",
-    "METRICS", "PRECISIONS", "AGGREGATES", "NO_POSITIVE", "BACKENDS", "RESULT_OPTIONS",
+    "EvalOptions", "Metric", "Precision", "Aggregate", "NoPositive", "Backend", "ApRule",
+    "METRICS", "PRECISIONS", "AGGREGATES", "NO_POSITIVE", "BACKENDS", "AP_RULES", "RESULT_OPTIONS",
     "parse_memory",
 ]
 
@@ -31,6 +31,7 @@ Precision = Literal["fp32", "tf32", "bf16", "fp16"]
 Aggregate = Literal["none", "mean"]
 NoPositive = Literal["skip", "zero"]
 Backend = Literal["auto", "numba", "torch"]
+ApRule = Literal["standard", "trapezoid"]
 
 #: similarity metrics (higher = more similar), see :mod:`embeval.engine.similarity`
 METRICS: tuple[str, ...] = get_args(Metric)
@@ -42,10 +43,13 @@ AGGREGATES: tuple[str, ...] = get_args(Aggregate)
 NO_POSITIVE: tuple[str, ...] = get_args(NoPositive)
 #: engines of the ranking pass (:func:`embeval.engine.rank_stats`)
 BACKENDS: tuple[str, ...] = get_args(Backend)
+#: the AP behind mAP and the per-query ``ap``: (1/P) Σ TP_j / N_j (standard) or revisitop's
+#: trapezoids (:func:`embeval.metrics.trapezoid_average_precision`)
+AP_RULES: tuple[str, ...] = get_args(ApRule)
 
 #: the options that shape the result, in the order of the JSON ``options`` object
 RESULT_OPTIONS = ("metric", "exclude_same_camera", "exclude_self", "aggregate", "no_positive",
-                  "precision")
+                  "precision", "ap")
 
 _UNITS = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "KIB": 2**10, "M": 1e6, "MB": 1e6, "MIB": 2**20,
           "G": 1e9, "GB": 1e9, "GIB": 2**30, "T": 1e12, "TB": 1e12, "TIB": 2**40}
@@ -77,7 +81,7 @@ def parse_memory(text: str | int | None) -> int | None:
 
 @dataclass(frozen=True)
 class EvalOptions:
-    """How to evaluate: what shapes the result (the first six fields), then how it runs.
+    """How to evaluate: what shapes the result (the first six fields and ``ap``), then how it runs.
 
     ``metric``: similarity (:data:`METRICS`); ``exclude_same_camera`` / ``exclude_self``: the
     protocol (drop same-label same-camera items / leave-one-out); ``aggregate``: ``"mean"``
@@ -86,7 +90,8 @@ class EvalOptions:
     ``device``: auto, cpu, cuda or cuda:N (checked when the pass starts: ``resolve_device``);
     ``memory``: block budget in bytes or text such as ``"2GB"`` (None: 60% of free GPU memory,
     1 GB on CPU); ``block_size``: gallery rows per block (None: from ``memory``);
-    ``backend``: auto, numba or torch.
+    ``backend``: auto, numba or torch; ``ap``: the AP of ``mAP`` and the per-query ``ap``
+    (:data:`AP_RULES`: standard, or trapezoid as revisitop).
     Invalid values raise :class:`~embeval.errors.OptionError` naming the parameter.
     """
 
@@ -100,6 +105,7 @@ class EvalOptions:
     memory: int | str | None = None
     block_size: int | None = None
     backend: str = "auto"
+    ap: str = "standard"
 
     def __post_init__(self) -> None:
         if self.aggregate is None:
@@ -109,6 +115,7 @@ class EvalOptions:
         _one_of("aggregate", "mode", self.aggregate, AGGREGATES)
         _one_of("no_positive", "policy", self.no_positive, NO_POSITIVE)
         _one_of("backend", "backend", self.backend, BACKENDS)
+        _one_of("ap", "AP rule", self.ap, AP_RULES)
         for name in ("exclude_same_camera", "exclude_self"):
             if not isinstance(getattr(self, name), bool):
                 raise OptionError(f"{name}: expected True or False, got {getattr(self, name)!r}",

@@ -20,11 +20,13 @@ ALLOWED: dict[str, set[str]] = {
     "evaluate": {"data", "engine", "metrics"},
     "results": {"data", "engine", "metrics", "evaluate"},
     "verification": {"data", "engine", "metrics", "evaluate", "results"},
+    "protocols": {"data", "engine", "metrics", "evaluate"},
     "extract": {"data", "engine", "evaluate"},
     "train": {"data", "engine", "metrics", "evaluate", "extract", "results"},
-    "cli": {"data", "engine", "metrics", "evaluate", "results", "extract", "train", "verification"},
+    "cli": {"data", "engine", "metrics", "evaluate", "results", "extract", "train", "verification",
+            "protocols"},
     "facade": {"data", "engine", "metrics", "evaluate", "results", "extract", "train", "cli",
-               "verification"},
+               "verification", "protocols"},
 }
 
 

@@ -27,7 +27,8 @@ def test_result_options_keep_the_json_keys_and_order() -> None:
     o = EvalOptions(metric="inner", exclude_self=True, aggregate=None, device="cpu")
     assert list(o.result_options().items()) == [
         ("metric", "inner"), ("exclude_same_camera", False), ("exclude_self", True),
-        ("aggregate", "none"), ("no_positive", "skip"), ("precision", "fp32")]
+        ("aggregate", "none"), ("no_positive", "skip"), ("precision", "fp32"),
+            ("ap", "standard")]
     q, g = _sets()
     assert embeval.evaluate(q, g, o, ks=(1,)).options == o.to_dict()
     # keywords override the options object; the old keyword form still works

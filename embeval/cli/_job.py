@@ -99,6 +99,9 @@ def execute(job: Job, *, shard: str | None = None, out_part: Path | None = None)
     if job.relevance is not None and c.aggregate == "mean":
         raise OptionError("--relevance cannot be combined with --aggregate mean (the lists name "
                           "gallery items, not class prototypes)")
+    if job.extra.get("protocol"):
+        _revisited(job, q, g)
+        return
     rel = job.read_relevance(q, g)
     knn_k = job.knn_k
     if job.command == "score":
@@ -146,6 +149,21 @@ def _compute(job: Job, q: EmbeddingSet, g: EmbeddingSet, knn_k: int | None,
         stderr.print(f"embeval {job.command}: {group.world} ranks ({'query' if by_query else 'gallery'}"
                      f" shards, {group.device}) reduced onto rank 0", highlight=False, soft_wrap=True)
     finish(job, result, g.label_names, knn_k,
+           inputs=_inputs(job.query, source_files(q), source_files(g), job.relevance))
+
+
+def _revisited(job: Job, q: EmbeddingSet, g: EmbeddingSet) -> None:
+    """``cmc --protocol roxford|rparis``: three ranking passes (easy, medium, hard), one table."""
+    from embeval.protocols.revisited import read_revisited, revisited
+
+    if distributed.requested():
+        raise OptionError("--protocol: not under torchrun (three passes over a small gallery: "
+                          "run it as one process)")
+    assert job.relevance is not None  # checked by the cmc command
+    truth = read_revisited(job.relevance, q.n, g.n)
+    with progress_bar("ranking (easy, medium, hard)", "items") as update:
+        result = revisited(q, g, truth, job.options, ks=job.ks, progress=update)
+    finish(job, result, g.label_names, None,  # type: ignore[arg-type]
            inputs=_inputs(job.query, source_files(q), source_files(g), job.relevance))
 
 
@@ -222,6 +240,13 @@ def finish(job: Job, result: EvalResult, label_names: list[str] | None, knn_k: i
         from .identify_cmd import render_identification
 
         render_identification(job, result, job.as_json, provenance)
+    elif job.extra.get("protocol"):
+        n_valid = ", ".join(f"{s} {n}" for s, n in result.n_valid.items())  # type: ignore[attr-defined]
+        note = (f"{job.extra['protocol']}: {result.n_query} queries × {result.n_gallery} gallery "
+                f"items · with positives: {n_valid} (the others skipped) · "
+                f"{result.options['ap']} AP · 3 ranking passes · {result.elapsed_s:.2f}s")
+        render(job.command, result, job.ks, as_json=job.as_json,  # type: ignore[arg-type]
+               extra={**job.extra, **provenance}, keys=list(result.metrics), note=note)
     else:
         render(job.command, result, job.ks, as_json=job.as_json,
                extra={**job.extra, **provenance} or None)

@@ -16,12 +16,12 @@ import inspect
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
 from embeval.errors import InputFileError, OptionError
-from embeval.options import Aggregate, EvalOptions, Metric, NoPositive, Precision
+from embeval.options import Aggregate, ApRule, EvalOptions, Metric, NoPositive, Precision
 
 from ._app import app
 
@@ -52,6 +52,11 @@ AggregateOpt = Annotated[Aggregate, typer.Option(
 NoPosOpt = Annotated[NoPositive, typer.Option(
     "--no-positive", metavar="HOW",
     help="Queries without positives: skip them (torchreid), or zero: count AP 0.")]
+ApOpt = Annotated[ApRule | None, typer.Option(
+    "--ap", metavar="RULE",
+    help="AP behind mAP and the per-query ap: standard ((1/P) Σ TP_j/N_j), or trapezoid "
+         "(revisitop's trapezoidal area, as Revisited Oxford/Paris tables). Default: standard; "
+         "trapezoid under cmc --protocol.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
 BlockOpt = Annotated[int | None, typer.Option(hidden=True, min=1, help="Gallery rows per block.")]
 ShardOpt = Annotated[str | None, typer.Option(
@@ -118,29 +123,38 @@ SHARED: dict[str, Any] = {
 }
 #: the flags of the commands that rank the gallery per query (all metric commands but verify)
 RANKED: dict[str, Any] = {"relevance": RelevanceOpt}
+#: the flag of the commands that report mAP (cmc, pr)
+MAP: dict[str, Any] = {"ap": ApOpt}
 _DEFAULTS = EvalOptions()
 _FIELDS = {f.name for f in dataclasses.fields(EvalOptions)}
 
 
-def metric_command(epilog: str, *, ranked: bool = True
+def metric_command(epilog: str, *, ranked: bool = True, reports_map: bool = False
                    ) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Register ``fn(query, gallery, <its own options>, *, options, json, shard, out_part)`` as a
     command whose evaluation flags are written once, here (:data:`SHARED`, and :data:`RANKED`
-    when ``ranked``: ``fn`` then also takes ``relevance``): the command line gets them appended
-    to ``fn``'s own; ``fn`` gets one checked :class:`EvalOptions`."""
-    flags = {**SHARED, **RANKED} if ranked else SHARED
+    when ``ranked``: ``fn`` then also takes ``relevance``; :data:`MAP` when ``reports_map``):
+    the command line gets them appended to ``fn``'s own; ``fn`` gets one checked
+    :class:`EvalOptions`. :data:`MAP` flags default to None on the command line (the
+    EvalOptions default then): ``fn`` may take ``unset``, the names of those not given."""
+    flags = {**SHARED, **(RANKED if ranked else {}), **(MAP if reports_map else {})}
 
     def register(fn: Callable[..., None]) -> Callable[..., None]:
-        own = [p for p in inspect.signature(fn, eval_str=True).parameters.values()
-               if p.name not in {"options", *flags}]
+        params = inspect.signature(fn, eval_str=True).parameters
+        own = [p for p in params.values() if p.name not in {"options", "unset", *flags}]
         shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
-                                    default=getattr(_DEFAULTS, name, None if name != "json" else False))
+                                    default=None if name in MAP else
+                                    getattr(_DEFAULTS, name, None if name != "json" else False))
                   for name, annotation in flags.items()]
 
         @functools.wraps(fn)
         def command(**values: Any) -> None:
-            options = EvalOptions(**{k: values.pop(k) for k in list(values) if k in _FIELDS})
-            fn(**values, options=options)
+            unset = frozenset(k for k in MAP if k in values and values[k] is None)
+            options = EvalOptions(**{k: values.pop(k) for k in list(values)
+                                     if k in _FIELDS and k not in unset})
+            for k in unset:
+                values.pop(k)
+            fn(**values, options=options, **({"unset": unset} if "unset" in params else {}))
 
         command.__signature__ = inspect.Signature(own + shared)  # type: ignore[attr-defined]
         return app.command(epilog=epilog)(command)
@@ -170,16 +184,48 @@ CMC_EXAMPLES = examples(
     "embeval cmc query.safetensors 'gallery/*.safetensors' --exclude-same-camera --json")
 
 
-@metric_command(CMC_EXAMPLES)
+ProtocolName = Literal["roxford", "rparis"]
+
+
+@metric_command(CMC_EXAMPLES, reports_map=True)
 def cmc(query: QueryArg, gallery: GalleryArg, ks: KsOpt = None,
         per_query: Annotated[Path | None, file_option(
             "CSV, one row per query: ranks of first/last positive, AP, RR, AP@R, R-precision.",
             "--per-query")] = None,
+        protocol: Annotated[ProtocolName | None, typer.Option(
+            "--protocol", metavar="NAME",
+            help="roxford or rparis (Revisited Oxford/Paris): mAP and mP@k in the easy, medium "
+                 "and hard settings (three ranking passes), from --relevance FILE with "
+                 "query,gallery,kind rows (kind: easy, hard, junk); --ap trapezoid unless given.")
+        ] = None,
         *, options: EvalOptions, json: bool, shard: str | None, out_part: Path | None,
-        relevance: Path | None) -> None:
+        relevance: Path | None, unset: frozenset[str] = frozenset()) -> None:
     """CMC rank-k, mAP, mINP, MRR, MAP@R, R-precision, P@k, nDCG@k (retrieval / re-identification)."""
+    if protocol is not None:
+        options = _protocol_options(protocol, options, relevance, shard, per_query)
+        if "ap" in unset:
+            options = dataclasses.replace(options, ap="trapezoid")
     _execute("cmc", query, gallery, options, ks, shard, out_part,
-             outputs={"--per-query": per_query}, as_json=json, relevance=relevance)
+             outputs={"--per-query": per_query}, as_json=json, relevance=relevance,
+             **({"extra": {"protocol": protocol}} if protocol else {}))
+
+
+def _protocol_options(protocol: str, options: EvalOptions, relevance: Path | None,
+                      shard: str | None, per_query: Path | None) -> EvalOptions:
+    """Check ``cmc --protocol``'s flags."""
+    if relevance is None:
+        raise OptionError(f"--protocol {protocol}: needs --relevance FILE (query,gallery,kind "
+                          "rows, kind: easy, hard or junk)")
+    if shard is not None:
+        raise OptionError("--shard: not with --protocol (three passes over a small gallery: "
+                          "run it whole)")
+    if per_query is not None:
+        raise OptionError("--per-query: not with --protocol (one row per query and setting is "
+                          "not written; use the Python API's RevisitedResult.settings)")
+    if options.no_positive != "skip":
+        raise OptionError("--no-positive: the revisited protocol skips queries without "
+                          "positives (as revisitop)")
+    return options
 
 
 SCORE_EXAMPLES = examples(
@@ -226,7 +272,7 @@ PR_EXAMPLES = examples(
     "embeval pr query.safetensors gallery.safetensors --plot pr.png --curves pr.safetensors")
 
 
-@metric_command(PR_EXAMPLES)
+@metric_command(PR_EXAMPLES, reports_map=True)
 def pr(query: QueryArg, gallery: GalleryArg,
        curves: Annotated[Path | None, file_option(
            "Per-query PR points (.safetensors, values + offsets).", "--curves")] = None,

@@ -66,7 +66,8 @@ def merge(
         exports.require_matplotlib()
     if command == "score" and out is not None and getattr(merged.stats, "topk_scores", None) is None:
         _check_inputs_unchanged(job)
-    options = EvalOptions(**{k: job["options"][k] for k in RESULT_OPTIONS}, device="cpu")
+    options = EvalOptions(**{k: job["options"][k] for k in RESULT_OPTIONS if k in job["options"]},
+                          device="cpu")
     if command == "verify":
         _finish_verify(merged, job, options, given, json, t0)
         return

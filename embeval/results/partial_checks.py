@@ -17,14 +17,14 @@ import torch
 from embeval.engine import NO_INDEX, RankStats, shard_range
 from embeval.engine.trials import KEY_BINS, VerifyStats
 from embeval.errors import InputFileError
-from embeval.options import AGGREGATES, METRICS, NO_POSITIVE, PRECISIONS
+from embeval.options import AGGREGATES, AP_RULES, METRICS, NO_POSITIVE, PRECISIONS
 
 __all__ = ["check_header", "check_stats", "check_trials", "check_together", "COMMANDS"]
 
 COMMANDS = ("cmc", "score", "knn", "pr", "identify", "verify")
 _OPTIONS: dict[str, Any] = {
     "metric": METRICS, "precision": PRECISIONS, "exclude_same_camera": bool, "exclude_self": bool,
-    "aggregate": AGGREGATES, "no_positive": NO_POSITIVE,
+    "aggregate": AGGREGATES, "no_positive": NO_POSITIVE, "ap": AP_RULES,
 }
 
 
@@ -67,6 +67,8 @@ def _check_job(job: object) -> None:
     opts = job.get("options")
     _need(isinstance(opts, dict), "job.options must be an object")
     for key, allowed in _OPTIONS.items():
+        if key == "ap" and key not in opts:  # type: ignore[operator]
+            continue  # parts written before --ap existed: the standard AP
         v = opts.get(key)  # type: ignore[union-attr]
         ok = isinstance(v, allowed) if isinstance(allowed, type) else v in allowed
         _need(ok, f"job.options.{key}: {v!r} is not valid")

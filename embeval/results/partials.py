@@ -264,7 +264,7 @@ def summarize_parts(merged: Partial, *, t0: float | None = None) -> EvalResult:
     knn_k = job["knn_k"]
     if job["command"] == "score":
         knn_k = stats.topk_scores.shape[1] if stats.topk_scores is not None else None
-    options = EvalOptions(**{k: job["options"][k] for k in RESULT_OPTIONS})
+    options = EvalOptions(**{k: job["options"][k] for k in RESULT_OPTIONS if k in job["options"]})
     return summarize(stats, merged.gallery_labels, ks=job["ks"], knn_k=knn_k,
                      no_positive=options.no_positive, pr=job["pr"],
                      options=options.result_options(), t0=t0)

@@ -1,0 +1,1 @@
+"""Benchmark protocols built on the ranking pass (Revisited Oxford / Paris)."""
