@@ -245,7 +245,7 @@ def finish(job: Job, result: EvalResult, label_names: list[str] | None, knn_k: i
         note = (f"{job.extra['protocol']}: {result.n_query} queries × {result.n_gallery} gallery "
                 f"items · with positives: {n_valid} (the others skipped) · "
                 f"{result.options['ap']} AP · 3 ranking passes · {result.elapsed_s:.2f}s")
-        render(job.command, result, job.ks, as_json=job.as_json,  # type: ignore[arg-type]
+        render(job.command, result, job.ks, as_json=job.as_json,
                extra={**job.extra, **provenance}, keys=list(result.metrics), note=note)
     else:
         render(job.command, result, job.ks, as_json=job.as_json,
