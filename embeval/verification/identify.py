@@ -39,6 +39,7 @@ from typing import Any
 import torch
 
 from embeval import metrics as M
+from embeval.data.relevance import Relevance
 from embeval.data.store import EmbeddingSet
 from embeval.engine import RankStats
 from embeval.engine.rank import Progress
@@ -173,14 +174,15 @@ class IdentifyResult:
 
 def identify(query: EmbeddingSet, gallery: EmbeddingSet, options: EvalOptions | None = None, *,
              fpirs: Sequence[float] = DEFAULT_FPIRS, ks: Sequence[int] | None = None,
-             fpir_rule: str = "embeval", progress: Progress | None = None,
-             **overrides: Any) -> IdentifyResult:
+             fpir_rule: str = "embeval", relevance: Relevance | None = None,
+             progress: Progress | None = None, **overrides: Any) -> IdentifyResult:
     """Open-set 1:N identification of ``query`` against ``gallery`` (one ranking pass).
 
     ``options`` / ``overrides``: as for :func:`embeval.evaluate` (``no_positive`` does not
     apply: rank-k is over mated queries). ``ks``: ranks for TPIR and CMC (default 1 5 10,
     capped at the gallery size; rank 1 always). ``fpir_rule``: ``"embeval"`` or
-    ``"insightface"`` (module doc).
+    ``"insightface"`` (module doc). ``relevance``: per-query positives and junk instead of labels
+    (:class:`~embeval.data.relevance.Relevance`; a query without positives is non-mated).
     """
     t0 = time.perf_counter()
     opts = EvalOptions.build(options, **overrides)
@@ -193,7 +195,7 @@ def identify(query: EmbeddingSet, gallery: EmbeddingSet, options: EvalOptions | 
         n = gallery.n if opts.aggregate == "none" else (
             len(torch.unique(gallery.labels[known])) + int((~known).sum()))
         ks = [k for k in (1, 5, 10) if k <= n] or [1]
-    part = evaluation_stats(query, gallery, opts, ks=ks, progress=progress)
+    part = evaluation_stats(query, gallery, opts, ks=ks, relevance=relevance, progress=progress)
     return summarize_identification(part.stats, part.options, fpirs=fpirs, ks=part.ks,
                                     fpir_rule=fpir_rule, t0=t0)
 

@@ -264,3 +264,25 @@ def test_installed_command(files: dict, tmp_path) -> None:
 def _load(files: dict) -> tuple:
     q, g = embeval.load(files["q"]), embeval.load(files["g"])
     return (q.embeddings.tolist(), q.labels.tolist(), g.embeddings.tolist(), g.labels.tolist())
+
+
+def test_relevance_lists_give_the_label_result_and_can_unmate() -> None:
+    """Lists that say what the labels say give the same identification; dropping a query's
+    positives from the list makes it non-mated."""
+    from embeval.engine import positive_pairs
+
+    g = torch.Generator().manual_seed(11)
+    q = embeval.EmbeddingSet(torch.randint(-2, 3, (40, 6), generator=g).float(),
+                             torch.randint(-1, 5, (40,), generator=g))
+    gal = embeval.EmbeddingSet(torch.randint(-2, 3, (60, 6), generator=g).float(),
+                               torch.randint(0, 5, (60,), generator=g))
+    qi, gi = positive_pairs(q.labels, gal.labels)
+    listed = embeval.Relevance.from_pairs(qi, gi, torch.ones_like(qi), n_query=40, n_gallery=60)
+    kw = dict(metric="inner", device="cpu", fpirs=[0.1, 0.5], ks=[1, 3])
+    by_label = embeval.identify(q, gal, **kw)
+    by_list = embeval.identify(q, gal, relevance=listed, **kw)
+    assert by_list.metrics == by_label.metrics
+    keep = qi != qi[0]
+    fewer = embeval.Relevance.from_pairs(qi[keep], gi[keep], torch.ones_like(qi[keep]),
+                                         n_query=40, n_gallery=60)
+    assert embeval.identify(q, gal, relevance=fewer, **kw).n_mated == by_label.n_mated - 1
