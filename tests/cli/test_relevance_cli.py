@@ -60,23 +60,22 @@ def test_bad_relevance_exits_2_naming_file_and_line(capsys, files, tmp_path) -> 
 
 
 @pytest.mark.skipif(EXE is None, reason="the embeval console script is not installed")
-def test_installed_command_shards_merge_to_the_whole_run(files, tmp_path) -> None:
-    def run(*args: object) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, timeout=300,
-                              cwd=tmp_path)
-
+def test_installed_command_shards_merge_to_the_whole_run(files, tmp_path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """The whole run through the installed command; the shards and merges in process."""
     base = ("score", files["q"], files["g"], "--relevance", files["rel"], "-k", 1, 3)
-    whole = run(*base, "--json")
+    whole = subprocess.run([EXE, *map(str, base), "--json"], capture_output=True, text=True,
+                           timeout=300, cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr
-    for i in range(2):
-        assert run(*base, "--shard", f"{i}/2").returncode == 0
-    merged = run("merge", "score.part-0-of-2.safetensors", "score.part-1-of-2.safetensors", "--json")
-    assert merged.returncode == 0, merged.stderr
-    assert without_time(merged.stdout) == without_time(whole.stdout)
+    parts = [tmp_path / f"part{i}.safetensors" for i in range(2)]
+    for i, part in enumerate(parts):
+        assert cli(capsys, *base, "--shard", f"{i}/2", "--out-part", part)[0] == 0
+    rc, merged, err = cli(capsys, "merge", *parts, "--json")
+    assert rc == 0, err
+    assert without_time(merged) == without_time(whole.stdout)
     other = tmp_path / "other.csv"
     other.write_text(files["rel"].read_text().replace(",-1\n", ",1\n", 1))
-    assert run(*base[:4], other, *base[5:], "--shard", "1/2",
-               "--out-part", "other.safetensors").returncode == 0
-    mixed = run("merge", "score.part-0-of-2.safetensors", "other.safetensors")
-    assert mixed.returncode == 2 and "is from a different run" in mixed.stderr
-    assert "inputs.relevance" in mixed.stderr
+    mixed_part = tmp_path / "other.safetensors"
+    assert cli(capsys, *base[:4], other, *base[5:], "--shard", "1/2", "--out-part", mixed_part)[0] == 0
+    rc, _, err = cli(capsys, "merge", parts[0], mixed_part)
+    assert rc == 2 and "is from a different run" in err and "inputs.relevance" in err
