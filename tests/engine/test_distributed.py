@@ -142,3 +142,21 @@ def test_more_cuda_ranks_than_gpus_is_refused_by_every_rank() -> None:
     with pytest.raises(embeval.OptionError, match=r"^device: 2 ranks on this node.*1 GPU\(s\)") as e:
         distributed.check_gpus_per_rank(2, 1)
     assert e.value.params == ("device",)
+
+
+def test_relevance_under_torchrun_equals_one_process(capsys: pytest.CaptureFixture[str],
+                                                    tmp_path: Path, files: dict[str, Path]) -> None:
+    """Per-query lists (positives and junk) reach every rank: the same result as one process."""
+    rows = ["query,gallery,relevance"]
+    g = torch.Generator().manual_seed(5)
+    for i in range(300):
+        items = torch.randperm(2000, generator=g)[:6].tolist()
+        rows += [f"{i},{x},{1 if j < 3 else -1}" for j, x in enumerate(items)]
+    rel = tmp_path / "rel.csv"
+    rel.write_text("\n".join(rows) + "\n")
+    opts = ["-k", "1", "5", "--relevance", rel, "--json"]
+    rc, single, err = cli(capsys, "cmc", files["q"], files["g"], *opts)
+    assert rc == 0, err
+    res = torchrun("cmc", files["q"], files["g0"], files["g1"], *opts, "--device", "cpu")
+    assert res.returncode == 0, res.stderr
+    assert without_time(res.stdout, "inputs") == without_time(single, "inputs")
