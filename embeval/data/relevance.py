@@ -35,9 +35,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
 
 from embeval.data.int_csv import BLOCK, IntCsvReader, check_file
+from embeval.data.safetensors_io import read_named
 from embeval.errors import InputFileError, OptionError
 
 __all__ = ["Relevance", "read_relevance", "save_relevance", "COLUMNS"]
@@ -209,19 +209,8 @@ class _CsvReader(IntCsvReader):
 
 
 def _read_safetensors(p: Path, n_query: int, n_gallery: int) -> Relevance:
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            keys = set(f.keys())
-            missing = [k for k in _TENSORS if k not in keys]
-            if missing:
-                raise InputFileError(p, f"missing tensor {missing[0]!r} (a relevance file holds "
-                                        "'offsets' int64 [Q+1], 'gallery' int64 [M], 'relevance' "
-                                        f"int8 [M]; found: {', '.join(sorted(keys)) or 'none'})")
-            t = {k: f.get_tensor(k) for k in _TENSORS}
-    except SafetensorError as e:
-        raise InputFileError(p, f"not a readable safetensors file ({e})") from None
-    except OSError as e:
-        raise InputFileError(p, f"cannot read ({e.strerror or e})") from None
+    t = read_named(p, _TENSORS, "a relevance file holds 'offsets' int64 [Q+1], 'gallery' int64 "
+                                "[M], 'relevance' int8 [M]")
     for k, dtype in _TENSORS.items():
         if t[k].dtype != dtype or t[k].dim() != 1:
             raise InputFileError(p, f"{k!r} must be a 1-D {str(dtype).removeprefix('torch.')} "

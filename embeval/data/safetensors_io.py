@@ -19,14 +19,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO
 
 import torch
+from safetensors import SafetensorError, safe_open
 
-__all__ = ["Layout", "plan_layout", "write_safetensors", "tensor_digest", "DTYPE_NAMES"]
+from embeval.errors import InputFileError
+
+__all__ = ["Layout", "plan_layout", "write_safetensors", "tensor_digest", "DTYPE_NAMES",
+           "read_named"]
 
 DTYPE_NAMES: dict[torch.dtype, str] = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
@@ -118,3 +123,23 @@ def tensor_digest(tensors: Mapping[str, torch.Tensor], *, prefix: bytes = b"") -
                              list(t.shape)]).encode("utf-8"))
         h.update(_as_bytes(t))
     return h.hexdigest()
+
+
+def read_named(path: str | os.PathLike[str], names: Iterable[str],
+               holds: str) -> dict[str, torch.Tensor]:
+    """The tensors ``names`` of a safetensors file (``safe_open``: a JSON header and raw bytes,
+    nothing unpickled). ``holds``: what such a file holds, for the error that names a missing
+    tensor. Raises :class:`InputFileError` naming the file."""
+    names = list(names)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = set(f.keys())
+            missing = [n for n in names if n not in keys]
+            if missing:
+                raise InputFileError(path, f"missing tensor {missing[0]!r} ({holds}; found: "
+                                           f"{', '.join(sorted(keys)) or 'none'})")
+            return {n: f.get_tensor(n) for n in names}
+    except SafetensorError as e:
+        raise InputFileError(path, f"not a readable safetensors file ({e})") from None
+    except OSError as e:
+        raise InputFileError(path, f"cannot read ({e.strerror or e})") from None

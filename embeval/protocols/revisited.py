@@ -29,11 +29,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
 
 from embeval import metrics as M
 from embeval.data.int_csv import check_file
 from embeval.data.relevance import Relevance
+from embeval.data.safetensors_io import read_named
 from embeval.data.store import EmbeddingSet
 from embeval.engine import RankStats
 from embeval.engine.rank import Progress
@@ -149,20 +149,8 @@ def _row(p: Path, line: int, row: list[str], order: list[int], n_query: int,
 
 def _read_safetensors(p: Path, n_query: int, n_gallery: int) -> tuple[np.ndarray, ...]:
     names = [n for k in KINDS for n in (f"{k}_offsets", k)]
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            keys = set(f.keys())
-            missing = [n for n in names if n not in keys]
-            if missing:
-                raise InputFileError(p, f"missing tensor {missing[0]!r} (a revisited ground-truth "
-                                        "file holds int64 'easy_offsets' [Q+1], 'easy' [M], the "
-                                        "same for 'hard' and 'junk'; found: "
-                                        f"{', '.join(sorted(keys)) or 'none'})")
-            t = {n: f.get_tensor(n) for n in names}
-    except SafetensorError as e:
-        raise InputFileError(p, f"not a readable safetensors file ({e})") from None
-    except OSError as e:
-        raise InputFileError(p, f"cannot read ({e.strerror or e})") from None
+    t = read_named(p, names, "a revisited ground-truth file holds int64 'easy_offsets' [Q+1], "
+                             "'easy' [M], the same for 'hard' and 'junk'")
     qs, gs, ks = [], [], []
     for kind_id, kind in enumerate(KINDS):
         off, g = t[f"{kind}_offsets"], t[kind]
@@ -185,20 +173,20 @@ def _read_safetensors(p: Path, n_query: int, n_gallery: int) -> tuple[np.ndarray
         qs.append(torch.repeat_interleave(torch.arange(n_query), off.diff()).numpy())
         gs.append(g.numpy())
         ks.append(np.full(len(g), kind_id, dtype=np.int64))
-    q, g, k = np.concatenate(qs), np.concatenate(gs), np.concatenate(ks)
+    q, gal, k = np.concatenate(qs), np.concatenate(gs), np.concatenate(ks)
     # identical pairs count once; one pair in two lists is an error
-    key = q * max(n_gallery, 1) + g
+    key = q * max(n_gallery, 1) + gal
     order = np.lexsort((k, key))
     same = key[order][1:] == key[order][:-1]
     clash = same & (k[order][1:] != k[order][:-1])
     if clash.any():
         i = order[int(np.argmax(clash))]
         j = order[int(np.argmax(clash)) + 1]
-        raise InputFileError(p, f"pair (query {int(q[i])}, gallery {int(g[i])}) is in both "
+        raise InputFileError(p, f"pair (query {int(q[i])}, gallery {int(gal[i])}) is in both "
                                 f"{KINDS[k[i]]!r} and {KINDS[k[j]]!r}")
     first = np.r_[True, ~same]
     keep = order[first]
-    return q[keep], g[keep], k[keep]
+    return q[keep], gal[keep], k[keep]
 
 
 @dataclass
