@@ -227,16 +227,24 @@ def precision_at_k(stats: RankStats, ks: Sequence[int],
     return {k: _per_valid(_segment_sum((n <= k).double(), stats) / k, stats) for k in ks}
 
 
+def _discount(rank: torch.Tensor) -> torch.Tensor:
+    """[n] float64 1 / log2(rank + 1) of integer ranks, each from Python's ``math.log2`` (one
+    value per distinct rank): torch's vectorised log2 can differ in the last bit between its
+    SIMD and scalar paths, which would make nDCG depend on how a tensor is split."""
+    values, inverse = torch.unique(rank, return_inverse=True)
+    table = torch.tensor([1.0 / math.log2(v + 1) for v in values.tolist()], dtype=torch.float64)
+    return table[inverse] if len(values) else torch.zeros(rank.shape, dtype=torch.float64)
+
+
 def ndcg_at_k(stats: RankStats, ks: Sequence[int],
               ranks: Ranks | None = None) -> dict[int, torch.Tensor]:
     """k → [Q] float64 nDCG@k, binary gain: Σ over positives j with N_j ≤ k of 1/log2(N_j + 1),
     divided by the ideal Σ_{i=1}^{min(P, k)} 1/log2(i + 1); nan when P = 0."""
     _, n, _ = _ranks_of(stats, ranks)
-    gain = 1.0 / torch.log2(n.double() + 1.0)
+    gain = _discount(n)
     top = max([0, *ks])
     ideal_cum = torch.zeros(top + 1, dtype=torch.float64)  # ideal_cum[m] = Σ_{i=1}^{m} 1/log2(i+1)
-    torch.cumsum(1.0 / torch.log2(torch.arange(2, top + 2, dtype=torch.float64)), 0,
-                 out=ideal_cum[1:])
+    torch.cumsum(_discount(torch.arange(1, top + 1)), 0, out=ideal_cum[1:])
     out = {}
     for k in ks:
         dcg = _segment_sum(torch.where(n <= k, gain, torch.zeros((), dtype=torch.float64)), stats)
