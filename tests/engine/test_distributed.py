@@ -71,17 +71,6 @@ def test_two_gloo_ranks_equal_one_process(capsys: pytest.CaptureFixture[str], tm
         assert all(torch.equal(x[k], y[k]) for k in x)
 
 
-def test_identify_under_torchrun_equals_one_process(capsys: pytest.CaptureFixture[str],
-                                                   files: dict[str, Path]) -> None:
-    opts = ["--fpir", "0.05", "0.2", "-k", "1", "5", "--json"]
-    rc, single, err = cli(capsys, "identify", files["q"], files["g"], *opts)
-    assert rc == 0, err
-    res = torchrun("identify", files["q"], files["g0"], files["g1"], *opts, "--device", "cpu")
-    assert res.returncode == 0, res.stderr
-    assert without_time(res.stdout, "inputs") == without_time(single, "inputs")
-    assert '"TPIR@FPIR=0.2,rank5"' in single  # non-mated queries: the open-set numbers exist
-
-
 @pytest.mark.parametrize("metric", embeval.METRICS)
 def test_tile_aligned_query_shards_concatenate_bit_for_bit(metric: str) -> None:
     """What the ranks do when queries outnumber a small gallery (split_axis == "query")."""
@@ -144,19 +133,21 @@ def test_more_cuda_ranks_than_gpus_is_refused_by_every_rank() -> None:
     assert e.value.params == ("device",)
 
 
-def test_relevance_under_torchrun_equals_one_process(capsys: pytest.CaptureFixture[str],
-                                                    tmp_path: Path, files: dict[str, Path]) -> None:
-    """Per-query lists (positives and junk) reach every rank: the same result as one process."""
+def test_identify_with_relevance_under_torchrun_equals_one_process(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, files: dict[str, Path]) -> None:
+    """identify (the open-set summary of the ranking pass) with per-query lists (positives and
+    junk) on two gloo ranks prints what one process prints."""
     rows = ["query,gallery,relevance"]
     g = torch.Generator().manual_seed(5)
-    for i in range(300):
+    for i in range(0, 300, 2):  # odd queries list nothing: non-mated
         items = torch.randperm(2000, generator=g)[:6].tolist()
         rows += [f"{i},{x},{1 if j < 3 else -1}" for j, x in enumerate(items)]
     rel = tmp_path / "rel.csv"
     rel.write_text("\n".join(rows) + "\n")
-    opts = ["-k", "1", "5", "--relevance", rel, "--json"]
-    rc, single, err = cli(capsys, "cmc", files["q"], files["g"], *opts)
+    opts = ["--fpir", "0.05", "0.2", "-k", "1", "5", "--relevance", rel, "--json"]
+    rc, single, err = cli(capsys, "identify", files["q"], files["g"], *opts)
     assert rc == 0, err
-    res = torchrun("cmc", files["q"], files["g0"], files["g1"], *opts, "--device", "cpu")
+    assert '"TPIR@FPIR=0.2,rank5"' in single and '"n_nonmated": 150' in single
+    res = torchrun("identify", files["q"], files["g0"], files["g1"], *opts, "--device", "cpu")
     assert res.returncode == 0, res.stderr
     assert without_time(res.stdout, "inputs") == without_time(single, "inputs")
