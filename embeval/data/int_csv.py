@@ -75,6 +75,14 @@ class IntCsvReader:
 
     # ------------------------------------------------------------------ header and dispatch
 
+    def read(self, block_bytes: int = BLOCK) -> None:
+        """:meth:`run` over the file at ``path`` (an unreadable file: :class:`InputFileError`)."""
+        try:
+            with open(self.path, "rb") as f:
+                self.run(f, block_bytes)
+        except OSError as e:
+            raise InputFileError(self.path, f"cannot read ({e.strerror or e})") from None
+
     def run(self, f: BinaryIO, block_bytes: int = BLOCK) -> None:
         """Read the whole file ``f`` (binary), calling :meth:`add` per block of rows."""
         first = f.readline()

@@ -151,11 +151,7 @@ def read_relevance(path: str | os.PathLike[str], n_query: int, n_gallery: int) -
     if p.suffix.lower() == ".safetensors":
         return _read_safetensors(p, n_query, n_gallery)
     reader = _CsvReader(p, n_query, n_gallery)
-    try:
-        with open(p, "rb") as f:
-            reader.run(f, BLOCK)
-    except OSError as e:
-        raise InputFileError(p, f"cannot read ({e.strerror or e})") from None
+    reader.read(BLOCK)
     return reader.result()
 
 

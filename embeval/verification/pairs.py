@@ -80,11 +80,7 @@ def read_pairs(path: str | Path, n_query: int | TemplateIds, n_gallery: int | Te
     p = Path(path)
     check_file(p, "a CSV pairs file")
     reader = _Reader(p, (n_query, n_gallery))
-    try:
-        with open(p, "rb") as f:
-            reader.run(f, _BLOCK)
-    except OSError as e:
-        raise InputFileError(p, f"cannot read ({e.strerror or e})") from None
+    reader.read(_BLOCK)
     return reader.result()
 
 
