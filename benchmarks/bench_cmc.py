@@ -506,13 +506,22 @@ def main(argv: list[str] | None = None) -> int:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
 
+    return report_end(info, args, results, f"faiss {info['faiss']}",
+                      f"sizes: {args.queries} queries x {args.gallery} gallery x {args.dim} dims; "
+                      f"wall = median of {args.repeat} run(s), whole process; peak = max RSS of "
+                      "the process; cpu s = the process's user+sys; other = cpu-s used by other "
+                      "processes meanwhile")
+
+
+def report_end(info: dict, args: argparse.Namespace, results: dict, library: str,
+               sizes: str) -> int:
+    """The closing lines of a benchmark: the machine (with ``library``, e.g. "faiss 1.8"), the
+    sizes note; then results.json in ``--out-dir`` and the ``--json`` line. Returns 0."""
     print(f"machine: {info['cpu_count']} cores ({info['cpus_usable']} usable), {info['cpu_model']}, "
           f"{info.get('ram_gb', '?')} GB RAM; python {info['python']}, torch {info['torch']} "
-          f"({info['torch_threads']} threads), numpy {info['numpy']}, faiss {info['faiss']}, "
+          f"({info['torch_threads']} threads), numpy {info['numpy']}, {library}, "
           f"numba {info['numba']}, embeval {info['embeval']}")
-    print(f"sizes: {args.queries} queries x {args.gallery} gallery x {args.dim} dims; "
-          f"wall = median of {args.repeat} run(s), whole process; peak = max RSS of the process; "
-          "cpu s = the process's user+sys; other = cpu-s used by other processes meanwhile")
+    print(sizes)
     if args.out_dir is not None:
         (args.out_dir / "results.json").write_text(json.dumps(results, indent=1))
     if args.json:

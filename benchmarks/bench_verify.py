@@ -48,6 +48,7 @@ from bench_cmc import (  # noqa: E402 - the helpers live next to this file
     machine,
     measure,
     prepare,
+    report_end,
     write_set,
 )
 
@@ -384,20 +385,11 @@ def main(argv: list[str] | None = None) -> int:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"machine: {info['cpu_count']} cores ({info['cpus_usable']} usable), {info['cpu_model']}, "
-          f"{info.get('ram_gb', '?')} GB RAM; python {info['python']}, torch {info['torch']} "
-          f"({info['torch_threads']} threads), numpy {info['numpy']}, sklearn {info['sklearn']}, "
-          f"numba {info['numba']}, embeval {info['embeval']}")
-    print(f"sizes: {args.queries} queries x {args.gallery} gallery x {args.dim} dims "
-          f"({args.queries * args.gallery:,} trials); wall = median of {args.repeat} run(s), whole "
-          "process; peak = max RSS of the process; cpu s = its user+sys; other = cpu-s used by "
-          "other processes meanwhile")
-    if args.out_dir is not None:
-        (args.out_dir / "results.json").write_text(json.dumps(results, indent=1))
-    if args.json:
-        print(json.dumps(results))
-    return 0
-
+    return report_end(info, args, results, f"sklearn {info['sklearn']}",
+                      f"sizes: {args.queries} queries x {args.gallery} gallery x {args.dim} dims "
+                      f"({args.queries * args.gallery:,} trials); wall = median of {args.repeat} "
+                      "run(s), whole process; peak = max RSS of the process; cpu s = its "
+                      "user+sys; other = cpu-s used by other processes meanwhile")
 
 if __name__ == "__main__":
     sys.exit(main())
