@@ -103,6 +103,15 @@ def require_files(paths: Sequence[Path]) -> None:
             raise InputFileError(path, "is a folder, expected a .safetensors embedding file")
 
 
+def rates(values: list[float] | None, default: Sequence[float], flag: str) -> list[float]:
+    """The user's rates (``--far``, ``--fpir``) or ``default``; each must lie in (0, 1)."""
+    chosen = list(values or default)
+    for f in chosen:
+        if not 0.0 < f < 1.0:
+            raise OptionError(f"{flag} {f:g}: must be between 0 and 1 (exclusive)")
+    return chosen
+
+
 def default_ks(ks: list[int] | None, gallery: list[Path]) -> list[int]:
     """The user's -k values, or 1 5 10 capped at the gallery size."""
     if ks:

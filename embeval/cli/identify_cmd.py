@@ -15,7 +15,7 @@ import typer
 from embeval.errors import OptionError
 from embeval.options import EvalOptions
 
-from .evaluate_cmds import GalleryArg, KsOpt, QueryArg, _execute, examples, metric_command
+from .evaluate_cmds import GalleryArg, KsOpt, QueryArg, _execute, examples, metric_command, rates
 
 FpirRule = Literal["embeval", "insightface"]
 DEFAULT_FPIRS = [1e-3, 1e-2, 1e-1]
@@ -38,10 +38,7 @@ def identify(query: QueryArg, gallery: GalleryArg, ks: KsOpt = None,
              *, options: EvalOptions, json: bool, shard: str | None,
              out_part: Path | None, relevance: Path | None) -> None:
     """Open-set identification: TPIR@FPIR at rank 1 and -k, thresholds, closed-set rank-k."""
-    fpirs = fpir or DEFAULT_FPIRS
-    for f in fpirs:
-        if not 0.0 < f < 1.0:
-            raise OptionError(f"--fpir {f:g}: must be between 0 and 1 (exclusive)")
+    fpirs = rates(fpir, DEFAULT_FPIRS, "--fpir")
     if options.no_positive != "skip":
         raise OptionError("--no-positive: identify ranks mated queries only (the others are "
                           "its non-mated searches)")

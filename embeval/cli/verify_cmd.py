@@ -16,7 +16,15 @@ import typer
 from embeval.errors import OptionError
 from embeval.options import EvalOptions
 
-from .evaluate_cmds import GalleryArg, QueryArg, examples, file_option, metric_command, require_files
+from .evaluate_cmds import (
+    GalleryArg,
+    QueryArg,
+    examples,
+    file_option,
+    metric_command,
+    rates,
+    require_files,
+)
 
 FarRule = Literal["step", "nearest"]
 
@@ -57,10 +65,7 @@ def verify(query: QueryArg, gallery: GalleryArg,
     """Verification: TAR@FAR, EER and AUC of every pair (or the listed pairs)."""
     from embeval._launch import requested
 
-    fars = far or [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
-    for f in fars:
-        if not 0.0 < f < 1.0:
-            raise OptionError(f"--far {f:g}: must be between 0 and 1 (exclusive)")
+    fars = rates(far, (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1), "--far")
     if options.no_positive != "skip":
         raise OptionError("--no-positive: verify counts trials, not queries")
     if folds is not None and pairs is None:
