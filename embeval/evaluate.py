@@ -92,7 +92,9 @@ def evaluate(
     ``MRR``, ``MAP@R``, ``R-precision``, ``P@{k}``, ``nDCG@{k}``, ``hard_pos``, ``hard_neg``;
     ``knn_accuracy`` with ``knn_k``; ``maxF1``, ``P@maxF1``, ``R@maxF1``, ``T@maxF1`` with
     ``pr=True``. ``per_query``: [Q] tensors ``n_pos``, ``first_rank``, ``last_rank``, ``ap``,
-    ``hard_pos``, ``hard_neg``, ``rr``, ``map_at_r``, ``r_precision`` (+ ``knn_pred``).
+    ``hard_pos``, ``hard_neg``, ``rr``, ``map_at_r``, ``r_precision``, ``p@{k}``, ``ndcg@{k}``
+    (+ ``knn_pred``; ``max_f1``, ``threshold@maxF1``, ``precision@maxF1``, ``recall@maxF1``
+    with ``pr``).
     ``backend``: see :func:`embeval.engine.rank_stats` (``"torch"`` runs the CUDA code on CPU).
     ``relevance``: per-query positives and junk instead of label equality
     (:func:`embeval.read_relevance`); the protocol's exclusions still apply.
@@ -183,7 +185,8 @@ def summarize(stats: RankStats, gallery_labels: torch.Tensor, *, ks: Sequence[in
     values["mINP"] = M.mean_inp(stats, no_positive=no_positive)
     ranked = M.rank_metrics(stats, ks=ks, no_positive=no_positive)
     values.update({key: ranked[key] for key in _rank_keys(ks)})
-    per_query.update({key: ranked[key] for key in ("rr", "map_at_r", "r_precision")})
+    per_query.update({key: ranked[key] for key in ("rr", "map_at_r", "r_precision",
+                                                   *(f"{m}@{k}" for m in ("p", "ndcg") for k in ks))})
     values["hard_pos"] = _nanmean(hard_pos)
     values["hard_neg"] = _nanmean(hard_neg)
     curves = None
@@ -193,7 +196,8 @@ def summarize(stats: RankStats, gallery_labels: torch.Tensor, *, ks: Sequence[in
     if pr:
         f1 = M.max_f1(stats, no_positive=no_positive)
         values.update({key: float(f1[key]) for key in ("maxF1", "P@maxF1", "R@maxF1", "T@maxF1")})
-        per_query.update({"max_f1": f1["f1"], "threshold@maxF1": f1["threshold"]})
+        per_query.update({"max_f1": f1["f1"], "threshold@maxF1": f1["threshold"],
+                          "precision@maxF1": f1["precision"], "recall@maxF1": f1["recall"]})
         curves = M.pr_points(stats)
     n_valid = int((stats.n_pos > 0).sum())
     return EvalResult(metrics=values, n_query=stats.n_query, n_gallery=stats.n_gallery,

@@ -258,16 +258,18 @@ def rank_metrics(stats: RankStats, *, ks: Sequence[int] = (1, 5, 10),
 
     Returns the summary ``{"MRR", "MAP@R", "R-precision", "P@{k}", "nDCG@{k}"}`` → floats
     (means over queries with positives, or counting them as 0 under ``no_positive="zero"``) and
-    the per-query ``{"rr", "map_at_r", "r_precision"}`` → [Q] float64 (nan when P = 0).
+    the per-query ``{"rr", "map_at_r", "r_precision", "p@{k}", "ndcg@{k}"}`` → [Q] float64
+    (nan when P = 0).
     """
     ranks = positive_ranks(stats)
     per = {"rr": reciprocal_rank(stats), "map_at_r": map_at_r(stats, ranks),
            "r_precision": r_precision(stats, ranks)}
-    summary: dict[str, Any] = {name: _valid_mean(per[key], stats, no_positive) for name, key in
-                               (("MRR", "rr"), ("MAP@R", "map_at_r"), ("R-precision", "r_precision"))}
-    precision, ndcg = precision_at_k(stats, ks, ranks), ndcg_at_k(stats, ks, ranks)
-    summary.update({f"P@{k}": _valid_mean(v, stats, no_positive) for k, v in precision.items()})
-    summary.update({f"nDCG@{k}": _valid_mean(v, stats, no_positive) for k, v in ndcg.items()})
+    per.update({f"p@{k}": v for k, v in precision_at_k(stats, ks, ranks).items()})
+    per.update({f"ndcg@{k}": v for k, v in ndcg_at_k(stats, ks, ranks).items()})
+    names = {"MRR": "rr", "MAP@R": "map_at_r", "R-precision": "r_precision",
+             **{f"P@{k}": f"p@{k}" for k in ks}, **{f"nDCG@{k}": f"ndcg@{k}" for k in ks}}
+    summary: dict[str, Any] = {name: _valid_mean(per[key], stats, no_positive)
+                               for name, key in names.items()}
     return {**summary, **per}
 
 

@@ -21,8 +21,9 @@ from typing import Any, Literal, get_args
 from embeval.errors import OptionError
 
 __all__ = [
-    "EvalOptions", "Metric", "Precision", "Aggregate", "NoPositive", "Backend", "ApRule",
+    "EvalOptions", "IntervalOptions", "Metric", "Precision", "Aggregate", "NoPositive", "Backend", "ApRule",
     "METRICS", "PRECISIONS", "AGGREGATES", "NO_POSITIVE", "BACKENDS", "AP_RULES", "RESULT_OPTIONS",
+    "RESAMPLING_UNITS",
     "parse_memory",
 ]
 
@@ -32,6 +33,7 @@ Aggregate = Literal["none", "mean"]
 NoPositive = Literal["skip", "zero"]
 Backend = Literal["auto", "numba", "torch"]
 ApRule = Literal["standard", "trapezoid"]
+ResamplingUnit = Literal["query", "label"]
 
 #: similarity metrics (higher = more similar), see :mod:`embeval.engine.similarity`
 METRICS: tuple[str, ...] = get_args(Metric)
@@ -46,6 +48,8 @@ BACKENDS: tuple[str, ...] = get_args(Backend)
 #: the AP behind mAP and the per-query ``ap``: (1/P) Σ TP_j / N_j (standard) or revisitop's
 #: trapezoids (:func:`embeval.metrics.trapezoid_average_precision`)
 AP_RULES: tuple[str, ...] = get_args(ApRule)
+#: what a bootstrap resamples: queries, or identities (all queries of a label together)
+RESAMPLING_UNITS: tuple[str, ...] = get_args(ResamplingUnit)
 
 #: the options that shape the result, in the order of the JSON ``options`` object
 RESULT_OPTIONS = ("metric", "exclude_same_camera", "exclude_self", "aggregate", "no_positive",
@@ -153,3 +157,36 @@ class EvalOptions:
         return {name: getattr(self, name) for name in RESULT_OPTIONS}
 
     to_dict = result_options
+
+
+@dataclass(frozen=True)
+class IntervalOptions:
+    """How sure a number is: a percentile bootstrap (DESIGN.md section 7).
+
+    ``level``: the interval's coverage in (0, 1), e.g. 0.95; ``n_resamples``: bootstrap
+    resamples (and the permutations of a paired test); ``seed``: the resamples are a function
+    of the seed alone (same intervals for any block size, shard split, device or thread count);
+    ``by``: resample queries, or labels (all queries of an identity together; a query with an
+    unknown label is its own unit).
+    """
+
+    level: float = 0.95
+    n_resamples: int = 1000
+    seed: int = 0
+    by: str = "query"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.level, bool) or not isinstance(self.level, (int, float)) \
+                or not 0.0 < self.level < 1.0:
+            raise OptionError(f"level {self.level!r}: must be between 0 and 1 (exclusive), "
+                              "e.g. 0.95", param="level")
+        for name, low in (("n_resamples", 1), ("seed", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise OptionError(f"{name} {v!r}: must be an integer >= {low}", param=name)
+        _one_of("by", "resampling unit", self.by, RESAMPLING_UNITS)
+
+    def to_dict(self) -> dict[str, object]:
+        """The JSON ``options`` entries: level, method, resamples, seed, unit."""
+        return {"ci_level": self.level, "ci_method": "percentile bootstrap",
+                "ci_resamples": self.n_resamples, "ci_seed": self.seed, "ci_by": self.by}

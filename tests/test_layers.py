@@ -21,12 +21,13 @@ ALLOWED: dict[str, set[str]] = {
     "results": {"data", "engine", "metrics", "evaluate"},
     "verification": {"data", "engine", "metrics", "evaluate", "results"},
     "protocols": {"data", "engine", "metrics", "evaluate"},
+    "uncertainty": {"data", "engine", "metrics", "evaluate", "results"},
     "extract": {"data", "engine", "evaluate"},
     "train": {"data", "engine", "metrics", "evaluate", "extract", "results"},
     "cli": {"data", "engine", "metrics", "evaluate", "results", "extract", "train", "verification",
-            "protocols"},
+            "protocols", "uncertainty"},
     "facade": {"data", "engine", "metrics", "evaluate", "results", "extract", "train", "cli",
-               "verification", "protocols"},
+               "verification", "protocols", "uncertainty"},
 }
 
 

@@ -237,8 +237,9 @@ def revisited(query: EmbeddingSet, gallery: EmbeddingSet, ground_truth: dict[str
         settings[name] = summarize(part.stats, part.gallery.labels, ks=part.ks,
                                    no_positive="skip", options=part.options, ap=opts.ap)
         valid = part.stats.n_pos > 0
-        mp[name] = {k: M.exact_mean(v[valid])
-                    for k, v in M.revisited_precision_at_k(part.stats, part.ks).items()}
+        per_k = M.revisited_precision_at_k(part.stats, part.ks)
+        settings[name].per_query.update({f"mp@{k}": v for k, v in per_k.items()})
+        mp[name] = {k: M.exact_mean(v[valid]) for k, v in per_k.items()}
     ks = list(mp["medium"])
     metrics = {f"mAP@{s}": settings[s].metrics["mAP"] for s in SETTINGS}
     metrics.update({f"mP@{k}@{s}": mp[s][k] for s in SETTINGS for k in ks})

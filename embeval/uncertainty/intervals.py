@@ -1,0 +1,96 @@
+"""``intervals(result)``: a bootstrap interval for every metric of a result that has one.
+
+>>> import torch, embeval
+>>> q = embeval.EmbeddingSet(torch.eye(4)[[0, 1, 2, 3, 0, 1]], torch.tensor([0, 1, 2, 3, 0, 9]))
+>>> g = embeval.EmbeddingSet(torch.eye(4), torch.tensor([0, 1, 2, 3]))
+>>> res = embeval.evaluate(q, g, ks=(1,), device="cpu")
+>>> ci = intervals(res, level=0.9, n_resamples=200)
+>>> res.metrics["rank1"], ci.bounds["rank1"]
+(1.0, (1.0, 1.0))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from embeval.options import IntervalOptions
+
+from .bootstrap import MeanStatistics, percentile_interval, replicates, resampling_units
+from .openset import OpenSetStatistics, open_set_records, tpir_key
+from .terms import NO_INTERVAL, mean_terms
+
+__all__ = ["Intervals", "intervals", "result_statistics"]
+
+
+@dataclass
+class Intervals:
+    """``bounds``: metric → ``(lo, hi)`` (None when no resample had a value); ``reasons``:
+    metric → why it has no interval; ``options``: how they were computed."""
+
+    bounds: dict[str, tuple[float, float] | None]
+    options: IntervalOptions
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, list[float] | None]:
+        """The ``ci`` object of ``--json``: metric → ``[lo, hi]`` or null."""
+        return {k: (list(v) if v is not None else None) for k, v in self.bounds.items()}
+
+
+class _Joined:
+    """Several statistics over the same records, their columns side by side."""
+
+    def __init__(self, parts: list[Any]) -> None:
+        self.parts = parts
+
+    def __call__(self, weights: np.ndarray) -> np.ndarray:
+        return np.concatenate([p(weights) for p in self.parts], axis=1)
+
+
+def result_statistics(result: Any, unit: np.ndarray | None = None,
+                      n_units: int | None = None) -> tuple[list[str], _Joined]:
+    """The metric names of ``result`` that a resample can recompute, and the statistic
+    ``weights [b, Q] -> [b, len(names)]`` that recomputes them (weights all 1: the result)."""
+    terms = mean_terms(result)
+    names = list(terms)
+    parts: list[Any] = []
+    if names:
+        values = np.stack([terms[k].values.numpy() for k in names], axis=1)
+        include = np.stack([terms[k].include.numpy() for k in names], axis=1)
+        parts.append(MeanStatistics(values, include, unit, n_units))
+    extra = getattr(result, "options", {})
+    if "fpir_rule" in extra:  # an identification: TPIR@FPIR from weighted records
+        keys = [tpir_key(k) for k in result.metrics if k.startswith("TPIR@FPIR=")]
+        if keys:
+            parts.append(OpenSetStatistics(open_set_records(result.stats), keys,
+                                           str(extra["fpir_rule"])))
+            names += [k for k, _, _ in keys]
+    return names, _Joined(parts)
+
+
+def intervals(result: Any, options: IntervalOptions | None = None, **overrides: Any) -> Intervals:
+    """Percentile bootstrap intervals for the metrics of ``result`` (an
+    :class:`~embeval.EvalResult`, ``IdentifyResult`` or ``RevisitedResult``).
+
+    ``options`` / ``overrides``: :class:`~embeval.options.IntervalOptions` fields (``level``,
+    ``n_resamples``, ``seed``, ``by``). Metrics that are not recomputable from per-query values
+    (thresholds, counts) are listed in ``reasons``. Cost: O(resamples × queries × metrics),
+    independent of the gallery size.
+    """
+    o = IntervalOptions(**{**(options.__dict__ if options else {}), **overrides})
+    unit, n_units = resampling_units(result.stats.query_labels, o.by)
+    names, statistic = result_statistics(result, unit, n_units)
+    reps = replicates(statistic, unit, n_units, o.n_resamples, o.seed) if names else np.empty((0, 0))
+    bounds = dict(zip(names, percentile_interval(reps, o.level))) if names else {}
+    reasons = {k: _reason(k) for k in result.metrics if k not in bounds}
+    return Intervals(bounds, o, reasons)
+
+
+def _reason(key: str) -> str:
+    if key.startswith(("threshold@", "T@")) or key.endswith("_threshold"):
+        return NO_INTERVAL["threshold"]
+    if key.startswith("n_"):
+        return NO_INTERVAL["count"]
+    return NO_INTERVAL["verify"]

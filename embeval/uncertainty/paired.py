@@ -1,0 +1,246 @@
+"""Paired comparison of two results on the same queries (DESIGN.md section 7).
+
+For every metric both results report from per-query values: A, B, the difference B − A, a
+paired percentile bootstrap interval of it (one resample of units weighs A's and B's records
+alike) and a two-sided p-value of a paired randomisation test: under the null hypothesis that
+the two models are exchangeable on every unit (a query, or a label's queries with
+``by="label"``), swapping A's and B's records within any set of units is as likely as the
+observed assignment. For a mean metric a swap flips the sign of the unit's difference (the
+sign-flip test); TPIR@FPIR is recomputed from the swapped records. With d units where A and B
+differ, all 2^d assignments are enumerated when 2^d <= ``n_permutations`` (an exact p-value,
+``#{|T*| >= |T|} / 2^d``), else ``n_permutations`` random ones give ``(1 + #{|T*| >= |T|}) /
+(1 + n)``, never 0. Differences within 1e-12 of |T| count as ties (as extreme).
+
+The p-values are per metric and not corrected for comparing several metrics at once; ``p_holm``
+holds Holm's step-down adjustment over the compared metrics (family-wise error).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from embeval.errors import OptionError
+from embeval.options import IntervalOptions
+
+from .bootstrap import (
+    CHUNK_CELLS,
+    PERMUTATION_STREAM,
+    MeanStatistics,
+    percentile_interval,
+    resample_counts,
+    resampling_units,
+)
+from .intervals import _Joined
+from .openset import OpenSetRecords, OpenSetStatistics, tpir_key
+from .saved import SavedResult
+
+__all__ = ["MetricComparison", "Comparison", "compare", "check_same_queries", "holm"]
+
+TIE = 1e-12
+
+
+@dataclass
+class MetricComparison:
+    """One metric: ``a``, ``b``, ``diff`` = b − a, ``ci`` of the difference (None: no
+    resample had a value), two-sided ``p_value`` and its Holm adjustment ``p_holm``;
+    ``n_differing``: units whose records of this metric differ; ``exact``: p enumerated all
+    2^n_differing assignments."""
+
+    a: float
+    b: float
+    diff: float
+    ci: tuple[float, float] | None
+    p_value: float
+    p_holm: float
+    n_differing: int
+    exact: bool
+
+
+@dataclass
+class Comparison:
+    """``metrics``: name → :class:`MetricComparison`; ``n_permutations``: random assignments
+    of the metrics whose p-value is not exact; ``n_units``: resampling units; ``skipped``:
+    metric names not compared, and why."""
+
+    metrics: dict[str, MetricComparison]
+    options: IntervalOptions
+    n_permutations: int
+    n_units: int
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def check_same_queries(a: SavedResult, b: SavedResult) -> None:
+    """Raise :class:`OptionError` naming the first difference unless ``a`` and ``b`` evaluated
+    the same queries: count, labels in order, and the query files' fingerprints (when both
+    record them)."""
+    if a.n_query != b.n_query:
+        raise OptionError(f"{a.name} has {a.n_query} queries but {b.name} has {b.n_query}: a "
+                          "paired comparison needs the same queries")
+    if not torch.equal(a.query_labels, b.query_labels):
+        i = int((a.query_labels != b.query_labels).nonzero()[0, 0])
+        raise OptionError(f"{a.name} and {b.name} differ in the label of query {i} "
+                          f"({int(a.query_labels[i])} vs {int(b.query_labels[i])}): not the same "
+                          "queries in the same order")
+    fa, fb = _query_files(a), _query_files(b)
+    if fa is not None and fb is not None and fa != fb:
+        raise OptionError(f"{a.name} and {b.name} were computed on different query files "
+                          f"(size and sha256 differ: {_shown(a)} vs {_shown(b)}); compare the "
+                          "same queries embedded by both models only if their items match")
+
+
+def _query_files(s: SavedResult) -> list[tuple[int, str]] | None:
+    files = s.inputs.get("query") if s.inputs else None
+    return [(f["size"], f["sha256"]) for f in files] if files else None
+
+
+def _shown(s: SavedResult) -> str:
+    return ", ".join(f"{f.get('file')}" for f in s.inputs.get("query", []))
+
+
+def holm(p: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (same order as ``p``)."""
+    order = np.argsort(p, kind="stable")
+    m, out, running = len(p), [0.0] * len(p), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out
+
+
+def _shared(a: SavedResult, b: SavedResult) -> tuple[list[str], list[str], dict[str, str]]:
+    """(mean metric names, TPIR names, skipped name → why) shared by ``a`` and ``b``."""
+    means = [k for k in a.terms if k in b.terms]
+    skipped = {k: "reported by only one of the two" for k in [*a.metrics, *b.metrics]
+               if (k in a.metrics) != (k in b.metrics)}
+    tpirs = [k for k in a.metrics if k.startswith("TPIR@FPIR=") and k in b.metrics]
+    if tpirs and (a.openset is None or b.openset is None
+                  or a.options.get("fpir_rule") != b.options.get("fpir_rule")):
+        skipped.update({k: "computed under different --fpir-rule" for k in tpirs})
+        tpirs = []
+    for k in a.metrics:
+        if k in b.metrics and k not in means and k not in tpirs and k not in skipped:
+            skipped[k] = "not recomputable from per-query values (a threshold or a count)"
+    return means, tpirs, skipped
+
+
+def compare(a: SavedResult, b: SavedResult, options: IntervalOptions | None = None, *,
+            n_permutations: int = 10000, **overrides: Any) -> Comparison:
+    """Compare ``b`` with ``a`` on every shared metric (module doc). ``options`` / ``overrides``:
+    :class:`~embeval.options.IntervalOptions` (level, bootstrap resamples, seed, unit)."""
+    o = IntervalOptions(**{**(options.__dict__ if options else {}), **overrides})
+    if isinstance(n_permutations, bool) or not isinstance(n_permutations, int) or n_permutations < 1:
+        raise OptionError(f"n_permutations {n_permutations!r}: must be an integer >= 1",
+                          param="n_permutations")
+    check_same_queries(a, b)
+    means, tpirs, skipped = _shared(a, b)
+    if not means and not tpirs:
+        raise OptionError(f"{a.name} and {b.name} share no metric with per-query values "
+                          "(verify results keep trial counts only)")
+    unit, n_units = resampling_units(a.query_labels, o.by)
+    both = np.concatenate([unit, unit])
+    q = a.n_query
+    names = means + tpirs
+    statistic = _paired_statistic(a, b, means, tpirs, both, n_units)
+    boot = [_diff(statistic, c[:, unit], np.zeros_like(c[:, unit]))
+            for c in resample_counts(n_units, o.n_resamples, o.seed)]
+    ci = percentile_interval(np.concatenate(boot), o.level)
+    # p-values: exact enumeration per group of metrics that differ on the same few units,
+    # random swaps (one seeded stream) for the others together
+    differing = {k: _differing_units(a, b, k, unit) for k in names}
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for k in names:
+        small = 2 ** len(differing[k]) <= n_permutations
+        groups.setdefault(tuple(differing[k]) if small else (-1,), []).append(k)
+    p: dict[str, float] = {}
+    for key, group in groups.items():
+        exact = key != (-1,)
+        units = np.array(key if exact else np.unique(np.concatenate(
+            [differing[k] for k in group])), dtype=np.int64)
+        stat = _paired_statistic(a, b, [k for k in group if k in means],
+                                 [k for k in group if k in tpirs], both, n_units)
+        observed = _diff(stat, np.ones((1, q)), np.zeros((1, q)))[0]
+        extreme, total = np.zeros(len(group)), 0
+        for swaps in _assignments(units, n_units, exact, n_permutations, o.seed):
+            t = _diff(stat, 1 - swaps[:, unit], swaps[:, unit])
+            tie = TIE * np.maximum(1.0, np.abs(observed))
+            extreme += (np.abs(t) >= np.abs(observed) - tie).sum(0)
+            total += len(t)
+        values = extreme / total if exact else (1 + extreme) / (1 + total)
+        p.update({k: float(v) for k, v in zip(group, values)})
+    p_adj = holm([p[k] for k in names])
+    out = {k: MetricComparison(_value(a.metrics[k]), _value(b.metrics[k]),
+                               _value(b.metrics[k]) - _value(a.metrics[k]), ci[i], p[k], p_adj[i],
+                               len(differing[k]), 2 ** len(differing[k]) <= n_permutations)
+           for i, k in enumerate(names)}
+    return Comparison(out, o, n_permutations, n_units, skipped)
+
+
+def _value(x: Any) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def _paired_statistic(a: SavedResult, b: SavedResult, means: list[str], tpirs: list[str],
+                      unit: np.ndarray, n_units: int) -> _Joined:
+    """One statistic over 2Q records (A's queries, then B's)."""
+    parts: list[Any] = []
+    if means:
+        values = np.concatenate([_stack(a, means, "values"), _stack(b, means, "values")])
+        include = np.concatenate([_stack(a, means, "include"), _stack(b, means, "include")])
+        parts.append(MeanStatistics(values, include, unit, n_units))
+    if tpirs:
+        assert a.openset is not None and b.openset is not None
+        records = OpenSetRecords(*(torch.cat([x, y]) for x, y in zip(a.openset, b.openset)))
+        parts.append(OpenSetStatistics(records, [tpir_key(k) for k in tpirs],
+                                       str(a.options["fpir_rule"])))
+    return _Joined(parts)
+
+
+def _stack(s: SavedResult, names: list[str], what: str) -> np.ndarray:
+    return np.stack([getattr(s.terms[k], what).numpy() for k in names], axis=1)
+
+
+def _diff(statistic: _Joined, keep: np.ndarray, swap: np.ndarray) -> np.ndarray:
+    """``[b, M]`` B* − A*: A* weighs A's records by ``keep`` and B's by ``swap``, B* the other
+    way round (``swap`` = 0: the unswapped, resampled results)."""
+    wa = np.concatenate([keep, swap], axis=1)
+    wb = np.concatenate([swap, keep], axis=1)
+    both = statistic(np.concatenate([wa, wb]))
+    return both[len(keep):] - both[:len(keep)]
+
+
+def _differing_units(a: SavedResult, b: SavedResult, name: str, unit: np.ndarray) -> np.ndarray:
+    """The units where A's and B's records of metric ``name`` differ (swapping the others
+    changes nothing), ascending."""
+    if name in a.terms:
+        ta, tb = a.terms[name], b.terms[name]
+        differ = ((ta.values != tb.values) | (ta.include != tb.include)).numpy()
+    else:
+        assert a.openset is not None and b.openset is not None
+        differ = np.zeros(a.n_query, dtype=bool)
+        for x, y in zip(a.openset, b.openset):
+            differ |= (x != y).numpy()
+    return np.unique(unit[differ])
+
+
+def _assignments(differing: np.ndarray, n_units: int, exact: bool, n: int,
+                 seed: int) -> Any:
+    """Chunks ``[b, U]`` of 0/1 swap indicators: all 2^d over ``differing`` (exact), or ``n``
+    random ones (seeded; the same for any chunking)."""
+    d = len(differing)
+    count = 2 ** d if exact else n
+    rows = max(1, CHUNK_CELLS // max(n_units, 1))
+    rng = np.random.default_rng([seed, PERMUTATION_STREAM])
+    for start in range(0, count, rows):
+        idx = np.arange(start, min(count, start + rows))
+        chunk = np.zeros((len(idx), n_units))
+        if exact:
+            bits = (idx[:, None] >> np.arange(d)[None, :]) & 1
+        else:
+            bits = np.stack([rng.integers(0, 2, size=d) for _ in idx]) if d else \
+                np.zeros((len(idx), 0))
+        chunk[:, differing] = bits
+        yield chunk

@@ -1,0 +1,195 @@
+"""Result files (``--save-result FILE``): a whole result, so that ``compare`` and ``report`` need
+not recompute it.
+
+A safetensors file: ``query_labels`` [Q] int64; ``terms.values`` [Q, M] float64 and
+``terms.include`` [Q, M] uint8 (the per-query terms of the M mean metrics,
+:mod:`embeval.uncertainty.terms`); ``openset.*`` (identify: ``mated``, ``decision``,
+``first_rank``); ``per_query.<name>`` (the result's per-query columns); ``trials.*`` (verify:
+the trial counts behind its ROC). Metadata: ``embeval.result`` (format), ``result`` (JSON:
+command, metrics, options, input fingerprints, counts, term names, intervals) and ``sha256``
+(a digest of both). Written atomically (complete or absent), read with ``safe_open`` (nothing
+unpickled) and refused when damaged or edited: the digest, the shapes, and every mean metric
+recomputed from its per-query terms must agree with the file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from embeval import __version__
+from embeval.data.safetensors_io import tensor_digest, write_safetensors
+from embeval.errors import InputFileError
+from embeval.metrics import exact_mean
+from embeval.outputs import atomic_path
+
+from .openset import OpenSetRecords, OpenSetStatistics, open_set_records, tpir_key
+from .terms import Terms, mean_terms
+
+__all__ = ["SavedResult", "saved_result", "save_result", "load_result", "FORMAT"]
+
+FORMAT = "1"
+_TRIALS = ("gen_values", "gen_counts", "imp_slots", "imp_keys")
+
+
+@dataclass
+class SavedResult:
+    """What a result file holds (see the module doc); ``metrics`` as reported (None: n/a)."""
+
+    command: str
+    metrics: dict[str, Any]
+    options: dict[str, Any]
+    inputs: dict[str, Any]
+    n_query: int
+    n_gallery: int
+    query_labels: torch.Tensor
+    terms: dict[str, Terms]
+    openset: OpenSetRecords | None = None
+    per_query: dict[str, torch.Tensor] = field(default_factory=dict)
+    trials: dict[str, torch.Tensor] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    intervals: dict[str, Any] | None = None
+    path: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return str(self.path) if self.path is not None else self.command
+
+
+def saved_result(command: str, result: Any, *, inputs: dict, extra: dict | None = None,
+                 intervals: dict | None = None) -> SavedResult:
+    """The :class:`SavedResult` of a computed result (EvalResult, IdentifyResult,
+    RevisitedResult or VerifyResult); ``intervals``: the ``--json`` ``ci`` object and options."""
+    metrics = {k: (None if isinstance(v, float) and math.isnan(v) else v)
+               for k, v in result.metrics.items()}
+    stats = result.stats
+    trials = None
+    if hasattr(stats, "gen_values"):  # VerifyStats: no queries ranked
+        labels = torch.zeros(0, dtype=torch.int64)
+        terms: dict[str, Terms] = {}
+        trials = {k: getattr(stats, k).contiguous() for k in _TRIALS}
+    else:
+        labels = stats.query_labels
+        terms = mean_terms(result)
+    per_query = {k: v for k, v in (getattr(result, "per_query", None) or {}).items()
+                 if isinstance(v, torch.Tensor) and v.dim() == 1}
+    openset = open_set_records(stats) if "fpir_rule" in result.options else None
+    return SavedResult(command, metrics, dict(result.options), inputs, int(result.n_query),
+                       int(result.n_gallery), labels, terms, openset, per_query, trials,
+                       dict(extra or {}), intervals)
+
+
+def _tensors(s: SavedResult) -> dict[str, torch.Tensor]:
+    names = list(s.terms)
+    q = len(s.query_labels)
+    t = {"query_labels": s.query_labels.to(torch.int64).contiguous(),
+         "terms.values": (torch.stack([s.terms[k].values for k in names], 1) if names
+                          else torch.zeros(q, 0, dtype=torch.float64)).contiguous(),
+         "terms.include": (torch.stack([s.terms[k].include for k in names], 1) if names
+                           else torch.zeros(q, 0, dtype=torch.bool)).to(torch.uint8).contiguous()}
+    if s.openset is not None:
+        t.update({"openset.mated": s.openset.mated.to(torch.uint8).contiguous(),
+                  "openset.decision": s.openset.decision.contiguous(),
+                  "openset.first_rank": s.openset.first_rank.contiguous()})
+    t.update({f"per_query.{k}": v.contiguous() for k, v in s.per_query.items()})
+    t.update({f"trials.{k}": v for k, v in (s.trials or {}).items()})
+    return t
+
+
+def _header(s: SavedResult) -> str:
+    return json.dumps({"command": s.command, "metrics": s.metrics, "options": s.options,
+                       "inputs": s.inputs, "n_query": s.n_query, "n_gallery": s.n_gallery,
+                       "terms": list(s.terms), "extra": s.extra, "intervals": s.intervals,
+                       "embeval": __version__}, sort_keys=True, separators=(",", ":"))
+
+
+def save_result(path: str | os.PathLike[str], saved: SavedResult) -> Path:
+    """Write ``saved`` to ``path`` atomically (respecting the umask)."""
+    tensors = _tensors(saved)
+    meta = {"embeval.result": FORMAT, "result": _header(saved)}
+    meta["sha256"] = tensor_digest(tensors, prefix=meta["result"].encode("utf-8"))
+    p = Path(path)
+    with atomic_path(p) as tmp, open(tmp, "wb") as f:
+        write_safetensors(f, tensors, meta)
+    return p
+
+
+def load_result(path: str | os.PathLike[str]) -> SavedResult:
+    """Read and check a result file; :class:`InputFileError` naming it when it is not one,
+    is damaged, or was edited (digest, shapes, or metrics that its per-query values do not
+    give)."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputFileError(p, "no such file" if not p.exists() else "is not a regular file")
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("embeval.result") != FORMAT:
+                raise InputFileError(p, "not an embeval result file (write one with "
+                                        "`embeval cmc ... --save-result FILE`)"
+                                     if "embeval.result" not in meta else
+                                     f"result format {meta['embeval.result']!r} is not the one "
+                                     f"this embeval reads ({FORMAT!r})")
+            t = {k: f.get_tensor(k) for k in f.keys()}
+    except SafetensorError as e:
+        raise InputFileError(p, f"not a readable safetensors file ({e})") from None
+    except OSError as e:
+        raise InputFileError(p, f"cannot read ({e.strerror or e})") from None
+    if meta.get("sha256") != tensor_digest(t, prefix=meta.get("result", "").encode("utf-8")):
+        raise InputFileError(p, "contents do not match the checksum recorded when it was written "
+                                "(changed or damaged since)")
+    try:
+        h = json.loads(meta["result"])
+        return _checked(p, h, t)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as e:
+        raise InputFileError(p, f"damaged result file ({type(e).__name__}: {e})") from None
+
+
+def _checked(p: Path, h: dict, t: dict[str, torch.Tensor]) -> SavedResult:
+    labels, values, include = t["query_labels"], t["terms.values"], t["terms.include"]
+    q, names = len(labels), list(h["terms"])
+    if labels.dtype != torch.int64 or values.dtype != torch.float64 or \
+            tuple(values.shape) != (q, len(names)) or tuple(include.shape) != (q, len(names)) \
+            or include.dtype != torch.uint8 or bool((include > 1).any()) or \
+            q != (0 if h["command"] == "verify" else h["n_query"]):
+        raise InputFileError(p, "damaged result file: per-query tensors of the wrong type or shape")
+    if not bool(torch.isfinite(values).all()):
+        raise InputFileError(p, "holds per-query values that are not finite numbers: refused")
+    terms = {k: Terms(values[:, i], include[:, i].bool()) for i, k in enumerate(names)}
+    for k, (v, inc) in terms.items():
+        want, got = h["metrics"].get(k), exact_mean(v[inc])
+        if not _same(want, got):
+            raise InputFileError(p, f"metric {k} = {want} does not follow from its per-query "
+                                    f"values ({got}): the file was edited or is damaged")
+    openset = None
+    if "openset.mated" in t:
+        openset = OpenSetRecords(t["openset.mated"].bool(), t["openset.decision"],
+                                 t["openset.first_rank"])
+        if any(len(x) != q for x in openset):
+            raise InputFileError(p, "damaged result file: open-set records of the wrong shape")
+        keys = [tpir_key(k) for k in h["metrics"] if k.startswith("TPIR@FPIR=")]
+        if keys:
+            got = OpenSetStatistics(openset, keys, h["options"]["fpir_rule"])(torch.ones(1, q).numpy())[0]
+            for (k, _, _), value in zip(keys, got):
+                if not _same(h["metrics"][k], float(value)):
+                    raise InputFileError(p, f"metric {k} = {h['metrics'][k]} does not follow "
+                                            f"from its per-query records ({value}): the file "
+                                            "was edited or is damaged")
+    per_query = {k.removeprefix("per_query."): v for k, v in t.items() if k.startswith("per_query.")}
+    trials = {k.removeprefix("trials."): v for k, v in t.items() if k.startswith("trials.")} or None
+    return SavedResult(h["command"], h["metrics"], h["options"], h["inputs"], h["n_query"],
+                       h["n_gallery"], labels, terms, openset, per_query, trials, h["extra"],
+                       h["intervals"], p)
+
+
+def _same(want: Any, got: float) -> bool:
+    if want is None:
+        return math.isnan(got)
+    return isinstance(want, (int, float)) and abs(float(want) - got) <= 1e-12 * max(1.0, abs(got))
