@@ -21,6 +21,7 @@ from embeval.errors import EmbevalError, InputFileError
 
 from . import (
     _help,  # noqa: F401  (click's usage conventions in the help of this Typer version)
+    compare_cmd,  # noqa: F401  (registers compare)
     evaluate_cmds,  # noqa: F401  (registers score, knn, cmc, pr)
     extract_cmd,  # noqa: F401  (registers extract)
     identify_cmd,  # noqa: F401  (registers identify)
@@ -92,7 +93,8 @@ def _broken_pipe(e: SystemExit) -> bool:
 
 
 #: Python parameter -> the flag that sets it, where it is not ``--`` + the name with dashes
-FLAGS = {"ks": "-k", "knn_k": "-k (kNN)", "train": "TRAIN_DIR"}
+FLAGS = {"ks": "-k", "knn_k": "-k (kNN)", "train": "TRAIN_DIR", "level": "--ci",
+         "n_resamples": "--bootstrap", "by": "--ci-by"}
 _WORD = r"(?<![\w-]){}(?!\w)"
 
 

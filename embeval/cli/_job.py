@@ -13,6 +13,7 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -25,7 +26,7 @@ from embeval.engine.hardest import hardest_negatives
 from embeval.engine.similarity import resolve_device, scores
 from embeval.errors import OptionError
 from embeval.evaluate import EvalResult, aggregate_mean, evaluation_stats, summarize
-from embeval.options import EvalOptions
+from embeval.options import EvalOptions, IntervalOptions
 from embeval.outputs import check_outputs, transaction
 from embeval.results import writers as exports
 from embeval.results.partials import Partial, changed, fingerprint, save_partial
@@ -52,6 +53,7 @@ class Job:
     out_topk: int | None = None  # score: top-N per query for --out (None: matrix when it fits)
     as_json: bool = False
     relevance: Path | None = None  # --relevance FILE: per-query positives and junk
+    intervals: IntervalOptions | None = None  # --ci: bootstrap intervals
 
     def read_relevance(self, q: EmbeddingSet, g: EmbeddingSet) -> Relevance | None:
         """The --relevance lists for ``q`` × ``g`` (None without the flag)."""
@@ -233,24 +235,55 @@ def finish(job: Job, result: EvalResult, label_names: list[str] | None, knn_k: i
     ``inputs``: fingerprints of the input files (``{"query": [...], "gallery": [...]}``), for the
     JSON object (the same for one run, its torchrun ranks and its merged shards).
     """
+    shown: Any = result
+    if job.command == "identify":
+        from .identify_cmd import identification
+
+        shown = identification(job, result)
+    ci = None
+    if job.intervals is not None:
+        from embeval.uncertainty import intervals
+
+        ci = intervals(shown, job.intervals)
     with transaction():
         _write_outputs(job, result, label_names, knn_k, inputs)
+        if job.outputs.get("--save-result"):
+            save_result(job, shown, inputs, ci)
     provenance = {"embeval": __version__, "inputs": inputs} if job.as_json else {}
     if job.command == "identify":
         from .identify_cmd import render_identification
 
-        render_identification(job, result, job.as_json, provenance)
+        render_identification(job, shown, job.as_json, provenance, ci)
     elif job.extra.get("protocol"):
         n_valid = ", ".join(f"{s} {n}" for s, n in result.n_valid.items())  # type: ignore[attr-defined]
         note = (f"{job.extra['protocol']}: {result.n_query} queries × {result.n_gallery} gallery "
                 f"items · with positives: {n_valid} (the others skipped) · "
                 f"{result.options['ap']} AP · 3 ranking passes · {result.elapsed_s:.2f}s")
         render(job.command, result, job.ks, as_json=job.as_json,
-               extra={**job.extra, **provenance}, keys=list(result.metrics), note=note)
+               extra={**job.extra, **provenance}, keys=list(result.metrics), note=note, ci=ci)
     else:
         render(job.command, result, job.ks, as_json=job.as_json,
-               extra={**job.extra, **provenance} or None)
+               extra={**job.extra, **provenance} or None, ci=ci)
     sys.stdout.flush()
+
+
+def save_result(job: Job, result: Any, inputs: dict, ci: Any) -> None:
+    """--save-result: the whole result (:mod:`embeval.uncertainty.saved`)."""
+    from embeval.uncertainty import save_result as save
+    from embeval.uncertainty import saved_result
+    from embeval.uncertainty.saved import query_items
+
+    extra = {**job.extra, "ks": job.ks, "knn_k": job.knn_k}
+    ci_json = None if ci is None else {"ci": ci.to_json(), "options": ci.options.to_dict()}
+    labels = result.stats.query_labels if hasattr(result.stats, "query_labels") else None
+    if _unchanged({"query": inputs["query"]}):
+        q = load(job.query)
+        items = query_items(q.labels, q.cameras, q.paths)
+    else:  # merged from parts whose query file is gone: labels only
+        items = None if labels is None else query_items(labels, None, None)
+    save(job.outputs["--save-result"],  # type: ignore[arg-type]
+         saved_result(job.command, result, inputs={**inputs, "query_items": items}, extra=extra,
+                      intervals=ci_json))
 
 
 def _write_outputs(job: Job, result: EvalResult, label_names: list[str] | None,

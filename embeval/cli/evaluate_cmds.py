@@ -21,7 +21,16 @@ from typing import Annotated, Any, Literal
 import typer
 
 from embeval.errors import InputFileError, OptionError
-from embeval.options import Aggregate, ApRule, EvalOptions, Metric, NoPositive, Precision
+from embeval.options import (
+    Aggregate,
+    ApRule,
+    EvalOptions,
+    IntervalOptions,
+    Metric,
+    NoPositive,
+    Precision,
+    ResamplingUnit,
+)
 
 from ._app import app
 
@@ -68,6 +77,21 @@ RelevanceOpt = Annotated[Path | None, typer.Option(
     help="Per-query positives and junk instead of label equality: CSV with header "
          "query,gallery,relevance (1 positive, -1 junk; unlisted = negative), or .safetensors "
          "CSR. Junk is invisible to its query; --exclude-* still apply.")]
+CiOpt = Annotated[float | None, typer.Option(
+    "--ci", metavar="LEVEL",
+    help="Add a LEVEL (e.g. 0.95) percentile-bootstrap interval to every metric that has one "
+         "(README: How sure is this number?).")]
+BootstrapOpt = Annotated[int | None, typer.Option(
+    "--bootstrap", metavar="N", help="Bootstrap resamples of --ci (default 1000).")]
+SeedOpt = Annotated[int | None, typer.Option(
+    "--seed", metavar="S", help="Seed of --ci's resamples (default 0): same seed, same intervals.")]
+CiByOpt = Annotated[ResamplingUnit | None, typer.Option(
+    "--ci-by", metavar="UNIT",
+    help="What --ci resamples: query (default), or label (all queries of an identity together).")]
+SaveResultOpt = Annotated[Path | None, typer.Option(
+    "--save-result", metavar="FILE",
+    help="Save the whole result (.safetensors: metrics, options, per-query values, input "
+         "fingerprints) for `embeval compare` and `embeval report`.")]
 PartOpt = Annotated[Path | None, typer.Option(
     "--out-part", metavar="FILE", help="Partial-statistics file of a --shard run "
                                        "(default: COMMAND.part-I-of-N.safetensors in the current folder).")]
@@ -86,11 +110,12 @@ def examples(*lines: str) -> str:
 _GLOB = re.compile(r"[*?\[]")
 
 
-def require_files(paths: Sequence[Path]) -> None:
+def require_files(paths: Sequence[Path], expected: str = "a .safetensors embedding file") -> None:
     """Fail (exit 2, one line) on a missing input file or a glob that matches nothing.
 
     The same checks and messages as :func:`embeval.load` / ``expand_paths`` (which check
-    again), made here so that a wrong path is reported before torch is imported.
+    again), made here so that a wrong path is reported before torch is imported. ``expected``:
+    what the files should be, for the message about a folder.
     """
     for path in paths:
         text = str(path)
@@ -100,7 +125,7 @@ def require_files(paths: Sequence[Path]) -> None:
         elif not path.exists():
             raise InputFileError(path, "no such file")
         elif path.is_dir():
-            raise InputFileError(path, "is a folder, expected a .safetensors embedding file")
+            raise InputFileError(path, f"is a folder, expected {expected}")
 
 
 def rates(values: list[float] | None, default: Sequence[float], flag: str) -> list[float]:
@@ -130,6 +155,9 @@ SHARED: dict[str, Any] = {
     "no_positive": NoPosOpt, "json": JsonOpt, "block_size": BlockOpt, "shard": ShardOpt,
     "out_part": PartOpt,
 }
+#: the flags of every metric command that say how sure a number is, and save the result
+INTERVALS: dict[str, Any] = {"ci": CiOpt, "bootstrap": BootstrapOpt, "seed": SeedOpt,
+                             "ci_by": CiByOpt, "save_result": SaveResultOpt}
 #: the flags of the commands that rank the gallery per query (all metric commands but verify)
 RANKED: dict[str, Any] = {"relevance": RelevanceOpt}
 #: the flag of the commands that report mAP (cmc, pr)
@@ -145,12 +173,14 @@ def metric_command(epilog: str, *, ranked: bool = True, reports_map: bool = Fals
     when ``ranked``: ``fn`` then also takes ``relevance``; :data:`MAP` when ``reports_map``):
     the command line gets them appended to ``fn``'s own; ``fn`` gets one checked
     :class:`EvalOptions`. :data:`MAP` flags default to None on the command line (the
-    EvalOptions default then): ``fn`` may take ``unset``, the names of those not given."""
-    flags = {**SHARED, **(RANKED if ranked else {}), **(MAP if reports_map else {})}
+    EvalOptions default then): ``fn`` may take ``unset``, the names of those not given.
+    :data:`INTERVALS`: ``fn`` takes ``intervals`` (an :class:`IntervalOptions`, None without
+    --ci) and ``save_result``."""
+    flags = {**SHARED, **INTERVALS, **(RANKED if ranked else {}), **(MAP if reports_map else {})}
 
     def register(fn: Callable[..., None]) -> Callable[..., None]:
         params = inspect.signature(fn, eval_str=True).parameters
-        own = [p for p in params.values() if p.name not in {"options", "unset", *flags}]
+        own = [p for p in params.values() if p.name not in {"options", "unset", "intervals", *flags}]
         shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
                                     default=None if name in MAP else
                                     getattr(_DEFAULTS, name, None if name != "json" else False))
@@ -163,19 +193,39 @@ def metric_command(epilog: str, *, ranked: bool = True, reports_map: bool = Fals
                                      if k in _FIELDS and k not in unset})
             for k in unset:
                 values.pop(k)
-            fn(**values, options=options, **({"unset": unset} if "unset" in params else {}))
+            intervals = interval_options(*(values.pop(k) for k in ("ci", "bootstrap", "seed", "ci_by")))
+            fn(**values, options=options, intervals=intervals,
+               **({"unset": unset} if "unset" in params else {}))
 
         command.__signature__ = inspect.Signature(own + shared)  # type: ignore[attr-defined]
         return app.command(epilog=epilog)(command)
     return register
 
 
+def interval_options(ci: float | None, bootstrap: int | None = None, seed: int | None = None,
+                     ci_by: str | None = None) -> IntervalOptions | None:
+    """The --ci flags as one :class:`IntervalOptions` (None without --ci)."""
+    if ci is None:
+        given = [flag for flag, v in (("--bootstrap", bootstrap), ("--seed", seed),
+                                      ("--ci-by", ci_by)) if v is not None]
+        if given:
+            raise OptionError(f"{given[0]}: sets how --ci computes its intervals: give --ci LEVEL "
+                              "too (e.g. --ci 0.95)")
+        return None
+    defaults = IntervalOptions()
+    return IntervalOptions(ci, defaults.n_resamples if bootstrap is None else bootstrap,
+                           defaults.seed if seed is None else seed, ci_by or defaults.by)
+
+
 def _execute(command: str, query: Path, gallery: list[Path], options: EvalOptions,
-             ks: list[int] | None, shard: str | None, out_part: Path | None, **job: Any) -> None:
+             ks: list[int] | None, shard: str | None, out_part: Path | None, *,
+             save_result: Path | None, outputs: dict[str, Path | None] | None = None,
+             **job: Any) -> None:
     """Check the input files, then load the core and run the job: torch is imported here.
 
-    ``ks``: the -k values (None: 1 5 10 capped at the gallery size); ``job``: the rest of
-    :class:`~._job.Job`.
+    ``ks``: the -k values (None: 1 5 10 capped at the gallery size); ``save_result``: the
+    --save-result file (one of the job's ``outputs``); ``job``: the rest of
+    :class:`~._job.Job` (``intervals`` included).
     """
     require_files([query, *gallery])
     if job.get("relevance") is not None:
@@ -184,7 +234,8 @@ def _execute(command: str, query: Path, gallery: list[Path], options: EvalOption
         check_file(job["relevance"], "a relevance file (CSV or .safetensors)")
     from ._job import Job, execute
 
-    execute(Job(command, query, gallery, options, default_ks(ks, gallery), **job),
+    execute(Job(command, query, gallery, options, default_ks(ks, gallery),
+                outputs={**(outputs or {}), "--save-result": save_result}, **job),
             shard=shard, out_part=out_part)
 
 
@@ -208,7 +259,8 @@ def cmc(query: QueryArg, gallery: GalleryArg, ks: KsOpt = None,
                  "query,gallery,kind rows (kind: easy, hard, junk); --ap trapezoid unless given.")
         ] = None,
         *, options: EvalOptions, json: bool, shard: str | None, out_part: Path | None,
-        relevance: Path | None, unset: frozenset[str] = frozenset()) -> None:
+        relevance: Path | None, intervals: IntervalOptions | None, save_result: Path | None,
+        unset: frozenset[str] = frozenset()) -> None:
     """CMC rank-k, mAP, mINP, MRR, MAP@R, R-precision, P@k, nDCG@k (retrieval / re-identification)."""
     if protocol is not None:
         options = _protocol_options(protocol, options, relevance, shard, per_query)
@@ -216,6 +268,7 @@ def cmc(query: QueryArg, gallery: GalleryArg, ks: KsOpt = None,
             options = dataclasses.replace(options, ap="trapezoid")
     _execute("cmc", query, gallery, options, ks, shard, out_part,
              outputs={"--per-query": per_query}, as_json=json, relevance=relevance,
+             intervals=intervals, save_result=save_result,
              **({"extra": {"protocol": protocol}} if protocol else {}))
 
 
@@ -251,10 +304,12 @@ def score(query: QueryArg, gallery: GalleryArg, ks: KsOpt = None,
               "--out-topk", metavar="N", min=1,
               help="Write the top-N per query instead of the matrix.")] = None,
           *, options: EvalOptions, json: bool, shard: str | None, out_part: Path | None,
-          relevance: Path | None) -> None:
+          relevance: Path | None, intervals: IntervalOptions | None,
+          save_result: Path | None) -> None:
     """Accuracy, top-k accuracy and hardest positive / negative scores."""
     _execute("score", query, gallery, options, ks, shard, out_part,
-             outputs={"--out": out}, out_topk=out_topk, as_json=json, relevance=relevance)
+             outputs={"--out": out}, out_topk=out_topk, as_json=json, relevance=relevance,
+             intervals=intervals, save_result=save_result)
 
 
 KNN_EXAMPLES = examples(
@@ -268,12 +323,14 @@ def knn(query: QueryArg, gallery: GalleryArg,
         predictions: Annotated[Path | None, file_option(
             "CSV, one row per query: label, prediction, correct.", "--predictions")] = None,
         *, options: EvalOptions, json: bool, shard: str | None, out_part: Path | None,
-        relevance: Path | None) -> None:
+        relevance: Path | None, intervals: IntervalOptions | None,
+        save_result: Path | None) -> None:
     """k-nearest-neighbour classification accuracy (majority vote)."""
     if k <= 0:
         raise OptionError(f"-k {k}: must be at least 1")
     _execute("knn", query, gallery, options, [1], shard, out_part, knn_k=k, extra={"k": k},
-             outputs={"--predictions": predictions}, as_json=json, relevance=relevance)
+             outputs={"--predictions": predictions}, as_json=json, relevance=relevance,
+             intervals=intervals, save_result=save_result)
 
 
 PR_EXAMPLES = examples(
@@ -290,7 +347,8 @@ def pr(query: QueryArg, gallery: GalleryArg,
        per_query: Annotated[Path | None, file_option(
            "CSV, one row per query: ranks, AP, max F1.", "--per-query")] = None,
        *, options: EvalOptions, json: bool, shard: str | None, out_part: Path | None,
-       relevance: Path | None) -> None:
+       relevance: Path | None, intervals: IntervalOptions | None,
+       save_result: Path | None) -> None:
     """Precision-recall: mAP and the best F1 with its precision, recall and threshold."""
     if plot:
         from embeval.results import writers as exports
@@ -298,4 +356,4 @@ def pr(query: QueryArg, gallery: GalleryArg,
         exports.require_matplotlib()
     _execute("pr", query, gallery, options, [1], shard, out_part, pr=True,
              outputs={"--curves": curves, "--plot": plot, "--per-query": per_query}, as_json=json,
-             relevance=relevance)
+             relevance=relevance, intervals=intervals, save_result=save_result)

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 import typer
 
 from embeval.errors import OptionError
-from embeval.options import EvalOptions
+from embeval.options import EvalOptions, IntervalOptions
 
 from .evaluate_cmds import GalleryArg, KsOpt, QueryArg, _execute, examples, metric_command, rates
 
@@ -36,29 +36,36 @@ def identify(query: QueryArg, gallery: GalleryArg, ks: KsOpt = None,
                  help="Threshold at FPIR f: embeval (above the (⌊f·N⌋+1)-th highest non-mated "
                       "top-1 score) or insightface (above the max(⌊f·N⌋, 1)-th).")] = "embeval",
              *, options: EvalOptions, json: bool, shard: str | None,
-             out_part: Path | None, relevance: Path | None) -> None:
+             out_part: Path | None, relevance: Path | None, intervals: IntervalOptions | None,
+             save_result: Path | None) -> None:
     """Open-set identification: TPIR@FPIR at rank 1 and -k, thresholds, closed-set rank-k."""
     fpirs = rates(fpir, DEFAULT_FPIRS, "--fpir")
     if options.no_positive != "skip":
         raise OptionError("--no-positive: identify ranks mated queries only (the others are "
                           "its non-mated searches)")
     _execute("identify", query, gallery, options, ks, shard, out_part,
-             extra={"fpirs": fpirs, "fpir_rule": fpir_rule}, as_json=json, relevance=relevance)
+             extra={"fpirs": fpirs, "fpir_rule": fpir_rule}, as_json=json, relevance=relevance,
+             intervals=intervals, save_result=save_result)
 
 
-def render_identification(job, result, as_json: bool, provenance: dict) -> None:  # noqa: ANN001
-    """Print an identification result (``job``: its :class:`~._job.Job`; ``result``: the
-    ranking pass's ``EvalResult``, whole or merged from shards)."""
+def identification(job, result):  # noqa: ANN001, ANN201
+    """The ``IdentifyResult`` of a ranking pass's ``EvalResult`` (whole or merged from shards)."""
     from embeval.verification.identify import summarize_identification
-
-    from .report import render
 
     ident = summarize_identification(result.stats, result.options, fpirs=job.extra["fpirs"],
                                      ks=job.ks, fpir_rule=job.extra["fpir_rule"])
     ident.elapsed_s = result.elapsed_s
+    return ident
+
+
+def render_identification(job, ident, as_json: bool, provenance: dict, ci=None) -> None:  # noqa: ANN001
+    """Print an identification result (``job``: its :class:`~._job.Job`; ``ident``: its
+    ``IdentifyResult``; ``ci``: its intervals or None)."""
+    from .report import render
+
     note = (f"{ident.n_query} queries ({ident.n_mated} mated, {ident.n_nonmated} non-mated) × "
             f"{ident.n_gallery} gallery items · TPIR/rank over mated queries, FPIR over "
             f"non-mated · {ident.elapsed_s:.2f}s")
-    render("identify", ident, job.ks, as_json=as_json,  # type: ignore[arg-type]
+    render("identify", ident, job.ks, as_json=as_json,
            extra={"fpir_rule": job.extra["fpir_rule"], **provenance}, keys=list(ident.metrics),
-           note=note)
+           note=note, ci=ci)

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+from typing import TYPE_CHECKING
 
 from rich.table import Table
 
 from embeval.evaluate import EvalResult
+
+if TYPE_CHECKING:
+    from embeval.uncertainty import Intervals
 
 from ._app import stdout
 
@@ -33,9 +37,10 @@ def _approximate(result: EvalResult) -> bool:
 
 
 def payload(command: str, result: EvalResult, ks: list[int], extra: dict | None = None,
-            keys: list[str] | None = None) -> dict:
+            keys: list[str] | None = None, ci: Intervals | None = None) -> dict:
     """The ``--json`` object of DESIGN.md section 5 (NaN → null); ``keys``: the metrics shown
-    (default: the command's :data:`KEYS`)."""
+    (default: the command's :data:`KEYS`); ``ci``: intervals, as ``"ci"`` (metric → [lo, hi])
+    and their options in ``"options"``."""
     metrics = {k: _clean(result.metrics[k]) for k in (keys or KEYS[command](ks))}
     out = {"command": command, "metric": result.stats.metric, "n_query": result.n_query,
            "n_gallery": result.n_gallery}
@@ -45,15 +50,40 @@ def payload(command: str, result: EvalResult, ks: list[int], extra: dict | None 
     out["approximate"] = _approximate(result)
     out["metrics"] = metrics
     out["options"] = result.options
+    if ci is not None:
+        out["ci"] = {k: v for k, v in ci.to_json().items() if k in metrics}
+        out["options"] = {**result.options, **ci.options.to_dict()}
     out["elapsed_s"] = round(result.elapsed_s, 4)
     return out
 
 
+def shown(key: str, value: float | None) -> str:
+    """A metric as the table shows it: a percentage, a score (4 decimals) or a count."""
+    if value is None:
+        return "n/a"
+    if key in SCORES or key.startswith(SCORE_PREFIXES):
+        return f"{value:.4f}"
+    if key in COUNTS:
+        return f"{value:d}"
+    return f"{100 * value:.2f}%"
+
+
+def ci_note(ci: Intervals, keys: list[str]) -> str:
+    """The table's line saying how its intervals were computed, and which metrics have none."""
+    o = ci.options
+    text = (f"[{100 * o.level:g}% interval: percentile bootstrap over "
+            f"{'queries' if o.by == 'query' else 'labels (identities)'}, {o.n_resamples} "
+            f"resamples, seed {o.seed}]")
+    missing = sorted({why for k, why in ci.reasons.items() if k in keys})
+    return text + "".join(f" · no interval: {why}" for why in missing)
+
+
 def render(command: str, result: EvalResult, ks: list[int], *, as_json: bool,
            extra: dict | None = None, keys: list[str] | None = None,
-           note: str | None = None) -> None:
-    """Print the result on stdout: one JSON object, or a table (``note``: its last line)."""
-    data = payload(command, result, ks, extra, keys)
+           note: str | None = None, ci: Intervals | None = None) -> None:
+    """Print the result on stdout: one JSON object, or a table (``note``: its last line;
+    ``ci``: intervals shown beside the values)."""
+    data = payload(command, result, ks, extra, keys, ci)
     if as_json:
         print(json.dumps(data))
         return
@@ -70,16 +100,13 @@ def render(command: str, result: EvalResult, ks: list[int], *, as_json: bool,
     table = Table(title=title, title_justify="left", show_edge=False)
     table.add_column("metric")
     table.add_column("value", justify="right")
+    bounds = data.get("ci", {})
     for key, value in data["metrics"].items():
-        if value is None:
-            shown = "n/a"
-        elif key in SCORES or key.startswith(SCORE_PREFIXES):
-            shown = f"{value:.4f}"
-        elif key in COUNTS:
-            shown = f"{value:d}"
-        else:
-            shown = f"{100 * value:.2f}%"
-        table.add_row(key, shown)
+        text = shown(key, value)
+        if bounds.get(key) is not None:
+            lo, hi = bounds[key]
+            text += f" [{shown(key, lo)}, {shown(key, hi)}]"
+        table.add_row(key, text)
     stdout.print(table)
     if note is None:
         skipped = result.n_query - result.n_valid
@@ -88,4 +115,6 @@ def render(command: str, result: EvalResult, ks: list[int], *, as_json: bool,
                                                             else "counted as 0") + " for rank/mAP)"
                                 if skipped else "")
                 + f" · {result.elapsed_s:.2f}s")
-    stdout.print(note, style="dim", highlight=False)
+    if ci is not None:
+        note += " · " + ci_note(ci, list(data["metrics"]))
+    stdout.print(note, style="dim", highlight=False, soft_wrap=True)

@@ -75,8 +75,9 @@ class Comparison:
 
 def check_same_queries(a: SavedResult, b: SavedResult) -> None:
     """Raise :class:`OptionError` naming the first difference unless ``a`` and ``b`` evaluated
-    the same queries: count, labels in order, and the query files' fingerprints (when both
-    record them)."""
+    the same queries: count, labels in order, and the query items' fingerprint (labels, cameras
+    and item paths, :func:`~embeval.uncertainty.saved.query_items`, when both files recorded
+    paths). The embedding files themselves differ between two models."""
     if a.n_query != b.n_query:
         raise OptionError(f"{a.name} has {a.n_query} queries but {b.name} has {b.n_query}: a "
                           "paired comparison needs the same queries")
@@ -85,20 +86,11 @@ def check_same_queries(a: SavedResult, b: SavedResult) -> None:
         raise OptionError(f"{a.name} and {b.name} differ in the label of query {i} "
                           f"({int(a.query_labels[i])} vs {int(b.query_labels[i])}): not the same "
                           "queries in the same order")
-    fa, fb = _query_files(a), _query_files(b)
-    if fa is not None and fb is not None and fa != fb:
-        raise OptionError(f"{a.name} and {b.name} were computed on different query files "
-                          f"(size and sha256 differ: {_shown(a)} vs {_shown(b)}); compare the "
-                          "same queries embedded by both models only if their items match")
-
-
-def _query_files(s: SavedResult) -> list[tuple[int, str]] | None:
-    files = s.inputs.get("query") if s.inputs else None
-    return [(f["size"], f["sha256"]) for f in files] if files else None
-
-
-def _shown(s: SavedResult) -> str:
-    return ", ".join(f"{f.get('file')}" for f in s.inputs.get("query", []))
+    fa, fb = a.inputs.get("query_items"), b.inputs.get("query_items")
+    if fa and fb and fa["paths"] and fb["paths"] and fa["sha256"] != fb["sha256"]:
+        raise OptionError(f"{a.name} and {b.name} were computed on different query items (the "
+                          "labels match but the cameras or item paths recorded in the query "
+                          "files differ): a paired comparison needs the same queries")
 
 
 def holm(p: list[float]) -> list[float]:

@@ -14,6 +14,7 @@ recomputed from its per-query terms must agree with the file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -33,7 +34,7 @@ from embeval.outputs import atomic_path
 from .openset import OpenSetRecords, OpenSetStatistics, open_set_records, tpir_key
 from .terms import Terms, mean_terms
 
-__all__ = ["SavedResult", "saved_result", "save_result", "load_result", "FORMAT"]
+__all__ = ["SavedResult", "saved_result", "save_result", "load_result", "query_items", "FORMAT"]
 
 FORMAT = "1"
 _TRIALS = ("gen_values", "gen_counts", "imp_slots", "imp_keys")
@@ -61,6 +62,17 @@ class SavedResult:
     @property
     def name(self) -> str:
         return str(self.path) if self.path is not None else self.command
+
+
+def query_items(labels: torch.Tensor, cameras: torch.Tensor | None,
+                paths: list[str] | None) -> dict[str, Any]:
+    """What identifies a query set whatever model embedded it: ``{"n", "paths", "sha256"}``, a
+    digest of the labels, cameras and item paths (``paths``: whether the file recorded them)."""
+    h = hashlib.sha256(labels.to(torch.int64).contiguous().numpy().tobytes())
+    h.update(b"cameras" + (cameras.to(torch.int64).contiguous().numpy().tobytes()
+                           if cameras is not None else b"-"))
+    h.update(b"paths" + ("\n".join(paths).encode("utf-8") if paths is not None else b"-"))
+    return {"n": len(labels), "paths": paths is not None, "sha256": h.hexdigest()}
 
 
 def saved_result(command: str, result: Any, *, inputs: dict, extra: dict | None = None,
