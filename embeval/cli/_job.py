@@ -276,11 +276,12 @@ def save_result(job: Job, result: Any, inputs: dict, ci: Any) -> None:
     extra = {**job.extra, "ks": job.ks, "knn_k": job.knn_k}
     ci_json = None if ci is None else {"ci": ci.to_json(), "options": ci.options.to_dict()}
     labels = result.stats.query_labels if hasattr(result.stats, "query_labels") else None
+    items: dict[str, Any] | None = None
     if _unchanged({"query": inputs["query"]}):
         q = load(job.query)
         items = query_items(q.labels, q.cameras, q.paths)
-    else:  # merged from parts whose query file is gone: labels only
-        items = None if labels is None else query_items(labels, None, None)
+    elif labels is not None:  # merged from parts whose query file is gone: labels only
+        items = query_items(labels, None, None)
     save(job.outputs["--save-result"],  # type: ignore[arg-type]
          saved_result(job.command, result, inputs={**inputs, "query_items": items}, extra=extra,
                       intervals=ci_json))

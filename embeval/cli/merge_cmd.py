@@ -12,10 +12,22 @@ from embeval.errors import InputFileError, OptionError
 from embeval.outputs import check_outputs
 
 from ._app import app
-from .evaluate_cmds import JsonOpt, examples, file_option, require_files
+from .evaluate_cmds import (
+    BootstrapOpt,
+    CiByOpt,
+    CiOpt,
+    JsonOpt,
+    SaveResultOpt,
+    SeedOpt,
+    examples,
+    file_option,
+    interval_options,
+    require_files,
+)
 
 OUTPUTS = {"cmc": ("--per-query",), "score": ("--out",), "knn": ("--predictions",),
            "pr": ("--curves", "--plot", "--per-query"), "identify": (), "verify": ("--roc", "--plot")}
+OUTPUTS = {command: (*files, "--save-result") for command, files in OUTPUTS.items()}
 
 
 MERGE_EXAMPLES = examples(
@@ -39,9 +51,15 @@ def merge(
     out: Annotated[Path | None, file_option(
         "score: scores file (top-k when the shards kept one, else the matrix, "
         "recomputed from the input files).", "--out")] = None,
+    save_result: SaveResultOpt = None,
+    ci: CiOpt = None,
+    bootstrap: BootstrapOpt = None,
+    seed: SeedOpt = None,
+    ci_by: CiByOpt = None,
 ) -> None:
     """Combine the shards of an array job: prints exactly what one run prints (table or --json)."""
     t0 = time.perf_counter()
+    intervals = interval_options(ci, bootstrap, seed, ci_by)
     require_files(parts)  # before torch loads
     from embeval.data.concat import expand_paths
     from embeval.options import RESULT_OPTIONS, EvalOptions
@@ -55,7 +73,7 @@ def merge(
     job = merged.job
     command = job["command"]
     given = {"--per-query": per_query, "--predictions": predictions, "--curves": curves,
-             "--plot": plot, "--out": out, "--roc": roc}
+             "--plot": plot, "--out": out, "--roc": roc, "--save-result": save_result}
     for option, path in given.items():
         if path is not None and option not in OUTPUTS[command]:
             raise OptionError(f"{option}: not an output of `embeval {command}` (the parts' command); "
@@ -69,12 +87,12 @@ def merge(
     options = EvalOptions(**{k: job["options"][k] for k in RESULT_OPTIONS if k in job["options"]},
                           device="cpu")
     if command == "verify":
-        _finish_verify(merged, job, options, given, json, t0)
+        _finish_verify(merged, job, options, given, json, t0, intervals)
         return
     run = Job(command, Path(inputs["query"][0]["file"]), [Path(f["file"]) for f in inputs["gallery"]],
               options, job["ks"], knn_k=job["knn_k"], pr=job["pr"], extra=job["extra"],
               outputs={k: v for k, v in given.items() if k in OUTPUTS[command]},
-              out_topk=job["out_topk"], as_json=json,
+              out_topk=job["out_topk"], as_json=json, intervals=intervals,
               relevance=Path(inputs["relevance"][0]["file"]) if "relevance" in inputs else None)
     result = summarize_parts(merged, t0=t0)
     topn = result.stats.topk_scores.shape[1] if result.stats.topk_scores is not None else None
@@ -100,7 +118,8 @@ def _check_inputs_unchanged(job: dict) -> None:
                                              f"the matrix, and this one {problem}")
 
 
-def _finish_verify(merged, job: dict, options, given: dict, as_json: bool, t0: float) -> None:  # noqa: ANN001
+def _finish_verify(merged, job: dict, options, given: dict, as_json: bool, t0: float,  # noqa: ANN001
+                   intervals) -> None:  # noqa: ANN001
     """Sum verification parts' trial counts and print what the whole run prints."""
     from embeval.verification.verify import summarize_verification
 
@@ -109,7 +128,7 @@ def _finish_verify(merged, job: dict, options, given: dict, as_json: bool, t0: f
 
     inputs = job["inputs"]
     run = Job("verify", Path(inputs["query"][0]["file"]), [Path(f["file"]) for f in inputs["gallery"]],
-              options, job["ks"], extra=job["extra"], as_json=as_json,
+              options, job["ks"], extra=job["extra"], as_json=as_json, intervals=intervals,
               outputs={k: v for k, v in given.items() if k in OUTPUTS["verify"]})
     result = summarize_verification(merged.stats, options, fars=job["extra"]["fars"],
                                     far_rule=job["extra"]["far_rule"],

@@ -73,9 +73,10 @@ def ci_note(ci: Intervals, keys: list[str]) -> str:
     o = ci.options
     text = (f"[{100 * o.level:g}% interval: percentile bootstrap over "
             f"{'queries' if o.by == 'query' else 'labels (identities)'}, {o.n_resamples} "
-            f"resamples, seed {o.seed}]")
+            f"resamples, seed {o.seed}]") if any(k in ci.bounds for k in keys) else ""
     missing = sorted({why for k, why in ci.reasons.items() if k in keys})
-    return text + "".join(f" · no interval: {why}" for why in missing)
+    return " · ".join([text, *(f"no interval: {why}" for why in missing)] if text else
+                      [f"no interval: {why}" for why in missing])
 
 
 def render(command: str, result: EvalResult, ks: list[int], *, as_json: bool,

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 import typer
 
 from embeval.errors import OptionError
-from embeval.options import EvalOptions
+from embeval.options import EvalOptions, IntervalOptions
 
 from .evaluate_cmds import (
     GalleryArg,
@@ -61,7 +61,8 @@ def verify(query: QueryArg, gallery: GalleryArg,
            plot: Annotated[Path | None, file_option(
                "PNG: ROC, DET and the score histograms (needs matplotlib).", "--plot")] = None,
            *, options: EvalOptions, json: bool, shard: str | None,
-           out_part: Path | None) -> None:
+           out_part: Path | None, intervals: IntervalOptions | None,
+           save_result: Path | None) -> None:
     """Verification: TAR@FAR, EER and AUC of every pair (or the listed pairs)."""
     from embeval._launch import requested
 
@@ -82,9 +83,10 @@ def verify(query: QueryArg, gallery: GalleryArg,
         if given:
             raise OptionError(f"{given[0]}: not with {split} (listed pairs, templates and the "
                               "nearest rule are computed in one process)")
-        if split == "--shard" and (roc or plot):
-            raise OptionError(f"{'--roc' if roc else '--plot'}: a --shard run writes only its "
-                              "partial statistics; give output files to `embeval merge`")
+        if split == "--shard" and (roc or plot or save_result):
+            flag = "--roc" if roc else "--plot" if plot else "--save-result"
+            raise OptionError(f"{flag}: a --shard run writes only its partial statistics; give "
+                              "output files to `embeval merge`")
     require_files([query, *gallery, *([pairs] if pairs else [])])
     if plot:
         from embeval.results.writers import require_matplotlib
@@ -92,8 +94,10 @@ def verify(query: QueryArg, gallery: GalleryArg,
         require_matplotlib()
     from ._job import Job
 
-    job = Job("verify", query, gallery, options, [1], outputs={"--roc": roc, "--plot": plot},
-              extra={"fars": fars, "far_rule": far_rule, "templates": templates}, as_json=json)
+    job = Job("verify", query, gallery, options, [1],
+              outputs={"--roc": roc, "--plot": plot, "--save-result": save_result},
+              extra={"fars": fars, "far_rule": far_rule, "templates": templates}, as_json=json,
+              intervals=intervals)
     if shard is not None:
         _shard(job, shard, out_part)
     elif requested():
@@ -221,6 +225,11 @@ def finish_verify(job, result, inputs: dict) -> None:  # noqa: ANN001
     from .report import render
 
     roc, plot = job.outputs.get("--roc"), job.outputs.get("--plot")
+    ci = None
+    if job.intervals is not None:
+        from embeval.uncertainty import intervals
+
+        ci = intervals(result, job.intervals)
     with transaction():
         if roc is not None:
             _write_roc(roc, result)
@@ -228,13 +237,17 @@ def finish_verify(job, result, inputs: dict) -> None:  # noqa: ANN001
             names = job.gallery[0].name + (f" (+{len(job.gallery) - 1} files)"
                                            if len(job.gallery) > 1 else "")
             _write_plot(plot, result, f"{job.query.name} vs {names} ({job.options.metric})")
+        if job.outputs.get("--save-result"):
+            from ._job import save_result
+
+            save_result(job, result, inputs, ci)
     extra: dict = {"far_rule": job.extra["far_rule"]}
     if job.as_json:
         extra |= {"embeval": __version__, "inputs": inputs}
     m = result.metrics
     note = (f"{m['n_genuine']:,} genuine and {m['n_impostor']:,} impostor trials · accept iff "
             f"score >= threshold · {result.elapsed_s:.2f}s")
-    render("verify", result, [], as_json=job.as_json, extra=extra, keys=list(m), note=note)
+    render("verify", result, [], as_json=job.as_json, extra=extra, keys=list(m), note=note, ci=ci)
     sys.stdout.flush()
 
 

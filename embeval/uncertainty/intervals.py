@@ -80,6 +80,8 @@ def intervals(result: Any, options: IntervalOptions | None = None, **overrides: 
     independent of the gallery size.
     """
     o = IntervalOptions(**{**(options.__dict__ if options else {}), **overrides})
+    if not hasattr(result.stats, "query_labels"):  # verification's trial counts
+        return Intervals({}, o, {k: _reason(k) for k in result.metrics})
     unit, n_units = resampling_units(result.stats.query_labels, o.by)
     names, statistic = result_statistics(result, unit, n_units)
     reps = replicates(statistic, unit, n_units, o.n_resamples, o.seed) if names else np.empty((0, 0))

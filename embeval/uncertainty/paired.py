@@ -230,9 +230,7 @@ def _assignments(differing: np.ndarray, n_units: int, exact: bool, n: int,
         idx = np.arange(start, min(count, start + rows))
         chunk = np.zeros((len(idx), n_units))
         if exact:
-            bits = (idx[:, None] >> np.arange(d)[None, :]) & 1
-        else:
-            bits = np.stack([rng.integers(0, 2, size=d) for _ in idx]) if d else \
-                np.zeros((len(idx), 0))
-        chunk[:, differing] = bits
+            chunk[:, differing] = (idx[:, None] >> np.arange(d)[None, :]) & 1
+        elif d:
+            chunk[:, differing] = np.stack([rng.integers(0, 2, size=d) for _ in idx])
         yield chunk

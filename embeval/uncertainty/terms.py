@@ -102,8 +102,8 @@ def _term(key: str, result: EvalResult, pq: dict[str, torch.Tensor] | None, firs
     if key in _PER_QUERY:
         return _terms(pq[_PER_QUERY[key]], over)
     if key.startswith(("P@", "nDCG@")):
-        name, _, k = key.partition("@")
-        return _terms(pq[f"{name.lower()}@{k}"], over)
+        family, _, cut = key.partition("@")
+        return _terms(pq[f"{family.lower()}@{cut}"], over)
     if key == "mINP":
         return _terms(pq["n_pos"].double() / pq["last_rank"], over)
     if key in ("hard_pos", "hard_neg"):
