@@ -58,15 +58,15 @@ def resampling_units(labels: torch.Tensor, by: str) -> tuple[np.ndarray, int]:
 def resample_counts(n_units: int, n_resamples: int, seed: int, *,
                     stream: int = BOOTSTRAP_STREAM) -> Iterator[np.ndarray]:
     """Chunks ``[b, U]`` float64 of how often each unit is drawn in resamples 0..n-1 (rows sum
-    to U). The draws of resample r do not depend on the chunking."""
+    to U). Resample r is the r-th run of U draws ``rng.integers(0, U)`` of the generator
+    ``default_rng([seed, stream])``, whatever the chunking."""
     rng = np.random.default_rng([seed, stream])
     rows = max(1, CHUNK_CELLS // max(n_units, 1))
     for start in range(0, n_resamples, rows):
         b = min(rows, n_resamples - start)
-        out = np.empty((b, n_units), dtype=np.float64)
-        for i in range(b):
-            out[i] = np.bincount(rng.integers(0, n_units, size=n_units), minlength=n_units)
-        yield out
+        drawn = rng.integers(0, n_units, size=(b, n_units))  # the same stream as b calls of U
+        drawn += np.arange(b)[:, None] * n_units
+        yield np.bincount(drawn.ravel(), minlength=b * n_units).reshape(b, n_units).astype(np.float64)
 
 
 class MeanStatistics:
@@ -92,12 +92,18 @@ class MeanStatistics:
         exponent = np.array([52 - math.ceil(math.log2(b)) if b > 0 else 0 for b in bound])
         self.scale = np.ldexp(1.0, np.clip(exponent, -1000, 1000))
         self.values = np.rint(values * self.scale)  # integers: every weighted sum is exact
-        self.include = np.asarray(include, dtype=np.float64)
+        # metrics share few inclusion rules (with positives, all, ...): one column per rule
+        include = np.asarray(include, dtype=bool)
+        first: dict[bytes, int] = {}
+        self.rule_of = np.array([first.setdefault(np.packbits(column).tobytes(), len(first))
+                                 for column in include.T], dtype=np.int64)
+        self.include = np.ascontiguousarray(
+            include[:, [list(self.rule_of).index(r) for r in range(len(first))]], dtype=np.float64)
 
     def __call__(self, weights: np.ndarray) -> np.ndarray:
         """``[b, M]`` metrics under record weights ``[b, R]`` (nan where nothing is included)."""
         num = weights @ self.values
-        den = weights @ self.include
+        den = (weights @ self.include)[:, self.rule_of]
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(den > 0, num / self.scale / den, np.nan)
 
@@ -105,7 +111,9 @@ class MeanStatistics:
 def replicates(statistic: Callable[[np.ndarray], np.ndarray], unit: np.ndarray, n_units: int,
                n_resamples: int, seed: int) -> np.ndarray:
     """``[n_resamples, M]`` bootstrap replicates of ``statistic`` (records → unit ``unit``)."""
-    out = [statistic(counts[:, unit]) for counts in resample_counts(n_units, n_resamples, seed)]
+    identity = len(unit) == n_units and bool((unit == np.arange(n_units)).all())
+    out = [statistic(counts if identity else counts[:, unit])
+           for counts in resample_counts(n_units, n_resamples, seed)]
     return np.concatenate(out) if out else np.empty((0, 0))
 
 
