@@ -139,7 +139,7 @@ def _array(f: IO[bytes], where: str, size: int | None) -> np.ndarray:
     if f.read(1):
         raise _Bad(f"{where}: trailing bytes after the array's data")
     out = flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)
-    return np.ascontiguousarray(out, dtype=dtype.newbyteorder("="))
+    return out.astype(dtype.newbyteorder("="), order="C", copy=False)
 
 
 def read_npy(path: str | os.PathLike[str]) -> np.ndarray:
