@@ -23,10 +23,11 @@ ALLOWED: dict[str, set[str]] = {
     "protocols": {"data", "engine", "metrics", "evaluate"},
     "extract": {"data", "engine", "evaluate"},
     "train": {"data", "engine", "metrics", "evaluate", "extract", "results"},
+    "visual": {"data", "engine", "metrics", "evaluate", "results", "verification"},
     "cli": {"data", "engine", "metrics", "evaluate", "results", "extract", "train", "verification",
-            "protocols"},
+            "protocols", "visual"},
     "facade": {"data", "engine", "metrics", "evaluate", "results", "extract", "train", "cli",
-               "verification", "protocols"},
+               "verification", "protocols", "visual"},
 }
 
 
