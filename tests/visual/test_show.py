@@ -3,9 +3,11 @@ ground truth of a hand-made case, placeholders for missing images, real sample i
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -175,3 +177,29 @@ def test_show_refuses_bad_options_in_one_line(tmp_path, hand_made, capsys):
         r = cli_run(capsys, "show", q, g, "--out", tmp_path / "o", *args, "--device", "cpu")
         assert r.returncode == 2 and text in r.stderr and r.stderr.count("\n") == 1, r.stderr
     assert not (tmp_path / "o").exists()
+
+
+PROBE = """
+import json, sys
+from embeval.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as e:
+    code = e.code
+heavy = [m for m in ("torch", "numpy", "PIL", "matplotlib", "safetensors") if m in sys.modules]
+print(json.dumps({"code": code, "heavy": heavy}))
+"""
+
+
+@pytest.mark.parametrize("args", [["show", "--help"], ["convert", "--help"],
+                                  ["show", "nope.safetensors", "g.safetensors", "--out", "o"]])
+def test_show_and_convert_check_arguments_before_loading_the_core(tmp_path, args):
+    r = subprocess.run([sys.executable, "-c", PROBE, *args], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120, env={**os.environ, "COLUMNS": "100"})
+    report = json.loads(r.stdout.strip().splitlines()[-1])
+    assert report["heavy"] == [], r.stderr
+    assert report["code"] == (0 if "--help" in args else 2)
+    if "--help" in args:
+        assert "Examples:" in r.stdout
+    else:
+        assert r.stderr.count("\n") == 1 and "nope.safetensors: no such file" in r.stderr
