@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import IO
 
 import numpy as np
+import torch
 
 from embeval.data.store import EmbeddingSet, save
 from embeval.errors import InputFileError
@@ -88,7 +89,7 @@ def _header(f: IO[bytes], where: str) -> tuple[np.dtype, bool, tuple[int, ...]]:
         raise _Bad(f"{where}: .npy header is not a Python dict literal") from None
     if set(d) != {"descr", "fortran_order", "shape"}:
         raise _Bad(f"{where}: .npy header keys {sorted(map(str, d))}, expected descr, "
-                         "fortran_order, shape")
+                   "fortran_order, shape")
     descr, fortran, shape = d["descr"], d["fortran_order"], d["shape"]
     if not isinstance(fortran, bool):
         raise _Bad(f"{where}: .npy header fortran_order {fortran!r} is not True/False")
@@ -102,14 +103,14 @@ def _dtype(descr: object, where: str) -> np.dtype:
     """The dtype of a header's ``descr``: plain numbers and unicode strings only."""
     if isinstance(descr, str) and "O" in descr:
         raise _Bad(f"{where}: is an object array (dtype=object), which only unpickling "
-                         "could read: refused; save numbers, or strings as a unicode array "
-                         "(np.array(paths, dtype=str))")
+                   "could read: refused; save numbers, or strings as a unicode array "
+                   "(np.array(paths, dtype=str))")
     m = _DESCR.match(descr) if isinstance(descr, str) else None
     if m is None:
         raise _Bad(f"{where}: dtype {descr!r} is not supported (plain numbers or unicode "
-                         "strings only)")
+                   "strings only)")
     try:
-        dtype = np.dtype(descr)
+        dtype = np.dtype(m.group(0))
     except TypeError:
         raise _Bad(f"{where}: dtype {descr!r} is not supported") from None
     if dtype.hasobject or dtype.kind not in "biufU":
@@ -127,9 +128,9 @@ def _array(f: IO[bytes], where: str, size: int | None) -> np.ndarray:
     nbytes = count * dtype.itemsize
     if size is not None and f.tell() + nbytes != size:
         raise _Bad(f"{where}: the header announces {nbytes} bytes of data, the member "
-                         f"holds {size - f.tell()} (truncated or corrupt)")
+                   f"holds {size - f.tell()} (truncated or corrupt)")
     flat = np.empty(count, dtype=dtype)
-    view = memoryview(flat).cast("B") if nbytes else memoryview(b"")
+    view = flat.view(np.uint8).data if nbytes else memoryview(bytearray())
     done = 0
     while done < nbytes:
         got = f.readinto(view[done:])  # type: ignore[attr-defined]
@@ -199,9 +200,11 @@ def load_npz(path: str | os.PathLike[str]) -> NumpyFileSet:
     if emb.dtype.kind != "f" or emb.ndim != 2:
         raise InputFileError(p, f"'embeddings' must be a 2-D [N, D] float array, got {emb.dtype} "
                                 f"{list(emb.shape)}")
+    labels = _ids(p, "labels", arrays["labels"])
+    assert labels is not None  # a required array
     try:
-        return NumpyFileSet(emb, arrays["labels"], arrays.get("cameras"), paths=paths,
-                            name=str(p), _file=p)
+        return NumpyFileSet(torch.from_numpy(emb), labels, _ids(p, "cameras", arrays.get("cameras")),
+                            paths=paths, name=str(p), _file=p)
     except InputFileError:
         raise
     except (ValueError, TypeError) as e:
@@ -211,6 +214,15 @@ def load_npz(path: str | os.PathLike[str]) -> NumpyFileSet:
 def read_npz_ids(path: str | os.PathLike[str], key: str) -> np.ndarray | None:
     """One optional per-item array ``key`` of a ``.npz`` file (None when absent)."""
     return read_npz(path, (key,)).get(key)
+
+
+def _ids(p: Path, key: str, arr: np.ndarray | None) -> torch.Tensor | None:
+    """Per-item ids as a tensor (numbers only; :class:`EmbeddingSet` checks dtype and shape)."""
+    if arr is None:
+        return None
+    if arr.dtype.kind not in "biuf":
+        raise InputFileError(p, f"{key!r} must be integers (class ids), got {arr.dtype}")
+    return torch.from_numpy(arr)
 
 
 def _paths(p: Path, arr: np.ndarray) -> list[str]:
@@ -255,16 +267,16 @@ def convert(source: str | os.PathLike[str], out: str | os.PathLike[str], *,
         lab = read_npy(labels)
     if cameras is not None:
         cam = read_npy(cameras)
+    lab_t, cam_t = _ids(src, "labels", lab), _ids(src, "cameras", cam)
+    assert lab_t is not None  # required above
     if paths is not None:
         pth = _read_paths_file(Path(paths))
     if emb.dtype.kind != "f" or emb.ndim != 2:
         raise InputFileError(src, f"embeddings must be a 2-D [N, D] float array, got {emb.dtype} "
                                   f"{list(emb.shape)}")
-    import torch
-
     tensor = torch.from_numpy(emb)
-    EmbeddingSet(tensor, lab, cam, paths=pth, name=str(src))  # refuses mismatched sizes, NaN
-    return save(out, tensor, lab, cam, metadata=metadata, paths=pth)
+    EmbeddingSet(tensor, lab_t, cam_t, paths=pth, name=str(src))  # refuses mismatched sizes, NaN
+    return save(out, tensor, lab_t, cam_t, metadata=metadata, paths=pth)
 
 
 def _read_paths_file(p: Path) -> list[str]:

@@ -71,7 +71,7 @@ def item_image_paths(s: EmbeddingSet, images_root: str | os.PathLike[str] | None
     out = []
     for p in parts:
         base = Path(images_root) if images_root is not None else Path(p.metadata.get("source", ""))
-        out += [resolve_image(x, base) for x in p.paths]  # type: ignore[union-attr]
+        out += [resolve_image(x, base) for x in p.paths or []]
     return out
 
 

@@ -205,6 +205,9 @@ def test_an_npz_missing_labels_or_with_bad_paths_names_the_problem(tmp_path):
              paths=np.array([1, 2]))
     with pytest.raises(InputFileError, match="'paths' must be a 1-D unicode array"):
         embeval.load(tmp_path / "b.npz")
+    np.savez(tmp_path / "u.npz", embeddings=np.ones((2, 3), np.float32), labels=np.array(["a", "b"]))
+    with pytest.raises(InputFileError, match="'labels' must be integers"):
+        embeval.load(tmp_path / "u.npz")
     (tmp_path / "c.npz").write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(InputFileError, match="not a readable .npz file"):
         embeval.load(tmp_path / "c.npz")
