@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
     from embeval.protocols.revisited import RevisitedResult, read_revisited, revisited
     from embeval.results.partials import merge_partials
     from embeval.results.writers import write_curves, write_per_query, write_pr_plot, write_predictions
+    from embeval.uncertainty import compare, intervals, load_result, save_result, saved_result
     from embeval.verification.identify import IdentifyResult, identify
     from embeval.verification.verify import VerifyResult, verify
 
@@ -62,6 +63,8 @@ _LAZY: dict[str, str | None] = {
     "verify": "verification.verify", "VerifyResult": "verification.verify",
     "identify": "verification.identify", "IdentifyResult": "verification.identify",
     "VerifyStats": "engine.trials", "trial_stats": "engine.trial_pass",
+    "intervals": "uncertainty", "compare": "uncertainty", "load_result": "uncertainty",
+    "save_result": "uncertainty", "saved_result": "uncertainty",
 }
 
 __all__ = [
@@ -69,7 +72,8 @@ __all__ = [
     "Relevance", "read_relevance", "save_relevance", "read_revisited", "revisited", "RevisitedResult",
     "evaluate", "evaluation_stats", "summarize", "EvalResult", "EvalOptions", "aggregate_mean",
     "embed", "evaluate_model", "verify", "VerifyResult", "identify", "IdentifyResult",
-    "VerifyStats", "trial_stats",
+    "VerifyStats", "trial_stats", "intervals", "compare", "load_result", "save_result",
+    "saved_result",
     "merge_partials", "write_per_query", "write_predictions", "write_curves", "write_pr_plot",
     "rank_stats", "RankStats", "Protocol", "positive_pairs", "scores", "METRICS", "metrics",
     "EmbevalError", "InputFileError", "OptionError", "__version__",

@@ -24,10 +24,11 @@ ALLOWED: dict[str, set[str]] = {
     "uncertainty": {"data", "engine", "metrics", "evaluate", "results"},
     "extract": {"data", "engine", "evaluate"},
     "train": {"data", "engine", "metrics", "evaluate", "extract", "results"},
+    "visual": {"data", "engine", "metrics", "evaluate", "results", "verification"},
     "cli": {"data", "engine", "metrics", "evaluate", "results", "extract", "train", "verification",
-            "protocols", "uncertainty"},
+            "protocols", "uncertainty", "visual"},
     "facade": {"data", "engine", "metrics", "evaluate", "results", "extract", "train", "cli",
-               "verification", "protocols", "uncertainty"},
+               "verification", "protocols", "uncertainty", "visual"},
 }
 
 

@@ -22,10 +22,12 @@ from embeval.errors import EmbevalError, InputFileError
 from . import (
     _help,  # noqa: F401  (click's usage conventions in the help of this Typer version)
     compare_cmd,  # noqa: F401  (registers compare)
+    convert_cmd,  # noqa: F401  (registers convert)
     evaluate_cmds,  # noqa: F401  (registers score, knn, cmc, pr)
     extract_cmd,  # noqa: F401  (registers extract)
     identify_cmd,  # noqa: F401  (registers identify)
     merge_cmd,  # noqa: F401  (registers merge)
+    show_cmd,  # noqa: F401  (registers show)
     train_cmd,  # noqa: F401  (registers train)
     verify_cmd,  # noqa: F401  (registers verify)
 )

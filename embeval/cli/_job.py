@@ -300,8 +300,19 @@ def _write_outputs(job: Job, result: EvalResult, label_names: list[str] | None,
     if out.get("--plot"):
         names = job.gallery[0].name + (f" (+{len(job.gallery) - 1} files)" if len(job.gallery) > 1
                                        else "")
-        exports.write_pr_plot(out["--plot"], result,  # type: ignore[arg-type]
-                              f"{job.query.name} vs {names} ({job.options.metric})")
+        title = f"{job.query.name} vs {names} ({job.options.metric})"
+        if job.command == "cmc":  # ranks 1 .. the largest -k
+            from embeval.visual.plots import write_cmc_plot
+
+            band = None
+            if job.intervals is not None:
+                from embeval.uncertainty.confidence import cmc_band
+
+                band = cmc_band(result, max(job.ks), job.intervals)
+            write_cmc_plot(out["--plot"], result, max_rank=max(job.ks), title=title,  # type: ignore[arg-type]
+                           band=band)
+        else:
+            exports.write_pr_plot(out["--plot"], result, title)  # type: ignore[arg-type]
     if out.get("--out"):
         _write_scores(out["--out"], job, result, knn_k)  # type: ignore[arg-type]
 

@@ -241,7 +241,8 @@ def _execute(command: str, query: Path, gallery: list[Path], options: EvalOption
 
 CMC_EXAMPLES = examples(
     "embeval cmc query.safetensors gallery.safetensors -k 1 5 10",
-    "embeval cmc query.safetensors 'gallery/*.safetensors' --exclude-same-camera --json")
+    "embeval cmc query.safetensors 'gallery/*.safetensors' --exclude-same-camera --json",
+    "embeval cmc query.npz gallery.npz -k 1 5 10 20 --plot cmc.png")
 
 
 ProtocolName = Literal["roxford", "rparis"]
@@ -258,17 +259,29 @@ def cmc(query: QueryArg, gallery: GalleryArg, ks: KsOpt = None,
                  "and hard settings (three ranking passes), from --relevance FILE with "
                  "query,gallery,kind rows (kind: easy, hard, junk); --ap trapezoid unless given.")
         ] = None,
+        plot: Annotated[Path | None, file_option(
+            "PNG or SVG of the CMC curve, rank 1 to the largest -k (needs matplotlib).",
+            "--plot")] = None,
         *, options: EvalOptions, json: bool, shard: str | None, out_part: Path | None,
         relevance: Path | None, intervals: IntervalOptions | None, save_result: Path | None,
         unset: frozenset[str] = frozenset()) -> None:
     """CMC rank-k, mAP, mINP, MRR, MAP@R, R-precision, P@k, nDCG@k (retrieval / re-identification)."""
+    if plot:
+        if protocol is not None:
+            raise OptionError("--plot: not with --protocol (three settings, no single CMC curve)")
+        if plot.suffix.lower() not in ("", ".png", ".svg", ".pdf"):
+            raise OptionError(f"--plot {plot}: the file's suffix chooses the format: .png, .svg "
+                              "or .pdf")
+        from embeval.results import writers as exports
+
+        exports.require_matplotlib()
     if protocol is not None:
         options = _protocol_options(protocol, options, relevance, shard, per_query)
         if "ap" in unset:
             options = dataclasses.replace(options, ap="trapezoid")
     _execute("cmc", query, gallery, options, ks, shard, out_part,
-             outputs={"--per-query": per_query}, as_json=json, relevance=relevance,
-             intervals=intervals, save_result=save_result,
+             outputs={"--per-query": per_query, "--plot": plot}, as_json=json,
+             relevance=relevance, intervals=intervals, save_result=save_result,
              **({"extra": {"protocol": protocol}} if protocol else {}))
 
 

@@ -25,7 +25,7 @@ from .evaluate_cmds import (
     require_files,
 )
 
-OUTPUTS = {"cmc": ("--per-query",), "score": ("--out",), "knn": ("--predictions",),
+OUTPUTS = {"cmc": ("--per-query", "--plot"), "score": ("--out",), "knn": ("--predictions",),
            "pr": ("--curves", "--plot", "--per-query"), "identify": (), "verify": ("--roc", "--plot")}
 OUTPUTS = {command: (*files, "--save-result") for command, files in OUTPUTS.items()}
 
@@ -45,8 +45,8 @@ def merge(
     per_query: Annotated[Path | None, file_option("cmc, pr: CSV, one row per query.", "--per-query")] = None,
     predictions: Annotated[Path | None, file_option("knn: CSV, one row per query.", "--predictions")] = None,
     curves: Annotated[Path | None, file_option("pr: per-query PR points.", "--curves")] = None,
-    plot: Annotated[Path | None, file_option("pr: PNG of the mean PR curve; verify: ROC, DET, "
-                                             "histograms.", "--plot")] = None,
+    plot: Annotated[Path | None, file_option("cmc: the CMC curve; pr: PNG of the mean PR curve; "
+                                             "verify: ROC, DET, histograms.", "--plot")] = None,
     roc: Annotated[Path | None, file_option("verify: CSV of ROC points.", "--roc")] = None,
     out: Annotated[Path | None, file_option(
         "score: scores file (top-k when the shards kept one, else the matrix, "

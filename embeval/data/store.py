@@ -22,6 +22,9 @@ dtype become int64; float64 embeddings (numpy's default) become float32, in memo
 read from a file (:func:`save` records ``converted_from = "float64"``), and a value beyond
 float32's range is refused naming its row. Float labels and shapes other than [N] are refused.
 
+``.npz`` files (arrays ``embeddings``, ``labels``, optional ``cameras``, ``paths``) are read too,
+whole and without unpickling (:mod:`embeval.data.numpy_io`): :func:`load` is the one way in.
+
 Reads are lazy: labels are loaded, embedding rows are sliced from the file on
 demand (``safe_open(...).get_slice``), so galleries larger than RAM stream.
 Writes go through :func:`embeval.outputs.atomic_path` (complete under the final name, or absent).
@@ -172,6 +175,8 @@ def load(path: str | os.PathLike[str], *, lazy: bool = True) -> EmbeddingSet:
     if not p.is_file():  # checked before opening: opening a FIFO for reading blocks
         raise InputFileError(p, "is not a regular file (a FIFO, device or socket?), expected a "
                                 ".safetensors embedding file")
+    if (kind := _numpy_kind(p)) is not None:
+        return _load_numpy(p, kind)
     try:
         with _open(p) as f:
             keys = set(f.keys())
@@ -216,6 +221,15 @@ def read_ids(path: str | os.PathLike[str], key: str, n: int) -> torch.Tensor | N
     :class:`InputFileError` naming the file.
     """
     p = Path(path)
+    if _numpy_kind(p) == "npz":
+        from embeval.data.numpy_io import read_npz_ids
+
+        found = read_npz_ids(p, key)
+        if found is None:
+            return None
+        ids = _as_ids(str(p), key, found)
+        _check_ids(str(p), key, ids, n)
+        return ids
     try:
         with _open(p) as f:
             if key not in f.keys():
@@ -289,6 +303,25 @@ def parse_label_names(name: object, metadata: Mapping[str, str]) -> list[str] | 
         raise InputFileError(name, f"metadata 'label_names' must be a JSON list of strings "
                                    f"(label k's name at index k), got {shown!r}")
     return names
+
+
+def _numpy_kind(p: Path) -> str | None:
+    """"npz" or "npy" for a numpy file (by its first bytes, else its suffix), None otherwise."""
+    from embeval.data.numpy_io import sniff
+
+    kind = sniff(p)
+    return None if kind == "safetensors" else kind
+
+
+def _load_numpy(p: Path, kind: str) -> EmbeddingSet:
+    """A ``.npz`` embedding file (read whole, never unpickled); a ``.npy`` is refused."""
+    from embeval.data.numpy_io import load_npz
+
+    if kind == "npy":
+        raise InputFileError(p, "a .npy file holds one array (no labels): save an .npz with "
+                                "np.savez(f, embeddings=E, labels=L), or run `embeval convert "
+                                f"{p.name} --labels L.npy -o OUT.safetensors`")
+    return load_npz(p)
 
 
 def _open(path: Path):  # noqa: ANN202 - safetensors' handle type is private

@@ -22,7 +22,7 @@ from embeval.evaluate import EvalResult
 from embeval.outputs import atomic_path
 
 __all__ = ["write_per_query", "write_predictions", "write_curves", "write_tensor_stream",
-           "write_pr_plot", "interpolated_precision", "require_matplotlib"]
+           "write_pr_plot", "pr_figure", "interpolated_precision", "require_matplotlib"]
 
 
 def _fmt(x: float) -> str:
@@ -154,12 +154,15 @@ def require_matplotlib():  # noqa: ANN201 - returns matplotlib.pyplot
     return plt
 
 
-def write_pr_plot(path: str | os.PathLike[str], result: EvalResult,
-                  title: Callable[[], str] | str = "") -> None:
-    """PNG of the mean interpolated precision-recall curve (needs matplotlib: ``embeval[plot]``)."""
-    plt = require_matplotlib()
+def pr_figure(result: EvalResult, title: Callable[[], str] | str = ""):  # noqa: ANN201
+    """A matplotlib ``Figure`` (one axes) of the mean interpolated precision-recall curve of a
+    ``pr=True`` result (needs matplotlib: ``embeval[plot]``)."""
+    require_matplotlib()
+    from matplotlib.figure import Figure
+
     r, p = interpolated_precision(result)
-    fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
+    fig = Figure(figsize=(5, 4), dpi=120)
+    ax = fig.subplots()
     ax.plot(r, p, lw=2)
     ax.set(xlabel="recall", ylabel="precision (interpolated, mean over queries)",
            xlim=(0, 1), ylim=(0, 1.02), title=title() if callable(title) else title)
@@ -168,7 +171,13 @@ def write_pr_plot(path: str | os.PathLike[str], result: EvalResult,
     ax.text(0.02, 0.04, f"mAP {m['mAP']:.4f}   maxF1 {m.get('maxF1', float('nan')):.4f}",
             transform=ax.transAxes)
     fig.tight_layout()
+    return fig
+
+
+def write_pr_plot(path: str | os.PathLike[str], result: EvalResult,
+                  title: Callable[[], str] | str = "") -> None:
+    """PNG of the mean interpolated precision-recall curve (needs matplotlib: ``embeval[plot]``)."""
+    fig = pr_figure(result, title)
     suffix = Path(path).suffix.lstrip(".") or "png"
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=suffix)
-    plt.close(fig)

@@ -34,7 +34,7 @@ from .bootstrap import (
     resample_counts,
     resampling_units,
 )
-from .intervals import _Joined
+from .confidence import _Joined
 from .openset import OpenSetRecords, OpenSetStatistics, tpir_key
 from .saved import SavedResult
 

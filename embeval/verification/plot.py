@@ -21,7 +21,8 @@ import torch
 
 from embeval.outputs import atomic_path
 
-__all__ = ["impostor_histogram", "rebin", "write_roc_csv", "thin_roc", "write_verification_plot"]
+__all__ = ["impostor_histogram", "rebin", "write_roc_csv", "thin_roc", "write_verification_plot",
+           "verification_figure", "PANELS"]
 
 ArrayLike = torch.Tensor | np.ndarray | Sequence[float]
 PathLike = str | os.PathLike[str]
@@ -170,6 +171,41 @@ def _probit(p: np.ndarray) -> np.ndarray:
     return torch.special.ndtri(torch.as_tensor(p, dtype=torch.float64)).numpy()
 
 
+PANELS = ("roc", "det", "hist")
+
+
+def verification_figure(*, fpr: ArrayLike, tpr: ArrayLike, gen_values: ArrayLike,
+                        gen_counts: ArrayLike, imp_edges: ArrayLike, imp_counts: ArrayLike,
+                        far_points: Mapping[float, tuple[float, float]], title: str = "",
+                        n_bins: int = 100, panels: Sequence[str] = PANELS):  # noqa: ANN201
+    """A matplotlib ``Figure`` with ``panels`` (of :data:`PANELS`, in order, one axes each):
+    the arguments are :func:`write_verification_plot`'s. Needs matplotlib (``embeval[plot]``)."""
+    from embeval.results.writers import require_matplotlib
+    require_matplotlib()
+    from matplotlib.figure import Figure
+
+    unknown = [p for p in panels if p not in PANELS]
+    if unknown or not panels:
+        raise ValueError(f"panels: {list(panels)}: choose from {list(PANELS)}")
+    f, t = _np(fpr), _np(tpr)
+    keep = thin_roc(f, t, None)
+    f, t = f[keep].astype(np.float64), t[keep].astype(np.float64)
+    fig = Figure(figsize=(5 * len(panels), 4.5), dpi=100)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, panel in zip(axes, panels):
+        if panel == "roc":
+            _roc_panel(ax, f, t, far_points)
+        elif panel == "det":
+            _det_panel(ax, f, t, far_points)
+        else:
+            _hist_panel(ax, _np(gen_values), _np(gen_counts), _np(imp_edges), _np(imp_counts),
+                        n_bins)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
 def write_verification_plot(path: PathLike, *, fpr: ArrayLike, tpr: ArrayLike,
                             gen_values: ArrayLike, gen_counts: ArrayLike, imp_edges: ArrayLike,
                             imp_counts: ArrayLike, far_points: Mapping[float, tuple[float, float]],
@@ -184,24 +220,12 @@ def write_verification_plot(path: PathLike, *, fpr: ArrayLike, tpr: ArrayLike,
     plotting bins by :func:`rebin`); ``far_points``: requested FAR -> (TAR, threshold), marked
     on the ROC and DET.
     """
-    from embeval.results.writers import require_matplotlib
-    plt = require_matplotlib()
-    f, t = _np(fpr), _np(tpr)
-    keep = thin_roc(f, t, None)
-    f, t = f[keep].astype(np.float64), t[keep].astype(np.float64)
-    fig, (roc, det, hist) = plt.subplots(1, 3, figsize=(15, 4.5), dpi=100)
-    try:
-        _roc_panel(roc, f, t, far_points)
-        _det_panel(det, f, t, far_points)
-        _hist_panel(hist, _np(gen_values), _np(gen_counts), _np(imp_edges), _np(imp_counts), n_bins)
-        if title:
-            fig.suptitle(title)
-        fig.tight_layout()
-        suffix = Path(os.fspath(path)).suffix.lstrip(".") or "png"
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=suffix)
-    finally:
-        plt.close(fig)
+    fig = verification_figure(fpr=fpr, tpr=tpr, gen_values=gen_values, gen_counts=gen_counts,
+                              imp_edges=imp_edges, imp_counts=imp_counts, far_points=far_points,
+                              title=title, n_bins=n_bins)
+    suffix = Path(os.fspath(path)).suffix.lstrip(".") or "png"
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=suffix)
 
 
 def _marks(far_points: Mapping[float, tuple[float, float]]) -> list[tuple[float, float, str]]:

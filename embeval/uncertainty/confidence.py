@@ -22,7 +22,7 @@ from .bootstrap import MeanStatistics, percentile_interval, replicates, resampli
 from .openset import OpenSetStatistics, open_set_records, tpir_key
 from .terms import NO_INTERVAL, mean_terms
 
-__all__ = ["Intervals", "intervals", "result_statistics"]
+__all__ = ["Intervals", "intervals", "result_statistics", "cmc_band"]
 
 
 @dataclass
@@ -96,3 +96,21 @@ def _reason(key: str) -> str:
     if key.startswith("n_"):
         return NO_INTERVAL["count"]
     return NO_INTERVAL["verify"]
+
+
+def cmc_band(result: Any, max_rank: int, options: IntervalOptions | None = None,
+             **overrides: Any) -> tuple[list[float], list[float]]:
+    """``(lower [K], upper [K])``: the bootstrap interval of CMC rank-k for k = 1..``max_rank``
+    (fractions; the curve's band), resampled as :func:`intervals` resamples ``rank{k}``."""
+    o = IntervalOptions(**{**(options.__dict__ if options else {}), **overrides})
+    first = result.per_query["first_rank"].numpy()
+    valid = (result.stats.n_pos > 0).numpy()
+    over = valid if result.options.get("no_positive", "skip") == "skip" else np.ones_like(valid)
+    ranks = np.arange(1, max_rank + 1)
+    hits = (first[:, None] <= ranks[None, :]) & over[:, None]
+    unit, n_units = resampling_units(result.stats.query_labels, o.by)
+    statistic = MeanStatistics(hits.astype(np.float64), np.repeat(over[:, None], max_rank, 1),
+                               unit, n_units)
+    bounds = percentile_interval(replicates(statistic, unit, n_units, o.n_resamples, o.seed), o.level)
+    nan = float("nan")
+    return ([b[0] if b else nan for b in bounds], [b[1] if b else nan for b in bounds])

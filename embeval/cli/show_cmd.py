@@ -1,0 +1,145 @@
+"""``embeval show Q G --out DIR``: ranked-result images of chosen queries, and a contact sheet.
+
+Importing this module does not import torch or Pillow: the arguments and input files are
+checked first. The work is in :mod:`embeval.visual.rankings` (which queries, what they
+ranked first: no Q × G matrix) and :mod:`embeval.visual.ranked` (the images).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from embeval.errors import InputFileError, OptionError
+from embeval.options import EvalOptions
+
+from ._app import app
+from .evaluate_cmds import (
+    CameraOpt,
+    DeviceOpt,
+    GalleryArg,
+    MemoryOpt,
+    MetricOpt,
+    PrecisionOpt,
+    QueryArg,
+    SelfOpt,
+    examples,
+    require_files,
+)
+
+SHOW_EXAMPLES = examples(
+    "embeval show runs/small/query.safetensors runs/small/gallery.safetensors --out show --worst 5",
+    "embeval show q.safetensors g.safetensors --out show --queries 3,17,42 --top 8 "
+    "--images-root /data/market1501")
+SHEET = "contact-sheet.png"
+
+
+def _query_list(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.replace(" ", "").split(",") if x != ""]
+    except ValueError:
+        raise OptionError(f"--queries {text}: expected query indices separated by commas "
+                          "(3,17,42)") from None
+
+
+@app.command(epilog=SHOW_EXAMPLES)
+def show(
+    query: QueryArg,
+    gallery: GalleryArg,
+    out: Annotated[Path | None, typer.Option(
+        "--out", metavar="DIR", help="Folder for one PNG per query and contact-sheet.png.")] = None,
+    worst: Annotated[int | None, typer.Option(
+        "--worst", metavar="N", min=1, help="The N queries with the lowest AP (default: 10).")] = None,
+    best: Annotated[int | None, typer.Option(
+        "--best", metavar="N", min=1, help="The N queries with the highest AP.")] = None,
+    queries: Annotated[str | None, typer.Option(
+        "--queries", metavar="I,J,...", help="These query indices (0-based, as --per-query).")] = None,
+    top: Annotated[int, typer.Option("--top", metavar="K", min=1,
+                                     help="Results shown per query.")] = 10,
+    images_root: Annotated[Path | None, typer.Option(
+        "--images-root", metavar="DIR",
+        help="Folder the files' item paths are relative to (default: each file's recorded "
+             "source folder).")] = None,
+    metric: MetricOpt = "cosine",
+    device: DeviceOpt = "auto",
+    memory: MemoryOpt = None,
+    precision: PrecisionOpt = "fp32",
+    exclude_same_camera: CameraOpt = False,
+    exclude_self: SelfOpt = False,
+) -> None:
+    """Images of ranked results: each chosen query, then its top results framed green (positive),
+    red (negative) or grey (excluded), with rank and score; plus a contact sheet."""
+    if out is None:
+        raise OptionError("--out DIR: give the folder for the images")
+    if sum(x is not None for x in (worst, best, queries)) > 1:
+        raise OptionError("--worst, --best, --queries: choose one")
+    chosen_list = _query_list(queries)
+    if worst is None and best is None and chosen_list is None:
+        worst = 10
+    if out.exists() and not out.is_dir():
+        raise InputFileError(out, "--out: is a file, expected a folder for the images")
+    require_files([query, *gallery])
+    options = EvalOptions(metric=metric, device=device, memory=memory, precision=precision,
+                          exclude_same_camera=exclude_same_camera, exclude_self=exclude_self)
+    _run(query, gallery, out, options, worst=worst, best=best, chosen=chosen_list, top=top,
+         images_root=images_root)
+
+
+def _run(query: Path, gallery: list[Path], out: Path, options: EvalOptions, *, worst: int | None,
+         best: int | None, chosen: list[int] | None, top: int, images_root: Path | None) -> None:
+    from embeval.data.concat import load_many
+    from embeval.data.store import load
+    from embeval.evaluate import evaluate
+    from embeval.outputs import atomic_path, transaction
+    from embeval.visual.ranked import contact_sheet, item_image_paths, ranked_image
+    from embeval.visual.rankings import choose_queries, query_rankings
+
+    from ._app import progress_bar, stdout
+
+    q, g = load(query), load_many(gallery)
+    if q.dim != g.dim:
+        raise OptionError(f"{q.name} has {q.dim}-dimensional embeddings but {g.name} has {g.dim}")
+    with progress_bar("ranking", "items") as update:
+        result = evaluate(q, g, options, ks=(1,), progress=update)
+    ap, first = result.per_query["ap"], result.per_query["first_rank"]
+    picked = choose_queries(ap, worst=worst, best=best, queries=chosen)
+    if not picked:
+        raise OptionError("no query has a positive in the gallery: no AP to choose by "
+                          "(name queries with --queries)")
+    rankings = query_rankings(q, g, picked, top=min(top, g.n), options=options)
+    paths = {"query": item_image_paths(q, images_root), "gallery": item_image_paths(g, images_root)}
+
+    def image_of(which: str, index: int) -> Path | None:
+        found = paths[which]
+        return found[index] if found is not None else None
+
+    names = g.label_names
+    width = len(str(q.n - 1))
+    rows, lines = [], []
+    with transaction():
+        for r in rankings:
+            r.ap, r.first_rank = float(ap[r.index]), float(first[r.index])
+            image = ranked_image(r, image_of, label_names=names)
+            rows.append(image)
+            target = out / f"query-{r.index:0{width}d}.png"
+            with atomic_path(target) as tmp:
+                image.save(tmp, format="PNG", optimize=True)
+            lines.append(f"query {r.index}\tAP {r.ap:.4f}\t-> {target}")
+        what = (f"{len(picked)} worst queries by AP" if worst is not None else
+                f"{len(picked)} best queries by AP" if best is not None else
+                f"queries {', '.join(map(str, picked))}")
+        sheet = contact_sheet(rows, title=f"{what} · {query.name} vs {gallery[0].name} "
+                                          f"({options.metric})")
+        with atomic_path(out / SHEET) as tmp:
+            sheet.save(tmp, format="PNG", optimize=True)
+    for line in [*lines, f"contact sheet\t-> {out / SHEET}"]:
+        stdout.print(line, highlight=False)
+    if all(p is None for p in paths.values()):
+        from ._app import stderr
+
+        stderr.print("embeval show: note: the files record no item paths: every image is a "
+                     "placeholder", highlight=False, soft_wrap=True)
