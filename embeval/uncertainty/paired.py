@@ -11,12 +11,14 @@ differ, all 2^d assignments are enumerated when 2^d <= ``n_permutations`` (an ex
 ``#{|T*| >= |T|} / 2^d``), else ``n_permutations`` random ones give ``(1 + #{|T*| >= |T|}) /
 (1 + n)``, never 0. Differences within 1e-12 of |T| count as ties (as extreme).
 
+A metric without a value in A or B (nan: no query it averages over) is skipped, not tested.
 The p-values are per metric and not corrected for comparing several metrics at once; ``p_holm``
 holds Holm's step-down adjustment over the compared metrics (family-wise error).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,6 +135,14 @@ def compare(a: SavedResult, b: SavedResult, options: IntervalOptions | None = No
         raise OptionError(f"{a.name} and {b.name} share no metric with per-query values "
                           "(verify results keep trial counts only)")
     unit, n_units = resampling_units(a.query_labels, o.by)
+    undefined = {k: "no value in one of the two (no query it averages over): nothing to test"
+                 for k in means + tpirs
+                 if math.isnan(_value(a.metrics[k])) or math.isnan(_value(b.metrics[k]))}
+    skipped.update(undefined)  # a nan observed difference would give p = 0
+    means = [k for k in means if k not in undefined]
+    tpirs = [k for k in tpirs if k not in undefined]
+    if not means and not tpirs:
+        return Comparison({}, o, n_permutations, n_units, skipped)
     both = np.concatenate([unit, unit])
     q = a.n_query
     names = means + tpirs

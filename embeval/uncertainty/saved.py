@@ -116,10 +116,11 @@ def _tensors(s: SavedResult) -> dict[str, torch.Tensor]:
 
 
 def _header(s: SavedResult) -> str:
+    # keys in the result's order (not sorted): a loaded file lists its metrics as reported
     return json.dumps({"command": s.command, "metrics": s.metrics, "options": s.options,
                        "inputs": s.inputs, "n_query": s.n_query, "n_gallery": s.n_gallery,
                        "terms": list(s.terms), "extra": s.extra, "intervals": s.intervals,
-                       "embeval": __version__}, sort_keys=True, separators=(",", ":"))
+                       "embeval": __version__}, separators=(",", ":"))
 
 
 def save_result(path: str | os.PathLike[str], saved: SavedResult) -> Path:
