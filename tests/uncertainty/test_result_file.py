@@ -128,7 +128,7 @@ def test_a_flipped_data_byte_is_refused(tmp_path, results):
 def test_a_truncated_file_is_refused(tmp_path, results):
     path = written(tmp_path, results)
     path.write_bytes(path.read_bytes()[:-9])
-    refused(path, "")
+    refused(path, "not a readable safetensors file")
 
 
 def test_edited_metadata_is_refused(tmp_path, results):
