@@ -40,7 +40,9 @@ def resampling_units(labels: torch.Tensor, by: str) -> tuple[np.ndarray, int]:
     """``(unit [Q] int64, U)``: each query's resampling unit, 0..U-1.
 
     ``by="query"``: every query is a unit; ``by="label"``: the queries of one known label
-    (>= 0) form a unit, a query with an unknown label (< 0) is its own.
+    (>= 0) form a unit, a query with an unknown label (< 0) is its own. Units are numbered
+    queries in order, or known labels ascending then unknown-label queries in order (the draws
+    of :func:`resample_counts` refer to these numbers).
     """
     lab = labels.cpu().numpy().astype(np.int64)
     if by == "query":
