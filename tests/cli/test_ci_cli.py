@@ -185,3 +185,14 @@ def test_save_result_is_an_output_like_the_others(capsys, files, tmp_path) -> No
                      tmp_path / "r.safetensors")
     assert rc == 2 and "--save-result: a --shard run writes only its partial statistics" in err
     assert not (tmp_path / "r.safetensors").exists()
+
+
+def test_cmc_plot_band_is_the_interval_of_every_rank(files) -> None:
+    from embeval.uncertainty.confidence import cmc_band
+
+    q, g = embeval.load(files["qa"]), embeval.load(files["g"])
+    res = embeval.evaluate(q, g, ks=(1, 2, 3, 4, 5, 6), device="cpu")
+    lower, upper = cmc_band(res, 6, level=0.9, n_resamples=300, by="label")
+    ci = intervals(res, level=0.9, n_resamples=300, by="label")
+    assert [(lo, hi) for lo, hi in zip(lower, upper)] == [ci.bounds[f"rank{k}"] for k in range(1, 7)]
+    assert all(a <= b for a, b in zip(lower, lower[1:])) and all(a <= b for a, b in zip(upper, upper[1:]))
