@@ -84,7 +84,9 @@ def _payload(ra, rb, result, options: IntervalOptions | None, permutations: int)
         "command": "compare",
         "a": {"file": str(ra.path), "command": ra.command},
         "b": {"file": str(rb.path), "command": rb.command},
-        "n_query": ra.n_query, "n_units": result.n_units,
+        "n_query": ra.n_query, "paired": "trials" if ra.listed is not None else "queries",
+        "n_paired": len(ra.listed.scores) if ra.listed is not None else ra.n_query,
+        "n_units": result.n_units,
         "metrics": {k: {"a": _clean(m.a), "b": _clean(m.b), "diff": _clean(m.diff),
                         "ci": list(m.ci) if m.ci is not None else None, "p_value": m.p_value,
                         "p_holm": m.p_holm, "exact": m.exact, "n_differing": m.n_differing}
@@ -113,8 +115,8 @@ def _table(out: dict, result) -> None:  # noqa: ANN001
                       f"{m['p_value']:.3g}" + ("*" if m["exact"] else ""))
     stdout.print(table)
     o = out["options"]
-    stdout.print(f"{out['n_query']} paired queries ({out['n_units']} "
-                 f"{'queries' if o['ci_by'] == 'query' else 'labels'} resampled) · B − A in "
+    stdout.print(f"{out['n_paired']} paired {out['paired']} ({out['n_units']} "
+                 f"{out['paired'] if o['ci_by'] == 'query' else 'labels'} resampled) · B − A in "
                  f"percentage points (scores as they are), its {100 * o['ci_level']:g}% "
                  f"percentile bootstrap interval ({o['ci_resamples']} resamples, seed "
                  f"{o['ci_seed']}) · p: two-sided paired randomisation (sign-flip) test over "

@@ -71,8 +71,9 @@ def shown(key: str, value: float | None) -> str:
 def ci_note(ci: Intervals, keys: list[str]) -> str:
     """The table's line saying how its intervals were computed, and which metrics have none."""
     o = ci.options
-    text = (f"[{100 * o.level:g}% interval: percentile bootstrap over "
-            f"{'queries' if o.by == 'query' else 'labels (identities)'}, {o.n_resamples} "
+    unit = ci.records if o.by == "query" else (
+        "labels (identities)" if ci.records == "queries" else "query-side labels")
+    text = (f"[{100 * o.level:g}% interval: percentile bootstrap over {unit}, {o.n_resamples} "
             f"resamples, seed {o.seed}]") if any(k in ci.bounds for k in keys) else ""
     missing = sorted({why for k, why in ci.reasons.items() if k in keys})
     return " · ".join([text, *(f"no interval: {why}" for why in missing)] if text else

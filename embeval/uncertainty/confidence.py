@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from embeval.options import IntervalOptions
 
 from .bootstrap import MeanStatistics, percentile_interval, replicates, resampling_units
+from .listed import ListedTrials, VerificationStatistics, verification_keys
 from .openset import OpenSetStatistics, open_set_records, tpir_key
 from .terms import NO_INTERVAL, mean_terms
 
@@ -33,6 +35,8 @@ class Intervals:
     bounds: dict[str, tuple[float, float] | None]
     options: IntervalOptions
     reasons: dict[str, str] = field(default_factory=dict)
+    #: what was resampled: "queries", or "listed trials" (verify --pairs)
+    records: str = "queries"
 
     def to_json(self) -> dict[str, list[float] | None]:
         """The ``ci`` object of ``--json``: metric → ``[lo, hi]`` or null."""
@@ -49,10 +53,25 @@ class _Joined:
         return np.concatenate([p(weights) for p in self.parts], axis=1)
 
 
+def record_labels(result: Any) -> torch.Tensor | None:
+    """The labels of ``result``'s records, one per resampled record: its queries, or its
+    listed trials (``verify --pairs``: the query side's label); None when it has none
+    (all-pairs verification keeps trial counts only)."""
+    listed = getattr(result, "listed", None)
+    if listed is not None:
+        return listed[2]
+    return getattr(result.stats, "query_labels", None)
+
+
 def result_statistics(result: Any, unit: np.ndarray | None = None,
                       n_units: int | None = None) -> tuple[list[str], _Joined]:
     """The metric names of ``result`` that a resample can recompute, and the statistic
-    ``weights [b, Q] -> [b, len(names)]`` that recomputes them (weights all 1: the result)."""
+    ``weights [b, R] -> [b, len(names)]`` over its records (:func:`record_labels`) that
+    recomputes them (weights all 1: the result)."""
+    listed = getattr(result, "listed", None)
+    if listed is not None:
+        keys = verification_keys(result.metrics, str(result.options.get("far_rule", "step")))
+        return keys, _Joined([VerificationStatistics(ListedTrials(*listed), keys)])
     terms = mean_terms(result)
     names = list(terms)
     parts: list[Any] = []
@@ -62,39 +81,46 @@ def result_statistics(result: Any, unit: np.ndarray | None = None,
         parts.append(MeanStatistics(values, include, unit, n_units))
     extra = getattr(result, "options", {})
     if "fpir_rule" in extra:  # an identification: TPIR@FPIR from weighted records
-        keys = [tpir_key(k) for k in result.metrics if k.startswith("TPIR@FPIR=")]
-        if keys:
-            parts.append(OpenSetStatistics(open_set_records(result.stats), keys,
+        tpirs = [tpir_key(k) for k in result.metrics if k.startswith("TPIR@FPIR=")]
+        if tpirs:
+            parts.append(OpenSetStatistics(open_set_records(result.stats), tpirs,
                                            str(extra["fpir_rule"])))
-            names += [k for k, _, _ in keys]
+            names += [k for k, _, _ in tpirs]
     return names, _Joined(parts)
 
 
 def intervals(result: Any, options: IntervalOptions | None = None, **overrides: Any) -> Intervals:
     """Percentile bootstrap intervals for the metrics of ``result`` (an
-    :class:`~embeval.EvalResult`, ``IdentifyResult`` or ``RevisitedResult``).
+    :class:`~embeval.EvalResult`, ``IdentifyResult``, ``RevisitedResult``, or a
+    ``VerifyResult`` of listed pairs, whose trials are resampled).
 
     ``options`` / ``overrides``: :class:`~embeval.options.IntervalOptions` fields (``level``,
-    ``n_resamples``, ``seed``, ``by``). Metrics that are not recomputable from per-query values
-    (thresholds, counts) are listed in ``reasons``. Cost: O(resamples × queries × metrics),
-    independent of the gallery size.
+    ``n_resamples``, ``seed``, ``by``). Metrics that are not recomputable from per-query
+    values or listed trials (thresholds, counts, all-pairs verification) are listed in
+    ``reasons``. Cost: O(resamples × records × metrics), independent of the gallery size.
     """
     o = IntervalOptions(**{**(options.__dict__ if options else {}), **overrides})
-    if not hasattr(result.stats, "query_labels"):  # verification's trial counts
-        return Intervals({}, o, {k: _reason(k) for k in result.metrics})
-    unit, n_units = resampling_units(result.stats.query_labels, o.by)
+    labels = record_labels(result)
+    if labels is None:  # all-pairs verification's trial counts
+        return Intervals({}, o, {k: _reason(k, result) for k in result.metrics})
+    unit, n_units = resampling_units(labels, o.by)
     names, statistic = result_statistics(result, unit, n_units)
     reps = replicates(statistic, unit, n_units, o.n_resamples, o.seed) if names else np.empty((0, 0))
     bounds = dict(zip(names, percentile_interval(reps, o.level))) if names else {}
-    reasons = {k: _reason(k) for k in result.metrics if k not in bounds}
-    return Intervals(bounds, o, reasons)
+    reasons = {k: _reason(k, result) for k in result.metrics if k not in bounds}
+    return Intervals(bounds, o, reasons,
+                     "listed trials" if getattr(result, "listed", None) is not None else "queries")
 
 
-def _reason(key: str) -> str:
+def _reason(key: str, result: Any) -> str:
     if key.startswith(("threshold@", "T@")) or key.endswith("_threshold"):
         return NO_INTERVAL["threshold"]
     if key.startswith("n_"):
         return NO_INTERVAL["count"]
+    if key.startswith("accuracy") and getattr(result, "folds", None) is not None:
+        return NO_INTERVAL["folds"]
+    if key.startswith("TAR@FAR=") and getattr(result, "listed", None) is not None:
+        return NO_INTERVAL["nearest"]
     return NO_INTERVAL["verify"]
 
 

@@ -37,6 +37,7 @@ from .bootstrap import (
     resampling_units,
 )
 from .confidence import _Joined
+from .listed import ListedTrials, VerificationStatistics, verification_keys
 from .openset import OpenSetRecords, OpenSetStatistics, tpir_key
 from .saved import SavedResult
 
@@ -80,6 +81,16 @@ def check_same_queries(a: SavedResult, b: SavedResult) -> None:
     the same queries: count, labels in order, and the query items' fingerprint (labels, cameras
     and item paths, :func:`~embeval.uncertainty.saved.query_items`, when both files recorded
     paths). The embedding files themselves differ between two models."""
+    if (a.listed is None) != (b.listed is None):
+        raise OptionError(f"one of {a.name} and {b.name} holds listed trials (verify --pairs) "
+                          "and the other does not: nothing to pair")
+    if a.listed is not None and b.listed is not None:
+        la, lb = a.listed, b.listed
+        if len(la.scores) != len(lb.scores) or not torch.equal(la.genuine, lb.genuine) \
+                or not torch.equal(la.labels, lb.labels):
+            raise OptionError(f"{a.name} and {b.name} list different trials ({len(la.scores)} "
+                              f"vs {len(lb.scores)}, or other genuine pairs or labels): a paired "
+                              "comparison needs the same pairs file on the same items")
     if a.n_query != b.n_query:
         raise OptionError(f"{a.name} has {a.n_query} queries but {b.name} has {b.n_query}: a "
                           "paired comparison needs the same queries")
@@ -105,8 +116,9 @@ def holm(p: list[float]) -> list[float]:
     return out
 
 
-def _shared(a: SavedResult, b: SavedResult) -> tuple[list[str], list[str], dict[str, str]]:
-    """(mean metric names, TPIR names, skipped name → why) shared by ``a`` and ``b``."""
+def _shared(a: SavedResult, b: SavedResult) -> tuple[list[str], dict[str, str]]:
+    """(the metric names both report and a resample recomputes: mean metrics, then TPIR@FPIR,
+    then listed-trial verification metrics; skipped name → why)."""
     means = [k for k in a.terms if k in b.terms]
     skipped = {k: "reported by only one of the two" for k in [*a.metrics, *b.metrics]
                if (k in a.metrics) != (k in b.metrics)}
@@ -115,10 +127,16 @@ def _shared(a: SavedResult, b: SavedResult) -> tuple[list[str], list[str], dict[
                   or a.options.get("fpir_rule") != b.options.get("fpir_rule")):
         skipped.update({k: "computed under different --fpir-rule" for k in tpirs})
         tpirs = []
+    trials: list[str] = []
+    if a.listed is not None and b.listed is not None:
+        rules = {str(x.options.get("far_rule", "step")) for x in (a, b)}
+        trials = [k for k in verification_keys(a.metrics, rules.pop() if len(rules) == 1 else "")
+                  if k in b.metrics]
+    names = means + tpirs + trials
     for k in a.metrics:
-        if k in b.metrics and k not in means and k not in tpirs and k not in skipped:
-            skipped[k] = "not recomputable from per-query values (a threshold or a count)"
-    return means, tpirs, skipped
+        if k in b.metrics and k not in names and k not in skipped:
+            skipped[k] = "not recomputable from per-query values or listed trials"
+    return names, skipped
 
 
 def compare(a: SavedResult, b: SavedResult, options: IntervalOptions | None = None, *,
@@ -130,23 +148,22 @@ def compare(a: SavedResult, b: SavedResult, options: IntervalOptions | None = No
         raise OptionError(f"n_permutations {n_permutations!r}: must be an integer >= 1",
                           param="n_permutations")
     check_same_queries(a, b)
-    means, tpirs, skipped = _shared(a, b)
-    if not means and not tpirs:
-        raise OptionError(f"{a.name} and {b.name} share no metric with per-query values "
-                          "(verify results keep trial counts only)")
-    unit, n_units = resampling_units(a.query_labels, o.by)
+    names, skipped = _shared(a, b)
+    if not names:
+        raise OptionError(f"{a.name} and {b.name} share no metric with per-query values or "
+                          "listed trials (all-pairs verify results keep trial counts only)")
+    labels = _record_labels(a)
+    unit, n_units = resampling_units(labels, o.by)
     undefined = {k: "no value in one of the two (no query it averages over): nothing to test"
-                 for k in means + tpirs
+                 for k in names
                  if math.isnan(_value(a.metrics[k])) or math.isnan(_value(b.metrics[k]))}
     skipped.update(undefined)  # a nan observed difference would give p = 0
-    means = [k for k in means if k not in undefined]
-    tpirs = [k for k in tpirs if k not in undefined]
-    if not means and not tpirs:
+    names = [k for k in names if k not in undefined]
+    if not names:
         return Comparison({}, o, n_permutations, n_units, skipped)
     both = np.concatenate([unit, unit])
-    q = a.n_query
-    names = means + tpirs
-    statistic = _paired_statistic(a, b, means, tpirs, both, n_units)
+    q = len(labels)
+    statistic = _paired_statistic(a, b, names, both, n_units)
     boot = [_diff(statistic, c[:, unit], np.zeros_like(c[:, unit]))
             for c in resample_counts(n_units, o.n_resamples, o.seed)]
     ci = percentile_interval(np.concatenate(boot), o.level)
@@ -162,8 +179,7 @@ def compare(a: SavedResult, b: SavedResult, options: IntervalOptions | None = No
         exact = key != (-1,)
         units = np.array(key if exact else np.unique(np.concatenate(
             [differing[k] for k in group])), dtype=np.int64)
-        stat = _paired_statistic(a, b, [k for k in group if k in means],
-                                 [k for k in group if k in tpirs], both, n_units)
+        stat = _paired_statistic(a, b, group, both, n_units)
         observed = _diff(stat, np.ones((1, q)), np.zeros((1, q)))[0]
         extreme, total = np.zeros(len(group)), 0
         for swaps in _assignments(units, n_units, exact, n_permutations, o.seed):
@@ -185,9 +201,18 @@ def _value(x: Any) -> float:
     return float("nan") if x is None else float(x)
 
 
-def _paired_statistic(a: SavedResult, b: SavedResult, means: list[str], tpirs: list[str],
-                      unit: np.ndarray, n_units: int) -> _Joined:
-    """One statistic over 2Q records (A's queries, then B's)."""
+def _record_labels(s: SavedResult) -> torch.Tensor:
+    """The labels of the records a test resamples and swaps: listed trials or queries."""
+    return s.listed.labels if s.listed is not None else s.query_labels
+
+
+def _paired_statistic(a: SavedResult, b: SavedResult, names: list[str], unit: np.ndarray,
+                      n_units: int) -> _Joined:
+    """One statistic of ``names`` (means, then TPIR, then listed-trial metrics, as
+    :func:`_shared` orders them) over 2R records (A's, then B's)."""
+    means = [k for k in names if k in a.terms]
+    tpirs = [k for k in names if k.startswith("TPIR@FPIR=")]
+    trials = [k for k in names if k not in means and k not in tpirs]
     parts: list[Any] = []
     if means:
         values = np.concatenate([_stack(a, means, "values"), _stack(b, means, "values")])
@@ -198,6 +223,10 @@ def _paired_statistic(a: SavedResult, b: SavedResult, means: list[str], tpirs: l
         records = OpenSetRecords(*(torch.cat([x, y]) for x, y in zip(a.openset, b.openset)))
         parts.append(OpenSetStatistics(records, [tpir_key(k) for k in tpirs],
                                        str(a.options["fpir_rule"])))
+    if trials:
+        assert a.listed is not None and b.listed is not None
+        listed = ListedTrials(*(torch.cat([x, y]) for x, y in zip(a.listed, b.listed)))
+        parts.append(VerificationStatistics(listed, trials))
     return _Joined(parts)
 
 
@@ -220,6 +249,9 @@ def _differing_units(a: SavedResult, b: SavedResult, name: str, unit: np.ndarray
     if name in a.terms:
         ta, tb = a.terms[name], b.terms[name]
         differ = ((ta.values != tb.values) | (ta.include != tb.include)).numpy()
+    elif not name.startswith("TPIR@FPIR="):
+        assert a.listed is not None and b.listed is not None
+        differ = (a.listed.scores != b.listed.scores).numpy()
     else:
         assert a.openset is not None and b.openset is not None
         differ = np.zeros(a.n_query, dtype=bool)

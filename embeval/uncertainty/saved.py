@@ -31,6 +31,7 @@ from embeval.errors import InputFileError
 from embeval.metrics import exact_mean
 from embeval.outputs import atomic_path
 
+from .listed import ListedTrials, VerificationStatistics, verification_keys
 from .openset import OpenSetRecords, OpenSetStatistics, open_set_records, tpir_key
 from .terms import Terms, mean_terms
 
@@ -53,6 +54,7 @@ class SavedResult:
     query_labels: torch.Tensor
     terms: dict[str, Terms]
     openset: OpenSetRecords | None = None
+    listed: ListedTrials | None = None
     per_query: dict[str, torch.Tensor] = field(default_factory=dict)
     trials: dict[str, torch.Tensor] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -93,8 +95,10 @@ def saved_result(command: str, result: Any, *, inputs: dict, extra: dict | None 
     per_query = {k: v for k, v in (getattr(result, "per_query", None) or {}).items()
                  if isinstance(v, torch.Tensor) and v.dim() == 1}
     openset = open_set_records(stats) if "fpir_rule" in result.options else None
+    listed = getattr(result, "listed", None)
     return SavedResult(command, metrics, dict(result.options), inputs, int(result.n_query),
-                       int(result.n_gallery), labels, terms, openset, per_query, trials,
+                       int(result.n_gallery), labels, terms, openset,
+                       ListedTrials(*listed) if listed is not None else None, per_query, trials,
                        dict(extra or {}), intervals)
 
 
@@ -110,6 +114,10 @@ def _tensors(s: SavedResult) -> dict[str, torch.Tensor]:
         t.update({"openset.mated": s.openset.mated.to(torch.uint8).contiguous(),
                   "openset.decision": s.openset.decision.contiguous(),
                   "openset.first_rank": s.openset.first_rank.contiguous()})
+    if s.listed is not None:
+        t.update({"listed.scores": s.listed.scores.float().contiguous(),
+                  "listed.genuine": s.listed.genuine.to(torch.uint8).contiguous(),
+                  "listed.labels": s.listed.labels.to(torch.int64).contiguous()})
     t.update({f"per_query.{k}": v.contiguous() for k, v in s.per_query.items()})
     t.update({f"trials.{k}": v for k, v in (s.trials or {}).items()})
     return t
@@ -195,14 +203,28 @@ def _checked(p: Path, h: dict, t: dict[str, torch.Tensor]) -> SavedResult:
                     raise InputFileError(p, f"metric {k} = {h['metrics'][k]} does not follow "
                                             f"from its per-query records ({value}): the file "
                                             "was edited or is damaged")
+    listed = None
+    if "listed.scores" in t:
+        listed = ListedTrials(t["listed.scores"], t["listed.genuine"].bool(), t["listed.labels"])
+        if len({len(x) for x in listed}) != 1 or listed.scores.dtype != torch.float32 \
+                or not bool(torch.isfinite(listed.scores).all()):
+            raise InputFileError(p, "damaged result file: listed trials of the wrong shape, "
+                                    "type or value")
+        names = verification_keys(h["metrics"], str(h["options"].get("far_rule", "step")))
+        got = VerificationStatistics(listed, names)(torch.ones(1, len(listed.scores)).numpy())[0]
+        for k, value in zip(names, got):
+            if not _same(h["metrics"][k], float(value), 1e-9):
+                raise InputFileError(p, f"metric {k} = {h['metrics'][k]} does not follow from "
+                                        f"its listed trials ({value}): the file was edited or "
+                                        "is damaged")
     per_query = {k.removeprefix("per_query."): v for k, v in t.items() if k.startswith("per_query.")}
     trials = {k.removeprefix("trials."): v for k, v in t.items() if k.startswith("trials.")} or None
     return SavedResult(h["command"], h["metrics"], h["options"], h["inputs"], h["n_query"],
-                       h["n_gallery"], labels, terms, openset, per_query, trials, h["extra"],
-                       h["intervals"], p)
+                       h["n_gallery"], labels, terms, openset, listed, per_query, trials,
+                       h["extra"], h["intervals"], p)
 
 
-def _same(want: Any, got: float) -> bool:
+def _same(want: Any, got: float, tolerance: float = 1e-12) -> bool:
     if want is None:
         return math.isnan(got)
-    return isinstance(want, (int, float)) and abs(float(want) - got) <= 1e-12 * max(1.0, abs(got))
+    return isinstance(want, (int, float)) and abs(float(want) - got) <= tolerance * max(1.0, abs(got))

@@ -27,8 +27,11 @@ NO_INTERVAL = {
     "threshold": "a decision threshold, not a rate",
     "count": "a count",
     "verify": "all-pairs verification keeps trial counts, not per-query values: a bootstrap "
-              "over identities would need each identity's impostor counts (use identify, cmc "
-              "or listed --pairs with per-query metrics for intervals)",
+              "over identities would need each identity's impostor counts (listed --pairs "
+              "trials are resampled)",
+    "folds": "the LFW protocol's fold accuracy (accuracy_std is its spread over the folds)",
+    "nearest": "insightface's nearest-point reading of TAR@FAR is not resampled (the step "
+               "rule is)",
 }
 
 

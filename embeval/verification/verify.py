@@ -53,6 +53,9 @@ class VerifyResult:
     options: dict[str, object] = field(default_factory=dict)
     folds: P.FoldAccuracy | None = None
     elapsed_s: float = 0.0
+    #: listed pairs: every trial's ``scores`` [T] float32, ``genuine`` [T] bool and query-side
+    #: ``labels`` [T] int64, in file order (for intervals and paired comparison); else None
+    listed: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def curve(self) -> Curve:
         """The exact ROC points (:func:`embeval.verification.roc.curve`)."""
@@ -95,6 +98,7 @@ def verify(
         query, gallery, q_ids, g_ids = _pool(query, gallery)
     fold_result = None
     scores = None
+    trials = None
     if pairs is not None:
         spaces = ((P.TemplateIds(q_ids, query.name), P.TemplateIds(g_ids, gallery.name))
                   if templates else (query.n, gallery.n))
@@ -102,6 +106,7 @@ def verify(
         s = P.pair_scores(query, gallery, listed.query, listed.gallery, o.metric)
         genuine = P.trial_labels(listed, query.labels, gallery.labels)
         scores = (s[genuine], s[~genuine])
+        trials = (s, genuine, query.labels[listed.query])
         stats = VerifyStats.from_scores(*scores, o.metric)
         if folds is not None:
             fold_result = P.fold_accuracy(s, genuine, folds)
@@ -110,9 +115,11 @@ def verify(
         if far_rule == "nearest":
             scores = _all_scores(query, gallery, o.metric,
                                  Protocol(o.exclude_same_camera, o.exclude_self))
-    return summarize_verification(stats, o, fars=fars, far_rule=far_rule, scores=scores,
-                                  folds=fold_result, pairs=pairs, templates=templates,
-                                  n_query=query.n, n_gallery=gallery.n, t0=t0)
+    result = summarize_verification(stats, o, fars=fars, far_rule=far_rule, scores=scores,
+                                    folds=fold_result, pairs=pairs, templates=templates,
+                                    n_query=query.n, n_gallery=gallery.n, t0=t0)
+    result.listed = trials
+    return result
 
 
 def verification_stats(query: EmbeddingSet, gallery: EmbeddingSet,
