@@ -196,3 +196,19 @@ def test_cmc_plot_band_is_the_interval_of_every_rank(files) -> None:
     ci = intervals(res, level=0.9, n_resamples=300, by="label")
     assert [(lo, hi) for lo, hi in zip(lower, upper)] == [ci.bounds[f"rank{k}"] for k in range(1, 7)]
     assert all(a <= b for a, b in zip(lower, lower[1:])) and all(a <= b for a, b in zip(upper, upper[1:]))
+
+
+def test_verify_listed_pairs_get_intervals(capsys, files, tmp_path) -> None:
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("query,gallery\n" + "".join(f"{i},{(5 * i + k) % 150}\n"
+                                                 for i in range(60) for k in range(4)))
+    rc, out, err = cli(capsys, "verify", files["qa"], files["g"], "--pairs", pairs, "--far", "0.1",
+                       "--ci", "0.9", "--bootstrap", 200, "--json")
+    assert rc == 0, err
+    data = json.loads(out)
+    assert set(data["ci"]) == {"TAR@FAR=0.1", "EER", "AUC"}
+    for k, (lo, hi) in data["ci"].items():
+        assert lo <= data["metrics"][k] <= hi
+    rc, table, _ = cli(capsys, "verify", files["qa"], files["g"], "--pairs", pairs, "--far", "0.1",
+                       "--ci", "0.9", "--ci-by", "label")
+    assert "percentile bootstrap over query-side labels" in table
