@@ -104,10 +104,28 @@ class MeanStatistics:
 
     def __call__(self, weights: np.ndarray) -> np.ndarray:
         """``[b, M]`` metrics under record weights ``[b, R]`` (nan where nothing is included)."""
-        num = weights @ self.values
-        den = (weights @ self.include)[:, self.rule_of]
+        return self._ratio(weights @ self.values, weights @ self.include)
+
+    def _ratio(self, num: np.ndarray, den: np.ndarray) -> np.ndarray:
+        den = den[:, self.rule_of]
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(den > 0, num / self.scale / den, np.nan)
+
+    def paired(self, counts: np.ndarray | None,
+               swaps: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """``(A*, B*)`` [b, M] when the records are A's R then B's R: both weighed by record
+        ``counts`` [b, R] (a paired resample), or, with 0/1 ``swaps`` [b, R] (a permutation),
+        A* taking B's record where 1 and B* A's."""
+        if counts is not None:
+            r = counts.shape[1]
+            return (self._ratio(counts @ self.values[:r], counts @ self.include[:r]),
+                    self._ratio(counts @ self.values[r:], counts @ self.include[r:]))
+        assert swaps is not None
+        r = swaps.shape[1]
+        va, vb, ia, ib = self.values[:r], self.values[r:], self.include[:r], self.include[r:]
+        dv, di = swaps @ (vb - va), swaps @ (ib - ia)  # what the swapped records move
+        return (self._ratio(va.sum(0) + dv, ia.sum(0) + di),
+                self._ratio(vb.sum(0) - dv, ib.sum(0) - di))
 
 
 def replicates(statistic: Callable[[np.ndarray], np.ndarray], unit: np.ndarray, n_units: int,

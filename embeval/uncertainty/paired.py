@@ -164,7 +164,12 @@ def compare(a: SavedResult, b: SavedResult, options: IntervalOptions | None = No
     both = np.concatenate([unit, unit])
     q = len(labels)
     statistic = _paired_statistic(a, b, names, both, n_units)
-    boot = [_diff(statistic, c[:, unit], np.zeros_like(c[:, unit]))
+    identity = len(unit) == n_units and bool((unit == np.arange(n_units)).all())
+
+    def records(weights: np.ndarray) -> np.ndarray:  # unit weights → record weights
+        return weights if identity else weights[:, unit]
+
+    boot = [_diff(statistic, records(c), None)
             for c in resample_counts(n_units, o.n_resamples, o.seed)]
     ci = percentile_interval(np.concatenate(boot), o.level)
     # p-values: exact enumeration per group of metrics that differ on the same few units,
@@ -180,10 +185,10 @@ def compare(a: SavedResult, b: SavedResult, options: IntervalOptions | None = No
         units = np.array(key if exact else np.unique(np.concatenate(
             [differing[k] for k in group])), dtype=np.int64)
         stat = _paired_statistic(a, b, group, both, n_units)
-        observed = _diff(stat, np.ones((1, q)), np.zeros((1, q)))[0]
+        observed = _diff(stat, np.ones((1, q)), None)[0]
         extreme, total = np.zeros(len(group)), 0
         for swaps in _assignments(units, n_units, exact, n_permutations, o.seed):
-            t = _diff(stat, 1 - swaps[:, unit], swaps[:, unit])
+            t = _diff(stat, None, records(swaps))
             tie = TIE * np.maximum(1.0, np.abs(observed))
             extreme += (np.abs(t) >= np.abs(observed) - tie).sum(0)
             total += len(t)
@@ -234,13 +239,25 @@ def _stack(s: SavedResult, names: list[str], what: str) -> np.ndarray:
     return np.stack([getattr(s.terms[k], what).numpy() for k in names], axis=1)
 
 
-def _diff(statistic: _Joined, keep: np.ndarray, swap: np.ndarray) -> np.ndarray:
-    """``[b, M]`` B* − A*: A* weighs A's records by ``keep`` and B's by ``swap``, B* the other
-    way round (``swap`` = 0: the unswapped, resampled results)."""
-    wa = np.concatenate([keep, swap], axis=1)
-    wb = np.concatenate([swap, keep], axis=1)
-    both = statistic(np.concatenate([wa, wb]))
-    return both[len(keep):] - both[:len(keep)]
+def _diff(statistic: _Joined, counts: np.ndarray | None, swaps: np.ndarray | None) -> np.ndarray:
+    """``[b, M]`` B* − A* over A's records then B's: under a resample (record ``counts``
+    [b, R], the same for both), or a permutation (0/1 ``swaps`` [b, R]: A* takes B's record
+    where 1, B* A's). Mean metrics take the short way (:meth:`MeanStatistics.paired`)."""
+    if counts is not None:
+        keep, swap = counts, np.zeros_like(counts)
+    else:
+        assert swaps is not None
+        keep, swap = 1 - swaps, swaps
+    cols = []
+    for part in statistic.parts:
+        if isinstance(part, MeanStatistics):
+            a, b = part.paired(counts, swaps)
+        else:
+            both = part(np.concatenate([np.concatenate([keep, swap], axis=1),
+                                        np.concatenate([swap, keep], axis=1)]))
+            a, b = both[:len(keep)], both[len(keep):]
+        cols.append(b - a)
+    return np.concatenate(cols, axis=1)
 
 
 def _differing_units(a: SavedResult, b: SavedResult, name: str, unit: np.ndarray) -> np.ndarray:
@@ -273,6 +290,6 @@ def _assignments(differing: np.ndarray, n_units: int, exact: bool, n: int,
         chunk = np.zeros((len(idx), n_units))
         if exact:
             chunk[:, differing] = (idx[:, None] >> np.arange(d)[None, :]) & 1
-        elif d:
-            chunk[:, differing] = np.stack([rng.integers(0, 2, size=d) for _ in idx])
+        elif d:  # int64 draws: one call gives the stream of len(idx) calls of d
+            chunk[:, differing] = rng.integers(0, 2, size=(len(idx), d))
         yield chunk
