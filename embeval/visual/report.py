@@ -261,6 +261,7 @@ def _options_section(saved: SavedResult) -> str:
 def _plots_section(saved: SavedResult, pr_curves: Any, max_rank: int) -> str:
     figures: list[tuple[str, str]] = []
     notes: list[str] = []
+    wide: set[str] = set()
     if "first_rank" in saved.per_query and "n_pos" in saved.per_query:
         figures.append(("CMC curve", _cmc_plot(saved, max_rank)))
     if pr_curves is not None:
@@ -272,15 +273,17 @@ def _plots_section(saved: SavedResult, pr_curves: Any, max_rank: int) -> str:
         uri, why = _verify_plot(saved)
         if uri is not None:
             figures.append(("ROC, DET and score distributions", uri))
+            wide.add("ROC, DET and score distributions")
         else:
             notes.append(f"ROC / DET: not drawn ({_e(why)}).")
     else:
         dist = _distribution_plot(saved)
         if dist is not None:
             figures.append(("score distributions", dist))
+            wide.add("score distributions")
         notes.append("ROC / DET: for verification results (<code>embeval verify ... "
                      "--save-result FILE</code>, then <code>embeval report FILE</code>).")
-    imgs = "".join(f"<figure><img class='plot' alt='{_e(t)}' src='{u}'><figcaption>{_e(t)}"
+    imgs = "".join(f"<figure><img class='plot{' wide' if t in wide else ''}' alt='{_e(t)}' src='{u}'><figcaption>{_e(t)}"
                    "</figcaption></figure>" for t, u in figures)
     return f"<div class='plots'>{imgs}</div>" + "".join(f"<p class='note'>{n}</p>" for n in notes)
 
@@ -456,8 +459,9 @@ def report_html(saved: SavedResult, *, query: EmbeddingSet | None = None,
         _Section("Options and inputs", _options_section(saved), "options"),
     ]
     nav = " · ".join(f"<a href='#{s.anchor}'>{_e(s.title)}</a>" for s in sections)
-    body = "".join(f"<section id='{s.anchor}'><h2>{_e(s.title)}</h2>{s.body}</section>"
-                   for s in sections)
+    html_of = [f"<section id='{s.anchor}'><h2>{_e(s.title)}</h2>{s.body}</section>"
+               for s in sections]
+    body = f"<div class='top'>{html_of[0]}{html_of[1]}</div>" + "".join(html_of[2:])
     source = f" · {_e(saved.path.name)}" if saved.path is not None else ""
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             f"<meta http-equiv='Content-Security-Policy' content=\"{_CSP}\">"
@@ -482,7 +486,9 @@ body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;margin:0;color
 background:#fafbfc}
 header{background:#24292e;color:#fff;padding:14px 24px}header h1{margin:0;font-size:20px}
 header .note{color:#d1d5da}nav a{color:#9ecbff;margin-right:4px}
-main{padding:8px 24px 40px;max-width:1400px}
+main{padding:8px 24px 40px}
+.top{display:flex;flex-wrap:wrap;gap:0 32px;align-items:flex-start}
+#metrics{flex:0 0 auto;max-width:470px}.top>#plots{flex:1 1 600px}
 h2{border-bottom:1px solid #d1d5da;padding-bottom:4px;margin-top:28px}
 table{border-collapse:collapse;background:#fff}
 th,td{border:1px solid #e1e4e8;padding:3px 8px;text-align:right}
@@ -493,7 +499,7 @@ td.path{text-align:left;font-family:monospace;font-size:12px;word-break:break-al
 .plots{display:flex;flex-wrap:wrap;gap:12px}
 figure{margin:0;background:#fff;border:1px solid #e1e4e8;padding:6px}
 figcaption{font-size:12px;color:#586069;text-align:center}
-img.plot{max-width:100%;height:auto}
+img.plot{width:420px;max-width:100%;height:auto}img.plot.wide{width:860px}
 figure.ranked{border:none;padding:0;margin:0 0 6px}
 table.per-query thead th{cursor:pointer;position:sticky;top:0;user-select:none}
 table.per-query th[data-sorted=asc]::after{content:' \\25B2'}
