@@ -124,8 +124,7 @@ def report(
         interval_options(None, bootstrap, seed, ci_by)  # --bootstrap & co. need intervals
     options = EvalOptions(metric=metric, device=device, memory=memory, precision=precision,
                           exclude_same_camera=exclude_same_camera, exclude_self=exclude_self,
-                          aggregate=aggregate, no_positive=no_positive,
-                          **({"ap": ap} if ap is not None else {}))
+                          aggregate=aggregate, no_positive=no_positive, ap=ap or "standard")
     _check_outputs(out, save_result, inputs)
     _evaluate(inputs[0], inputs[1:], out, options, ks, intervals, save_result, worst=worst,
               top=top, images_root=images_root, title=title)

@@ -283,8 +283,8 @@ def _plots_section(saved: SavedResult, pr_curves: Any, max_rank: int) -> str:
             wide.add("score distributions")
         notes.append("ROC / DET: for verification results (<code>embeval verify ... "
                      "--save-result FILE</code>, then <code>embeval report FILE</code>).")
-    imgs = "".join(f"<figure><img class='plot{' wide' if t in wide else ''}' alt='{_e(t)}' src='{u}'><figcaption>{_e(t)}"
-                   "</figcaption></figure>" for t, u in figures)
+    imgs = "".join(f"<figure><img class='plot{' wide' if t in wide else ''}' alt='{_e(t)}' "
+                   f"src='{u}'><figcaption>{_e(t)}</figcaption></figure>" for t, u in figures)
     return f"<div class='plots'>{imgs}</div>" + "".join(f"<p class='note'>{n}</p>" for n in notes)
 
 
