@@ -24,7 +24,8 @@ ALLOWED: dict[str, set[str]] = {
     "uncertainty": {"data", "engine", "metrics", "evaluate", "results"},
     "extract": {"data", "engine", "evaluate"},
     "train": {"data", "engine", "metrics", "evaluate", "extract", "results"},
-    "visual": {"data", "engine", "metrics", "evaluate", "results", "verification"},
+    "visual": {"data", "engine", "metrics", "evaluate", "results", "verification",
+               "uncertainty"},  # visual/report.py draws saved results (uncertainty.saved)
     "cli": {"data", "engine", "metrics", "evaluate", "results", "extract", "train", "verification",
             "protocols", "uncertainty", "visual"},
     "facade": {"data", "engine", "metrics", "evaluate", "results", "extract", "train", "cli",

@@ -27,6 +27,7 @@ from . import (
     extract_cmd,  # noqa: F401  (registers extract)
     identify_cmd,  # noqa: F401  (registers identify)
     merge_cmd,  # noqa: F401  (registers merge)
+    report_cmd,  # noqa: F401  (registers report)
     show_cmd,  # noqa: F401  (registers show)
     train_cmd,  # noqa: F401  (registers train)
     verify_cmd,  # noqa: F401  (registers verify)
