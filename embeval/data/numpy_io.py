@@ -262,7 +262,8 @@ def convert(source: str | os.PathLike[str], out: str | os.PathLike[str], *,
     else:
         emb, lab, cam, pth = read_npy(src), None, None, None
         if labels is None:
-            raise InputFileError(src, "a .npy array holds the embeddings only: give --labels L.npy")
+            raise InputFileError(src, "a .npy array holds the embeddings only: give labels (a "
+                                      ".npy of [N] integers)", param="labels")
     if labels is not None:
         lab = read_npy(labels)
     if cameras is not None:

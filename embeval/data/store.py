@@ -319,8 +319,8 @@ def _load_numpy(p: Path, kind: str) -> EmbeddingSet:
 
     if kind == "npy":
         raise InputFileError(p, "a .npy file holds one array (no labels): save an .npz with "
-                                "np.savez(f, embeddings=E, labels=L), or run `embeval convert "
-                                f"{p.name} --labels L.npy -o OUT.safetensors`")
+                                "np.savez(f, embeddings=E, labels=L), or convert it with its "
+                                "labels (`embeval convert`)")
     return load_npz(p)
 
 

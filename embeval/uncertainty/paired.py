@@ -82,7 +82,7 @@ def check_same_queries(a: SavedResult, b: SavedResult) -> None:
     and item paths, :func:`~embeval.uncertainty.saved.query_items`, when both files recorded
     paths). The embedding files themselves differ between two models."""
     if (a.listed is None) != (b.listed is None):
-        raise OptionError(f"one of {a.name} and {b.name} holds listed trials (verify --pairs) "
+        raise OptionError(f"one of {a.name} and {b.name} holds listed trials (verify of listed pairs) "
                           "and the other does not: nothing to pair")
     if a.listed is not None and b.listed is not None:
         la, lb = a.listed, b.listed

@@ -49,10 +49,10 @@ def read_per_query_csv(path: str | os.PathLike[str], ks: list[int]) -> SavedResu
             reader = csv.reader(f)
             header = next(reader, None)
             if header is None:
-                raise InputFileError(p, "empty file (expected a --per-query CSV)")
+                raise InputFileError(p, "empty file (expected a per-query CSV, as cmc and pr write)")
             missing = [c for c in _REQUIRED if c not in header]
             if missing:
-                raise InputFileError(p, f"line 1: not a --per-query CSV (no column {missing[0]!r}; "
+                raise InputFileError(p, f"line 1: not a per-query CSV (no column {missing[0]!r}; "
                                         f"header: {','.join(header)[:80]})")
             where = {c: header.index(c) for c in header}
             wanted = [c for c in ("label", "n_pos", "first_rank", "last_rank", "ap", "hard_pos",
