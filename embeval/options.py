@@ -186,6 +186,12 @@ class IntervalOptions:
                 raise OptionError(f"{name} {v!r}: must be an integer >= {low}", param=name)
         _one_of("by", "resampling unit", self.by, RESAMPLING_UNITS)
 
+    @classmethod
+    def build(cls, options: IntervalOptions | None = None, **overrides: Any) -> IntervalOptions:
+        """``options`` (default: the defaults) with the fields in ``overrides`` replaced."""
+        base = options if options is not None else cls()
+        return replace(base, **overrides) if overrides else base
+
     def to_dict(self) -> dict[str, object]:
         """The JSON ``options`` entries: level, method, resamples, seed, unit."""
         return {"ci_level": self.level, "ci_method": "percentile bootstrap",

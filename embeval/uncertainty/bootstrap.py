@@ -33,7 +33,7 @@ __all__ = ["resampling_units", "resample_counts", "MeanStatistics", "percentile_
            "replicates", "BOOTSTRAP_STREAM", "PERMUTATION_STREAM"]
 
 BOOTSTRAP_STREAM, PERMUTATION_STREAM = 0, 1  # the generator streams of one seed
-CHUNK_CELLS = 1 << 18  # resamples × units per matrix product (2 MiB of float64 weights: cache-sized, no page faults)
+CHUNK_CELLS = 1 << 18  # resamples × units per product (2 MiB of float64: cache-sized, few page faults)
 
 
 def resampling_units(labels: torch.Tensor, by: str) -> tuple[np.ndarray, int]:

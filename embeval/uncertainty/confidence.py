@@ -24,7 +24,7 @@ from .listed import ListedTrials, VerificationStatistics, verification_keys
 from .openset import OpenSetStatistics, open_set_records, tpir_key
 from .terms import NO_INTERVAL, mean_terms
 
-__all__ = ["Intervals", "intervals", "result_statistics", "cmc_band"]
+__all__ = ["Intervals", "intervals", "result_statistics", "cmc_band", "Joined"]
 
 
 @dataclass
@@ -43,7 +43,7 @@ class Intervals:
         return {k: (list(v) if v is not None else None) for k, v in self.bounds.items()}
 
 
-class _Joined:
+class Joined:
     """Several statistics over the same records, their columns side by side."""
 
     def __init__(self, parts: list[Any]) -> None:
@@ -64,14 +64,14 @@ def record_labels(result: Any) -> torch.Tensor | None:
 
 
 def result_statistics(result: Any, unit: np.ndarray | None = None,
-                      n_units: int | None = None) -> tuple[list[str], _Joined]:
+                      n_units: int | None = None) -> tuple[list[str], Joined]:
     """The metric names of ``result`` that a resample can recompute, and the statistic
     ``weights [b, R] -> [b, len(names)]`` over its records (:func:`record_labels`) that
     recomputes them (weights all 1: the result)."""
     listed = getattr(result, "listed", None)
     if listed is not None:
         keys = verification_keys(result.metrics, str(result.options.get("far_rule", "step")))
-        return keys, _Joined([VerificationStatistics(ListedTrials(*listed), keys)])
+        return keys, Joined([VerificationStatistics(ListedTrials(*listed), keys)])
     terms = mean_terms(result)
     names = list(terms)
     parts: list[Any] = []
@@ -86,7 +86,7 @@ def result_statistics(result: Any, unit: np.ndarray | None = None,
             parts.append(OpenSetStatistics(open_set_records(result.stats), tpirs,
                                            str(extra["fpir_rule"])))
             names += [k for k, _, _ in tpirs]
-    return names, _Joined(parts)
+    return names, Joined(parts)
 
 
 def intervals(result: Any, options: IntervalOptions | None = None, **overrides: Any) -> Intervals:
@@ -99,7 +99,7 @@ def intervals(result: Any, options: IntervalOptions | None = None, **overrides: 
     values or listed trials (thresholds, counts, all-pairs verification) are listed in
     ``reasons``. Cost: O(resamples × records × metrics), independent of the gallery size.
     """
-    o = IntervalOptions(**{**(options.__dict__ if options else {}), **overrides})
+    o = IntervalOptions.build(options, **overrides)
     labels = record_labels(result)
     if labels is None:  # all-pairs verification's trial counts
         return Intervals({}, o, {k: _reason(k, result) for k in result.metrics})
@@ -128,7 +128,7 @@ def cmc_band(result: Any, max_rank: int, options: IntervalOptions | None = None,
              **overrides: Any) -> tuple[list[float], list[float]]:
     """``(lower [K], upper [K])``: the bootstrap interval of CMC rank-k for k = 1..``max_rank``
     (fractions; the curve's band), resampled as :func:`intervals` resamples ``rank{k}``."""
-    o = IntervalOptions(**{**(options.__dict__ if options else {}), **overrides})
+    o = IntervalOptions.build(options, **overrides)
     first = result.per_query["first_rank"].numpy()
     valid = (result.stats.n_pos > 0).numpy()
     over = valid if result.options.get("no_positive", "skip") == "skip" else np.ones_like(valid)

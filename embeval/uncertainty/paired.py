@@ -36,7 +36,7 @@ from .bootstrap import (
     resample_counts,
     resampling_units,
 )
-from .confidence import _Joined
+from .confidence import Joined
 from .listed import ListedTrials, VerificationStatistics, verification_keys
 from .openset import OpenSetRecords, OpenSetStatistics, tpir_key
 from .saved import SavedResult
@@ -143,7 +143,7 @@ def compare(a: SavedResult, b: SavedResult, options: IntervalOptions | None = No
             n_permutations: int = 10000, **overrides: Any) -> Comparison:
     """Compare ``b`` with ``a`` on every shared metric (module doc). ``options`` / ``overrides``:
     :class:`~embeval.options.IntervalOptions` (level, bootstrap resamples, seed, unit)."""
-    o = IntervalOptions(**{**(options.__dict__ if options else {}), **overrides})
+    o = IntervalOptions.build(options, **overrides)
     if isinstance(n_permutations, bool) or not isinstance(n_permutations, int) or n_permutations < 1:
         raise OptionError(f"n_permutations {n_permutations!r}: must be an integer >= 1",
                           param="n_permutations")
@@ -212,7 +212,7 @@ def _record_labels(s: SavedResult) -> torch.Tensor:
 
 
 def _paired_statistic(a: SavedResult, b: SavedResult, names: list[str], unit: np.ndarray,
-                      n_units: int) -> _Joined:
+                      n_units: int) -> Joined:
     """One statistic of ``names`` (means, then TPIR, then listed-trial metrics, as
     :func:`_shared` orders them) over 2R records (A's, then B's)."""
     means = [k for k in names if k in a.terms]
@@ -232,14 +232,14 @@ def _paired_statistic(a: SavedResult, b: SavedResult, names: list[str], unit: np
         assert a.listed is not None and b.listed is not None
         listed = ListedTrials(*(torch.cat([x, y]) for x, y in zip(a.listed, b.listed)))
         parts.append(VerificationStatistics(listed, trials))
-    return _Joined(parts)
+    return Joined(parts)
 
 
 def _stack(s: SavedResult, names: list[str], what: str) -> np.ndarray:
     return np.stack([getattr(s.terms[k], what).numpy() for k in names], axis=1)
 
 
-def _diff(statistic: _Joined, counts: np.ndarray | None, swaps: np.ndarray | None) -> np.ndarray:
+def _diff(statistic: Joined, counts: np.ndarray | None, swaps: np.ndarray | None) -> np.ndarray:
     """``[b, M]`` B* − A* over A's records then B's: under a resample (record ``counts``
     [b, R], the same for both), or a permutation (0/1 ``swaps`` [b, R]: A* takes B's record
     where 1, B* A's). Mean metrics take the short way (:meth:`MeanStatistics.paired`)."""
