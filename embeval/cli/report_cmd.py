@@ -86,9 +86,11 @@ def report(
     no_positive: NoPosOpt = "skip",
     ap: ApOpt = None,
 ) -> None:
-    """An HTML report that opens offline: metrics with intervals, options and input
-    fingerprints, CMC / PR / score plots (ROC / DET for verify results), a sortable per-query
-    table and the worst queries with their ranked thumbnails."""
+    """One offline HTML report: metrics with intervals, plots, per-query table, worst queries.
+
+    It holds the options and input fingerprints, CMC / PR / score plots (ROC / DET for verify
+    results), a sortable per-query table and the worst queries with their ranked thumbnails.
+    """
     if out is None:
         raise OptionError("--out FILE: give the report's file name (e.g. --out report.html)")
     saved_form = len(inputs) == 1 and inputs[0].is_file() and _is_result(inputs[0])

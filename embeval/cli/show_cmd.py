@@ -71,8 +71,11 @@ def show(
     exclude_same_camera: CameraOpt = False,
     exclude_self: SelfOpt = False,
 ) -> None:
-    """Images of ranked results: each chosen query, then its top results framed green (positive),
-    red (negative) or grey (excluded), with rank and score; plus a contact sheet."""
+    """Images of ranked results: each chosen query and its top results, framed by ground truth.
+
+    Frames: green = positive, red = negative, grey = excluded; with rank and score; plus a
+    contact sheet of all chosen queries.
+    """
     if out is None:
         raise OptionError("--out DIR: give the folder for the images")
     if sum(x is not None for x in (worst, best, queries)) > 1:
