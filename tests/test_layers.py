@@ -17,16 +17,17 @@ ALLOWED: dict[str, set[str]] = {
     "data": set(),
     "engine": {"data"},
     "metrics": {"engine"},
-    "evaluate": {"data", "engine", "metrics"},
+    "rerank": {"data", "engine"},
+    "evaluate": {"data", "engine", "metrics", "rerank"},
     "results": {"data", "engine", "metrics", "evaluate"},
     "verification": {"data", "engine", "metrics", "evaluate", "results"},
     "protocols": {"data", "engine", "metrics", "evaluate"},
     "extract": {"data", "engine", "evaluate"},
     "train": {"data", "engine", "metrics", "evaluate", "extract", "results"},
     "cli": {"data", "engine", "metrics", "evaluate", "results", "extract", "train", "verification",
-            "protocols"},
+            "protocols", "rerank"},
     "facade": {"data", "engine", "metrics", "evaluate", "results", "extract", "train", "cli",
-               "verification", "protocols"},
+               "verification", "protocols", "rerank"},
 }
 
 

@@ -1,0 +1,412 @@
+"""k-reciprocal re-ranking (Zhong et al., CVPR 2017) as exact rank statistics, without the
+(Q+G)² distance matrix.
+
+The re-ranked distance of query i and gallery item j is the reference implementation's
+(``re_ranking(q_g_dist, q_q_dist, g_g_dist, k1, k2, lambda)`` of the authors, torchreid and
+fast-reid), over the N = Q + G items of queries ∪ gallery:
+
+- the distance ``D`` fed to the reference: ``euclid`` ‖q−g‖, ``sq_euclid`` ‖q−g‖², ``cosine``
+  max(1 − cos, 0) (``inner`` has none: refused); the reference squares it, ``e = D²``, and
+  normalises each item's row by its largest value over all N items, ``M_i = max_j e(i, j)``
+  (the reference divides by the column maxima and transposes: the same for a symmetric
+  matrix); ``M_i = 0`` (all items at distance 0) gives 0;
+- R(i): the items j among i's k1 + 1 nearest with i among j's k1 + 1 nearest; R*(i): R(i) ∪
+  R½(c) for each c ∈ R(i) whose R½(c) (the same with round(k1/2) + 1, rounding half to even
+  as numpy) has more than 2/3 of its items in R(i);
+- V_i: exp(−e(i, x)/M_i) over x ∈ R*(i), normalised to sum 1; with k2 > 1 the local query
+  expansion replaces V_i by the mean of V over i's k2 nearest items;
+- Jaccard J(i, j) = 1 − m / (2 − m), m = Σ_x min(V_i[x], V_j[x]);
+- final r(i, j) = (1 − λ)·J(i, j) + λ·e(i, j)/M_i, ranked ascending (embeval's score is −r).
+
+Neighbours are by embeval's canonical float32 scores (ties: the lower index first; the
+reference's argsort leaves ties unspecified); V, the Jaccard terms and r are float64 (the
+reference: float32, fast-reid float16).
+
+How it stays exact and O(N·k1) in memory. J(i, j) < 1 only for the *C pairs*, whose V supports
+meet: they are found from the sparse V (columns' lists), O(Σ support sizes). Outside them J = 1
+and r = (1 − λ) + λ·D(s)²/M_i is a strictly increasing function of D, so those items keep the
+order of their original score s (exact ties stay ties). The statistics then come from:
+
+1. the C pairs and the positives, explicit: their r in float64;
+2. one usual engine pass (:mod:`embeval.engine.cpu` / :mod:`embeval.engine.torch_pass`) over
+   the gallery in which the positives, the C pairs and the protocol's exclusions are *junk*
+   (invisible), and the "positive scores" it counts against are the positives' score
+   thresholds τ_p: the lowest float32 score s with r(s) ≤ r_p (a non-C positive: its own
+   score; a C positive: from r_p, rounded up to float32, so ``s ≥ τ_p`` ⟺ ``r(s) ≤ r_p`` to
+   float64 rounding). Each remaining negative lands in the bin of the positives it ties or
+   beats (pessimistic ties, as everywhere in embeval);
+3. the C negatives binned against the positives' r, the hardest negative and top-k merged.
+
+Memory: the graph (N × (k1 + 1)), V and its expansion (N × |R*| × k2 at most), the C pairs, plus
+the block budget. Passes: one N × N top-k pass (the graph), one Q × G pass (the ranking).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from embeval.data.relevance import Relevance
+from embeval.data.store import EmbeddingSet
+from embeval.engine import listed
+from embeval.engine import rank as ranking
+from embeval.engine.plan import compiled_available, default_memory, parse_memory
+from embeval.engine.rank import positive_pairs, tie_tolerance
+from embeval.engine.similarity import aux, overflow_rule, resolve_device, row_norms
+from embeval.engine.stats import NO_INDEX, Protocol, RankStats
+from embeval.errors import InputFileError, OptionError
+from embeval.rerank.neighbours import Graph, neighbour_graph, pair_scores
+from embeval.rerank.options import RerankOptions
+
+__all__ = ["reranked_stats", "distance_sq", "reciprocal_v", "c_pairs"]
+
+F32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def distance_sq(s: torch.Tensor, metric: str) -> torch.Tensor:
+    """The reference's squared distance e = D² of float32 scores ``s``: float64, same shape."""
+    s64 = s.double()
+    d = (1.0 - s64) if metric == "cosine" else -s64
+    d = d.clamp_min(0.0)
+    return d * d
+
+
+def _normalised(e: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """e / M elementwise, 0 where M = 0."""
+    return torch.where(m > 0, e / torch.where(m > 0, m, 1.0), torch.zeros((), dtype=e.dtype))
+
+
+def _reciprocal(nb: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Edges (i, j): j among i's ``width`` nearest and i among j's; grouped by i ascending."""
+    n = nb.shape[0]
+    src = torch.arange(n).repeat_interleave(width)
+    dst = nb[:, :width].reshape(-1)
+    fwd = torch.sort(src * n + dst).values
+    keep = torch.isin(dst * n + src, fwd, assume_unique=True)
+    return src[keep], dst[keep]
+
+
+def reciprocal_v(graph: Graph, x: torch.Tensor, xa: torch.Tensor, metric: str, k1: int,
+                 m: torch.Tensor) -> sp.csr_matrix:
+    """The sparse [N, N] float64 V of the k-reciprocal encoding (before local expansion).
+
+    ``graph``: at least min(k1 + 1, N) neighbours per item; ``m`` [N] float64: M_i.
+    """
+    nb = graph.index
+    n = nb.shape[0]
+    ri, rj = _reciprocal(nb, min(k1 + 1, n))
+    hi, hj = _reciprocal(nb, min(int(np.around(k1 / 2.0)) + 1, n))
+    r_codes = ri * n + rj  # ascending: grouped by i, then j ascending? not needed: sort
+    r_sorted = torch.sort(r_codes).values
+    h_count = torch.bincount(hi, minlength=n)
+    h_start = torch.cumsum(h_count, 0) - h_count
+    # every candidate c ∈ R(i) with its half set R½(c): triples (edge, x ∈ R½(c))
+    per_edge = h_count[rj]
+    edge = torch.arange(len(ri)).repeat_interleave(per_edge)
+    within = torch.arange(len(edge)) - (torch.cumsum(per_edge, 0) - per_edge)[edge]
+    xs = hj[h_start[rj][edge] + within]
+    inside = torch.isin(ri[edge] * n + xs, r_sorted)
+    common = torch.bincount(edge, weights=inside.double(), minlength=len(ri))
+    accept = common > (2.0 / 3) * per_edge.double()  # the reference's float comparison
+    take = accept[edge]
+    codes = torch.unique(torch.cat([r_codes, ri[edge[take]] * n + xs[take]]))  # sorted
+    vi, vx = codes // n, codes % n
+    # scores of (i, x): from the graph where x is one of i's neighbours, else computed
+    g_codes = (torch.arange(n)[:, None] * n + nb).reshape(-1)
+    g_order = torch.argsort(g_codes)
+    g_sorted = g_codes[g_order]
+    at = torch.searchsorted(g_sorted, codes).clamp_max(len(g_sorted) - 1)
+    found = g_sorted[at] == codes
+    s = torch.empty(len(codes), dtype=torch.float32)
+    s[found] = graph.score.reshape(-1)[g_order[at[found]]]
+    miss = ~found
+    s[miss] = pair_scores(x, xa, vi[miss], vx[miss], metric)
+    w = torch.exp(-_normalised(distance_sq(s, metric), m[vi]))
+    total = torch.zeros(n, dtype=torch.float64).index_add_(0, vi, w)
+    values = (w / total[vi]).numpy()
+    indptr = np.zeros(n + 1, np.int64)
+    np.cumsum(np.bincount(vi.numpy(), minlength=n), out=indptr[1:])
+    return sp.csr_matrix((values, vx.numpy(), indptr), shape=(n, n))
+
+
+def local_expansion(v: sp.csr_matrix, nb: torch.Tensor, k2: int) -> sp.csr_matrix:
+    """V_qe[i] = mean of V over i's min(k2, N) nearest items (the reference's local QE)."""
+    n = nb.shape[0]
+    k = min(k2, n)
+    cols = nb[:, :k].reshape(-1).numpy()
+    rows = np.repeat(np.arange(n), k)
+    avg = sp.csr_matrix((np.full(n * k, 1.0 / k), (rows, cols)), shape=(n, n))
+    out = (avg @ v).tocsr()
+    out.sort_indices()
+    return out
+
+
+def c_pairs(v: sp.csr_matrix, n_query: int, budget: int) -> tuple[torch.Tensor, ...]:
+    """The query × gallery pairs whose V supports meet: ``(qid, gid, m)``, m = Σ min(V_i, V_j)
+    [M] float64 (> 0), sorted by (qid, gid); gid indexes the gallery (items n_query...)."""
+    gal = v[n_query:].tocsc()
+    gal.sort_indices()
+    col_count = np.diff(gal.indptr)
+    limit = max(1 << 16, budget // 48)  # triples held at once
+    out_q, out_g, out_m = [], [], []
+    q0 = 0
+    while q0 < n_query:
+        # as many queries as keep the triples within the limit (at least one)
+        lo = v.indptr[q0]
+        per_row = np.add.reduceat(col_count[v.indices[lo:v.indptr[n_query]]],
+                                  v.indptr[q0:n_query] - lo) if v.indptr[n_query] > lo else \
+            np.zeros(n_query - q0, np.int64)
+        empty = v.indptr[q0 + 1:n_query + 1] == v.indptr[q0:n_query]
+        per_row = np.where(empty, 0, per_row)
+        q1 = q0 + max(1, int(np.searchsorted(np.cumsum(per_row), limit, side="right")))
+        q1 = min(q1, n_query)
+        a, b = v.indptr[q0], v.indptr[q1]
+        rows = np.repeat(np.arange(q1 - q0), np.diff(v.indptr[q0:q1 + 1]))
+        cols, vals = v.indices[a:b], v.data[a:b]
+        cnt = col_count[cols]
+        total = int(cnt.sum())
+        if total:
+            entry = np.repeat(np.arange(len(cols)), cnt)
+            within = np.arange(total) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+            pos = gal.indptr[cols][entry] + within
+            mins = np.minimum(vals[entry], gal.data[pos])
+            acc = sp.coo_matrix((mins, (rows[entry], gal.indices[pos])),
+                                shape=(q1 - q0, v.shape[0] - n_query)).tocsr()
+            acc.sum_duplicates()
+            acc.sort_indices()
+            out_q.append(np.repeat(np.arange(q0, q1), np.diff(acc.indptr)))
+            out_g.append(acc.indices.astype(np.int64))
+            out_m.append(acc.data)
+        q0 = q1
+    if not out_q:
+        return (torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64),
+                torch.zeros(0, dtype=torch.float64))
+    return (torch.from_numpy(np.concatenate(out_q)), torch.from_numpy(np.concatenate(out_g)),
+            torch.from_numpy(np.concatenate(out_m)))
+
+
+def _check(query: EmbeddingSet, gallery: EmbeddingSet, metric: str, protocol: Protocol,
+           topk: int, norms: torch.Tensor) -> None:
+    if metric == "inner":
+        raise OptionError("rerank: k-reciprocal re-ranking needs a distance: --metric cosine, "
+                          "euclid or sq_euclid (inner products have no distance to square and "
+                          "normalise)", param="metric")
+    ranking._check_inputs(query, gallery, protocol, topk)
+    if len(norms):
+        top = int(torch.argmax(norms))
+        why = overflow_rule(metric, "fp32", query.dim, float(norms[top]), float(norms[top]))
+        if why is not None:
+            s, row = (query, top) if top < query.n else (gallery, top - query.n)
+            raise InputFileError(s.name, f"embedding row {row} has L2 norm {float(norms[top]):.3g}, "
+                                         f"too large for metric {metric}: {why}", param="metric")
+
+
+def _own_lists(query: EmbeddingSet, gallery: EmbeddingSet, protocol: Protocol,
+               relevance: Relevance | None) -> Relevance:
+    """Each query's positives and junk (label equality or ``relevance``), exclusions folded in."""
+    if relevance is None:
+        qid, gid = positive_pairs(query.labels, gallery.labels)
+        relevance = Relevance.from_pairs(qid, gid, torch.ones(len(qid), dtype=torch.int64),
+                                         n_query=query.n, n_gallery=gallery.n, source="labels")
+    else:
+        relevance.check_sizes(query.n, gallery.n)
+    return listed.with_protocol(relevance, query, gallery, protocol)
+
+
+def _thresholds(s: torch.Tensor, r: torch.Tensor, in_c: torch.Tensor, m: torch.Tensor,
+                lam: float, metric: str) -> torch.Tensor:
+    """[P] float32 τ: the lowest float32 score whose non-C r(s) ≤ r (see the module doc)."""
+    tau = s.double()
+    if metric == "cosine":
+        tau = tau.clamp_max(1.0)
+    diff = r - (1.0 - lam)
+    d = (diff.clamp_min(0.0) * m / lam).sqrt()
+    from_r = (1.0 - d) if metric == "cosine" else -d
+    tau = torch.where(in_c, from_r, tau)
+    t32 = tau.float()
+    up = t32.double() < tau
+    t32[up] = torch.nextafter(t32[up], torch.tensor(float("inf")))
+    return torch.where(in_c & (diff < 0), torch.tensor(F32_MAX), t32)
+
+
+def _lookup(keys: torch.Tensor, sorted_keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(found [K] bool, position in ``sorted_keys`` [K] int64) of each key."""
+    if len(sorted_keys) == 0:
+        return torch.zeros(len(keys), dtype=torch.bool), torch.zeros(len(keys), dtype=torch.int64)
+    at = torch.searchsorted(sorted_keys, keys).clamp_max(len(sorted_keys) - 1)
+    return sorted_keys[at] == keys, at
+
+
+def reranked_stats(query: EmbeddingSet, gallery: EmbeddingSet, opts: RerankOptions, *,
+                   metric: str = "cosine", protocol: Protocol = Protocol(), topk: int = 0,
+                   device: str = "auto", memory: int | str | None = None,
+                   block_size: int | None = None, backend: str = "auto", progress=None,
+                   relevance: Relevance | None = None) -> RankStats:
+    """:class:`RankStats` of the k-reciprocal re-ranked distances (scores = −r, float64).
+
+    Options as :func:`embeval.engine.rank_stats` (fp32 only); the protocol's exclusions and
+    ``relevance`` decide positives and what each query ignores, as without re-ranking; the
+    neighbour sets use every item of queries ∪ gallery (no labels), as the reference.
+    """
+    qn, gn = query.n, gallery.n
+    x = torch.cat([query.embeddings.float(), gallery.embeddings.float()]).contiguous()
+    norms = row_norms(x)
+    _check(query, gallery, metric, protocol, topk, norms)
+    dev = resolve_device(device)
+    budget = parse_memory(memory) or default_memory(dev)
+    if dev.type != "cpu":  # the graph and the sparse work run on the CPU, within 1 GB
+        budget_cpu = parse_memory(memory) or default_memory(torch.device("cpu"))
+    else:
+        budget_cpu = budget
+    xa = aux(x, metric, norms)
+    n = qn + gn
+    lam = float(opts.lam)
+    graph = neighbour_graph(x, metric, max(opts.k1 + 1, opts.k2), memory=budget_cpu)
+    big_m = distance_sq(graph.lowest, metric)
+    v = reciprocal_v(graph, x, xa, metric, opts.k1, big_m)
+    if opts.k2 != 1:
+        v = local_expansion(v, graph.index, opts.k2)
+    del graph
+    cq, cg, cm = c_pairs(v, qn, budget_cpu)
+    del v
+    if protocol.exclude_self:
+        keep = cg != cq
+        cq, cg, cm = cq[keep], cg[keep], cm[keep]
+    c_codes = cq * gn + cg  # ascending
+    own = _own_lists(query, gallery, protocol, relevance)
+    oq, og, opos = own.query_ids(), own.gallery, own.positive
+    own_codes = oq * gn + og  # ascending
+
+    def r_of(q: torch.Tensor, g: torch.Tensor, jac: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        s = pair_scores(x, xa, q, g + qn, metric)
+        return s, (1.0 - lam) * jac + lam * _normalised(distance_sq(s, metric), big_m[q])
+
+    # positives: explicit r; C positives carry their Jaccard term
+    pq, pg = oq[opos], og[opos]
+    found, at = _lookup(pq * gn + pg, c_codes)
+    jac_p = torch.ones(len(pq), dtype=torch.float64)
+    mp = cm[at[found]]
+    jac_p[found] = 1.0 - mp / (2.0 - mp)
+    s_p, r_p = r_of(pq, pg, jac_p)
+    # C negatives: C pairs that are neither the query's positives nor its junk
+    listed_c, _ = _lookup(c_codes, own_codes)
+    neg = ~listed_c
+    nq_, ng_, mn = cq[neg], cg[neg], cm[neg]
+    _, r_n = r_of(nq_, ng_, 1.0 - mn / (2.0 - mn))
+
+    counts = torch.bincount(pq, minlength=qn)
+    offsets = torch.zeros(qn + 1, dtype=torch.int64)
+    torch.cumsum(counts, 0, out=offsets[1:])
+    tau = _thresholds(s_p, r_p, found, big_m[pq], lam, metric)
+    order = torch.argsort(tau, stable=True)
+    order = order[torch.argsort(pq[order], stable=True)]
+    k = topk
+    pass_stats = RankStats(
+        metric=metric, n_gallery=gn, query_labels=query.labels.clone(), pos_offsets=offsets,
+        pos_scores=tau[order].contiguous(),
+        neg_hist=torch.zeros(len(pq) + qn, dtype=torch.int64),
+        n_neg=torch.zeros(qn, dtype=torch.int64), max_neg=torch.full((qn,), float("-inf")),
+        topk_scores=torch.full((qn, k), float("-inf")) if k else None,
+        topk_indices=torch.full((qn, k), NO_INDEX, dtype=torch.int64) if k else None)
+    qemb = x[:qn].contiguous()
+    pass_stats.extra["eps"] = tie_tolerance(qemb, metric, float(norms[qn:].max()) if gn else 0.0)
+    hidden = torch.unique(torch.cat([own_codes, c_codes]))
+    hq = hidden // max(gn, 1)
+    h_off = torch.zeros(qn + 1, dtype=torch.int64)
+    torch.cumsum(torch.bincount(hq, minlength=qn), 0, out=h_off[1:])
+    invisible = Relevance(h_off, hidden % max(gn, 1), torch.zeros(len(hidden), dtype=torch.bool),
+                          gn, "re-ranking")
+    _negative_pass(pass_stats, query, gallery, qemb, xa[:qn].contiguous(), xa[qn:].contiguous(),
+                   protocol, dev, budget, block_size, backend, progress, invisible)
+    return _assemble(pass_stats, offsets, pq, pg, r_p, nq_, ng_, r_n, big_m, lam, metric, k)
+
+
+def _negative_pass(stats: RankStats, query: EmbeddingSet, gallery: EmbeddingSet,
+                   qemb: torch.Tensor, qa: torch.Tensor, ga: torch.Tensor, protocol: Protocol,
+                   dev: torch.device, budget: int, block_size: int | None, backend: str,
+                   progress, invisible: Relevance) -> None:
+    """The engine's negative pass (fp32) over the whole gallery, ``invisible`` as junk."""
+    if backend == "auto":
+        backend = ("numba" if dev.type == "cpu" and compiled_available()
+                   and query.n * gallery.n > ranking.SMALL_PASS else "torch")
+    if backend not in ("numba", "torch"):
+        raise OptionError(f"backend: unknown backend {backend!r} (numba, torch, auto)",
+                          param="backend")
+    rows = block_size or max(1, budget // max(1, 8 * gallery.dim))
+    if backend == "numba":
+        from embeval.engine.cpu import negative_pass
+    else:
+        from embeval.engine.torch_pass import negative_pass  # type: ignore[assignment]
+    negative_pass(stats, query, gallery, qemb, qa, ga, protocol, (0, gallery.n), rows,
+                  device=dev, precision="fp32", budget=budget, progress=progress,
+                  relevance=invisible)
+
+
+def _assemble(pass_stats: RankStats, offsets: torch.Tensor, pq: torch.Tensor, pg: torch.Tensor,
+              r_p: torch.Tensor, nq_: torch.Tensor, ng_: torch.Tensor, r_n: torch.Tensor,
+              big_m: torch.Tensor, lam: float, metric: str, k: int) -> RankStats:
+    """The re-ranked statistics: the pass's counts plus the explicit C negatives."""
+    qn = pass_stats.n_query
+    # positives by re-ranked score −r ascending within each query
+    order = torch.argsort(-r_p, stable=True)
+    order = order[torch.argsort(pq[order], stable=True)]
+    pos_scores = (-r_p[order]).contiguous()
+    # C negatives: bin = #positives with r_p ≥ r_n (ties pessimistic)
+    hist = pass_stats.neg_hist.clone()
+    if len(r_n):
+        allq = torch.cat([pq, nq_])
+        allr = torch.cat([r_p, r_n])
+        is_pos = torch.cat([torch.ones(len(pq), dtype=torch.int64),
+                            torch.zeros(len(nq_), dtype=torch.int64)])
+        o = torch.argsort(is_pos, stable=True)  # at equal r: negatives first
+        o = o[torch.argsort(allr[o], stable=True)]
+        o = o[torch.argsort(allq[o], stable=True)]
+        before = torch.cumsum(is_pos[o], 0) - is_pos[o]
+        negs = is_pos[o] == 0
+        q_of = allq[o][negs]
+        less = before[negs] - offsets[q_of]
+        bins = (offsets[q_of + 1] - offsets[q_of]) - less
+        hist.index_add_(0, offsets[q_of] + q_of + bins, torch.ones(len(bins), dtype=torch.int64))
+    n_neg = pass_stats.n_neg + torch.bincount(nq_, minlength=qn)
+    seen = pass_stats.n_neg > 0
+    mapped = -((1.0 - lam) + lam * _normalised(distance_sq(pass_stats.max_neg, metric), big_m[:qn]))
+    max_neg = torch.where(seen, mapped, torch.tensor(float("-inf"), dtype=torch.float64))
+    if len(r_n):
+        max_neg = max_neg.scatter_reduce(0, nq_, -r_n, "amax")
+    topv = topi = None
+    if k:
+        topv, topi = _topk(pass_stats, k, pq, pg, r_p, nq_, ng_, r_n, big_m, lam, metric)
+    return RankStats(metric=metric, n_gallery=pass_stats.n_gallery,
+                     query_labels=pass_stats.query_labels, pos_offsets=offsets,
+                     pos_scores=pos_scores, neg_hist=hist, n_neg=n_neg, max_neg=max_neg,
+                     topk_scores=topv, topk_indices=topi)
+
+
+def _topk(pass_stats: RankStats, k: int, pq: torch.Tensor, pg: torch.Tensor, r_p: torch.Tensor,
+          nq_: torch.Tensor, ng_: torch.Tensor, r_n: torch.Tensor, big_m: torch.Tensor,
+          lam: float, metric: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k by re-ranked score (desc; the lower gallery index first on ties) of the pass's
+    top-k (mapped), the positives and the C negatives."""
+    qn = pass_stats.n_query
+    assert pass_stats.topk_scores is not None and pass_stats.topk_indices is not None
+    tv, ti = pass_stats.topk_scores, pass_stats.topk_indices
+    present = ti != NO_INDEX
+    rows = torch.arange(qn)[:, None].expand_as(ti)[present]
+    e = distance_sq(tv[present], metric)
+    mapped = -((1.0 - lam) + lam * _normalised(e, big_m[rows]))
+    q = torch.cat([rows, pq, nq_])
+    g = torch.cat([ti[present], pg, ng_])
+    val = torch.cat([mapped, -r_p, -r_n])
+    o = torch.argsort(g, stable=True)
+    o = o[torch.argsort(-val[o], stable=True)]
+    o = o[torch.argsort(q[o], stable=True)]
+    q, g, val = q[o], g[o], val[o]
+    counts = torch.bincount(q, minlength=qn)
+    rank = torch.arange(len(q)) - (torch.cumsum(counts, 0) - counts)[q]
+    keep = rank < k
+    topv = torch.full((qn, k), float("-inf"), dtype=torch.float64)
+    topi = torch.full((qn, k), NO_INDEX, dtype=torch.int64)
+    topv[q[keep], rank[keep]] = val[keep]
+    topi[q[keep], rank[keep]] = g[keep]
+    return topv, topi
