@@ -92,7 +92,7 @@ def _broken_pipe(e: SystemExit) -> bool:
 
 
 #: Python parameter -> the flag that sets it, where it is not ``--`` + the name with dashes
-FLAGS = {"ks": "-k", "knn_k": "-k (kNN)", "train": "TRAIN_DIR"}
+FLAGS = {"ks": "-k", "knn_k": "-k (kNN)", "train": "TRAIN_DIR", "lam": "--lambda"}
 _WORD = r"(?<![\w-]){}(?!\w)"
 
 

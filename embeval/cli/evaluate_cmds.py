@@ -22,6 +22,7 @@ import typer
 
 from embeval.errors import InputFileError, OptionError
 from embeval.options import Aggregate, ApRule, EvalOptions, Metric, NoPositive, Precision
+from embeval.rerank.options import QeMethod, RerankMethod, RerankOptions
 
 from ._app import app
 
@@ -134,23 +135,53 @@ SHARED: dict[str, Any] = {
 RANKED: dict[str, Any] = {"relevance": RelevanceOpt}
 #: the flag of the commands that report mAP (cmc, pr)
 MAP: dict[str, Any] = {"ap": ApOpt}
+#: re-ranking and expansion flags (cmc, pr, score, knn): bundled into one RerankOptions
+RERANK: dict[str, Any] = {
+    "rerank_method": Annotated[RerankMethod | None, typer.Option(
+        "--rerank", metavar="METHOD",
+        help="k-reciprocal: re-rank by Zhong et al.'s k-reciprocal distance over queries ∪ "
+             "gallery (--k1, --k2, --lambda), exactly, without the (Q+G)² matrix; cosine, "
+             "euclid or sq_euclid. One process (not --shard / torchrun).")],
+    "k1": Annotated[int | None, typer.Option("--k1", metavar="K", min=1,
+                                             help="k-reciprocal neighbours (default 20).")],
+    "k2": Annotated[int | None, typer.Option("--k2", metavar="K", min=1,
+                                             help="Local query expansion (default 6).")],
+    "lambda_": Annotated[float | None, typer.Option(
+        "--lambda", metavar="L", help="Weight of the original distance, in (0, 1] (default 0.3).")],
+    "qe": Annotated[QeMethod | None, typer.Option(
+        "--qe", metavar="HOW",
+        help="Query expansion from each query's top-k gallery items (itself included): "
+             "average or alpha (alpha: cosine / inner).")],
+    "qe_k": Annotated[int | None, typer.Option("--qe-k", metavar="K", min=1,
+                                               help="Neighbours of --qe (default 10).")],
+    "qe_alpha": Annotated[float | None, typer.Option(
+        "--qe-alpha", metavar="A", help="Exponent of --qe alpha's weights (default 3).")],
+    "dba": Annotated[int | None, typer.Option(
+        "--dba", metavar="K", min=1,
+        help="Database-side augmentation: each gallery item becomes the weighted mean of its K "
+             "best gallery items (itself first), before --qe.")],
+}
 _DEFAULTS = EvalOptions()
 _FIELDS = {f.name for f in dataclasses.fields(EvalOptions)}
 
 
-def metric_command(epilog: str, *, ranked: bool = True, reports_map: bool = False
-                   ) -> Callable[[Callable[..., None]], Callable[..., None]]:
+def metric_command(epilog: str, *, ranked: bool = True, reports_map: bool = False,
+                   reranks: bool = False) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Register ``fn(query, gallery, <its own options>, *, options, json, shard, out_part)`` as a
     command whose evaluation flags are written once, here (:data:`SHARED`, and :data:`RANKED`
     when ``ranked``: ``fn`` then also takes ``relevance``; :data:`MAP` when ``reports_map``):
     the command line gets them appended to ``fn``'s own; ``fn`` gets one checked
     :class:`EvalOptions`. :data:`MAP` flags default to None on the command line (the
-    EvalOptions default then): ``fn`` may take ``unset``, the names of those not given."""
-    flags = {**SHARED, **(RANKED if ranked else {}), **(MAP if reports_map else {})}
+    EvalOptions default then): ``fn`` may take ``unset``, the names of those not given.
+    ``reranks``: also the :data:`RERANK` flags, given to ``fn`` as one ``rerank``
+    (:class:`RerankOptions`, None when none is asked)."""
+    flags = {**SHARED, **(RANKED if ranked else {}), **(MAP if reports_map else {}),
+             **(RERANK if reranks else {})}
 
     def register(fn: Callable[..., None]) -> Callable[..., None]:
         params = inspect.signature(fn, eval_str=True).parameters
-        own = [p for p in params.values() if p.name not in {"options", "unset", *flags}]
+        own = [p for p in params.values()
+               if p.name not in {"options", "unset", "rerank", *flags}]
         shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
                                     default=None if name in MAP else
                                     getattr(_DEFAULTS, name, None if name != "json" else False))
@@ -163,6 +194,9 @@ def metric_command(epilog: str, *, ranked: bool = True, reports_map: bool = Fals
                                      if k in _FIELDS and k not in unset})
             for k in unset:
                 values.pop(k)
+            if reranks:
+                values["rerank"] = RerankOptions.from_flags(
+                    values.pop("rerank_method"), **{k: values.pop(k) for k in list(RERANK)[1:]})
             fn(**values, options=options, **({"unset": unset} if "unset" in params else {}))
 
         command.__signature__ = inspect.Signature(own + shared)  # type: ignore[attr-defined]
@@ -178,6 +212,8 @@ def _execute(command: str, query: Path, gallery: list[Path], options: EvalOption
     :class:`~._job.Job`.
     """
     require_files([query, *gallery])
+    if job.get("rerank") is not None:
+        job["extra"] = {**job.get("extra", {}), "rerank": job["rerank"].to_dict()}
     if job.get("relevance") is not None:
         from embeval.data.int_csv import check_file
 
@@ -196,7 +232,7 @@ CMC_EXAMPLES = examples(
 ProtocolName = Literal["roxford", "rparis"]
 
 
-@metric_command(CMC_EXAMPLES, reports_map=True)
+@metric_command(CMC_EXAMPLES, reports_map=True, reranks=True)
 def cmc(query: QueryArg, gallery: GalleryArg, ks: KsOpt = None,
         per_query: Annotated[Path | None, file_option(
             "CSV, one row per query: ranks of first/last positive, AP, RR, AP@R, R-precision.",
@@ -208,7 +244,8 @@ def cmc(query: QueryArg, gallery: GalleryArg, ks: KsOpt = None,
                  "query,gallery,kind rows (kind: easy, hard, junk); --ap trapezoid unless given.")
         ] = None,
         *, options: EvalOptions, json: bool, shard: str | None, out_part: Path | None,
-        relevance: Path | None, unset: frozenset[str] = frozenset()) -> None:
+        relevance: Path | None, unset: frozenset[str] = frozenset(),
+        rerank: RerankOptions | None = None) -> None:
     """CMC rank-k, mAP, mINP, MRR, MAP@R, R-precision, P@k, nDCG@k (retrieval / re-identification)."""
     if protocol is not None:
         options = _protocol_options(protocol, options, relevance, shard, per_query)
@@ -216,7 +253,7 @@ def cmc(query: QueryArg, gallery: GalleryArg, ks: KsOpt = None,
             options = dataclasses.replace(options, ap="trapezoid")
     _execute("cmc", query, gallery, options, ks, shard, out_part,
              outputs={"--per-query": per_query}, as_json=json, relevance=relevance,
-             **({"extra": {"protocol": protocol}} if protocol else {}))
+             rerank=rerank, **({"extra": {"protocol": protocol}} if protocol else {}))
 
 
 def _protocol_options(protocol: str, options: EvalOptions, relevance: Path | None,
@@ -242,7 +279,7 @@ SCORE_EXAMPLES = examples(
     "embeval score query.safetensors gallery.safetensors --out scores.safetensors --out-topk 100")
 
 
-@metric_command(SCORE_EXAMPLES)
+@metric_command(SCORE_EXAMPLES, reranks=True)
 def score(query: QueryArg, gallery: GalleryArg, ks: KsOpt = None,
           out: Annotated[Path | None, file_option(
               "Write scores (.safetensors): the [Q, G] matrix when it fits 1 GB, "
@@ -251,10 +288,11 @@ def score(query: QueryArg, gallery: GalleryArg, ks: KsOpt = None,
               "--out-topk", metavar="N", min=1,
               help="Write the top-N per query instead of the matrix.")] = None,
           *, options: EvalOptions, json: bool, shard: str | None, out_part: Path | None,
-          relevance: Path | None) -> None:
+          relevance: Path | None, rerank: RerankOptions | None = None) -> None:
     """Accuracy, top-k accuracy and hardest positive / negative scores."""
     _execute("score", query, gallery, options, ks, shard, out_part,
-             outputs={"--out": out}, out_topk=out_topk, as_json=json, relevance=relevance)
+             outputs={"--out": out}, out_topk=out_topk, as_json=json, relevance=relevance,
+             rerank=rerank)
 
 
 KNN_EXAMPLES = examples(
@@ -262,18 +300,19 @@ KNN_EXAMPLES = examples(
     "embeval knn train.safetensors train.safetensors --exclude-self --predictions knn.csv")
 
 
-@metric_command(KNN_EXAMPLES)
+@metric_command(KNN_EXAMPLES, reranks=True)
 def knn(query: QueryArg, gallery: GalleryArg,
         k: Annotated[int, typer.Option("-k", metavar="K", help="Neighbours that vote.")] = 5,
         predictions: Annotated[Path | None, file_option(
             "CSV, one row per query: label, prediction, correct.", "--predictions")] = None,
         *, options: EvalOptions, json: bool, shard: str | None, out_part: Path | None,
-        relevance: Path | None) -> None:
+        relevance: Path | None, rerank: RerankOptions | None = None) -> None:
     """k-nearest-neighbour classification accuracy (majority vote)."""
     if k <= 0:
         raise OptionError(f"-k {k}: must be at least 1")
     _execute("knn", query, gallery, options, [1], shard, out_part, knn_k=k, extra={"k": k},
-             outputs={"--predictions": predictions}, as_json=json, relevance=relevance)
+             outputs={"--predictions": predictions}, as_json=json, relevance=relevance,
+             rerank=rerank)
 
 
 PR_EXAMPLES = examples(
@@ -281,7 +320,7 @@ PR_EXAMPLES = examples(
     "embeval pr query.safetensors gallery.safetensors --plot pr.png --curves pr.safetensors")
 
 
-@metric_command(PR_EXAMPLES, reports_map=True)
+@metric_command(PR_EXAMPLES, reports_map=True, reranks=True)
 def pr(query: QueryArg, gallery: GalleryArg,
        curves: Annotated[Path | None, file_option(
            "Per-query PR points (.safetensors, values + offsets).", "--curves")] = None,
@@ -290,7 +329,7 @@ def pr(query: QueryArg, gallery: GalleryArg,
        per_query: Annotated[Path | None, file_option(
            "CSV, one row per query: ranks, AP, max F1.", "--per-query")] = None,
        *, options: EvalOptions, json: bool, shard: str | None, out_part: Path | None,
-       relevance: Path | None) -> None:
+       relevance: Path | None, rerank: RerankOptions | None = None) -> None:
     """Precision-recall: mAP and the best F1 with its precision, recall and threshold."""
     if plot:
         from embeval.results import writers as exports
@@ -298,4 +337,4 @@ def pr(query: QueryArg, gallery: GalleryArg,
         exports.require_matplotlib()
     _execute("pr", query, gallery, options, [1], shard, out_part, pr=True,
              outputs={"--curves": curves, "--plot": plot, "--per-query": per_query}, as_json=json,
-             relevance=relevance)
+             relevance=relevance, rerank=rerank)

@@ -260,7 +260,6 @@ def reranked_stats(query: EmbeddingSet, gallery: EmbeddingSet, opts: RerankOptio
     else:
         budget_cpu = budget
     xa = aux(x, metric, norms)
-    n = qn + gn
     lam = float(opts.lam)
     graph = neighbour_graph(x, metric, max(opts.k1 + 1, opts.k2), memory=budget_cpu)
     big_m = distance_sq(graph.lowest, metric)
