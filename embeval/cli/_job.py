@@ -299,7 +299,7 @@ def _write_scores(path: Path, job: Job, result: EvalResult, topn: int | None) ->
         exports.write_tensor_stream(
             path, [("topk_scores", torch.float32, tuple(idx.shape)),
                    ("topk_indices", torch.int64, tuple(idx.shape))],
-            iter([{"topk_scores": top, "topk_indices": idx.masked_fill(empty, -1)}]),
+            iter([{"topk_scores": top.float(), "topk_indices": idx.masked_fill(empty, -1)}]),
             {**meta, "layout": "topk"})
         return
     q, g = load(job.query), load_many(job.gallery)
