@@ -43,8 +43,8 @@ the block budget. Passes: one N × N top-k pass (the graph), one Q × G pass (th
 
 from __future__ import annotations
 
-import numpy as np
-import scipy.sparse as sp
+from dataclasses import dataclass
+
 import torch
 
 from embeval.data.relevance import Relevance
@@ -56,134 +56,23 @@ from embeval.engine.rank import positive_pairs, tie_tolerance
 from embeval.engine.similarity import aux, overflow_rule, resolve_device, row_norms
 from embeval.engine.stats import NO_INDEX, Protocol, RankStats
 from embeval.errors import InputFileError, OptionError
-from embeval.rerank.neighbours import Graph, neighbour_graph, pair_scores
+from embeval.rerank.encoding import (
+    Csr,
+    chunks,
+    distance_sq,
+    gallery_columns,
+    local_expansion,
+    normalised,
+    overlap_work,
+    overlaps,
+    reciprocal_v,
+)
+from embeval.rerank.neighbours import neighbour_graph, pair_scores
 from embeval.rerank.options import RerankOptions
 
-__all__ = ["reranked_stats", "distance_sq", "reciprocal_v", "c_pairs"]
+__all__ = ["reranked_stats"]
 
 F32_MAX = float(torch.finfo(torch.float32).max)
-
-
-def distance_sq(s: torch.Tensor, metric: str) -> torch.Tensor:
-    """The reference's squared distance e = D² of float32 scores ``s``: float64, same shape."""
-    s64 = s.double()
-    d = (1.0 - s64) if metric == "cosine" else -s64
-    d = d.clamp_min(0.0)
-    return d * d
-
-
-def _normalised(e: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """e / M elementwise, 0 where M = 0."""
-    return torch.where(m > 0, e / torch.where(m > 0, m, 1.0), torch.zeros((), dtype=e.dtype))
-
-
-def _reciprocal(nb: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Edges (i, j): j among i's ``width`` nearest and i among j's; grouped by i ascending."""
-    n = nb.shape[0]
-    src = torch.arange(n).repeat_interleave(width)
-    dst = nb[:, :width].reshape(-1)
-    fwd = torch.sort(src * n + dst).values
-    keep = torch.isin(dst * n + src, fwd, assume_unique=True)
-    return src[keep], dst[keep]
-
-
-def reciprocal_v(graph: Graph, x: torch.Tensor, xa: torch.Tensor, metric: str, k1: int,
-                 m: torch.Tensor) -> sp.csr_matrix:
-    """The sparse [N, N] float64 V of the k-reciprocal encoding (before local expansion).
-
-    ``graph``: at least min(k1 + 1, N) neighbours per item; ``m`` [N] float64: M_i.
-    """
-    nb = graph.index
-    n = nb.shape[0]
-    ri, rj = _reciprocal(nb, min(k1 + 1, n))
-    hi, hj = _reciprocal(nb, min(int(np.around(k1 / 2.0)) + 1, n))
-    r_codes = ri * n + rj  # ascending: grouped by i, then j ascending? not needed: sort
-    r_sorted = torch.sort(r_codes).values
-    h_count = torch.bincount(hi, minlength=n)
-    h_start = torch.cumsum(h_count, 0) - h_count
-    # every candidate c ∈ R(i) with its half set R½(c): triples (edge, x ∈ R½(c))
-    per_edge = h_count[rj]
-    edge = torch.arange(len(ri)).repeat_interleave(per_edge)
-    within = torch.arange(len(edge)) - (torch.cumsum(per_edge, 0) - per_edge)[edge]
-    xs = hj[h_start[rj][edge] + within]
-    inside = torch.isin(ri[edge] * n + xs, r_sorted)
-    common = torch.bincount(edge, weights=inside.double(), minlength=len(ri))
-    accept = common > (2.0 / 3) * per_edge.double()  # the reference's float comparison
-    take = accept[edge]
-    codes = torch.unique(torch.cat([r_codes, ri[edge[take]] * n + xs[take]]))  # sorted
-    vi, vx = codes // n, codes % n
-    # scores of (i, x): from the graph where x is one of i's neighbours, else computed
-    g_codes = (torch.arange(n)[:, None] * n + nb).reshape(-1)
-    g_order = torch.argsort(g_codes)
-    g_sorted = g_codes[g_order]
-    at = torch.searchsorted(g_sorted, codes).clamp_max(len(g_sorted) - 1)
-    found = g_sorted[at] == codes
-    s = torch.empty(len(codes), dtype=torch.float32)
-    s[found] = graph.score.reshape(-1)[g_order[at[found]]]
-    miss = ~found
-    s[miss] = pair_scores(x, xa, vi[miss], vx[miss], metric)
-    w = torch.exp(-_normalised(distance_sq(s, metric), m[vi]))
-    total = torch.zeros(n, dtype=torch.float64).index_add_(0, vi, w)
-    values = (w / total[vi]).numpy()
-    indptr = np.zeros(n + 1, np.int64)
-    np.cumsum(np.bincount(vi.numpy(), minlength=n), out=indptr[1:])
-    return sp.csr_matrix((values, vx.numpy(), indptr), shape=(n, n))
-
-
-def local_expansion(v: sp.csr_matrix, nb: torch.Tensor, k2: int) -> sp.csr_matrix:
-    """V_qe[i] = mean of V over i's min(k2, N) nearest items (the reference's local QE)."""
-    n = nb.shape[0]
-    k = min(k2, n)
-    cols = nb[:, :k].reshape(-1).numpy()
-    rows = np.repeat(np.arange(n), k)
-    avg = sp.csr_matrix((np.full(n * k, 1.0 / k), (rows, cols)), shape=(n, n))
-    out = (avg @ v).tocsr()
-    out.sort_indices()
-    return out
-
-
-def c_pairs(v: sp.csr_matrix, n_query: int, budget: int) -> tuple[torch.Tensor, ...]:
-    """The query × gallery pairs whose V supports meet: ``(qid, gid, m)``, m = Σ min(V_i, V_j)
-    [M] float64 (> 0), sorted by (qid, gid); gid indexes the gallery (items n_query...)."""
-    gal = v[n_query:].tocsc()
-    gal.sort_indices()
-    col_count = np.diff(gal.indptr)
-    limit = max(1 << 16, budget // 48)  # triples held at once
-    out_q, out_g, out_m = [], [], []
-    q0 = 0
-    while q0 < n_query:
-        # as many queries as keep the triples within the limit (at least one)
-        lo = v.indptr[q0]
-        per_row = np.add.reduceat(col_count[v.indices[lo:v.indptr[n_query]]],
-                                  v.indptr[q0:n_query] - lo) if v.indptr[n_query] > lo else \
-            np.zeros(n_query - q0, np.int64)
-        empty = v.indptr[q0 + 1:n_query + 1] == v.indptr[q0:n_query]
-        per_row = np.where(empty, 0, per_row)
-        q1 = q0 + max(1, int(np.searchsorted(np.cumsum(per_row), limit, side="right")))
-        q1 = min(q1, n_query)
-        a, b = v.indptr[q0], v.indptr[q1]
-        rows = np.repeat(np.arange(q1 - q0), np.diff(v.indptr[q0:q1 + 1]))
-        cols, vals = v.indices[a:b], v.data[a:b]
-        cnt = col_count[cols]
-        total = int(cnt.sum())
-        if total:
-            entry = np.repeat(np.arange(len(cols)), cnt)
-            within = np.arange(total) - np.repeat(np.cumsum(cnt) - cnt, cnt)
-            pos = gal.indptr[cols][entry] + within
-            mins = np.minimum(vals[entry], gal.data[pos])
-            acc = sp.coo_matrix((mins, (rows[entry], gal.indices[pos])),
-                                shape=(q1 - q0, v.shape[0] - n_query)).tocsr()
-            acc.sum_duplicates()
-            acc.sort_indices()
-            out_q.append(np.repeat(np.arange(q0, q1), np.diff(acc.indptr)))
-            out_g.append(acc.indices.astype(np.int64))
-            out_m.append(acc.data)
-        q0 = q1
-    if not out_q:
-        return (torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64),
-                torch.zeros(0, dtype=torch.float64))
-    return (torch.from_numpy(np.concatenate(out_q)), torch.from_numpy(np.concatenate(out_g)),
-            torch.from_numpy(np.concatenate(out_m)))
 
 
 def _check(query: EmbeddingSet, gallery: EmbeddingSet, metric: str, protocol: Protocol,
@@ -238,6 +127,29 @@ def _lookup(keys: torch.Tensor, sorted_keys: torch.Tensor) -> tuple[torch.Tensor
     return sorted_keys[at] == keys, at
 
 
+@dataclass
+class _Run:
+    """What every query chunk shares: the items, the sparse encodings and the settings."""
+
+    query: EmbeddingSet
+    gallery: EmbeddingSet
+    x: torch.Tensor  # [N, D] float32: queries then gallery
+    xa: torch.Tensor  # [N] aux of x
+    big_m: torch.Tensor  # [N] float64 M_i
+    v: Csr  # V (after local expansion), [N, N]
+    cols: Csr  # its gallery columns
+    own: Relevance  # positives and junk, protocol folded in
+    eps: torch.Tensor  # [Q] float32 tie tolerance
+    metric: str
+    lam: float
+    exclude_self: bool
+    topk: int
+    dev: torch.device
+    budget: int
+    block_size: int | None
+    backend: str
+
+
 def reranked_stats(query: EmbeddingSet, gallery: EmbeddingSet, opts: RerankOptions, *,
                    metric: str = "cosine", protocol: Protocol = Protocol(), topk: int = 0,
                    device: str = "auto", memory: int | str | None = None,
@@ -248,6 +160,8 @@ def reranked_stats(query: EmbeddingSet, gallery: EmbeddingSet, opts: RerankOptio
     Options as :func:`embeval.engine.rank_stats` (fp32 only); the protocol's exclusions and
     ``relevance`` decide positives and what each query ignores, as without re-ranking; the
     neighbour sets use every item of queries ∪ gallery (no labels), as the reference.
+    Queries run in chunks whose sparse work fits about the CPU budget; the result does not
+    depend on the chunks.
     """
     qn, gn = query.n, gallery.n
     x = torch.cat([query.embeddings.float(), gallery.embeddings.float()]).contiguous()
@@ -255,31 +169,59 @@ def reranked_stats(query: EmbeddingSet, gallery: EmbeddingSet, opts: RerankOptio
     _check(query, gallery, metric, protocol, topk, norms)
     dev = resolve_device(device)
     budget = parse_memory(memory) or default_memory(dev)
-    if dev.type != "cpu":  # the graph and the sparse work run on the CPU, within 1 GB
-        budget_cpu = parse_memory(memory) or default_memory(torch.device("cpu"))
-    else:
-        budget_cpu = budget
+    # the graph and the sparse work run on the CPU, within the CPU budget
+    budget_cpu = budget if dev.type == "cpu" else (parse_memory(memory)
+                                                   or default_memory(torch.device("cpu")))
     xa = aux(x, metric, norms)
-    lam = float(opts.lam)
     graph = neighbour_graph(x, metric, max(opts.k1 + 1, opts.k2), memory=budget_cpu)
     big_m = distance_sq(graph.lowest, metric)
     v = reciprocal_v(graph, x, xa, metric, opts.k1, big_m)
+    limit = max(1 << 20, budget_cpu // 4)  # bytes for one query chunk's sparse work
     if opts.k2 != 1:
-        v = local_expansion(v, graph.index, opts.k2)
+        v = local_expansion(v, graph.index.numpy(), opts.k2, limit // 64)
     del graph
-    cq, cg, cm = c_pairs(v, qn, budget_cpu)
-    del v
-    if protocol.exclude_self:
+    if backend == "auto":
+        backend = ("numba" if dev.type == "cpu" and compiled_available()
+                   and qn * gn > ranking.SMALL_PASS else "torch")
+    if backend not in ("numba", "torch"):
+        raise OptionError(f"backend: unknown backend {backend!r} (numba, torch, auto)",
+                          param="backend")
+    run = _Run(query, gallery, x, xa, big_m, v, gallery_columns(v, qn),
+               _own_lists(query, gallery, protocol, relevance),
+               tie_tolerance(x[:qn], metric, float(norms[qn:].max()) if gn else 0.0), metric,
+               float(opts.lam), protocol.exclude_self, topk, dev, budget, block_size, backend)
+    # per chunk: the visited products (~64 bytes each: an overlap pair, at most one per
+    # product, costs ~256 bytes downstream) and one [rows, G] float64 accumulator
+    work = overlap_work(v, run.cols, qn)
+    parts = []
+    for a, b in chunks(work, limit / 64, limit // (8 * max(gn, 1))):
+        step = None if progress is None else _scaled(progress, a, b, qn)
+        parts.append(_chunk_stats(run, a, b, step))
+    return RankStats.concat(parts)
+
+
+def _scaled(progress, a: int, b: int, qn: int):
+    """The pass's progress over the gallery, for queries [a, b) of ``qn``."""
+    return lambda done, total: progress(a * total + done * (b - a), qn * total)
+
+
+def _chunk_stats(run: _Run, a: int, b: int, progress) -> RankStats:
+    """The re-ranked statistics of queries [a, b)."""
+    qn, gn, lam, metric = b - a, run.gallery.n, run.lam, run.metric
+    x, xa, big_m = run.x, run.xa, run.big_m
+    cq, cg, cm = overlaps(run.v, run.cols, a, b, gn)
+    if run.exclude_self:
         keep = cg != cq
         cq, cg, cm = cq[keep], cg[keep], cm[keep]
     c_codes = cq * gn + cg  # ascending
-    own = _own_lists(query, gallery, protocol, relevance)
-    oq, og, opos = own.query_ids(), own.gallery, own.positive
+    own = run.own.rows(a, b)
+    oq, og, opos = own.query_ids() + a, own.gallery, own.positive
     own_codes = oq * gn + og  # ascending
+    n_all = run.query.n
 
     def r_of(q: torch.Tensor, g: torch.Tensor, jac: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        s = pair_scores(x, xa, q, g + qn, metric)
-        return s, (1.0 - lam) * jac + lam * _normalised(distance_sq(s, metric), big_m[q])
+        s = pair_scores(x, xa, q, g + n_all, metric)
+        return s, (1.0 - lam) * jac + lam * normalised(distance_sq(s, metric), big_m[q])
 
     # positives: explicit r; C positives carry their Jaccard term
     pq, pg = oq[opos], og[opos]
@@ -293,53 +235,57 @@ def reranked_stats(query: EmbeddingSet, gallery: EmbeddingSet, opts: RerankOptio
     neg = ~listed_c
     nq_, ng_, mn = cq[neg], cg[neg], cm[neg]
     _, r_n = r_of(nq_, ng_, 1.0 - mn / (2.0 - mn))
+    del cm, mn, neg, listed_c
 
+    pq, nq_ = pq - a, nq_ - a  # chunk rows from here
     counts = torch.bincount(pq, minlength=qn)
     offsets = torch.zeros(qn + 1, dtype=torch.int64)
     torch.cumsum(counts, 0, out=offsets[1:])
-    tau = _thresholds(s_p, r_p, found, big_m[pq], lam, metric)
+    tau = _thresholds(s_p, r_p, found, big_m[pq + a], lam, metric)
     order = torch.argsort(tau, stable=True)
     order = order[torch.argsort(pq[order], stable=True)]
-    k = topk
+    k = run.topk
+    sub = EmbeddingSet(x[a:b], run.query.labels[a:b], name=run.query.name)
     pass_stats = RankStats(
-        metric=metric, n_gallery=gn, query_labels=query.labels.clone(), pos_offsets=offsets,
+        metric=metric, n_gallery=gn, query_labels=sub.labels, pos_offsets=offsets,
         pos_scores=tau[order].contiguous(),
         neg_hist=torch.zeros(len(pq) + qn, dtype=torch.int64),
         n_neg=torch.zeros(qn, dtype=torch.int64), max_neg=torch.full((qn,), float("-inf")),
         topk_scores=torch.full((qn, k), float("-inf")) if k else None,
         topk_indices=torch.full((qn, k), NO_INDEX, dtype=torch.int64) if k else None)
-    qemb = x[:qn].contiguous()
-    pass_stats.extra["eps"] = tie_tolerance(qemb, metric, float(norms[qn:].max()) if gn else 0.0)
-    hidden = torch.unique(torch.cat([own_codes, c_codes]))
-    hq = hidden // max(gn, 1)
-    h_off = torch.zeros(qn + 1, dtype=torch.int64)
-    torch.cumsum(torch.bincount(hq, minlength=qn), 0, out=h_off[1:])
-    invisible = Relevance(h_off, hidden % max(gn, 1), torch.zeros(len(hidden), dtype=torch.bool),
-                          gn, "re-ranking")
-    _negative_pass(pass_stats, query, gallery, qemb, xa[:qn].contiguous(), xa[qn:].contiguous(),
-                   protocol, dev, budget, block_size, backend, progress, invisible)
-    return _assemble(pass_stats, offsets, pq, pg, r_p, nq_, ng_, r_n, big_m, lam, metric, k)
+    pass_stats.extra["eps"] = run.eps[a:b]
+    hidden = [own_codes, c_codes]
+    if run.exclude_self:  # the pair (i, i) as junk: the chunk's pass sees local query rows
+        ids = torch.arange(a, min(b, gn))
+        hidden.append(ids * gn + ids)
+    invisible = _as_lists(torch.unique(torch.cat(hidden)) - a * gn, qn, gn)
+    del hidden, own_codes, c_codes
+    _negative_pass(pass_stats, sub, run.xa[a:b].contiguous(), run, progress, invisible)
+    return _assemble(pass_stats, offsets, pq, pg, r_p, nq_, ng_, r_n, big_m[a:b], lam, metric, k)
 
 
-def _negative_pass(stats: RankStats, query: EmbeddingSet, gallery: EmbeddingSet,
-                   qemb: torch.Tensor, qa: torch.Tensor, ga: torch.Tensor, protocol: Protocol,
-                   dev: torch.device, budget: int, block_size: int | None, backend: str,
-                   progress, invisible: Relevance) -> None:
-    """The engine's negative pass (fp32) over the whole gallery, ``invisible`` as junk."""
-    if backend == "auto":
-        backend = ("numba" if dev.type == "cpu" and compiled_available()
-                   and query.n * gallery.n > ranking.SMALL_PASS else "torch")
-    if backend not in ("numba", "torch"):
-        raise OptionError(f"backend: unknown backend {backend!r} (numba, torch, auto)",
-                          param="backend")
-    rows = block_size or max(1, budget // max(1, 8 * gallery.dim))
-    if backend == "numba":
+def _as_lists(codes: torch.Tensor, qn: int, gn: int) -> Relevance:
+    """Sorted pair codes q·G + g as junk lists of ``qn`` queries."""
+    hq = codes // max(gn, 1)
+    off = torch.zeros(qn + 1, dtype=torch.int64)
+    torch.cumsum(torch.bincount(hq, minlength=qn), 0, out=off[1:])
+    return Relevance(off, codes % max(gn, 1), torch.zeros(len(codes), dtype=torch.bool), gn,
+                     "re-ranking")
+
+
+def _negative_pass(stats: RankStats, sub: EmbeddingSet, qa: torch.Tensor, run: _Run, progress,
+                   invisible: Relevance) -> None:
+    """The engine's negative pass (fp32) of the chunk's queries over the whole gallery,
+    ``invisible`` as junk (the protocol is folded into it)."""
+    gallery, qn = run.gallery, run.query.n
+    rows = run.block_size or max(1, run.budget // max(1, 8 * gallery.dim))
+    if run.backend == "numba":
         from embeval.engine.cpu import negative_pass
     else:
         from embeval.engine.torch_pass import negative_pass  # type: ignore[assignment]
-    negative_pass(stats, query, gallery, qemb, qa, ga, protocol, (0, gallery.n), rows,
-                  device=dev, precision="fp32", budget=budget, progress=progress,
-                  relevance=invisible)
+    negative_pass(stats, sub, gallery, sub.embeddings, qa, run.xa[qn:].contiguous(), Protocol(),
+                  (0, gallery.n), rows, device=run.dev, precision="fp32", budget=run.budget,
+                  progress=progress, relevance=invisible)
 
 
 def _assemble(pass_stats: RankStats, offsets: torch.Tensor, pq: torch.Tensor, pg: torch.Tensor,
@@ -369,7 +315,7 @@ def _assemble(pass_stats: RankStats, offsets: torch.Tensor, pq: torch.Tensor, pg
         hist.index_add_(0, offsets[q_of] + q_of + bins, torch.ones(len(bins), dtype=torch.int64))
     n_neg = pass_stats.n_neg + torch.bincount(nq_, minlength=qn)
     seen = pass_stats.n_neg > 0
-    mapped = -((1.0 - lam) + lam * _normalised(distance_sq(pass_stats.max_neg, metric), big_m[:qn]))
+    mapped = -((1.0 - lam) + lam * normalised(distance_sq(pass_stats.max_neg, metric), big_m[:qn]))
     max_neg = torch.where(seen, mapped, torch.tensor(float("-inf"), dtype=torch.float64))
     if len(r_n):
         max_neg = max_neg.scatter_reduce(0, nq_, -r_n, "amax")
@@ -393,7 +339,7 @@ def _topk(pass_stats: RankStats, k: int, pq: torch.Tensor, pg: torch.Tensor, r_p
     present = ti != NO_INDEX
     rows = torch.arange(qn)[:, None].expand_as(ti)[present]
     e = distance_sq(tv[present], metric)
-    mapped = -((1.0 - lam) + lam * _normalised(e, big_m[rows]))
+    mapped = -((1.0 - lam) + lam * normalised(e, big_m[rows]))
     q = torch.cat([rows, pq, nq_])
     g = torch.cat([ti[present], pg, ng_])
     val = torch.cat([mapped, -r_p, -r_n])

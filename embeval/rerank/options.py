@@ -118,6 +118,7 @@ class RerankOptions:
                 raise OptionError(f"{flag}: needs {needs}")
         if rerank is None and qe is None and dba is None:
             return None
-        given_values = {"k1": k1, "k2": k2, "lam": lambda_, "qe_k": qe_k, "qe_alpha": qe_alpha}
+        given_values: dict[str, Any] = {"k1": k1, "k2": k2, "lam": lambda_, "qe_k": qe_k,
+                                        "qe_alpha": qe_alpha}
         return cls(method=rerank, qe=qe, dba=dba,
                    **{k: v for k, v in given_values.items() if v is not None})
