@@ -161,3 +161,29 @@ def test_inner_and_shards_are_refused() -> None:
         embeval.evaluation_stats(q, g, rerank=opts, shard=(0, 2), device="cpu")
     with pytest.raises(OptionError, match="lam"):
         RerankOptions(method="k-reciprocal", lam=0)
+
+
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_query_chunks_do_not_change_the_statistics(monkeypatch, exclude_self) -> None:
+    import embeval.rerank.kreciprocal as kr
+
+    q, g, _, _ = _sets(11, 30, 30, 6, 5, cams=True)
+    if exclude_self:
+        g = embeval.EmbeddingSet(q.embeddings, q.labels, q.cameras)
+    run = dict(metric="euclid", topk=4, device="cpu",
+               protocol=embeval.Protocol(exclude_same_camera=True, exclude_self=exclude_self))
+    opts = RerankOptions(method="k-reciprocal", k1=5, k2=3)
+    whole = kr.reranked_stats(q, g, opts, **run)
+    seen = []
+
+    def one_query_each(weight, limit, max_rows):
+        for a in range(len(weight)):
+            seen.append(a)
+            yield a, a + 1
+
+    monkeypatch.setattr(kr, "chunks", one_query_each)
+    chunked = kr.reranked_stats(q, g, opts, **run)
+    assert seen == list(range(30))
+    for name in ("pos_offsets", "pos_scores", "neg_hist", "n_neg", "max_neg", "topk_scores",
+                 "topk_indices"):
+        assert torch.equal(getattr(whole, name), getattr(chunked, name)), name
