@@ -95,10 +95,11 @@ def _reciprocal(nb: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tenso
 
 
 def reciprocal_v(graph: Graph, x: torch.Tensor, xa: torch.Tensor, metric: str, k1: int,
-                 m: torch.Tensor) -> Csr:
+                 m: torch.Tensor, *, compiled: bool = False) -> Csr:
     """The sparse [N, N] V of the k-reciprocal encoding (before local expansion).
 
-    ``graph``: at least min(k1 + 1, N) neighbours per item; ``m`` [N] float64: M_i.
+    ``graph``: at least min(k1 + 1, N) neighbours per item; ``m`` [N] float64: M_i;
+    ``compiled``: as :func:`~embeval.rerank.neighbours.pair_scores`.
     """
     nb = graph.index
     n = nb.shape[0]
@@ -128,7 +129,7 @@ def reciprocal_v(graph: Graph, x: torch.Tensor, xa: torch.Tensor, metric: str, k
     s = torch.empty(len(codes), dtype=torch.float32)
     s[found] = graph.score.reshape(-1)[g_order[at[found]]]
     miss = ~found
-    s[miss] = pair_scores(x, xa, vi[miss], vx[miss], metric)
+    s[miss] = pair_scores(x, xa, vi[miss], vx[miss], metric, compiled=compiled)
     w = torch.exp(-normalised(distance_sq(s, metric), m[vi]))
     total = torch.zeros(n, dtype=torch.float64).index_add_(0, vi, w)
     return Csr.from_sorted(vi.numpy(), vx.numpy(), (w / total[vi]).numpy(), n)

@@ -148,6 +148,7 @@ class _Run:
     budget: int
     block_size: int | None
     backend: str
+    compiled: bool  # canonical pair scores in the numba kernel
 
 
 def reranked_stats(query: EmbeddingSet, gallery: EmbeddingSet, opts: RerankOptions, *,
@@ -173,23 +174,26 @@ def reranked_stats(query: EmbeddingSet, gallery: EmbeddingSet, opts: RerankOptio
     budget_cpu = budget if dev.type == "cpu" else (parse_memory(memory)
                                                    or default_memory(torch.device("cpu")))
     xa = aux(x, metric, norms)
-    graph = neighbour_graph(x, metric, max(opts.k1 + 1, opts.k2), memory=budget_cpu)
+    # numba rescoring (and pass) unless the N × N graph pass is small: no compile wait then
+    compiled = compiled_available() and (qn + gn) ** 2 > ranking.SMALL_PASS
+    graph = neighbour_graph(x, metric, max(opts.k1 + 1, opts.k2), memory=budget_cpu,
+                            compiled=compiled)
     big_m = distance_sq(graph.lowest, metric)
-    v = reciprocal_v(graph, x, xa, metric, opts.k1, big_m)
+    v = reciprocal_v(graph, x, xa, metric, opts.k1, big_m, compiled=compiled)
     limit = max(1 << 20, budget_cpu // 4)  # bytes for one query chunk's sparse work
     if opts.k2 != 1:
         v = local_expansion(v, graph.index.numpy(), opts.k2, limit // 64)
     del graph
     if backend == "auto":
-        backend = ("numba" if dev.type == "cpu" and compiled_available()
-                   and qn * gn > ranking.SMALL_PASS else "torch")
+        backend = "numba" if dev.type == "cpu" and compiled else "torch"
     if backend not in ("numba", "torch"):
         raise OptionError(f"backend: unknown backend {backend!r} (numba, torch, auto)",
                           param="backend")
     run = _Run(query, gallery, x, xa, big_m, v, gallery_columns(v, qn),
                _own_lists(query, gallery, protocol, relevance),
                tie_tolerance(x[:qn], metric, float(norms[qn:].max()) if gn else 0.0), metric,
-               float(opts.lam), protocol.exclude_self, topk, dev, budget, block_size, backend)
+               float(opts.lam), protocol.exclude_self, topk, dev, budget, block_size, backend,
+               compiled)
     # per chunk: the visited products (~64 bytes each: an overlap pair, at most one per
     # product, costs ~256 bytes downstream) and one [rows, G] float64 accumulator
     work = overlap_work(v, run.cols, qn)
@@ -220,7 +224,7 @@ def _chunk_stats(run: _Run, a: int, b: int, progress) -> RankStats:
     n_all = run.query.n
 
     def r_of(q: torch.Tensor, g: torch.Tensor, jac: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        s = pair_scores(x, xa, q, g + n_all, metric)
+        s = pair_scores(x, xa, q, g + n_all, metric, compiled=run.compiled)
         return s, (1.0 - lam) * jac + lam * normalised(distance_sq(s, metric), big_m[q])
 
     # positives: explicit r; C positives carry their Jaccard term
