@@ -70,9 +70,11 @@ def _within(counts: np.ndarray) -> np.ndarray:
     return np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
 
 
-def chunks(weight: np.ndarray, limit: float, max_rows: int) -> Iterator[tuple[int, int]]:
+def chunks(weight: np.ndarray, limit: float, max_rows: int,
+           align: int = 1) -> Iterator[tuple[int, int]]:
     """Consecutive row ranges [a, b) of Σ ``weight`` ≤ ``limit`` and ≤ ``max_rows`` rows (at
-    least one row each)."""
+    least one row each); a range of at least ``align`` rows (but the last) holds a multiple of
+    ``align`` rows (the CPU pass's query tile: no half-empty tile)."""
     n = len(weight)
     csum = np.cumsum(weight, dtype=np.float64)
     a = 0
@@ -80,6 +82,8 @@ def chunks(weight: np.ndarray, limit: float, max_rows: int) -> Iterator[tuple[in
         base = csum[a - 1] if a else 0.0
         b = int(np.searchsorted(csum, base + limit, side="right"))
         b = min(max(b, a + 1), a + max(1, max_rows), n)
+        if b < n and b - a >= align:
+            b = a + (b - a) // align * align
         yield a, b
         a = b
 

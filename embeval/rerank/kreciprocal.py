@@ -198,7 +198,12 @@ def reranked_stats(query: EmbeddingSet, gallery: EmbeddingSet, opts: RerankOptio
     # product, costs ~256 bytes downstream) and one [rows, G] float64 accumulator
     work = overlap_work(v, run.cols, qn)
     parts = []
-    for a, b in chunks(work, limit / 64, limit // (8 * max(gn, 1))):
+    align = 1
+    if backend == "numba":  # whole query tiles (numba, and so this import, is loaded anyway)
+        from embeval.engine.cpu import TILE_Q
+
+        align = TILE_Q
+    for a, b in chunks(work, limit / 64, limit // (8 * max(gn, 1)), align):
         step = None if progress is None else _scaled(progress, a, b, qn)
         parts.append(_chunk_stats(run, a, b, step))
     return RankStats.concat(parts)

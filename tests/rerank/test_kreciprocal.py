@@ -176,7 +176,7 @@ def test_query_chunks_do_not_change_the_statistics(monkeypatch, exclude_self) ->
     whole = kr.reranked_stats(q, g, opts, **run)
     seen = []
 
-    def one_query_each(weight, limit, max_rows):
+    def one_query_each(weight, limit, max_rows, align=1):
         for a in range(len(weight)):
             seen.append(a)
             yield a, a + 1
@@ -187,3 +187,11 @@ def test_query_chunks_do_not_change_the_statistics(monkeypatch, exclude_self) ->
     for name in ("pos_offsets", "pos_scores", "neg_hist", "n_neg", "max_neg", "topk_scores",
                  "topk_indices"):
         assert torch.equal(getattr(whole, name), getattr(chunked, name)), name
+
+
+def test_chunks_hold_whole_query_tiles() -> None:
+    from embeval.rerank.encoding import chunks
+
+    assert list(chunks(np.ones(1300), 700, 10**9, 512)) == [(0, 512), (512, 1024), (1024, 1300)]
+    assert list(chunks(np.ones(10), 3, 100, 512)) == [(0, 3), (3, 6), (6, 9), (9, 10)]
+    assert list(chunks(np.ones(10), 100, 4)) == [(0, 4), (4, 8), (8, 10)]
