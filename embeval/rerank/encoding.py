@@ -134,8 +134,12 @@ def reciprocal_v(graph: Graph, x: torch.Tensor, xa: torch.Tensor, metric: str, k
     s[found] = graph.score.reshape(-1)[g_order[at[found]]]
     miss = ~found
     s[miss] = pair_scores(x, xa, vi[miss], vx[miss], metric, compiled=compiled)
-    w = torch.exp(-normalised(distance_sq(s, metric), m[vi]))
-    total = torch.zeros(n, dtype=torch.float64).index_add_(0, vi, w)
+    # numpy's exp: torch's CPU exp gives some elements other bits from run to run (its
+    # vector and scalar paths differ, and which elements take which depends on threads)
+    w = torch.from_numpy(np.exp(-normalised(distance_sq(s, metric), m[vi]).numpy()))
+    # numpy's bincount sums in entry order (torch's CPU index_add_ splits the work over
+    # threads: its float64 sums changed from run to run)
+    total = torch.from_numpy(np.bincount(vi.numpy(), weights=w.numpy(), minlength=n))
     return Csr.from_sorted(vi.numpy(), vx.numpy(), (w / total[vi]).numpy(), n)
 
 
