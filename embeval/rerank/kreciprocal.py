@@ -308,13 +308,14 @@ def _assemble(pass_stats: RankStats, offsets: torch.Tensor, pq: torch.Tensor, pg
     pos_scores = (-r_p[order]).contiguous()
     # C negatives: bin = #positives with r_p ≥ r_n (ties pessimistic)
     hist = pass_stats.neg_hist.clone()
+    best = torch.zeros(0, dtype=torch.int64)  # each query's k best C negatives (for the top-k)
     if len(r_n):
-        allq = torch.cat([pq, nq_])
-        allr = torch.cat([r_p, r_n])
-        is_pos = torch.cat([torch.ones(len(pq), dtype=torch.int64),
-                            torch.zeros(len(nq_), dtype=torch.int64)])
-        o = torch.argsort(is_pos, stable=True)  # at equal r: negatives first
-        o = o[torch.argsort(allr[o], stable=True)]
+        # sorted by (query, r), negatives first at equal r, then as given: (query, gallery)
+        allq = torch.cat([nq_, pq])
+        allr = torch.cat([r_n, r_p])
+        is_pos = torch.cat([torch.zeros(len(nq_), dtype=torch.int64),
+                            torch.ones(len(pq), dtype=torch.int64)])
+        o = torch.argsort(allr, stable=True)
         o = o[torch.argsort(allq[o], stable=True)]
         before = torch.cumsum(is_pos[o], 0) - is_pos[o]
         negs = is_pos[o] == 0
@@ -322,6 +323,10 @@ def _assemble(pass_stats: RankStats, offsets: torch.Tensor, pq: torch.Tensor, pg
         less = before[negs] - offsets[q_of]
         bins = (offsets[q_of + 1] - offsets[q_of]) - less
         hist.index_add_(0, offsets[q_of] + q_of + bins, torch.ones(len(bins), dtype=torch.int64))
+        if k:  # a C negative behind k others of its query (r, then gallery index) is not top-k
+            per_q = torch.bincount(q_of, minlength=qn)
+            rank = torch.arange(len(q_of)) - (torch.cumsum(per_q, 0) - per_q)[q_of]
+            best = o[negs][rank < k]
     n_neg = pass_stats.n_neg + torch.bincount(nq_, minlength=qn)
     seen = pass_stats.n_neg > 0
     mapped = -((1.0 - lam) + lam * normalised(distance_sq(pass_stats.max_neg, metric), big_m[:qn]))
@@ -330,7 +335,8 @@ def _assemble(pass_stats: RankStats, offsets: torch.Tensor, pq: torch.Tensor, pg
         max_neg = max_neg.scatter_reduce(0, nq_, -r_n, "amax")
     topv = topi = None
     if k:
-        topv, topi = _topk(pass_stats, k, pq, pg, r_p, nq_, ng_, r_n, big_m, lam, metric)
+        topv, topi = _topk(pass_stats, k, pq, pg, r_p, nq_[best], ng_[best], r_n[best], big_m,
+                           lam, metric)
     return RankStats(metric=metric, n_gallery=pass_stats.n_gallery,
                      query_labels=pass_stats.query_labels, pos_offsets=offsets,
                      pos_scores=pos_scores, neg_hist=hist, n_neg=n_neg, max_neg=max_neg,
