@@ -84,6 +84,19 @@ def _compiled_pair_scores(x: torch.Tensor, xa: torch.Tensor, i: torch.Tensor, j:
         list(pool.map(run, range(0, n, step)))
 
 
+def _filter_scores(x: torch.Tensor, xa: torch.Tensor, r0: int, r1: int,
+                   metric: str) -> torch.Tensor:
+    """[r1 − r0, N] float32 scores (``cosine`` or ``sq_euclid``) of rows [r0, r1) against all
+    rows: the matmul, then the transform in place (no [rows, N] temporaries). ``sq_euclid``
+    adds −2·dot to ‖g‖², then ‖q‖²: two roundings, as the transform's (‖q‖² + ‖g‖²) − 2·dot,
+    so within the same tie tolerance of the canonical score."""
+    s = x[r0:r1] @ x.T
+    if metric == "cosine":  # (dot · 1/‖q‖) · 1/‖g‖: the transform's own order
+        return s.mul_(xa[r0:r1, None]).mul_(xa[None, :])
+    s.mul_(-2.0).add_(xa[None, :]).add_(xa[r0:r1, None]).clamp_min_(0.0)
+    return s.neg_()
+
+
 def _below(t: torch.Tensor) -> torch.Tensor:
     """float64 ``t`` rounded down to float32 (so ``s >= result`` whenever ``s >= t``)."""
     t32 = t.float()
@@ -120,7 +133,7 @@ def neighbour_graph(x: torch.Tensor, metric: str, k: int, *, memory: int,
     lowest = torch.empty(n, dtype=torch.float32)
     for r0 in range(0, n, rows):
         r1 = min(r0 + rows, n)
-        s = transform(x[r0:r1] @ x.T, xa[r0:r1, None], xa[None, :], fm)
+        s = _filter_scores(x, xa, r0, r1, fm)
         e = eps[r0:r1, None]
         # the k best canonically score >= kth - e; any of them scores >= kth - 2e here
         kth = torch.topk(s, k, dim=1).values[:, -1:].double()
