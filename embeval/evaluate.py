@@ -23,6 +23,7 @@ from embeval.engine import Protocol, RankStats, rank_stats, shard_range
 from embeval.engine.rank import Progress
 from embeval.errors import OptionError
 from embeval.options import EvalOptions
+from embeval.rerank.options import RerankOptions
 
 from . import metrics as M
 
@@ -79,6 +80,7 @@ def evaluate(
     pr: bool = False,
     progress: Progress | None = None,
     relevance: Relevance | None = None,
+    rerank: RerankOptions | None = None,
     **overrides: Any,
 ) -> EvalResult:
     """Evaluate ``query`` against ``gallery``: every metric of DESIGN.md section 3.
@@ -98,11 +100,12 @@ def evaluate(
     ``backend``: see :func:`embeval.engine.rank_stats` (``"torch"`` runs the CUDA code on CPU).
     ``relevance``: per-query positives and junk instead of label equality
     (:func:`embeval.read_relevance`); the protocol's exclusions still apply.
+    ``rerank``: k-reciprocal re-ranking, query expansion or DBA (:mod:`embeval.rerank`).
     """
     t0 = time.perf_counter()
     opts = EvalOptions.build(options, **overrides)
     part = evaluation_stats(query, gallery, opts, ks=ks, knn_k=knn_k, progress=progress,
-                            relevance=relevance)
+                            relevance=relevance, rerank=rerank)
     return summarize(part.stats, part.gallery.labels, ks=part.ks, knn_k=knn_k,
                      no_positive=opts.no_positive, pr=pr, options=part.options, t0=t0, ap=opts.ap)
 
@@ -133,6 +136,7 @@ def evaluation_stats(
     shard: tuple[int, int] | None = None,
     progress: Progress | None = None,
     relevance: Relevance | None = None,
+    rerank: RerankOptions | None = None,
     **overrides: Any,
 ) -> PartialEvaluation:
     """Check the options and compute the mergeable statistics, of the gallery shard ``shard``
@@ -140,7 +144,8 @@ def evaluation_stats(
 
     ``options`` / ``overrides``: as for :func:`evaluate`. Shards' statistics combine exactly
     with :meth:`RankStats.merge`, then :func:`summarize`. ``relevance``: as for :func:`evaluate`
-    (the whole gallery's lists, whatever the shard).
+    (the whole gallery's lists, whatever the shard). ``rerank``: as for :func:`evaluate`; QE and
+    DBA shard like any run, k-reciprocal re-ranking needs the whole gallery (no ``shard``).
     """
     o = EvalOptions.build(options, **overrides)
     if relevance is not None and o.aggregate == "mean":
@@ -152,6 +157,11 @@ def evaluation_stats(
     if knn_k is not None:
         M.check_ks([knn_k], gallery.n, "knn_k")
     g_range = shard_range(gallery.n, *shard) if shard is not None else (0, gallery.n)
+    if rerank is not None and rerank.active:
+        from embeval.rerank.apply import reranked
+        stats = reranked(query, gallery, rerank, o, topk=knn_k or 0, shard=shard,
+                         progress=progress, relevance=relevance, gallery_range=g_range)
+        return PartialEvaluation(stats, gallery, g_range, list(ks), o.result_options())
     stats = rank_stats(query, gallery, metric=o.metric,
                        protocol=Protocol(o.exclude_same_camera, o.exclude_self),
                        topk=knn_k or 0, device=o.device, precision=o.precision, memory=o.memory,

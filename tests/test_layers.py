@@ -17,7 +17,8 @@ ALLOWED: dict[str, set[str]] = {
     "data": set(),
     "engine": {"data"},
     "metrics": {"engine"},
-    "evaluate": {"data", "engine", "metrics"},
+    "rerank": {"data", "engine"},
+    "evaluate": {"data", "engine", "metrics", "rerank"},
     "results": {"data", "engine", "metrics", "evaluate"},
     "verification": {"data", "engine", "metrics", "evaluate", "results"},
     "protocols": {"data", "engine", "metrics", "evaluate"},
@@ -27,9 +28,9 @@ ALLOWED: dict[str, set[str]] = {
     "visual": {"data", "engine", "metrics", "evaluate", "results", "verification",
                "uncertainty"},  # visual/report.py draws saved results (uncertainty.saved)
     "cli": {"data", "engine", "metrics", "evaluate", "results", "extract", "train", "verification",
-            "protocols", "uncertainty", "visual"},
+            "protocols", "uncertainty", "visual", "rerank"},
     "facade": {"data", "engine", "metrics", "evaluate", "results", "extract", "train", "cli",
-               "verification", "protocols", "uncertainty", "visual"},
+               "verification", "protocols", "uncertainty", "visual", "rerank"},
 }
 
 

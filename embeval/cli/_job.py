@@ -28,6 +28,7 @@ from embeval.errors import OptionError
 from embeval.evaluate import EvalResult, aggregate_mean, evaluation_stats, summarize
 from embeval.options import EvalOptions, IntervalOptions
 from embeval.outputs import check_outputs, transaction
+from embeval.rerank.options import RerankOptions
 from embeval.results import writers as exports
 from embeval.results.partials import Partial, changed, fingerprint, save_partial
 
@@ -54,6 +55,7 @@ class Job:
     as_json: bool = False
     relevance: Path | None = None  # --relevance FILE: per-query positives and junk
     intervals: IntervalOptions | None = None  # --ci: bootstrap intervals
+    rerank: RerankOptions | None = None  # --rerank / --qe / --dba (also in extra["rerank"])
 
     def read_relevance(self, q: EmbeddingSet, g: EmbeddingSet) -> Relevance | None:
         """The --relevance lists for ``q`` × ``g`` (None without the flag)."""
@@ -101,6 +103,7 @@ def execute(job: Job, *, shard: str | None = None, out_part: Path | None = None)
     if job.relevance is not None and c.aggregate == "mean":
         raise OptionError("--relevance cannot be combined with --aggregate mean (the lists name "
                           "gallery items, not class prototypes)")
+    _check_rerank(job, part)
     if job.extra.get("protocol"):
         _revisited(job, q, g)
         return
@@ -131,7 +134,7 @@ def _compute(job: Job, q: EmbeddingSet, g: EmbeddingSet, knn_k: int | None,
         ev = evaluation_stats(
             q, g, replace(c, device=group.device) if group else c, ks=job.ks, knn_k=knn_k,
             shard=part or (group.shard if group and not by_query else None), progress=update,
-            relevance=rel)
+            relevance=rel, rerank=job.rerank)
     if part is not None:
         a, b = ev.gallery_range
         header = {"job": job.identity(q, g), "shard": list(part), "gallery_range": [a, b],
@@ -169,7 +172,21 @@ def _revisited(job: Job, q: EmbeddingSet, g: EmbeddingSet) -> None:
            inputs=_inputs(job.query, source_files(q), source_files(g), job.relevance))
 
 
+def _check_rerank(job: Job, part: tuple[int, int] | None) -> None:
+    """What --rerank / --qe / --dba do not combine with (exit 2, one line)."""
+    r = job.rerank
+    if r is None:
+        return
+    if job.extra.get("protocol"):
+        raise OptionError("--rerank/--qe/--dba: not with --protocol")
+    if r.method is not None and (part is not None or distributed.requested()):
+        raise OptionError("--rerank: needs every item's neighbours in one process: not with "
+                          "--shard or torchrun (--qe and --dba shard)")
+
+
 def _score_topn(job: Job, q: EmbeddingSet, g: EmbeddingSet) -> int | None:
+    if job.rerank is not None:  # the scores are re-ranked: the top-k, never the raw matrix
+        return min(job.out_topk or max(job.ks), g.n)
     if job.out_topk is not None:
         return min(job.out_topk, g.n)
     return None if q.n * g.n * 4 <= MATRIX_LIMIT else min(max(job.ks), g.n)
@@ -192,7 +209,7 @@ def _hard_neg_items(job: Job, result: EvalResult, inputs: dict) -> dict[str, lis
     """Index, label and path of each query's hardest negative (one more pass over the gallery),
     when the scores are exact (fp32) and the input files are the ones ranked."""
     c = job.options
-    if c.precision != "fp32" or not _unchanged(inputs):
+    if c.precision != "fp32" or not _unchanged(inputs) or job.rerank is not None:
         return None
     q, g = load(job.query), load_many(job.gallery)
     if c.aggregate == "mean":
@@ -327,7 +344,7 @@ def _write_scores(path: Path, job: Job, result: EvalResult, topn: int | None) ->
         exports.write_tensor_stream(
             path, [("topk_scores", torch.float32, tuple(idx.shape)),
                    ("topk_indices", torch.int64, tuple(idx.shape))],
-            iter([{"topk_scores": top, "topk_indices": idx.masked_fill(empty, -1)}]),
+            iter([{"topk_scores": top.float(), "topk_indices": idx.masked_fill(empty, -1)}]),
             {**meta, "layout": "topk"})
         return
     q, g = load(job.query), load_many(job.gallery)

@@ -31,6 +31,7 @@ from embeval.options import (
     Precision,
     ResamplingUnit,
 )
+from embeval.rerank.options import QeMethod, RerankMethod, RerankOptions
 
 from ._app import app
 
@@ -162,12 +163,38 @@ INTERVALS: dict[str, Any] = {"ci": CiOpt, "bootstrap": BootstrapOpt, "seed": See
 RANKED: dict[str, Any] = {"relevance": RelevanceOpt}
 #: the flag of the commands that report mAP (cmc, pr)
 MAP: dict[str, Any] = {"ap": ApOpt}
+#: re-ranking and expansion flags (cmc, pr, score, knn): bundled into one RerankOptions
+RERANK: dict[str, Any] = {
+    "rerank_method": Annotated[RerankMethod | None, typer.Option(
+        "--rerank", metavar="METHOD",
+        help="k-reciprocal: re-rank by Zhong et al.'s k-reciprocal distance over queries ∪ "
+             "gallery (--k1, --k2, --lambda), exactly, without the (Q+G)² matrix; cosine, "
+             "euclid or sq_euclid. One process (not --shard / torchrun).")],
+    "k1": Annotated[int | None, typer.Option("--k1", metavar="K", min=1,
+                                             help="k-reciprocal neighbours (default 20).")],
+    "k2": Annotated[int | None, typer.Option("--k2", metavar="K", min=1,
+                                             help="Local query expansion (default 6).")],
+    "lambda_": Annotated[float | None, typer.Option(
+        "--lambda", metavar="L", help="Weight of the original distance, in (0, 1] (default 0.3).")],
+    "qe": Annotated[QeMethod | None, typer.Option(
+        "--qe", metavar="HOW",
+        help="Query expansion from each query's top-k gallery items (itself included): "
+             "average or alpha (alpha: cosine / inner).")],
+    "qe_k": Annotated[int | None, typer.Option("--qe-k", metavar="K", min=1,
+                                               help="Neighbours of --qe (default 10).")],
+    "qe_alpha": Annotated[float | None, typer.Option(
+        "--qe-alpha", metavar="A", help="Exponent of --qe alpha's weights (default 3).")],
+    "dba": Annotated[int | None, typer.Option(
+        "--dba", metavar="K", min=1,
+        help="Database-side augmentation: each gallery item becomes the weighted mean of its K "
+             "best gallery items (itself first), before --qe.")],
+}
 _DEFAULTS = EvalOptions()
 _FIELDS = {f.name for f in dataclasses.fields(EvalOptions)}
 
 
-def metric_command(epilog: str, *, ranked: bool = True, reports_map: bool = False
-                   ) -> Callable[[Callable[..., None]], Callable[..., None]]:
+def metric_command(epilog: str, *, ranked: bool = True, reports_map: bool = False,
+                   reranks: bool = False) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Register ``fn(query, gallery, <its own options>, *, options, json, shard, out_part)`` as a
     command whose evaluation flags are written once, here (:data:`SHARED`, and :data:`RANKED`
     when ``ranked``: ``fn`` then also takes ``relevance``; :data:`MAP` when ``reports_map``):
@@ -175,12 +202,15 @@ def metric_command(epilog: str, *, ranked: bool = True, reports_map: bool = Fals
     :class:`EvalOptions`. :data:`MAP` flags default to None on the command line (the
     EvalOptions default then): ``fn`` may take ``unset``, the names of those not given.
     :data:`INTERVALS`: ``fn`` takes ``intervals`` (an :class:`IntervalOptions`, None without
-    --ci) and ``save_result``."""
-    flags = {**SHARED, **INTERVALS, **(RANKED if ranked else {}), **(MAP if reports_map else {})}
+    --ci) and ``save_result``. ``reranks``: also the :data:`RERANK` flags, given to ``fn`` as
+    one ``rerank`` (:class:`RerankOptions`, None when none is asked)."""
+    flags = {**SHARED, **INTERVALS, **(RANKED if ranked else {}), **(MAP if reports_map else {}),
+             **(RERANK if reranks else {})}
 
     def register(fn: Callable[..., None]) -> Callable[..., None]:
         params = inspect.signature(fn, eval_str=True).parameters
-        own = [p for p in params.values() if p.name not in {"options", "unset", "intervals", *flags}]
+        own = [p for p in params.values()
+               if p.name not in {"options", "unset", "intervals", "rerank", *flags}]
         shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
                                     default=None if name in MAP else
                                     getattr(_DEFAULTS, name, None if name != "json" else False))
@@ -194,6 +224,9 @@ def metric_command(epilog: str, *, ranked: bool = True, reports_map: bool = Fals
             for k in unset:
                 values.pop(k)
             intervals = interval_options(*(values.pop(k) for k in ("ci", "bootstrap", "seed", "ci_by")))
+            if reranks:
+                values["rerank"] = RerankOptions.from_flags(
+                    values.pop("rerank_method"), **{k: values.pop(k) for k in list(RERANK)[1:]})
             fn(**values, options=options, intervals=intervals,
                **({"unset": unset} if "unset" in params else {}))
 
@@ -228,6 +261,8 @@ def _execute(command: str, query: Path, gallery: list[Path], options: EvalOption
     :class:`~._job.Job` (``intervals`` included).
     """
     require_files([query, *gallery])
+    if job.get("rerank") is not None:
+        job["extra"] = {**job.get("extra", {}), "rerank": job["rerank"].to_dict()}
     if job.get("relevance") is not None:
         from embeval.data.int_csv import check_file
 
@@ -248,7 +283,7 @@ CMC_EXAMPLES = examples(
 ProtocolName = Literal["roxford", "rparis"]
 
 
-@metric_command(CMC_EXAMPLES, reports_map=True)
+@metric_command(CMC_EXAMPLES, reports_map=True, reranks=True)
 def cmc(query: QueryArg, gallery: GalleryArg, ks: KsOpt = None,
         per_query: Annotated[Path | None, file_option(
             "CSV, one row per query: ranks of first/last positive, AP, RR, AP@R, R-precision.",
@@ -264,7 +299,7 @@ def cmc(query: QueryArg, gallery: GalleryArg, ks: KsOpt = None,
             "--plot")] = None,
         *, options: EvalOptions, json: bool, shard: str | None, out_part: Path | None,
         relevance: Path | None, intervals: IntervalOptions | None, save_result: Path | None,
-        unset: frozenset[str] = frozenset()) -> None:
+        unset: frozenset[str] = frozenset(), rerank: RerankOptions | None = None) -> None:
     """CMC rank-k, mAP, mINP, MRR, MAP@R, R-precision, P@k, nDCG@k (retrieval / re-identification)."""
     if plot:
         if protocol is not None:
@@ -281,7 +316,7 @@ def cmc(query: QueryArg, gallery: GalleryArg, ks: KsOpt = None,
             options = dataclasses.replace(options, ap="trapezoid")
     _execute("cmc", query, gallery, options, ks, shard, out_part,
              outputs={"--per-query": per_query, "--plot": plot}, as_json=json,
-             relevance=relevance, intervals=intervals, save_result=save_result,
+             relevance=relevance, intervals=intervals, save_result=save_result, rerank=rerank,
              **({"extra": {"protocol": protocol}} if protocol else {}))
 
 
@@ -308,7 +343,7 @@ SCORE_EXAMPLES = examples(
     "embeval score query.safetensors gallery.safetensors --out scores.safetensors --out-topk 100")
 
 
-@metric_command(SCORE_EXAMPLES)
+@metric_command(SCORE_EXAMPLES, reranks=True)
 def score(query: QueryArg, gallery: GalleryArg, ks: KsOpt = None,
           out: Annotated[Path | None, file_option(
               "Write scores (.safetensors): the [Q, G] matrix when it fits 1 GB, "
@@ -318,11 +353,11 @@ def score(query: QueryArg, gallery: GalleryArg, ks: KsOpt = None,
               help="Write the top-N per query instead of the matrix.")] = None,
           *, options: EvalOptions, json: bool, shard: str | None, out_part: Path | None,
           relevance: Path | None, intervals: IntervalOptions | None,
-          save_result: Path | None) -> None:
+          save_result: Path | None, rerank: RerankOptions | None = None) -> None:
     """Accuracy, top-k accuracy and hardest positive / negative scores."""
     _execute("score", query, gallery, options, ks, shard, out_part,
              outputs={"--out": out}, out_topk=out_topk, as_json=json, relevance=relevance,
-             intervals=intervals, save_result=save_result)
+             intervals=intervals, save_result=save_result, rerank=rerank)
 
 
 KNN_EXAMPLES = examples(
@@ -330,20 +365,20 @@ KNN_EXAMPLES = examples(
     "embeval knn train.safetensors train.safetensors --exclude-self --predictions knn.csv")
 
 
-@metric_command(KNN_EXAMPLES)
+@metric_command(KNN_EXAMPLES, reranks=True)
 def knn(query: QueryArg, gallery: GalleryArg,
         k: Annotated[int, typer.Option("-k", metavar="K", help="Neighbours that vote.")] = 5,
         predictions: Annotated[Path | None, file_option(
             "CSV, one row per query: label, prediction, correct.", "--predictions")] = None,
         *, options: EvalOptions, json: bool, shard: str | None, out_part: Path | None,
         relevance: Path | None, intervals: IntervalOptions | None,
-        save_result: Path | None) -> None:
+        save_result: Path | None, rerank: RerankOptions | None = None) -> None:
     """k-nearest-neighbour classification accuracy (majority vote)."""
     if k <= 0:
         raise OptionError(f"-k {k}: must be at least 1")
     _execute("knn", query, gallery, options, [1], shard, out_part, knn_k=k, extra={"k": k},
              outputs={"--predictions": predictions}, as_json=json, relevance=relevance,
-             intervals=intervals, save_result=save_result)
+             intervals=intervals, save_result=save_result, rerank=rerank)
 
 
 PR_EXAMPLES = examples(
@@ -351,7 +386,7 @@ PR_EXAMPLES = examples(
     "embeval pr query.safetensors gallery.safetensors --plot pr.png --curves pr.safetensors")
 
 
-@metric_command(PR_EXAMPLES, reports_map=True)
+@metric_command(PR_EXAMPLES, reports_map=True, reranks=True)
 def pr(query: QueryArg, gallery: GalleryArg,
        curves: Annotated[Path | None, file_option(
            "Per-query PR points (.safetensors, values + offsets).", "--curves")] = None,
@@ -361,7 +396,7 @@ def pr(query: QueryArg, gallery: GalleryArg,
            "CSV, one row per query: ranks, AP, max F1.", "--per-query")] = None,
        *, options: EvalOptions, json: bool, shard: str | None, out_part: Path | None,
        relevance: Path | None, intervals: IntervalOptions | None,
-       save_result: Path | None) -> None:
+       save_result: Path | None, rerank: RerankOptions | None = None) -> None:
     """Precision-recall: mAP and the best F1 with its precision, recall and threshold."""
     if plot:
         from embeval.results import writers as exports
@@ -369,4 +404,4 @@ def pr(query: QueryArg, gallery: GalleryArg,
         exports.require_matplotlib()
     _execute("pr", query, gallery, options, [1], shard, out_part, pr=True,
              outputs={"--curves": curves, "--plot": plot, "--per-query": per_query}, as_json=json,
-             relevance=relevance, intervals=intervals, save_result=save_result)
+             relevance=relevance, intervals=intervals, save_result=save_result, rerank=rerank)

@@ -93,11 +93,21 @@ def merge(
               options, job["ks"], knn_k=job["knn_k"], pr=job["pr"], extra=job["extra"],
               outputs={k: v for k, v in given.items() if k in OUTPUTS[command]},
               out_topk=job["out_topk"], as_json=json, intervals=intervals,
+              rerank=_rerank(job["extra"]),
               relevance=Path(inputs["relevance"][0]["file"]) if "relevance" in inputs else None)
     result = summarize_parts(merged, t0=t0)
     topn = result.stats.topk_scores.shape[1] if result.stats.topk_scores is not None else None
     finish(run, result, job["label_names"], topn if command == "score" else job["knn_k"],
            inputs=_files(inputs))
+
+
+def _rerank(extra: dict):  # noqa: ANN202 - RerankOptions | None
+    """The parts' --qe / --dba settings (the Job of the whole run), None without them."""
+    if "rerank" not in extra:
+        return None
+    from embeval.rerank.options import RerankOptions
+
+    return RerankOptions.from_dict(extra["rerank"])
 
 
 def _files(inputs: dict) -> dict:
