@@ -144,8 +144,8 @@ def evaluation_stats(
 
     ``options`` / ``overrides``: as for :func:`evaluate`. Shards' statistics combine exactly
     with :meth:`RankStats.merge`, then :func:`summarize`. ``relevance``: as for :func:`evaluate`
-    (the whole gallery's lists, whatever the shard). ``rerank``: as for :func:`evaluate`; QE and
-    DBA shard like any run, k-reciprocal re-ranking needs the whole gallery (no ``shard``).
+    (the whole gallery's lists, whatever the shard). ``rerank``: as for :func:`evaluate`; QE,
+    DBA and k-reciprocal re-ranking shard like any run (the re-ranking's graph is whole).
     """
     o = EvalOptions.build(options, **overrides)
     if relevance is not None and o.aggregate == "mean":

@@ -103,7 +103,7 @@ def execute(job: Job, *, shard: str | None = None, out_part: Path | None = None)
     if job.relevance is not None and c.aggregate == "mean":
         raise OptionError("--relevance cannot be combined with --aggregate mean (the lists name "
                           "gallery items, not class prototypes)")
-    _check_rerank(job, part)
+    _check_rerank(job)
     if job.extra.get("protocol"):
         _revisited(job, q, g)
         return
@@ -123,8 +123,10 @@ def _compute(job: Job, q: EmbeddingSet, g: EmbeddingSet, knn_k: int | None,
              rel: Relevance | None) -> None:
     c = job.options
     t0 = time.perf_counter()
+    # k-reciprocal re-ranking splits the gallery: its neighbour graph needs every query
     by_query = group is not None and distributed.split_axis(
-        q.n, g.n, group.world, exclude_self=c.exclude_self) == "query"
+        q.n, g.n, group.world, exclude_self=c.exclude_self) == "query" and not (
+        job.rerank is not None and job.rerank.method is not None)
     if by_query:
         a, b = group.query_range(q.n)
         q = EmbeddingSet(q.rows(a, b), q.labels[a:b], None if q.cameras is None else q.cameras[a:b],
@@ -172,16 +174,13 @@ def _revisited(job: Job, q: EmbeddingSet, g: EmbeddingSet) -> None:
            inputs=_inputs(job.query, source_files(q), source_files(g), job.relevance))
 
 
-def _check_rerank(job: Job, part: tuple[int, int] | None) -> None:
+def _check_rerank(job: Job) -> None:
     """What --rerank / --qe / --dba do not combine with (exit 2, one line)."""
     r = job.rerank
     if r is None:
         return
     if job.extra.get("protocol"):
         raise OptionError("--rerank/--qe/--dba: not with --protocol")
-    if r.method is not None and (part is not None or distributed.requested()):
-        raise OptionError("--rerank: needs every item's neighbours in one process: not with "
-                          "--shard or torchrun (--qe and --dba shard)")
 
 
 def _score_topn(job: Job, q: EmbeddingSet, g: EmbeddingSet) -> int | None:

@@ -19,16 +19,13 @@ def reranked(query: EmbeddingSet, gallery: EmbeddingSet, opts: RerankOptions, o:
              relevance: Relevance | None = None) -> RankStats:
     """The statistics of ``query`` × ``gallery`` (or its ``gallery_range``) under ``opts``.
 
-    k-reciprocal re-ranking needs every item's neighbours at once: not with ``shard``
-    (:class:`OptionError`). QE / DBA compute the new embeddings (the same in every shard),
-    then the usual pass ranks ``gallery_range``.
+    k-reciprocal re-ranking computes every item's neighbours, V and its expansion whole (the
+    same in every shard), then ranks only ``gallery_range`` (shards merge exactly); QE / DBA
+    compute the new embeddings (the same in every shard), then the usual pass ranks
+    ``gallery_range``. ``shard`` is unused (``gallery_range`` is its range).
     """
     protocol = Protocol(o.exclude_same_camera, o.exclude_self)
     if opts.method is not None:
-        if shard is not None:
-            raise OptionError("rerank: k-reciprocal re-ranking needs every item's neighbours in "
-                              "one process: not with gallery shards (array-job shards, torchrun)",
-                              param="rerank")
         if o.precision != "fp32":
             raise OptionError(f"rerank: k-reciprocal re-ranking runs in fp32 (its neighbour sets "
                               f"are exact), not {o.precision}", param=("rerank", "precision"))
@@ -37,7 +34,7 @@ def reranked(query: EmbeddingSet, gallery: EmbeddingSet, opts: RerankOptions, o:
         return reranked_stats(query, gallery, opts, metric=o.metric, protocol=protocol,
                               topk=topk, device=o.device, memory=o.memory,
                               block_size=o.block_size, backend=o.backend, progress=progress,
-                              relevance=relevance)
+                              relevance=relevance, gallery_range=gallery_range)
     from embeval.rerank.expansion import expand
 
     query, gallery = expand(query, gallery, opts, metric=o.metric, exclude_self=o.exclude_self,

@@ -39,6 +39,17 @@ order of their original score s (exact ties stay ties). The statistics then come
 
 Memory: the graph (N × (k1 + 1)), V and its expansion (N × |R*| × k2 at most), the C pairs, plus
 the block budget. Passes: one N × N top-k pass (the graph), one Q × G pass (the ranking).
+
+Gallery shards (``gallery_range=(a, b)``: ``--shard i/n``, torchrun ranks). The graph, M, V and
+its expansion depend only on the inputs (deterministic), so every shard computes them whole and
+identically; it then ranks only items [a, b): its negative pass and its C negatives are
+restricted to the range, while the positives (and so the histogram bins and thresholds) come
+from the whole gallery, as :func:`embeval.engine.rank_stats` does; the top-k takes the
+positives inside the range only. The shards' statistics then merge
+(:meth:`~embeval.engine.stats.RankStats.merge`) into the whole run's, bit for bit. The graph
+pass (O(N²·D)) is duplicated on every shard; only the ranking pass (O(Q·G·D)) is split.
+Splitting the graph's rows across ranks and gathering the (k1 + 1)-neighbour lists would
+parallelise it too (not done).
 """
 
 from __future__ import annotations
@@ -144,6 +155,7 @@ class _Run:
     lam: float
     exclude_self: bool
     topk: int
+    g_range: tuple[int, int]  # the gallery items [a, b) ranked (a shard)
     dev: torch.device
     budget: int
     block_size: int | None
@@ -155,16 +167,22 @@ def reranked_stats(query: EmbeddingSet, gallery: EmbeddingSet, opts: RerankOptio
                    metric: str = "cosine", protocol: Protocol = Protocol(), topk: int = 0,
                    device: str = "auto", memory: int | str | None = None,
                    block_size: int | None = None, backend: str = "auto", progress=None,
-                   relevance: Relevance | None = None) -> RankStats:
+                   relevance: Relevance | None = None,
+                   gallery_range: tuple[int, int] | None = None) -> RankStats:
     """:class:`RankStats` of the k-reciprocal re-ranked distances (scores = −r, float64).
 
     Options as :func:`embeval.engine.rank_stats` (fp32 only); the protocol's exclusions and
     ``relevance`` decide positives and what each query ignores, as without re-ranking; the
     neighbour sets use every item of queries ∪ gallery (no labels), as the reference.
     Queries run in chunks whose sparse work fits about the CPU budget; the result does not
-    depend on the chunks.
+    depend on the chunks. ``gallery_range``: only items ``[a, b)`` are ranked as negatives
+    (a shard; positives from the whole gallery): shards merge exactly (see the module doc).
     """
     qn, gn = query.n, gallery.n
+    g_range = gallery_range or (0, gn)
+    if not 0 <= g_range[0] <= g_range[1] <= gn:
+        raise OptionError(f"gallery range [{g_range[0]}, {g_range[1]}) is outside the gallery "
+                          f"(size {gn})")
     x = torch.cat([query.embeddings.float(), gallery.embeddings.float()]).contiguous()
     norms = row_norms(x)
     _check(query, gallery, metric, protocol, topk, norms)
@@ -192,8 +210,8 @@ def reranked_stats(query: EmbeddingSet, gallery: EmbeddingSet, opts: RerankOptio
     run = _Run(query, gallery, x, xa, big_m, v, gallery_columns(v, qn),
                _own_lists(query, gallery, protocol, relevance),
                tie_tolerance(x[:qn], metric, float(norms[qn:].max()) if gn else 0.0), metric,
-               float(opts.lam), protocol.exclude_self, topk, dev, budget, block_size, backend,
-               compiled)
+               float(opts.lam), protocol.exclude_self, topk, (int(g_range[0]), int(g_range[1])),
+               dev, budget, block_size, backend, compiled)
     # per chunk: the visited products (~64 bytes each: an overlap pair, at most one per
     # product, costs ~256 bytes downstream) and one [rows, G] float64 accumulator
     work = overlap_work(v, run.cols, qn)
@@ -239,9 +257,10 @@ def _chunk_stats(run: _Run, a: int, b: int, progress) -> RankStats:
     mp = cm[at[found]]
     jac_p[found] = 1.0 - mp / (2.0 - mp)
     s_p, r_p = r_of(pq, pg, jac_p)
-    # C negatives: C pairs that are neither the query's positives nor its junk
+    # C negatives: C pairs in the ranked range that are neither the query's positives nor junk
     listed_c, _ = _lookup(c_codes, own_codes)
-    neg = ~listed_c
+    ga, gb = run.g_range
+    neg = ~listed_c & (cg >= ga) & (cg < gb)
     nq_, ng_, mn = cq[neg], cg[neg], cm[neg]
     _, r_n = r_of(nq_, ng_, 1.0 - mn / (2.0 - mn))
     del cm, mn, neg, listed_c
@@ -270,7 +289,8 @@ def _chunk_stats(run: _Run, a: int, b: int, progress) -> RankStats:
     invisible = _as_lists(torch.unique(torch.cat(hidden)) - a * gn, qn, gn)
     del hidden, own_codes, c_codes
     _negative_pass(pass_stats, sub, run.xa[a:b].contiguous(), run, progress, invisible)
-    return _assemble(pass_stats, offsets, pq, pg, r_p, nq_, ng_, r_n, big_m[a:b], lam, metric, k)
+    return _assemble(pass_stats, offsets, pq, pg, r_p, nq_, ng_, r_n, big_m[a:b], lam, metric, k,
+                     run.g_range)
 
 
 def _as_lists(codes: torch.Tensor, qn: int, gn: int) -> Relevance:
@@ -284,7 +304,7 @@ def _as_lists(codes: torch.Tensor, qn: int, gn: int) -> Relevance:
 
 def _negative_pass(stats: RankStats, sub: EmbeddingSet, qa: torch.Tensor, run: _Run, progress,
                    invisible: Relevance) -> None:
-    """The engine's negative pass (fp32) of the chunk's queries over the whole gallery,
+    """The engine's negative pass (fp32) of the chunk's queries over the ranked gallery range,
     ``invisible`` as junk (the protocol is folded into it)."""
     gallery, qn = run.gallery, run.query.n
     rows = run.block_size or max(1, run.budget // max(1, 8 * gallery.dim))
@@ -293,14 +313,16 @@ def _negative_pass(stats: RankStats, sub: EmbeddingSet, qa: torch.Tensor, run: _
     else:
         from embeval.engine.torch_pass import negative_pass  # type: ignore[assignment]
     negative_pass(stats, sub, gallery, sub.embeddings, qa, run.xa[qn:].contiguous(), Protocol(),
-                  (0, gallery.n), rows, device=run.dev, precision="fp32", budget=run.budget,
+                  run.g_range, rows, device=run.dev, precision="fp32", budget=run.budget,
                   progress=progress, relevance=invisible)
 
 
 def _assemble(pass_stats: RankStats, offsets: torch.Tensor, pq: torch.Tensor, pg: torch.Tensor,
               r_p: torch.Tensor, nq_: torch.Tensor, ng_: torch.Tensor, r_n: torch.Tensor,
-              big_m: torch.Tensor, lam: float, metric: str, k: int) -> RankStats:
-    """The re-ranked statistics: the pass's counts plus the explicit C negatives."""
+              big_m: torch.Tensor, lam: float, metric: str, k: int,
+              g_range: tuple[int, int]) -> RankStats:
+    """The re-ranked statistics: the pass's counts plus the explicit C negatives (those of
+    ``g_range``); the top-k of the positives in ``g_range``, the pass's and the C negatives'."""
     qn = pass_stats.n_query
     # positives by re-ranked score −r ascending within each query
     order = torch.argsort(-r_p, stable=True)
@@ -335,8 +357,9 @@ def _assemble(pass_stats: RankStats, offsets: torch.Tensor, pq: torch.Tensor, pg
         max_neg = max_neg.scatter_reduce(0, nq_, -r_n, "amax")
     topv = topi = None
     if k:
-        topv, topi = _topk(pass_stats, k, pq, pg, r_p, nq_[best], ng_[best], r_n[best], big_m,
-                           lam, metric)
+        mine = (pg >= g_range[0]) & (pg < g_range[1])
+        topv, topi = _topk(pass_stats, k, pq[mine], pg[mine], r_p[mine], nq_[best], ng_[best],
+                           r_n[best], big_m, lam, metric)
     return RankStats(metric=metric, n_gallery=pass_stats.n_gallery,
                      query_labels=pass_stats.query_labels, pos_offsets=offsets,
                      pos_scores=pos_scores, neg_hist=hist, n_neg=n_neg, max_neg=max_neg,

@@ -108,9 +108,15 @@ _DTYPES = {"query_labels": torch.int64, "pos_offsets": torch.int64, "pos_scores"
            "topk_scores": torch.float32, "topk_indices": torch.int64}
 
 
+_SCORES = ("pos_scores", "max_neg", "topk_scores")  # float32, or all float64 (re-ranked: −r)
+
+
 def _check_shapes(s: RankStats, gallery_labels: torch.Tensor, shard_size: int) -> None:
+    wide = s.pos_scores.dtype == torch.float64
     for name, dtype in _DTYPES.items():
         t = getattr(s, name)
+        if wide and name in _SCORES:
+            dtype = torch.float64
         _need(t is None or t.dtype == dtype, f"{name} is {getattr(t, 'dtype', None)}, not {dtype}")
     _need(gallery_labels.dtype == torch.int64, f"gallery_labels is {gallery_labels.dtype}, not int64")
     q = s.query_labels.numel()

@@ -152,13 +152,13 @@ def test_exclude_self_and_relevance() -> None:
     assert M.average_precision(listed).numpy()[valid] == pytest.approx(aps, abs=1e-12)
 
 
-def test_inner_and_shards_are_refused() -> None:
+def test_inner_and_bad_ranges_are_refused() -> None:
     q, g, _, _ = _sets(1, 5, 20, 4, 2)
     opts = RerankOptions(method="k-reciprocal")
     with pytest.raises(OptionError, match="needs a distance"):
         reranked_stats(q, g, opts, metric="inner", device="cpu")
-    with pytest.raises(OptionError, match="one process"):
-        embeval.evaluation_stats(q, g, rerank=opts, shard=(0, 2), device="cpu")
+    with pytest.raises(OptionError, match="outside the gallery"):
+        reranked_stats(q, g, opts, device="cpu", gallery_range=(5, 21))
     with pytest.raises(OptionError, match="lam"):
         RerankOptions(method="k-reciprocal", lam=0)
 
