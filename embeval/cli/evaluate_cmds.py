@@ -169,7 +169,8 @@ RERANK: dict[str, Any] = {
         "--rerank", metavar="METHOD",
         help="k-reciprocal: re-rank by Zhong et al.'s k-reciprocal distance over queries ∪ "
              "gallery (--k1, --k2, --lambda), exactly, without the (Q+G)² matrix; cosine, "
-             "euclid or sq_euclid. One process (not --shard / torchrun).")],
+             "euclid or sq_euclid. Shards (--shard, torchrun) each build the whole neighbour "
+             "graph and rank their gallery range.")],
     "k1": Annotated[int | None, typer.Option("--k1", metavar="K", min=1,
                                              help="k-reciprocal neighbours (default 20).")],
     "k2": Annotated[int | None, typer.Option("--k2", metavar="K", min=1,

@@ -12,11 +12,14 @@ import numpy as np
 import pytest
 import torch
 from helpers.cli import cli, without_time
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 import embeval
 from embeval.engine import RankStats
 from embeval.rerank.kreciprocal import reranked_stats
 from embeval.rerank.options import RerankOptions
+from embeval.results import partials
 
 SAMPLE = Path(__file__).resolve().parents[2] / "sample_data" / "digits"
 FIELDS = ("pos_offsets", "pos_scores", "neg_hist", "n_neg", "max_neg", "topk_scores",
@@ -94,6 +97,15 @@ def test_cli_shards_merge_to_the_whole_run(capsys, tmp_path) -> None:
     assert rc == 0, err
     assert without_time(merged) == without_time(whole)
     assert (tmp_path / "merged.csv").read_text() == (tmp_path / "whole.csv").read_text()
+    # the parts hold float64 scores (−r); a part mixing float32 in is refused, checksum forged
+    with safe_open(str(parts[0]), framework="pt") as f:
+        meta, t = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    assert t["pos_scores"].dtype == t["max_neg"].dtype == torch.float64
+    t["max_neg"] = t["max_neg"].float()
+    meta["sha256"] = partials._digest(meta, t)
+    save_file(t, str(tmp_path / "x.safetensors"), metadata=meta)
+    rc, _, err = cli(capsys, "merge", tmp_path / "x.safetensors", *parts[1:])
+    assert rc == 2 and "max_neg is torch.float32, not torch.float64" in err, err
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
