@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 __all__ = ["resampling_units", "resample_counts", "MeanStatistics", "percentile_interval",
-           "replicates", "BOOTSTRAP_STREAM", "PERMUTATION_STREAM"]
+           "replicates", "record_weights", "BOOTSTRAP_STREAM", "PERMUTATION_STREAM"]
 
 BOOTSTRAP_STREAM, PERMUTATION_STREAM = 0, 1  # the generator streams of one seed
 CHUNK_CELLS = 1 << 18  # resamples × units per product (2 MiB of float64: cache-sized, few page faults)
@@ -128,12 +128,19 @@ class MeanStatistics:
                 self._ratio(vb.sum(0) - dv, ib.sum(0) - di))
 
 
+def record_weights(unit: np.ndarray, n_units: int) -> Callable[[np.ndarray], np.ndarray]:
+    """``weights [b, U] -> [b, R]``: each record takes its unit's weight (no copy when every
+    record is its own unit, as with ``by="query"``)."""
+    if len(unit) == n_units and bool((unit == np.arange(n_units)).all()):
+        return lambda weights: weights
+    return lambda weights: weights[:, unit]
+
+
 def replicates(statistic: Callable[[np.ndarray], np.ndarray], unit: np.ndarray, n_units: int,
                n_resamples: int, seed: int) -> np.ndarray:
     """``[n_resamples, M]`` bootstrap replicates of ``statistic`` (records → unit ``unit``)."""
-    identity = len(unit) == n_units and bool((unit == np.arange(n_units)).all())
-    out = [statistic(counts if identity else counts[:, unit])
-           for counts in resample_counts(n_units, n_resamples, seed)]
+    records = record_weights(unit, n_units)
+    out = [statistic(records(counts)) for counts in resample_counts(n_units, n_resamples, seed)]
     return np.concatenate(out) if out else np.empty((0, 0))
 
 

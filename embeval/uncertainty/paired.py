@@ -33,6 +33,7 @@ from .bootstrap import (
     PERMUTATION_STREAM,
     MeanStatistics,
     percentile_interval,
+    record_weights,
     resample_counts,
     resampling_units,
 )
@@ -164,11 +165,7 @@ def compare(a: SavedResult, b: SavedResult, options: IntervalOptions | None = No
     both = np.concatenate([unit, unit])
     q = len(labels)
     statistic = _paired_statistic(a, b, names, both, n_units)
-    identity = len(unit) == n_units and bool((unit == np.arange(n_units)).all())
-
-    def records(weights: np.ndarray) -> np.ndarray:  # unit weights → record weights
-        return weights if identity else weights[:, unit]
-
+    records = record_weights(unit, n_units)
     boot = [_diff(statistic, records(c), None)
             for c in resample_counts(n_units, o.n_resamples, o.seed)]
     ci = percentile_interval(np.concatenate(boot), o.level)
