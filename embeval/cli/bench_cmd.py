@@ -32,9 +32,10 @@ def benchmark_outputs(info: LayoutInfo, out: Path) -> tuple[dict[str, Path], dic
             {s: out / f"{s}.csv" for s in info.sidecars})
 
 
-def protocol_command(info: LayoutInfo, files: dict[str, Path], sidecars: dict[str, Path]) -> str:
-    """The layout's metric command with the written files filled in."""
-    return info.command.format(**{k: str(v) for k, v in {**files, **sidecars}.items()})
+def protocol_command(info: LayoutInfo, files: dict[str, Path], sidecars: dict[str, Path],
+                     counts: dict[str, int]) -> str:
+    """The layout's metric command with the written files (and counts read) filled in."""
+    return info.command.format(**{k: str(v) for k, v in {**counts, **files, **sidecars}.items()})
 
 
 def run_benchmark(info: LayoutInfo, model: str, root: Path, out: Path | None, *,
@@ -90,7 +91,7 @@ def run_benchmark(info: LayoutInfo, model: str, root: Path, out: Path | None, *,
             path.unlink(missing_ok=True)
         raise
     wall = time.perf_counter() - start
-    command = protocol_command(info, files, sidecars)
+    command = protocol_command(info, files, sidecars, bench.counts)
     rows = [{"set": s, "path": str(path), "n": ext.embeddings.shape[0],
              "dim": ext.embeddings.shape[1], "skipped": [n for n, _ in ext.skipped],
              "resumed": len(ext.images) - ext.computed, "seconds": round(ext.seconds, 3),

@@ -24,7 +24,8 @@ class LayoutInfo:
     """One layout. ``reads``: the files it reads under BENCH_ROOT; ``sets``: the embedding
     files it writes (one set: ``-o FILE``; query and gallery: ``-o DIR``); ``sidecars``: the
     other files (pairs, ground truth); ``command``: the protocol's metric command, with
-    ``{images}``, ``{query}``, ``{gallery}`` and the sidecars' names as placeholders;
+    ``{images}``, ``{query}``, ``{gallery}``, the sidecars' names and the counts read
+    (``{folds}``) as placeholders;
     ``markers``: files whose presence under BENCH_ROOT recognises it (``auto``)."""
 
     name: str
@@ -49,7 +50,7 @@ LAYOUTS: tuple[LayoutInfo, ...] = (
     LayoutInfo("lfw-pairs", "faces", "lfw",
                "pairs.txt (a 'folds count' header, 'name n1 n2' same and 'name1 n1 name2 n2' "
                "different lines) and the images name/name_0001.jpg under lfw/ (or BENCH_ROOT)",
-               ("images",), "embeval verify {images} {images} --pairs {pairs} --folds 10",
+               ("images",), "embeval verify {images} {images} --pairs {pairs} --folds {folds}",
                ("pairs.txt",), ("pairs",)),
     LayoutInfo("market1501", "re-id", "reid",
                "bounding_box_test/ (gallery) and query/ (0002_c1s1_000451_03.jpg: label 2, "
