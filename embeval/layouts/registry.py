@@ -26,7 +26,7 @@ class LayoutInfo:
     other files (pairs, ground truth); ``command``: the protocol's metric command, with
     ``{images}``, ``{query}``, ``{gallery}``, the sidecars' names and the counts read
     (``{folds}``) as placeholders;
-    ``markers``: files whose presence under BENCH_ROOT recognises it (``auto``)."""
+    ``markers``: files whose presence under BENCH_ROOT recognises it (``auto``; ``a|b``: either)."""
 
     name: str
     family: str
@@ -56,7 +56,7 @@ LAYOUTS: tuple[LayoutInfo, ...] = (
                "bounding_box_test/ (gallery) and query/ (0002_c1s1_000451_03.jpg: label 2, "
                "camera 1; junk label -1 skipped, distractors 0000 kept as torchreid does)",
                ("query", "gallery"), "embeval cmc {query} {gallery} --exclude-same-camera",
-               ("bounding_box_test", "query")),
+               ("bounding_box_test|Market-1501-v15.09.15/bounding_box_test",)),
     LayoutInfo("dukemtmc-reid", "re-id", "reid",
                "bounding_box_test/ and query/ (0005_c2_f0046985.jpg: label 5, camera 2); "
                "recognised by DukeMTMC-reID in BENCH_ROOT's name, else give --layout",
@@ -66,7 +66,7 @@ LAYOUTS: tuple[LayoutInfo, ...] = (
                "list_query.txt and list_gallery.txt ('0000/0000_000_01_0303morning_0015_0.jpg "
                "0': path, label; camera = third '_' field) over test/ or mask_test_v2/",
                ("query", "gallery"), "embeval cmc {query} {gallery} --exclude-same-camera",
-               ("list_query.txt", "list_gallery.txt")),
+               ("list_query.txt|MSMT17_V1/list_query.txt|MSMT17_V2/list_query.txt",)),
     LayoutInfo("veri776", "re-id", "reid",
                "name_query.txt and name_test.txt over image_query/ and image_test/ "
                "(0002_c002_00030600_0.jpg: label 2, camera 2)",
@@ -80,7 +80,7 @@ LAYOUTS: tuple[LayoutInfo, ...] = (
                "list_eval_partition.txt (count line, 'image_name item_id evaluation_status' "
                "header; query and gallery rows) under BENCH_ROOT or Eval/, images under "
                "BENCH_ROOT or Img/", ("query", "gallery"), "embeval cmc {query} {gallery}",
-               ("list_eval_partition.txt",)),
+               ("list_eval_partition.txt|Eval/list_eval_partition.txt",)),
     LayoutInfo("cub200", "metric learning", "metric_learning",
                "images.txt, image_class_labels.txt and images/: classes 101-200 (the second 100)",
                ("images",), "embeval cmc {images} {images} --exclude-self",
@@ -127,7 +127,8 @@ def detect_layouts(root: str | Path) -> list[str]:
     p = Path(root)
     if p.is_file():
         return ["insightface-bin"] if p.suffix.lower() == ".bin" else []
-    found = [i.name for i in LAYOUTS if i.markers and all((p / m).exists() for m in i.markers)]
+    found = [i.name for i in LAYOUTS if i.markers and all(
+        any((p / alt).exists() for alt in m.split("|")) for m in i.markers)]
     if found == ["market1501"] and "duke" in p.resolve().name.lower():
         found = ["dukemtmc-reid"]
     if "msmt17" in found or "veri776" in found:  # their own lists win over a folder match
