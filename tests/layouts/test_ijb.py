@@ -44,7 +44,7 @@ def test_similarity_transform_is_the_least_squares_solution():
 def test_align_face_samples_where_the_inverse_transform_points():
     rng = np.random.default_rng(1)
     pixels = rng.integers(0, 256, (150, 130, 3)).astype(np.uint8)
-    m = similarity(0.8, 0.2, 10, -4)
+    m = similarity(1.2, 0.2, -20, -30)
     landmarks = (ARCFACE_112 - m[:, 2]) @ np.linalg.inv(m[:, :2]).T  # mapped onto the template
     out = np.asarray(align_face(Image.fromarray(pixels), landmarks)).astype(np.float64)
     assert out.shape == (112, 112, 3)
