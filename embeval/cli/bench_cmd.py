@@ -49,7 +49,9 @@ def run_benchmark(info: LayoutInfo, model: str, root: Path, out: Path | None, *,
         raise OptionError(f"--layout {info.name}: give -o/--out "
                           f"{'FILE' if len(info.sets) == 1 else 'DIR (query and gallery files)'}")
     files, sidecars = benchmark_outputs(info, out)
-    check_outputs({f"--out ({k})": v for k, v in {**files, **sidecars}.items()},
+    sidecars_or_pooled = {**sidecars, **{n: _pooled_path(info, out, n) for n in _POOLED.get(
+        info.name, ())}}
+    check_outputs({f"--out ({k})": v for k, v in {**files, **sidecars_or_pooled}.items()},
                   inputs=[root] + [p for p in (Path(model), model_options.get("weights")) if p])
     from embeval.engine.similarity import resolve_device
     from embeval.extract import ExtractOptions, extract_to_files
@@ -81,17 +83,21 @@ def run_benchmark(info: LayoutInfo, model: str, root: Path, out: Path | None, *,
     with _images_bar("extracting") as update:
         results = extract_to_files(loaded, [(bench.sets[s], files[s]) for s in info.sets],
                                    options, resume=resume, progress=update, metadata=meta)
+    pooled = {name: _pooled_path(info, out, name) for name in bench.pooled}
     try:
         with transaction():
             for name, path in sidecars.items():
                 with atomic_path(path) as tmp:
                     tmp.write_text(bench.sidecars[name], encoding="utf-8")
+            if pooled:
+                _write_pooled(bench, files[info.sets[0]], pooled)
     except BaseException:  # the embeddings without their pairs would be half a benchmark
         for path in files.values():
             path.unlink(missing_ok=True)
         raise
     wall = time.perf_counter() - start
     command = protocol_command(info, files, sidecars, bench.counts)
+    more = [c.format(**{k: str(v) for k, v in pooled.items()}) for c in bench.commands]
     rows = [{"set": s, "path": str(path), "n": ext.embeddings.shape[0],
              "dim": ext.embeddings.shape[1], "skipped": [n for n, _ in ext.skipped],
              "resumed": len(ext.images) - ext.computed, "seconds": round(ext.seconds, 3),
@@ -103,16 +109,49 @@ def run_benchmark(info: LayoutInfo, model: str, root: Path, out: Path | None, *,
                           "flip": options.flip, "flip_sum": flip_sum,
                           "normalized": options.normalize, "seconds": round(wall, 3),
                           "counts": bench.counts, "files": rows,
-                          "sidecars": {k: str(v) for k, v in sidecars.items()},
-                          "protocol": command}))
+                          "sidecars": {k: str(v) for k, v in {**sidecars, **pooled}.items()},
+                          "protocol": command, "protocols": [command, *more]}))
         return
     stdout.print(_summary(rows, f"extract: {loaded.name} on {dev}, layout {info.name}"))
     print(f"read: {counts}", flush=True)
     for r in rows:
         print(f"{r['set']}: {r['path']}", flush=True)
-    for name, path in sidecars.items():
+    for name, path in {**sidecars, **pooled}.items():
         print(f"{name}: {path}", flush=True)
-    print(f"protocol: {command}", flush=True)
+    for c in (command, *more):
+        print(f"protocol: {c}", flush=True)
+
+
+#: template-level files a layout may write (IJB 1:N), checked before any work
+_POOLED = {"ijbc": ("probe_mixed", "gallery_G1", "gallery_G2"),
+           "ijbb": ("probe_mixed", "gallery_S1", "gallery_S2")}
+
+
+def _pooled_path(info: LayoutInfo, out: Path, name: str) -> Path:
+    """``ijbc.safetensors`` -> ``ijbc.<name>.safetensors`` (pooled templates)."""
+    stem = out.with_suffix("") if out.suffix == ".safetensors" else out
+    return stem.parent / f"{stem.name}.{name}.safetensors"
+
+
+def _write_pooled(bench: Any, items_file: Path, pooled: dict[str, Path]) -> None:
+    """Pool the written items into templates and write each 1:N list's templates (labels:
+    the subject ids; rows in ascending template id)."""
+    import torch
+
+    from embeval.data.store import load, save
+    from embeval.verification.pairs import pool_templates
+
+    s = load(items_file)
+    templates, ids = pool_templates(s)
+    row = {int(t): i for i, t in enumerate(ids.tolist())}
+    for name, path in pooled.items():
+        subjects = bench.pooled[name]
+        tids = sorted(subjects)
+        index = torch.tensor([row[t] for t in tids], dtype=torch.int64)
+        save(path, templates.embeddings[index], [subjects[t] for t in tids],
+             metadata={**{k: v for k, v in s.metadata.items() if k != "label_names"},
+                       "pooled": "templates", "list": name},
+             extra={"templates": torch.tensor(tids, dtype=torch.int64)})
 
 
 @app.command("layouts")

@@ -28,6 +28,11 @@ class Benchmark:
     sidecars: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
     indexed: bool = False
+    #: template-level outputs (IJB 1:N): name -> {template id: subject id}; after extraction the
+    #: items are pooled by their ``templates`` / ``media`` tensors and these templates written
+    pooled: dict[str, dict[int, int]] = field(default_factory=dict)
+    #: more protocol commands (IJB 1:N), with the same placeholders as the layout's command
+    commands: list[str] = field(default_factory=list)
 
 
 def need_file(path: Path, what: str = "") -> Path:

@@ -105,6 +105,49 @@ def read(name: str, root: Path) -> Benchmark:
     genuine = sum(s for _, _, s in rows)
     counts = {"images": len(files), "templates": len(known), "media": len(set(media)),
               "pairs": len(rows), "genuine": genuine, "impostor": len(rows) - genuine}
-    return Benchmark(name, {"images": images}, counts, {"pairs": pairs_csv(rows)},
-                     {"benchmark": name, "aligned": "arcface-112", "faceness_weighted": "true"},
-                     indexed=True)
+    bench = Benchmark(name, {"images": images}, counts, {"pairs": pairs_csv(rows)},
+                      {"benchmark": name, "aligned": "arcface-112", "faceness_weighted": "true"},
+                      indexed=True)
+    _one_to_n(bench, meta, t, known, tid_file.name)
+    return bench
+
+
+#: the 1:N lists: probe, then the two galleries (IJB-C G1 / G2, IJB-B S1 / S2)
+ONE_TO_N = {"ijbc": ("probe_mixed", "gallery_G1", "gallery_G2"),
+            "ijbb": ("probe_mixed", "gallery_S1", "gallery_S2")}
+
+
+def read_subject_list(path: Path, known: set[int], tid_name: str) -> dict[int, int]:
+    """{template id: subject id} of a 1:N list (CSV, header ``TEMPLATE_ID,SUBJECT_ID,...``)."""
+    rows = list(text_lines(path))
+    if not rows or not rows[0][1].upper().startswith("TEMPLATE_ID,SUBJECT_ID"):
+        raise InputFileError(path, "line 1: expected the header 'TEMPLATE_ID,SUBJECT_ID,...'")
+    out: dict[int, int] = {}
+    for n, text in rows[1:]:
+        parts = text.split(",")
+        if len(parts) < 2:
+            raise InputFileError(path, f"line {n}: expected TEMPLATE_ID,SUBJECT_ID,..., got "
+                                       f"{len(parts)} field(s)")
+        tid = as_int(path, n, parts[0].strip(), "template id")
+        sid = as_int(path, n, parts[1].strip(), "subject id")
+        if tid not in known:
+            raise InputFileError(path, f"line {n}: unknown template id {tid} (not in {tid_name})")
+        if out.setdefault(tid, sid) != sid:
+            raise InputFileError(path, f"line {n}: template {tid} has subjects {out[tid]} and {sid}")
+    if not out:
+        raise InputFileError(path, "lists no templates")
+    return out
+
+
+def _one_to_n(bench: Benchmark, meta: Path, t: str, known: set[int], tid_name: str) -> None:
+    """Add the 1:N probe and gallery templates when the three lists are there."""
+    names = ONE_TO_N[t]
+    paths = [meta / f"{t}_1N_{n}.csv" for n in names]
+    if not any(p.exists() for p in paths):
+        return
+    for n, p in zip(names, paths):
+        bench.pooled[n] = read_subject_list(p, known, tid_name)
+        bench.counts[f"1N_{n}"] = len(bench.pooled[n])
+    probe, g1, g2 = names
+    for g in (g1, g2):
+        bench.commands.append(f"embeval identify {{{probe}}} {{{g}}}")

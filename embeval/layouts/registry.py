@@ -101,12 +101,16 @@ LAYOUTS: tuple[LayoutInfo, ...] = (
     LayoutInfo("ijbc", "faces", "ijb",
                "meta/ijbc_face_tid_mid.txt, meta/ijbc_template_pair_label.txt, "
                "meta/ijbc_name_5pts_score.txt, loose_crop/ (aligned to the ArcFace 112x112 "
-               "template; faceness-weighted)", ("images",),
+               "template; faceness-weighted); 1:N: meta/ijbc_1N_probe_mixed.csv, "
+               "ijbc_1N_gallery_G1.csv, ijbc_1N_gallery_G2.csv (pooled templates, then "
+               "embeval identify)", ("images",),
                "embeval verify {images} {images} --templates --pairs {pairs} --far-rule nearest",
                ("meta/ijbc_face_tid_mid.txt",), ("pairs",), f"extract with --flip {_FACE}"),
     LayoutInfo("ijbb", "faces", "ijb",
                "meta/ijbb_face_tid_mid.txt, meta/ijbb_template_pair_label.txt, "
-               "meta/ijbb_name_5pts_score.txt, loose_crop/, as ijbc", ("images",),
+               "meta/ijbb_name_5pts_score.txt, loose_crop/ and the 1:N lists "
+               "ijbb_1N_probe_mixed.csv, ijbb_1N_gallery_S1.csv, ijbb_1N_gallery_S2.csv, as "
+               "ijbc", ("images",),
                "embeval verify {images} {images} --templates --pairs {pairs} --far-rule nearest",
                ("meta/ijbb_face_tid_mid.txt",), ("pairs",), f"extract with --flip {_FACE}"),
 )

@@ -151,3 +151,57 @@ def test_a_missing_crop_names_the_landmarks_line(tmp_path, capsys):
     (root / "loose_crop" / "4.jpg").unlink()
     rc, _, err = cli(capsys, "extract", MODEL, root, "-o", tmp_path / "o.safetensors", *FAST)
     assert rc == 2 and "ijbc_name_5pts_score.txt: line 4: image" in err
+
+
+def write_one_to_n(root, t="ijbc"):
+    """Probe templates 1 and 4 (subjects 10, 30), galleries G1 = {2: 10, 3: 20}, G2 = {3: 20}."""
+    header = "TEMPLATE_ID,SUBJECT_ID,FILENAME,SUBJECT_LIMBS,FACE_X,FACE_Y,FACE_WIDTH,FACE_HEIGHT\n"
+    lists = {"probe_mixed": [(1, 10, "1.jpg"), (1, 10, "2.jpg"), (4, 30, "6.jpg")],
+             "gallery_G1": [(2, 10, "3.jpg"), (3, 20, "4.jpg"), (3, 20, "5.jpg")],
+             "gallery_G2": [(3, 20, "4.jpg")]}
+    for name, rows in lists.items():
+        (root / "meta" / f"{t}_1N_{name}.csv").write_text(
+            header + "".join(f"{a},{b},img/{c},0,1,2,3,4\n" for a, b, c in rows))
+    return lists
+
+
+def test_one_to_n_templates_are_pooled_per_list(tmp_path, capsys):
+    root = tmp_path / "IJBC"
+    images, _, _ = write_ijb(root)
+    lists = write_one_to_n(root)
+    out = tmp_path / "ijbc.safetensors"
+    rc, stdout, err = cli(capsys, "extract", MODEL, root, "--flip", "-o", out, *FAST)
+    assert rc == 0, err
+    assert "1N_probe_mixed 2, 1N_gallery_G1 2, 1N_gallery_G2 1" in stdout
+    items = store.load(out).embeddings.double().numpy()
+    for name, rows in lists.items():
+        f = tmp_path / f"ijbc.{name}.safetensors"
+        s = store.load(f)
+        want_tids = sorted({a for a, _, _ in rows})
+        assert s.labels.tolist() == [next(b for a, b, _ in rows if a == t) for t in want_tids]
+        for k, t in enumerate(want_tids):  # insightface: media means summed, L2-normalised
+            media = sorted({m for _, tt, m in images if tt == t})
+            total = sum(items[[i for i, (_, tt, mm) in enumerate(images) if tt == t and mm == m]]
+                        .mean(0) for m in media)
+            np.testing.assert_allclose(s.embeddings[k].numpy(), total / np.linalg.norm(total),
+                                       atol=1e-6)
+    commands = [line[len("protocol: "):] for line in stdout.splitlines()
+                if line.startswith("protocol: ")]
+    assert commands[1:] == [f"embeval identify {tmp_path}/ijbc.probe_mixed.safetensors "
+                            f"{tmp_path}/ijbc.gallery_{g}.safetensors" for g in ("G1", "G2")]
+    probe = store.load(tmp_path / "ijbc.probe_mixed.safetensors").embeddings.double().numpy()
+    g1 = store.load(tmp_path / "ijbc.gallery_G1.safetensors").embeddings.double().numpy()
+    top = (probe[0] @ g1.T).argmax()  # probe template 1 (subject 10) is the one mated probe
+    rc, text, err = cli(capsys, *commands[1].split()[1:], "-k", "1", "--json")
+    assert rc == 0, err
+    assert json.loads(text)["metrics"]["rank1"] == float(top == 0)
+
+
+def test_an_unknown_template_in_a_one_to_n_list_exits_2(tmp_path, capsys):
+    root = tmp_path / "IJBC"
+    write_ijb(root)
+    write_one_to_n(root)
+    path = root / "meta" / "ijbc_1N_gallery_G2.csv"
+    path.write_text(path.read_text() + "99,20,img/9.jpg,0,1,2,3,4\n")
+    rc, _, err = cli(capsys, "extract", MODEL, root, "-o", tmp_path / "o.safetensors", *FAST)
+    assert rc == 2 and "ijbc_1N_gallery_G2.csv: line 3: unknown template id 99" in err
