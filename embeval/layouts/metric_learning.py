@@ -126,13 +126,14 @@ def _cub200(name: str, root: Path) -> Benchmark:
 
 
 def read_cars_annos(path: Path) -> list[tuple[str, int]]:
-    """(relative_im_path, class) of every annotation of ``cars_annos.mat`` (scipy's MAT
-    reader: no pickle, no code)."""
+    """(relative_im_path, class) of every annotation of ``cars_annos.mat``: scipy's MAT reader
+    when scipy is installed, else :func:`embeval.layouts.matfile.read_mat` (both pure parsing:
+    no pickle, no code)."""
     need_file(path)
     try:
         from scipy.io import loadmat
     except ImportError:
-        raise InputFileError(path, "reading a .mat file needs scipy (pip install scipy)") from None
+        return _annos_builtin(path)
     try:
         mat = loadmat(str(path), squeeze_me=True, struct_as_record=True)
     except Exception as e:  # scipy raises many types for a corrupt file
@@ -145,6 +146,21 @@ def read_cars_annos(path: Path) -> list[tuple[str, int]]:
     except (KeyError, ValueError, TypeError, IndexError) as e:
         raise InputFileError(path, f"annotations lack relative_im_path / class as "
                                    f"cars_annos.mat has them ({type(e).__name__}: {e})") from None
+
+
+def _annos_builtin(path: Path) -> list[tuple[str, int]]:
+    from embeval.layouts.matfile import read_mat
+
+    ann = read_mat(path).get("annotations")
+    if not isinstance(ann, list) or not all(isinstance(a, dict) for a in ann):
+        raise InputFileError(path, "no 'annotations' struct array (cars_annos.mat's)")
+    out = []
+    for i, a in enumerate(ann, 1):
+        rel, cls = a.get("relative_im_path"), a.get("class")
+        if not isinstance(rel, str) or not isinstance(cls, (int, float)) or cls != int(cls):
+            raise InputFileError(path, f"annotation {i}: no relative_im_path / integer class")
+        out.append((rel, int(cls)))
+    return out
 
 
 def _cars196(name: str, root: Path) -> Benchmark:

@@ -10,6 +10,7 @@ from helpers.benchmarks import write_jpeg
 from helpers.cli import cli
 
 from embeval.data import store
+from embeval.errors import InputFileError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 MODEL = "helpers.models:tiny_net"
@@ -156,3 +157,24 @@ def test_a_broken_mat_file_exits_2(tmp_path, capsys):
     (root / "cars_annos.mat").write_bytes(b"MATLAB 5.0 MAT-file" + b"\0" * 50)
     rc, _, err = cli(capsys, "extract", MODEL, root, "-o", tmp_path / "o.safetensors", *FAST)
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "cars_annos.mat" in err
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_the_builtin_mat_reader_reads_what_scipy_reads(tmp_path, monkeypatch, compressed):
+    scipy_io = pytest.importorskip("scipy.io")
+    from embeval.layouts.matfile import read_mat
+    from embeval.layouts.metric_learning import read_cars_annos
+
+    root, _ = write_cars(tmp_path)
+    mat = root / "cars_annos.mat"
+    data = scipy_io.loadmat(str(mat), squeeze_me=True, struct_as_record=True)
+    scipy_io.savemat(str(mat), {"annotations": data["annotations"][None, :]},
+                     do_compression=compressed)
+    with_scipy = read_cars_annos(mat)
+    monkeypatch.setitem(__import__("sys").modules, "scipy.io", None)  # as if not installed
+    assert read_cars_annos(mat) == with_scipy
+    assert [c for _, c in with_scipy] == [1, 98, 99, 99, 99, 150, 150, 196, 196]
+    assert read_mat(mat)["annotations"][0]["relative_im_path"] == "car_ims/000001.jpg"
+    mat.write_bytes(mat.read_bytes()[:200])  # truncated
+    with pytest.raises(InputFileError, match="cars_annos.mat: not a readable MAT-file"):
+        read_cars_annos(mat)
