@@ -167,6 +167,9 @@ def _benchmark_layout(layout: str, images: Path | None, query: Path | None,
     """The benchmark layout to read (a LayoutInfo), or None for an image-set layout."""
     from embeval.layouts.registry import detect_layouts, layout_info
 
+    if layout == "market1501" and images is not None and images.is_dir() \
+            and "market1501" in detect_layouts(images):  # the benchmark, not a flat folder
+        return _check_benchmark_args(layout_info(layout), query, gallery, out_dir, label_regex)
     if layout in LAYOUTS:
         if layout != "auto" or images is None or label_regex is not None or not images.exists():
             return None
@@ -179,11 +182,16 @@ def _benchmark_layout(layout: str, images: Path | None, query: Path | None,
         info = layout_info(found[0])
     else:
         info = layout_info(layout)
+    if images is None:
+        raise OptionError(f"--layout {info.name}: give BENCH_ROOT (the benchmark's folder or file)")
+    return _check_benchmark_args(info, query, gallery, out_dir, label_regex)
+
+
+def _check_benchmark_args(info: Any, query: Path | None, gallery: Path | None,
+                          out_dir: Path | None, label_regex: str | None) -> Any:
     if query is not None or gallery is not None or out_dir is not None or label_regex:
         raise OptionError(f"--layout {info.name}: give BENCH_ROOT -o OUT (not --query, "
                           "--gallery, --out-dir or --label-regex)")
-    if images is None:
-        raise OptionError(f"--layout {info.name}: give BENCH_ROOT (the benchmark's folder or file)")
     return info
 
 

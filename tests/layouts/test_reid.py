@@ -125,3 +125,17 @@ def test_bad_lists_name_the_file_and_line(tmp_path, capsys, layout, edit, proble
     rc, _, err = cli(capsys, "extract", MODEL, base, "--layout", layout, "-o", tmp_path / "o", *FAST)
     assert rc == 2 and len(err.strip().splitlines()) == 1, err
     assert problem in err
+
+
+def test_layout_market1501_reads_the_benchmark_or_a_flat_folder(tmp_path, capsys):
+    root = write_market(tmp_path / "Market")
+    rc, stdout, err = cli(capsys, "extract", MODEL, root, "--layout", "market1501",
+                          "-o", tmp_path / "m", *FAST)
+    assert rc == 0, err
+    assert "protocol: embeval cmc" in stdout
+    assert store.load(tmp_path / "m" / "gallery.safetensors").n == len(GALLERY)
+    # a flat folder of Market-named images: the image-set layout, as before
+    rc, _, err = cli(capsys, "extract", MODEL, root / "query", "--layout", "market1501",
+                     "-o", tmp_path / "q.safetensors", *FAST)
+    assert rc == 0, err
+    assert sorted(store.load(tmp_path / "q.safetensors").labels.tolist()) == sorted(p for p, _ in QUERY)
