@@ -78,7 +78,8 @@ def run_benchmark(info: LayoutInfo, model: str, root: Path, out: Path | None, *,
                                                   if k != "device"})
     if len(info.sets) > 1:
         _make_dir(out)
-    meta = {"layout": info.name, **bench.metadata, **({"flip_sum": "true"} if flip_sum else {})}
+    meta = {"layout": info.name, **bench.metadata, **({"flip_sum": "true"} if flip_sum else {}),
+            **{f"{name}_file": path.name for name, path in sidecars.items()}}  # found beside it
     start = time.perf_counter()
     with _images_bar("extracting") as update:
         results = extract_to_files(loaded, [(bench.sets[s], files[s]) for s in info.sets],

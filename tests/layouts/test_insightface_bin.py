@@ -101,6 +101,7 @@ def test_flip_sum_embeddings_pairs_and_the_folds_protocol(tmp_path, capsys):
     s = store.load(out)
     assert s.n == 40 and s.metadata["layout"] == "insightface-bin"
     assert s.metadata["flip_sum"] == "true" and s.metadata["normalized"] == "true"
+    assert s.metadata["pairs_file"] == "lfw.pairs.csv"
     # by hand: normalise(f(x) + f(mirror x)) on the decoded 12x12 images, (x/255 - .5) / .5
     net, prep = tiny_net(), Preprocessing((12, 12), mean=(.5, .5, .5), std=(.5, .5, .5))
     import io
