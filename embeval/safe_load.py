@@ -19,6 +19,10 @@ code or evaluate Python source taken from a file.
 - :func:`load_torchscript`: ``torch.jit.load(map_location="cpu")``, whose C++ unpickler
   only builds TorchScript types (tensors, containers, TorchScript classes) and whose code
   is TorchScript (registered operators), never Python.
+- :func:`load_plain_pickle`: a benchmark's pickle (insightface ``.bin``, revisitop
+  ``gnd_*.pkl``) read by an unpickler that resolves no global at all (plain values only:
+  None, bools, numbers, str, bytes, lists, tuples, dicts, sets), or, with ``numpy_arrays``,
+  a closed allowlist of numpy's array and scalar reconstruction; persistent ids refused.
 """
 
 from __future__ import annotations
@@ -26,12 +30,14 @@ from __future__ import annotations
 import ast
 import contextlib
 import functools
+import importlib
 import io
 import json
 import logging
 import math
 import operator
 import os
+import pickle
 import re
 import warnings
 import zipfile
@@ -44,7 +50,7 @@ from torch import nn
 
 from embeval.errors import InputFileError
 
-__all__ = ["load_tensors", "load_exported", "load_torchscript"]
+__all__ = ["load_tensors", "load_exported", "load_torchscript", "load_plain_pickle"]
 
 _FORCE_WO = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
 _FORCE_NO_WO = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
@@ -416,3 +422,57 @@ def _allowed_target(target: Any) -> bool:
         return target in _BUILTIN_OPS
     except TypeError:  # unhashable
         return False
+
+
+# ------------------------------------------------------------------ plain pickles
+
+
+#: the only globals :func:`load_plain_pickle` resolves with ``numpy_arrays`` (numpy's own
+#: ``ndarray.__reduce__`` / scalar / dtype reconstruction, numpy 1.x and 2.x module names)
+_NUMPY_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+}
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """An unpickler that builds plain values only: every global (and so every callable a
+    ``REDUCE`` / ``BUILD`` could run) is refused, except numpy's array reconstruction when
+    ``numpy_arrays`` is set."""
+
+    def __init__(self, f: io.BytesIO, numpy_arrays: bool) -> None:
+        super().__init__(f, encoding="bytes")  # Python 2 str -> bytes, as insightface reads
+        self._numpy = numpy_arrays
+
+    def find_class(self, module: str, name: str) -> Any:
+        if self._numpy and (module, name) in _NUMPY_GLOBALS:
+            return getattr(importlib.import_module(module), name)
+        raise pickle.UnpicklingError(f"refused global {module}.{name}: only plain values "
+                                     "are read")
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise pickle.UnpicklingError("refused persistent id: only plain values are read")
+
+
+def load_plain_pickle(path: str | os.PathLike[str], *, numpy_arrays: bool = False) -> Any:
+    """A pickle of plain values, read without resolving any global (raises InputFileError).
+
+    Python 2 ``str`` comes back as ``bytes`` (``encoding="bytes"``). With ``numpy_arrays``
+    numpy arrays and scalars are rebuilt (numpy's reconstruction functions only).
+    """
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise InputFileError(p, f"cannot read ({e.strerror or e})") from None
+    try:
+        unpickler = _PlainUnpickler(io.BytesIO(data), numpy_arrays)
+        obj = unpickler.load()
+    except pickle.UnpicklingError as e:
+        raise InputFileError(p, f"not a pickle of plain values ({_reason(e)})") from None
+    except (EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError,
+            OverflowError, MemoryError, RecursionError, UnicodeDecodeError) as e:
+        raise InputFileError(p, f"not a readable pickle ({type(e).__name__}: "
+                                f"{_reason(e)})") from None
+    return obj

@@ -229,3 +229,31 @@ def test_load_tensors_reads_tensors_and_refuses_objects(tmp_path):
     assert not (tmp_path / "pwned").exists()
     with pytest.raises(InputFileError, match="missing.pt: cannot read"):
         load_tensors(tmp_path / "missing.pt")
+
+
+# ------------------------------------------------------------------ plain pickles
+
+
+@pytest.mark.parametrize("payload", [
+    b"\x80\x02cbuiltins\nopen\nq\x00X\x01\x00\x00\x00mq\x01X\x01\x00\x00\x00wq\x02\x86R.",  # GLOBAL
+    b"\x80\x02(cbuiltins\nopen\nX\x01\x00\x00\x00mX\x01\x00\x00\x00wo.",  # OBJ
+    b"(ibuiltins\nopen\nX\x01\x00\x00\x00mX\x01\x00\x00\x00w.",  # INST
+    b"\x80\x02\x82\x01.",  # EXT1: an extension code resolves a global too
+    b"\x80\x02X\x01\x00\x00\x00pQ.",  # BINPERSID
+])
+def test_plain_pickle_resolves_no_global(tmp_path, monkeypatch, payload):
+    monkeypatch.chdir(tmp_path)
+    f = tmp_path / "x.pkl"
+    f.write_bytes(payload)
+    with pytest.raises(InputFileError, match=r"x\.pkl") as e:
+        safe_load.load_plain_pickle(f)
+    assert "refused" in str(e.value) or "not a readable pickle" in str(e.value)
+    assert not (tmp_path / "m").exists()
+
+
+def test_plain_pickle_reads_plain_values(tmp_path):
+    f = tmp_path / "x.pkl"
+    value = {"imlist": ["a", "b"], "gnd": [{"bbx": [1.5, 2.0, 3, 4], "easy": [0, 1]}],
+             "flags": (True, False, None), "raw": b"\xff\x00", "set": {1, 2}}
+    f.write_bytes(pickle.dumps(value, protocol=4))
+    assert safe_load.load_plain_pickle(f) == value

@@ -21,6 +21,7 @@ from embeval._vocab import BACKBONE_NAMES, LAYOUTS
 from embeval.errors import InputFileError, OptionError
 from embeval.outputs import check_outputs
 
+from . import bench_cmd  # noqa: F401  (registers layouts)
 from ._app import app, interactive, stderr, stdout
 from .evaluate_cmds import examples
 
@@ -29,7 +30,8 @@ H_W = "H W"
 
 EXTRACT_EXAMPLES = examples(
     "embeval extract run/best.safetensors --query data/query --gallery data/gallery --out-dir emb",
-    "embeval extract model.pt2 photos.csv -o photos.safetensors --size 256 128 --flip")
+    "embeval extract model.pt2 photos.csv -o photos.safetensors --size 256 128 --flip",
+    "embeval extract arcface.pt2 lfw.bin -o lfw.safetensors --flip-sum --size 112 112")
 
 
 @app.command("extract", no_args_is_help=True, epilog=EXTRACT_EXAMPLES)
@@ -60,12 +62,17 @@ def extract(
         metavar="R G B", help="Normalisation std (default ImageNet).")] = None,
     flip: Annotated[bool, typer.Option(
         "--flip", help="Average the embeddings of each image and its mirror image.")] = False,
+    flip_sum: Annotated[bool, typer.Option(
+        "--flip-sum", help="insightface's test embedding: image + mirror image embeddings "
+                           "summed, then L2-normalised (--flip --normalize).")] = False,
     normalize: Annotated[bool, typer.Option(
         "--normalize", help="L2-normalise the embeddings.")] = False,
     layout: Annotated[str, typer.Option(
         "--layout", metavar="LAYOUT",
-        help=f"Image set layout: {', '.join(LAYOUTS)} (auto: a CSV file or a class-folder "
-             "tree, or regex when --label-regex is given).")] = "auto",
+        help=f"Image set layout: {', '.join(LAYOUTS)} (auto: a benchmark recognised under "
+             "IMAGES, else a CSV file or a class-folder tree, or regex when --label-regex is "
+             "given), or a benchmark layout read as it ships (embeval layouts lists "
+             "them).")] = "auto",
     label_regex: Annotated[str | None, typer.Option(
         metavar="REGEX",
         help="Regex on flat file names with named groups 'label' and optional 'camera'.")] = None,
@@ -92,8 +99,24 @@ def extract(
         "--resume", help="Continue an interrupted run, reusing its finished chunks.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Embed images with a model: [bold]extract MODEL --query DIR --gallery DIR --out-dir DIR[/]
-    or [bold]extract MODEL IMAGES -o FILE[/]."""
+    """Embed images with a model: [bold]extract MODEL --query DIR --gallery DIR --out-dir DIR[/],
+    [bold]extract MODEL IMAGES -o FILE[/] or [bold]extract MODEL BENCH_ROOT --layout NAME -o OUT[/]."""
+    bench = _benchmark_layout(layout, images, query, gallery, out_dir, label_regex)
+    if bench is not None:
+        from .bench_cmd import run_benchmark
+
+        assert images is not None
+        run_benchmark(bench, model, images, out,
+                      model_options={"weights": weights, "layer": layer, "head": head},
+                      prep_options={"size": size, "crop": crop, "mean": mean, "std": std},
+                      run_options={"device": device, "batch_size": batch_size, "workers": workers,
+                                   "precision": precision, "flip": flip or flip_sum,
+                                   "normalize": normalize or flip_sum, "skip_bad": skip_bad,
+                                   "flip_sum": flip_sum},
+                      resume=resume, json_out=json_out)
+        return
+    if flip_sum:
+        flip = normalize = True
     sets = _jobs(images, out, query, gallery, out_dir)
     check_outputs({"--out" if out_dir is None else f"--out-dir ({name})": path
                    for name, _, path in sets},
@@ -136,6 +159,40 @@ def extract(
     stdout.print(_summary(rows, f"extract: {loaded.name} on {dev}"))
     for r in rows:  # whole paths, never cut to the terminal's width
         print(f"{r['set']}: {r['path']}", flush=True)
+
+
+def _benchmark_layout(layout: str, images: Path | None, query: Path | None,
+                      gallery: Path | None, out_dir: Path | None,
+                      label_regex: str | None) -> Any:
+    """The benchmark layout to read (a LayoutInfo), or None for an image-set layout."""
+    from embeval.layouts.registry import detect_layouts, layout_info
+
+    if layout == "market1501" and images is not None and images.is_dir() \
+            and "market1501" in detect_layouts(images):  # the benchmark, not a flat folder
+        return _check_benchmark_args(layout_info(layout), query, gallery, out_dir, label_regex)
+    if layout in LAYOUTS:
+        if layout != "auto" or images is None or label_regex is not None or not images.exists():
+            return None
+        found = detect_layouts(images)
+        if not found:
+            return None
+        if len(found) > 1:
+            raise OptionError(f"--layout auto: {images} matches the benchmark layouts "
+                              f"{', '.join(found)}; give --layout NAME")
+        info = layout_info(found[0])
+    else:
+        info = layout_info(layout)
+    if images is None:
+        raise OptionError(f"--layout {info.name}: give BENCH_ROOT (the benchmark's folder or file)")
+    return _check_benchmark_args(info, query, gallery, out_dir, label_regex)
+
+
+def _check_benchmark_args(info: Any, query: Path | None, gallery: Path | None,
+                          out_dir: Path | None, label_regex: str | None) -> Any:
+    if query is not None or gallery is not None or out_dir is not None or label_regex:
+        raise OptionError(f"--layout {info.name}: give BENCH_ROOT -o OUT (not --query, "
+                          "--gallery, --out-dir or --label-regex)")
+    return info
 
 
 def _summary(rows: list[dict], title: str) -> Table:

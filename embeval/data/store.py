@@ -252,11 +252,13 @@ def save(
     *,
     metadata: Mapping[str, str] | None = None,
     paths: Sequence[str] | None = None,
+    extra: Mapping[str, torch.Tensor] | None = None,
 ) -> Path:
     """Validate and write an embedding file atomically; returns the path.
 
     Tensors or numpy arrays. float64 embeddings are stored as float32 (metadata
     ``converted_from = "float64"``); integer labels / cameras of any dtype as int64.
+    ``extra``: more [N] tensors (``templates``, ``media``: int64; ``faceness``: float32).
     """
     p = Path(path)
     if not isinstance(embeddings, torch.Tensor):
@@ -265,6 +267,10 @@ def save(
     tensors = {"embeddings": s._emb.contiguous(), "labels": s.labels.contiguous()}  # type: ignore[union-attr]
     if s.cameras is not None:
         tensors["cameras"] = s.cameras.contiguous()
+    for key, value in (extra or {}).items():
+        if key in tensors or key.startswith("paths_") or value.shape != (s.n,):
+            raise ValueError(f"extra tensor {key!r}: a new name and shape [{s.n}] expected")
+        tensors[key] = value.contiguous()
     if paths is not None:
         encoded = [x.encode("utf-8") for x in paths]
         lengths = torch.tensor([0] + [len(b) for b in encoded], dtype=torch.int64)

@@ -26,6 +26,7 @@ decoded with Pillow and preprocessed in torch: bilinear antialiased resize to
 from __future__ import annotations
 
 import csv
+import io
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -65,6 +66,15 @@ class ImageList:
     cameras: list[int] | None = None
     label_names: list[str] | None = None
     junk_skipped: int = 0
+    #: benchmark layouts (:mod:`embeval.layouts`): encoded images held in memory (``files``
+    #: then only name them), query crops (left, top, right, bottom in pixels, or None), five
+    #: landmarks [5, 2] to align to the ArcFace template, per-item embedding multipliers
+    #: (IJB faceness scores) and extra [N] int64 tensors written to the file (templates, media)
+    blobs: list[bytes] | None = None
+    boxes: list[tuple[float, float, float, float] | None] | None = None
+    landmarks: np.ndarray | None = None
+    scales: list[float] | None = None
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -126,10 +136,11 @@ class Preprocessing:
         return ((x / 255.0 - self._mean) / self._std).contiguous()  # type: ignore[attr-defined]
 
 
-def decode_image(path: str | Path) -> Image.Image:
-    """Decode one image file with Pillow as RGB; raises :class:`InputFileError` if it cannot."""
+def decode_image(path: str | Path, data: bytes | None = None) -> Image.Image:
+    """Decode one image file (or its bytes ``data``, ``path`` naming them) with Pillow as RGB;
+    raises :class:`InputFileError` if it cannot."""
     try:
-        with Image.open(path) as opened:
+        with Image.open(path if data is None else io.BytesIO(data)) as opened:
             im: Image.Image = opened
             im.load()
             if im.mode == "RGB":
@@ -157,16 +168,35 @@ class ImageDataset(torch.utils.data.Dataset):
     the caller decides between stopping and skipping. Use :func:`collate` with it.
     """
 
-    def __init__(self, files: Sequence[Path], preprocessing: Preprocessing) -> None:
+    def __init__(self, files: Sequence[Path], preprocessing: Preprocessing, *,
+                 blobs: Sequence[bytes] | None = None,
+                 boxes: Sequence[tuple[float, float, float, float] | None] | None = None,
+                 landmarks: np.ndarray | None = None) -> None:
         self.files = list(files)
         self.preprocessing = preprocessing
+        self.blobs, self.boxes, self.landmarks = blobs, boxes, landmarks
+
+    @classmethod
+    def of(cls, images: ImageList, preprocessing: Preprocessing) -> ImageDataset:
+        """The dataset of an :class:`ImageList` (with its blobs, crops and landmarks)."""
+        return cls(images.files, preprocessing, blobs=images.blobs, boxes=images.boxes,
+                   landmarks=images.landmarks)
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
         try:
-            return i, self.preprocessing(load_image(self.files[i])), None
+            im = decode_image(self.files[i], None if self.blobs is None else self.blobs[i])
+            box = None if self.boxes is None else self.boxes[i]
+            if box is not None:
+                im = im.crop(box)  # Pillow rounds the box, as cirtorch's imcrop does
+            if self.landmarks is not None:
+                from embeval.extract.align import align_face
+
+                im = align_face(im, self.landmarks[i])
+            arr = np.array(im, dtype=np.uint8)
+            return i, self.preprocessing(torch.from_numpy(arr).permute(2, 0, 1)), None
         except InputFileError as e:
             return i, None, e.problem
 

@@ -125,7 +125,7 @@ def embed_images(model: LoadedModel, images: ImageList, options: ExtractOptions,
     batches = [list(range(a, min(a + o.batch_size, (k + 1) * c, n)))
                for k in pending for a in range(k * c, min((k + 1) * c, n), o.batch_size)]
     workers = min(4, os.cpu_count() or 1) if o.workers is None else o.workers
-    loader = DataLoader(ImageDataset(images.files, o.preprocessing), batch_sampler=batches,
+    loader = DataLoader(ImageDataset.of(images, o.preprocessing), batch_sampler=batches,
                         num_workers=min(workers, len(batches)), collate_fn=ImageDataset.collate,
                         pin_memory=device.type == "cuda")
     parts: dict[int, _Chunk] = {}
@@ -137,7 +137,10 @@ def embed_images(model: LoadedModel, images: ImageList, options: ExtractOptions,
         k = int(index[0] if len(index) else errors[0][0]) // c
         acc = parts.setdefault(k, _Chunk())
         if batch is not None:
-            acc.embeddings.append(run(batch))
+            y = run(batch)
+            if images.scales is not None:  # IJB faceness weights (after flip / normalise)
+                y = y * torch.tensor([images.scales[i] for i in index.tolist()])[:, None]
+            acc.embeddings.append(y)
             acc.index.append(index)
         acc.bad_index += [i for i, _ in errors]
         acc.bad_problems += [p for _, p in errors]
@@ -211,7 +214,8 @@ def _save(out: Path, ext: Extraction, model: LoadedModel, o: ExtractOptions,
         meta["junk_skipped"] = str(im.junk_skipped)
     save(out, ext.embeddings, [im.labels[i] for i in kept],
          None if im.cameras is None else [im.cameras[i] for i in kept],
-         metadata=meta, paths=[im.names[i] for i in kept])
+         metadata=meta, paths=[im.names[i] for i in kept],
+         extra={k: v[ext.kept] for k, v in im.tensors.items()})
 
 
 # ---------------------------------------------------------------- forward pass
@@ -264,6 +268,12 @@ def _fingerprint(model: LoadedModel, images: ImageList, o: ExtractOptions) -> st
                          o.precision, o.chunk_size, len(images)]).encode())
     for f in images.files:
         h.update(str(f).encode() + b"\0")
+    for extra in (images.boxes, images.scales, images.landmarks):
+        if extra is not None:
+            h.update(json.dumps(extra.tolist() if hasattr(extra, "tolist") else extra).encode())
+    if images.blobs is not None:
+        for b in images.blobs:
+            h.update(hashlib.sha256(b).digest())
     return h.hexdigest()
 
 
