@@ -160,7 +160,7 @@ def rank_tiles(q_ptr, g_ptr, qa_ptr, ga_ptr, qlab_ptr, glab_ptr, own_off_ptr, ow
         # the histogram: survivors only (at or above the lowest positive - eps)
         surv = (sm >= thr[:, None]) & (sm > float("-inf"))
         amb = tl.zeros((BQ, BG), tl.int1)
-        if tl.max(surv.to(tl.int32), axis=0) > 0:
+        if tl.max(surv.to(tl.int32), axis=None) > 0:
             blo = tl.zeros((BQ, BG), tl.int64)
             bhi = tl.zeros((BQ, BG), tl.int64) + npos[:, None]
             for _ in range(pos_steps):  # blo = how many positives are <= s
