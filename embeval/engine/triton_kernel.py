@@ -92,7 +92,7 @@ def rank_tiles(q_ptr, g_ptr, qa_ptr, ga_ptr, qlab_ptr, glab_ptr, own_off_ptr, ow
                         mask=rmask[:, None] & kmask[None, :], other=0.0)
             b = tl.load(g_ptr + cols64[None, :] * dim + ks[:, None],
                         mask=kmask[:, None] & cmask[None, :], other=0.0)
-            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+            acc += tl.dot(a, b, input_precision=PRECISION)  # a fresh sum per chunk: short chains
         ga = tl.load(ga_ptr + cols64, mask=cmask, other=0.0)
         if MODE == 0:
             s = acc

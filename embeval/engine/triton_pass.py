@@ -30,7 +30,7 @@ import torch
 
 from embeval.data.store import EmbeddingSet
 from embeval.engine import plan
-from embeval.engine.fused_bound import KERNEL_PRECISION
+from embeval.engine.fused_bound import CHUNK, KERNEL_PRECISION
 from embeval.engine.similarity import METRIC_CODES, canonical_dot, check_finite_scores, transform
 from embeval.engine.torch_pass import device_blocks
 from embeval.errors import OptionError
@@ -81,6 +81,9 @@ def negative_pass(stats, query: EmbeddingSet, gallery: EmbeddingSet, qemb: torch
         raise OptionError("backend triton: fp32 without top-k only (rank_stats gives the rest to "
                           "the torch pass)", param="backend")
     bq, bg, bk, warps, stages = tiles or (CUDA_TILES if device.type == "cuda" else INTERPRETER_TILES)
+    if bk > CHUNK:  # the rounding bound (embeval.engine.fused_bound) assumes chunks of ≤ CHUNK
+        raise OptionError(f"backend triton: tile depth {bk} above the bound's chunk {CHUNK}",
+                          param="backend")
     nq = query.n
     a, b = g_range
     if nq == 0 or b <= a:

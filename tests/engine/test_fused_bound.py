@@ -13,10 +13,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from embeval.engine.fused_bound import fused_tolerance, kernel_dot_error
+from embeval.engine.fused_bound import CHUNK, fused_tolerance, kernel_dot_error
 from embeval.engine.similarity import aux, canonical_dot, transform
 
-ORDERS = ("interleaved", "big_last", "reversed", "shuffled")
 
 
 def tf32(x: torch.Tensor) -> torch.Tensor:
@@ -31,24 +30,34 @@ def toward_zero(x: torch.Tensor) -> torch.Tensor:
     return torch.where(over, f.nextafter(torch.zeros_like(f)), f)
 
 
-def tf32x3(q: torch.Tensor, g: torch.Tensor, order: str, split: bool = True) -> torch.Tensor:
-    """[n] the emulated kernel dot products of the rows of ``q``, ``g`` ([n, D] float32)."""
+def tf32x3(q: torch.Tensor, g: torch.Tensor, order: str, split: bool = True,
+           chunk: int | None = CHUNK) -> torch.Tensor:
+    """[n] the emulated kernel dot products of the rows of ``q``, ``g`` ([n, D] float32):
+    ``chunk`` dimensions per ``tl.dot`` summed from zero, then added to the running sum (None:
+    one chain over all of D, as ``tl.dot(a, b, acc)`` would)."""
     qh, gh = tf32(q), tf32(g)
     ql, gl = tf32(q - qh), tf32(g - gh)
-    big = qh.double() * gh.double()  # tf32 × tf32: exact in float64 (and on tensor cores)
-    small = [qh.double() * gl.double(), ql.double() * gh.double()] if split else []
-    if order == "interleaved":
-        terms = torch.stack([*small, big], 2).flatten(1)
-    elif order == "big_last":
-        terms = torch.cat([*small, big], 1)
-    elif order == "reversed":
-        terms = torch.cat([big, *small], 1).flip(1)
-    else:
-        terms = torch.cat([*small, big], 1)
-        terms = terms[:, torch.randperm(terms.shape[1], generator=torch.Generator().manual_seed(0))]
     acc = torch.zeros(len(q), dtype=torch.float32)
-    for t in range(terms.shape[1]):
-        acc = toward_zero(acc.double() + terms[:, t])
+    step = chunk or q.shape[1]
+    for k in range(0, q.shape[1], step):
+        c = slice(k, k + step)
+        big = qh[:, c].double() * gh[:, c].double()  # tf32 × tf32: exact (and on tensor cores)
+        small = [ql[:, c].double() * gh[:, c].double(), qh[:, c].double() * gl[:, c].double()]
+        small = small if split else []
+        if order == "triton":  # F32DotTC: a_lo·b_hi, then a_hi·b_lo, then a_hi·b_hi
+            terms = torch.cat([*small, big], 1)
+        elif order == "interleaved":
+            terms = torch.stack([*small, big], 2).flatten(1)
+        elif order == "reversed":
+            terms = torch.cat([*small, big], 1).flip(1)
+        else:
+            terms = torch.cat([*small, big], 1)
+            perm = torch.randperm(terms.shape[1], generator=torch.Generator().manual_seed(k))
+            terms = terms[:, perm]
+        part = torch.zeros(len(q), dtype=torch.float32) if chunk else acc
+        for t in range(terms.shape[1]):
+            part = toward_zero(part.double() + terms[:, t])
+        acc = toward_zero(acc.double() + part.double()) if chunk else part
     return acc
 
 
@@ -79,10 +88,11 @@ def adversarial(kind: str, n: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def kernel_and_canonical(q: torch.Tensor, g: torch.Tensor, metric: str, order: str,
-                         split: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                         split: bool = True, chunk: int | None = CHUNK
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(|kernel score - canonical score| [n], the bound [n], |kernel dot - exact dot| / |q||g|)."""
     qa, ga = aux(q, metric), aux(g, metric)
-    kdot = tf32x3(q, g, order, split)
+    kdot = tf32x3(q, g, order, split, chunk)
     kernel = transform(kdot, qa, ga, metric)
     canon = transform(canonical_dot(q, g), qa, ga, metric)
     eps = fused_tolerance(q, metric, float(torch.linalg.vector_norm(g.double(), dim=1).max()))
@@ -97,7 +107,7 @@ KINDS = ("full_mantissa", "one_sign", "orthogonal", "near_copies", "dominant")
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("metric", ["inner", "cosine", "euclid", "sq_euclid"])
 def test_the_bound_holds_for_the_emulated_tf32x3_product(kind: str, metric: str) -> None:
-    for d, order in ((512, "interleaved"), (77, "big_last"), (16, "reversed"), (300, "shuffled")):
+    for d, order in ((512, "triton"), (77, "interleaved"), (16, "reversed"), (300, "shuffled")):
         q, g = adversarial(kind, 64, d)
         diff, eps, rel = kernel_and_canonical(q, g, metric, order)
         assert bool((diff <= eps).all()), (d, order, float((diff / eps).max()))
@@ -105,11 +115,14 @@ def test_the_bound_holds_for_the_emulated_tf32x3_product(kind: str, metric: str)
 
 
 def test_the_emulation_can_break_a_bound() -> None:
-    """The test above could fail: plain tf32 (no split, 11-bit operands) on the same inputs
-    is off by far more than the bound, and the truncating tf32x3 emulation does use a visible
-    part of the kernel's share of it."""
+    """The test above could fail: plain tf32 (no split: 11-bit operands) is off by far more
+    than the bound, and so is one accumulation chain over all of D (``tl.dot(a, b, acc)``)
+    where every product has one sign; the chunked emulation uses a visible part of the kernel's
+    share of it."""
     q, g = adversarial("one_sign", 64, 512)
-    diff, eps, _ = kernel_and_canonical(q, g, "inner", "interleaved", split=False)
+    diff, eps, _ = kernel_and_canonical(q, g, "inner", "triton", split=False)
     assert bool((diff > eps).any())
-    _, _, rel = kernel_and_canonical(q, g, "inner", "interleaved")
+    _, _, rel = kernel_and_canonical(q, g, "inner", "interleaved", chunk=None)
+    assert float(rel.max()) > kernel_dot_error(512)
+    _, _, rel = kernel_and_canonical(q, g, "inner", "triton")
     assert float(rel.max()) > 0.05 * kernel_dot_error(512)
