@@ -20,7 +20,9 @@ hold for every pair, and it is pessimistic on purpose:
   Stability of Numerical Algorithms*, 3.1; Fasi, Higham, Mikaitis and Pranesh, *Numerical
   behavior of NVIDIA tensor cores*, PeerJ CS 2021, for exact products and truncating adders);
 - the ``⌈D / CHUNK⌉`` chunk sums added up: within ``γ_⌈D/C⌉(u_t) · Σ|chunk sums|``;
-- the canonical score is within ``γ_D(2^-24) · |q||g|`` of the exact dot product;
+- the canonical score is within ``γ_h(2^-24) · |q||g|`` of the exact dot product, where
+  ``h = ⌈D/16⌉ + 5`` is the most roundings on any product's path (its own, its lane's sums,
+  the four levels of the lane tree: a summation tree's error is ``Σ_i |x_i| γ_{h_i}``);
 
 and the metric transform adds the same few roundings as :func:`embeval.engine.rank.tie_tolerance`.
 The sum is doubled for margin. ``input_precision="ieee"`` and Triton's interpreter (a float32
@@ -31,6 +33,8 @@ a truncating emulation on adversarial inputs.
 from __future__ import annotations
 
 import torch
+
+from embeval.engine.similarity import LANES
 
 __all__ = ["KERNEL_PRECISION", "CHUNK", "kernel_dot_error", "fused_tolerance"]
 
@@ -61,7 +65,8 @@ def fused_tolerance(qemb: torch.Tensor, metric: str, gallery_max_norm: float) ->
     ``qemb`` [Q, D] float32 queries; ``gallery_max_norm``: the largest gallery row norm.
     """
     dim = qemb.shape[1]
-    gamma_c = dim * _U / (1 - dim * _U)  # canonical order vs exact
+    depth = -(-dim // LANES) + 5  # canonical order vs exact: roundings on a product's path
+    gamma_c = depth * _U / (1 - depth * _U)
     rel = kernel_dot_error(dim) + gamma_c + 4 * _U  # + rounding of the norms behind m
     qn = torch.linalg.vector_norm(qemb.double(), dim=1)
     gn = float(gallery_max_norm) * (1 + 4 * _U)

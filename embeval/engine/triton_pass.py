@@ -41,6 +41,8 @@ __all__ = ["negative_pass", "available", "Tiles"]
 CUDA_TILES = (128, 64, 32, 8, 3)
 INTERPRETER_TILES = (32, 32, 16, 1, 1)
 Tiles = tuple[int, int, int, int, int]
+#: gallery items per launch on CUDA: bounds the buffer (its size follows from the last launch's)
+LAUNCH_ROWS = 1 << 16
 
 
 def available() -> bool:
@@ -88,9 +90,9 @@ def negative_pass(stats, query: EmbeddingSet, gallery: EmbeddingSet, qemb: torch
     a, b = g_range
     if nq == 0 or b <= a:
         return
-    run = _Launch(stats, query, gallery, qemb, qa, ga, protocol, device, relevance)
-    if device.type == "cuda":
-        rows = max(1, min(rows, budget // (16 * gallery.dim)))
+    run = _Launch(stats, query, gallery, qemb, qa, ga, protocol, device, relevance, budget)
+    if device.type == "cuda":  # launches of ≤ LAUNCH_ROWS items keep each buffer small
+        rows = max(1, min(rows, budget // (16 * gallery.dim), LAUNCH_ROWS))
     hist = torch.zeros_like(stats.neg_hist, device=device)
     n_neg = torch.zeros(nq, dtype=torch.int64, device=device)
     best = torch.full((nq,), float("-inf"), device=device)
@@ -100,12 +102,15 @@ def negative_pass(stats, query: EmbeddingSet, gallery: EmbeddingSet, qemb: torch
         n_gt = -(-(stop - start) // bg)
         share = splits or (max(1, 4 * _sm_count(device) // n_qt) if device.type == "cuda" else 1)
         per = -(-n_gt // min(max(1, share), n_gt))
-        cap = capacity or max(1 << 12, 4 * nq * -(-n_gt // per))
+        # the first buffer: the last launch's appends per item, with a margin
+        cap = capacity or max(1 << 12, 4 * nq * -(-n_gt // per),
+                              int(1.25 * run.needed * (stop - start) / max(1, run.items)))
         while True:
             out = run.block(kernel, g, start, per, cap, **launch)
             if out is not None:
                 break
             cap = run.needed  # the launch reported how many appends it had: rerun that big
+        run.items = stop - start
         h, n, m = out
         hist += h
         n_neg += n
@@ -131,7 +136,7 @@ class _Launch:
 
     def __init__(self, stats, query: EmbeddingSet, gallery: EmbeddingSet, qemb: torch.Tensor,
                  qa: torch.Tensor, ga: torch.Tensor, protocol, device: torch.device,
-                 relevance) -> None:
+                 relevance, budget: int) -> None:
         self.metric = stats.metric
         self.names = (query.name, gallery.name)
         self.protocol = protocol
@@ -156,7 +161,9 @@ class _Launch:
         self.eps = stats.extra["eps"].to(device).contiguous()
         self.n_hist = len(stats.neg_hist)
         self.device = device
-        self.needed = 0
+        self.needed = 0  # appends of the last launch, and its gallery items
+        self.items = 1
+        self.chunk = max(1 << 14, min(1 << 20, budget // (16 * max(1, qemb.shape[1]))))
 
     def block(self, kernel, g: torch.Tensor, start: int, per: int, cap: int, *, bq: int, bg: int,
               bk: int, warps: int, stages: int):
@@ -188,8 +195,8 @@ class _Launch:
         if int(bad.item()):
             check_finite_scores(torch.tensor([float("nan")]), *self.names)
         n = int(cnt.item())
+        self.needed = n
         if n > cap:
-            self.needed = n
             return None
         best = self._settle(hist, g, start, pmax, parg, buf_q[:n], buf_c[:n], buf_s[:n])
         return hist, nneg.sum(0), best
@@ -212,8 +219,8 @@ class _Launch:
         c = torch.cat([parg[from_programs].long(), cols_b[keep]])
         und = torch.cat([torch.zeros(int(from_programs.sum()), dtype=torch.bool,
                                      device=hist.device), undecided[keep]])
-        exact = transform(canonical_dot(self.q[r], g[c]), self.qa[r], self.ga[start + c],
-                          self.metric)
+        exact = transform(canonical_dot(self.q[r], g[c], chunk=self.chunk), self.qa[r],
+                          self.ga[start + c], self.metric)
         best = torch.full((nq,), float("-inf"), device=hist.device)
         best.scatter_reduce_(0, r, exact, reduce="amax")
         ru, su = r[und], exact[und]

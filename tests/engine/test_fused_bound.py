@@ -112,6 +112,11 @@ def test_the_bound_holds_for_the_emulated_tf32x3_product(kind: str, metric: str)
         diff, eps, rel = kernel_and_canonical(q, g, metric, order)
         assert bool((diff <= eps).all()), (d, order, float((diff / eps).max()))
         assert float(rel.max()) <= kernel_dot_error(d)
+        canon = canonical_dot(q, g).double()  # the canonical term: ⌈D/16⌉ + 5 roundings deep
+        h = -(-d // 16) + 5
+        exact = (q.double() * g.double()).sum(1)
+        scale = torch.linalg.vector_norm(q.double(), dim=1) * torch.linalg.vector_norm(g.double(), dim=1)
+        assert bool(((canon - exact).abs() <= h * 2.0 ** -24 / (1 - h * 2.0 ** -24) * scale).all())
 
 
 def test_the_emulation_can_break_a_bound() -> None:
