@@ -17,7 +17,6 @@ from embeval.engine.fused_bound import CHUNK, fused_tolerance, kernel_dot_error
 from embeval.engine.similarity import aux, canonical_dot, transform
 
 
-
 def tf32(x: torch.Tensor) -> torch.Tensor:
     """float32 → tf32 by truncation: the low 13 mantissa bits dropped."""
     return (x.view(torch.int32) & ~0x1FFF).view(torch.float32)
