@@ -252,3 +252,39 @@ def test_the_kernel_compiles_for_hopper_with_tf32_tensor_cores(mode: int, listed
         pytest.skip(f"this Triton cannot compile for CUDA here: {r.stderr.strip()[-200:]}")
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == "wgmma"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("metric", embeval.METRICS)
+def test_the_compiled_kernel_on_cuda_equals_the_cpu_engine(metric) -> None:
+    """On a GPU (with TRITON_INTERPRET unset): the compiled tf32x3 kernel, several launches
+    (block_size), float and tied integer data, leave-one-out and relevance lists."""
+    if importlib.util.find_spec("triton") is None or os.environ.get("TRITON_INTERPRET"):
+        pytest.skip("needs triton, compiled (TRITON_INTERPRET unset)")
+    for integer in (False, True):
+        q, g = sets(nq=300, ng=2500, d=24, integer=integer)
+        ref = rank_stats(q, g, metric=metric, device="cpu", backend="numba")
+        assert_same(rank_stats(q, g, metric=metric, device="cuda", backend="triton",
+                               block_size=1000), ref)
+    p = Protocol(exclude_self=True)
+    assert_same(rank_stats(q, q, metric=metric, protocol=p, device="cuda", backend="triton"),
+                rank_stats(q, q, metric=metric, protocol=p, device="cpu", backend="numba"))
+    rel = to_relevance([[1, 5, 7]] * 150 + [[]] * 150, [[2, 3]] * 300, g.n)
+    assert_same(rank_stats(q, g, metric=metric, device="cuda", backend="triton", relevance=rel),
+                rank_stats(q, g, metric=metric, device="cpu", backend="numba", relevance=rel))
+
+
+def test_auto_takes_triton_only_on_cuda(monkeypatch) -> None:
+    """backend="auto": never the fused pass on CPU (its interpreter is for tests), whatever is
+    installed; "triton" with a top-k or a reduced precision runs the torch pass."""
+    from embeval.engine import plan, torch_pass
+
+    monkeypatch.setattr(plan, "triton_available", lambda: True)
+    used = []
+    run = torch_pass.negative_pass
+    monkeypatch.setattr(torch_pass, "negative_pass", lambda *a, **k: used.append(1) or run(*a, **k))
+    q, g = sets(nq=20, ng=40, d=4, classes=3)
+    ref = rank_stats(q, g, metric="inner", device="cpu", backend="numba", topk=3)
+    assert_same(rank_stats(q, g, metric="inner", device="cpu", backend="auto", topk=3), ref)
+    assert_same(rank_stats(q, g, metric="inner", device="cpu", backend="triton", topk=3), ref)
+    assert used == [1]  # auto took numba (SMALL_PASS is 0 in tests), triton + top-k the torch pass
