@@ -288,3 +288,13 @@ def test_auto_takes_triton_only_on_cuda(monkeypatch) -> None:
     assert_same(rank_stats(q, g, metric="inner", device="cpu", backend="auto", topk=3), ref)
     assert_same(rank_stats(q, g, metric="inner", device="cpu", backend="triton", topk=3), ref)
     assert used == [1]  # auto took numba (SMALL_PASS is 0 in tests), triton + top-k the torch pass
+
+
+def test_verify_with_backend_triton_counts_on_the_torch_pass() -> None:
+    """verify has no fused kernel: "triton" gives the torch pass's exact counts."""
+    from embeval.engine.trial_pass import trial_stats
+
+    q, g = sets(nq=20, ng=40, d=4, classes=3)
+    a = trial_stats(q, g, metric="cosine", device="cpu", backend="numba")
+    b = trial_stats(q, g, metric="cosine", device="cpu", backend="triton")
+    assert torch.equal(a.imp_slots, b.imp_slots) and torch.equal(a.imp_keys, b.imp_keys)
