@@ -98,7 +98,7 @@ def _listed_case(kernel, case, metric, cam, data):
 
 CASES = dict(case=int_cases(cameras=True, max_q=40, max_g=70, max_d=7),
              metric=st.sampled_from(list(embeval.METRICS)), cam=st.booleans(), data=st.data())
-LISTED = dict(CASES, case=int_cases(cameras=True, max_q=20, max_g=40, max_d=5))
+LISTED = dict(CASES, case=int_cases(cameras=True, max_q=12, max_g=30, max_d=4))
 
 
 @settings(**FEW)
@@ -191,9 +191,8 @@ def test_non_finite_scores_are_refused(kernel, monkeypatch) -> None:
         fused(q, g, metric="inner")
 
 
-def test_the_cli_runs_it_under_the_interpreter_and_refuses_it_without(tmp_path) -> None:
-    """``--backend triton`` through the installed command: the same JSON as numba under
-    TRITON_INTERPRET=1; without it, on CPU, exit 2 and one line naming the way out."""
+def _cli(tmp_path: Path):
+    """``run(backend, **env)``: ``embeval cmc`` on small files, TRITON_INTERPRET unset unless given."""
     if importlib.util.find_spec("triton") is None:
         pytest.skip("triton is not installed")
     q, g = sets(nq=30, ng=50, d=5, classes=4, seed=1)
@@ -206,15 +205,24 @@ def test_the_cli_runs_it_under_the_interpreter_and_refuses_it_without(tmp_path) 
         return subprocess.run([str(exe), "cmc", str(qf), str(gf), "--device", "cpu", "--json",
                                "--backend", backend], capture_output=True, text=True,
                               env={**env, **extra}, timeout=300)
+    return run
 
-    refused = run("triton")
+
+def test_the_cli_refuses_triton_on_cpu_without_the_interpreter(tmp_path) -> None:
+    """Exit 2 and one line naming the way out, no traceback."""
+    refused = _cli(tmp_path)("triton")
     assert refused.returncode == 2, refused.stderr
     assert "TRITON_INTERPRET" in refused.stderr and "Traceback" not in refused.stderr
+
+
+@pytest.mark.slow
+def test_the_cli_runs_it_under_the_interpreter(tmp_path) -> None:
+    """``--backend triton`` through the installed command under TRITON_INTERPRET=1: the same
+    metrics as ``--backend numba``."""
+    run = _cli(tmp_path)
     ref, got = run("numba"), run("triton", TRITON_INTERPRET="1")
     assert ref.returncode == 0 and got.returncode == 0, got.stderr
-    a, b = json.loads(ref.stdout), json.loads(got.stdout)
-    assert a["metrics"] == b["metrics"]
-
+    assert json.loads(ref.stdout)["metrics"] == json.loads(got.stdout)["metrics"]
 
 COMPILE = """
 import sys
