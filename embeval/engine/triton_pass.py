@@ -163,6 +163,7 @@ class _Launch:
         self.device = device
         self.needed = 0  # appends of the last launch, and its gallery items
         self.items = 1
+        # pairs rescored at once: their gathered rows take ≤ budget / 2
         self.chunk = max(1 << 14, min(1 << 20, budget // (16 * max(1, qemb.shape[1]))))
 
     def block(self, kernel, g: torch.Tensor, start: int, per: int, cap: int, *, bq: int, bg: int,
@@ -219,8 +220,9 @@ class _Launch:
         c = torch.cat([parg[from_programs].long(), cols_b[keep]])
         und = torch.cat([torch.zeros(int(from_programs.sum()), dtype=torch.bool,
                                      device=hist.device), undecided[keep]])
-        exact = transform(canonical_dot(self.q[r], g[c], chunk=self.chunk), self.qa[r],
-                          self.ga[start + c], self.metric)
+        exact = torch.cat([canonical_dot(self.q[r[i:i + self.chunk]], g[c[i:i + self.chunk]], self.chunk)
+                           for i in range(0, len(r), self.chunk)] or [r.new_empty(0, dtype=torch.float32)])
+        exact = transform(exact, self.qa[r], self.ga[start + c], self.metric)
         best = torch.full((nq,), float("-inf"), device=hist.device)
         best.scatter_reduce_(0, r, exact, reduce="amax")
         ru, su = r[und], exact[und]
