@@ -142,8 +142,8 @@ class _Launch:
         self.protocol = protocol
         self.q = qemb.to(device).float().contiguous()
         self.qa, self.ga = qa.to(device), ga.to(device)
-        self.qlab = query.labels.to(device).contiguous()
-        self.glab = gallery.labels.to(device).contiguous()
+        self.qlab = query.labels.to(device, torch.int64).contiguous()
+        self.glab = gallery.labels.to(device, torch.int64).contiguous()
         self.listed = relevance is not None
         one = torch.zeros(1, dtype=torch.int64, device=device)
         if relevance is not None:
