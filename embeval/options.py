@@ -31,7 +31,7 @@ Metric = Literal["inner", "cosine", "euclid", "sq_euclid"]
 Precision = Literal["fp32", "tf32", "bf16", "fp16"]
 Aggregate = Literal["none", "mean"]
 NoPositive = Literal["skip", "zero"]
-Backend = Literal["auto", "numba", "torch"]
+Backend = Literal["auto", "numba", "torch", "triton"]
 ApRule = Literal["standard", "trapezoid"]
 ResamplingUnit = Literal["query", "label"]
 
@@ -94,7 +94,7 @@ class EvalOptions:
     ``device``: auto, cpu, cuda or cuda:N (checked when the pass starts: ``resolve_device``);
     ``memory``: block budget in bytes or text such as ``"2GB"`` (None: 60% of free GPU memory,
     1 GB on CPU); ``block_size``: gallery rows per block (None: from ``memory``);
-    ``backend``: auto, numba or torch; ``ap``: the AP of ``mAP`` and the per-query ``ap``
+    ``backend``: auto, numba, torch or triton; ``ap``: the AP of ``mAP`` and the per-query ``ap``
     (:data:`AP_RULES`: standard, or trapezoid as revisitop).
     Invalid values raise :class:`~embeval.errors.OptionError` naming the parameter.
     """

@@ -24,6 +24,7 @@ from embeval.errors import InputFileError, OptionError
 from embeval.options import (
     Aggregate,
     ApRule,
+    Backend,
     EvalOptions,
     IntervalOptions,
     Metric,
@@ -69,6 +70,10 @@ ApOpt = Annotated[ApRule | None, typer.Option(
          "trapezoid under cmc --protocol.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
 BlockOpt = Annotated[int | None, typer.Option(hidden=True, min=1, help="Gallery rows per block.")]
+BackendOpt = Annotated[Backend, typer.Option(
+    "--backend", metavar="ENGINE",
+    help="Ranking pass: auto, numba (CPU), torch, or triton (one fused GPU kernel, fp32 "
+         "without top-k; the gpu extra). auto takes triton on CUDA when Triton is installed.")]
 ShardOpt = Annotated[str | None, typer.Option(
     "--shard", metavar="I/N",
     help="Array jobs: evaluate gallery shard I of N (0 <= I < N) and write its partial "
@@ -154,7 +159,7 @@ SHARED: dict[str, Any] = {
     "metric": MetricOpt, "device": DeviceOpt, "memory": MemoryOpt, "precision": PrecisionOpt,
     "exclude_same_camera": CameraOpt, "exclude_self": SelfOpt, "aggregate": AggregateOpt,
     "no_positive": NoPosOpt, "json": JsonOpt, "block_size": BlockOpt, "shard": ShardOpt,
-    "out_part": PartOpt,
+    "out_part": PartOpt, "backend": BackendOpt,
 }
 #: the flags of every metric command that say how sure a number is, and save the result
 INTERVALS: dict[str, Any] = {"ci": CiOpt, "bootstrap": BootstrapOpt, "seed": SeedOpt,

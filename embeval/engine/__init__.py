@@ -5,7 +5,9 @@ or a sort.
 - :mod:`.similarity`: scores, the canonical dot product, devices, precisions, overflow bounds;
 - :mod:`.plan`: memory budgets and gallery shards;
 - :mod:`.rank`: :func:`rank_stats`, the one pass, run by :mod:`.cpu` (compiled
-  :mod:`.kernels`) or :mod:`.torch_pass` (CUDA, reduced precisions, small jobs);
+  :mod:`.kernels`), :mod:`.torch_pass` (CUDA, reduced precisions, small jobs) or
+  :mod:`.triton_pass` (one fused Triton kernel, :mod:`.triton_kernel`, within the bound of
+  :mod:`.fused_bound`; optional, imported only when run);
 - :mod:`.distributed`: torchrun groups; :mod:`.hardest`: the item behind a hardest negative;
 - :mod:`.trials` / :mod:`.trial_pass`: verification's trial counts (:class:`VerifyStats`) and
   their one pass, with the correctly rounded scores of :mod:`.exact`.

@@ -11,7 +11,8 @@ import torch
 from embeval.errors import OptionError
 from embeval.options import parse_memory
 
-__all__ = ["parse_memory", "shard_range", "parse_shard", "default_memory", "compiled_available"]
+__all__ = ["parse_memory", "shard_range", "parse_shard", "default_memory", "compiled_available",
+           "triton_available"]
 
 
 def shard_range(n_items: int, index: int, count: int, *, align: int = 2048) -> tuple[int, int]:
@@ -56,3 +57,10 @@ def compiled_available() -> bool:
     """Whether numba (the compiled CPU pass) is installed, found without importing it: the import
     costs 0.25 s (and yaml), and only CPU jobs above ``rank.SMALL_PASS`` scores need it."""
     return importlib.util.find_spec("numba") is not None
+
+
+@functools.cache
+def triton_available() -> bool:
+    """Whether Triton (the fused GPU pass, ``pip install "embeval[gpu]"``) is installed, found
+    without importing it."""
+    return importlib.util.find_spec("triton") is not None

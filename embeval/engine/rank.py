@@ -96,7 +96,8 @@ def rank_stats(
     positives always come from the whole gallery, so shards merge exactly.
     ``backend``: ``"numba"`` (CPU fp32: fused compiled pass over fixed tiles, bit-identical
     for any block size, shard split or thread count), ``"torch"`` (CUDA, other precisions),
-    or ``"auto"``.
+    ``"triton"`` (one fused GPU kernel, :mod:`embeval.engine.triton_pass`: fp32 without top-k,
+    else the torch pass), or ``"auto"`` (triton on CUDA when Triton is installed).
     ``relevance``: per-query positives and junk (:class:`~embeval.data.relevance.Relevance`,
     for these query and gallery sets) instead of label equality; junk is invisible to its
     query; the protocol applies on top (:func:`embeval.engine.listed.with_protocol`).
@@ -111,10 +112,13 @@ def rank_stats(
     if backend == "auto":
         compiled = (dev.type == "cpu" and precision == "fp32" and plan.compiled_available()
                     and query.n * (b - a) > SMALL_PASS)
-        backend = "numba" if compiled else "torch"
-    if backend not in ("numba", "torch"):
-        raise OptionError(f"backend: unknown backend {backend!r} (numba, torch, auto)",
+        fused = dev.type == "cuda" and precision == "fp32" and plan.triton_available()
+        backend = "numba" if compiled else "triton" if fused else "torch"
+    if backend not in ("numba", "torch", "triton"):
+        raise OptionError(f"backend: unknown backend {backend!r} (numba, torch, triton, auto)",
                           param="backend")
+    if backend == "triton" and (topk or precision != "fp32"):
+        backend = "torch"  # the fused kernel keeps no top-k and runs fp32 only (README)
     budget = parse_memory(memory) or default_memory(dev)
     rows = block_size or max(1, budget // max(1, 8 * gallery.dim))  # gallery block: ≤ budget / 2
 
@@ -149,6 +153,11 @@ def rank_stats(
     stats.extra["eps"] = tie_tolerance(qemb, metric, gmax)
     if backend == "numba":
         from embeval.engine.cpu import negative_pass
+    elif backend == "triton":  # its own bound: tf32x3 products (embeval.engine.fused_bound)
+        from embeval.engine.fused_bound import fused_tolerance
+        from embeval.engine.triton_pass import negative_pass  # type: ignore[assignment]
+
+        stats.extra["eps"] = fused_tolerance(qemb, metric, gmax)
     else:
         from embeval.engine.torch_pass import negative_pass  # type: ignore[assignment]
     negative_pass(stats, query, gallery, qemb, qa, ga, protocol, (a, b), rows,

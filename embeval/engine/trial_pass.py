@@ -88,8 +88,10 @@ def trial_stats(
         compiled = (dev.type == "cpu" and precision == "fp32" and plan.compiled_available()
                     and (qb_ - qa_) * (b - a) > SMALL_PASS)
         backend = "numba" if compiled else "torch"
+    if backend == "triton":
+        backend = "torch"  # no fused kernel for the impostor counts (yet): the torch pass
     if backend not in ("numba", "torch"):
-        raise OptionError(f"backend: unknown backend {backend!r} (numba, torch, auto)",
+        raise OptionError(f"backend: unknown backend {backend!r} (numba, torch, triton, auto)",
                           param="backend")
     budget = parse_memory(memory) or default_memory(dev)
     rows = block_size or max(1, budget // max(1, 8 * gallery.dim))

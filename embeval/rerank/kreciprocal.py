@@ -204,6 +204,8 @@ def reranked_stats(query: EmbeddingSet, gallery: EmbeddingSet, opts: RerankOptio
     del graph
     if backend == "auto":
         backend = "numba" if dev.type == "cpu" and compiled else "torch"
+    if backend == "triton":
+        backend = "torch"  # the re-ranking's neighbour passes keep top-k lists: the torch pass
     if backend not in ("numba", "torch"):
         raise OptionError(f"backend: unknown backend {backend!r} (numba, torch, auto)",
                           param="backend")

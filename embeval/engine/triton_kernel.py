@@ -1,0 +1,199 @@
+"""The fused Triton kernel of the ranking pass (imported only by :mod:`embeval.engine.triton_pass`).
+
+One program owns a tile of ``BQ`` queries and walks its share of the launch's gallery tiles
+(``BG`` items each) in order. Per gallery tile it computes the ``BQ × BG`` dot products with
+``tl.dot`` (``input_precision`` :data:`embeval.engine.fused_bound.KERNEL_PRECISION`, ``BK``
+dimensions at a time), the metric transform, the negative mask (label equality or the query's
+listed items, the query itself under ``--exclude-self``), and then, with the scores kept in
+registers:
+
+- ``n_neg``: the negatives counted per row, kept in registers, written once per program;
+- the histogram: a negative scoring at or above the query's lowest positive - eps ("a
+  survivor") finds ``b`` = how many positives score ≤ it by a binary search in the query's
+  ascending positive scores; when no positive lies within ``eps`` of it, bin ``b`` (b > 0)
+  gets one (an integer atomic add: the order of adds cannot change the counts);
+- the hardest negative: the row's running maximum and its column, kept in registers and written
+  once per program; every other negative within ``2·eps`` of the running maximum goes to
+  the buffer;
+- the buffer: (query, column·2 + flag, kernel score) of the pairs the kernel cannot decide,
+  appended at a slot reserved by one atomic add per tile (flag 1: a survivor within eps of a
+  positive, not counted; flag 0: a hardest-negative candidate). Appends past ``cap`` are
+  not written but still counted, so the caller sees the overflow and reruns the launch with
+  a buffer of the size it reports: nothing is dropped.
+
+A non-finite score is counted in ``bad`` (the caller refuses the input).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+__all__ = ["rank_tiles", "interpreting"]
+
+
+def interpreting() -> bool:
+    """Whether Triton was imported under ``TRITON_INTERPRET=1`` (kernels run on CPU tensors)."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(rank_tiles, InterpretedFunction)
+
+
+@triton.jit
+def rank_tiles(q_ptr, g_ptr, qa_ptr, ga_ptr, qlab_ptr, glab_ptr, own_off_ptr, own_ptr,
+               pos_off_ptr, pos_ptr, eps_ptr, hist_ptr, nneg_ptr, pmax_ptr, parg_ptr,
+               buf_q_ptr, buf_c_ptr, buf_s_ptr, cnt_ptr, bad_ptr,
+               n_q, n_g, g_start, dim, tiles_per_split, pos_steps, own_steps, cap,
+               MODE: tl.constexpr, EXCLUDE_SELF: tl.constexpr, LISTED: tl.constexpr,
+               PRECISION: tl.constexpr, BQ: tl.constexpr, BG: tl.constexpr, BK: tl.constexpr):
+    """Queries ``[pid0·BQ, +BQ)`` × launch gallery tiles ``[pid1·tiles_per_split, +tiles_per_split)``.
+
+    ``q`` [n_q, dim] f32, ``g`` [n_g, dim] f32 (gallery items ``g_start...``); ``qa``/``ga``:
+    the metric's aux; ``qlab``/``glab`` int64 labels (-1 unknown); ``own_off``/``own``: the
+    queries' listed gallery items (int64 CSR, ascending; ``LISTED``); ``pos_off``/``pos``:
+    positives (int64 CSR of ascending f32 canonical scores); ``eps`` [n_q] f32 (the bound);
+    ``hist`` int64 (query i's bins at ``pos_off[i] + i``); ``nneg``/``pmax``/``parg``
+    [splits, n_q]: per program's negatives, kernel maximum (f32) and its column (int32, -1:
+    none); ``buf_*`` [cap]; ``cnt`` [1] int64 appends requested; ``bad`` [1] int64.
+    ``MODE``: 0 inner, 1 cosine, 2 euclid, 3 sq_euclid.
+    """
+    pid_q = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    rows = pid_q * BQ + tl.arange(0, BQ)
+    rmask = rows < n_q
+    rows64 = rows.to(tl.int64)
+    qa = tl.load(qa_ptr + rows64, mask=rmask, other=0.0)
+    eps = tl.load(eps_ptr + rows64, mask=rmask, other=0.0)
+    qlab = tl.load(qlab_ptr + rows64, mask=rmask, other=-1)
+    p0 = tl.load(pos_off_ptr + rows64, mask=rmask, other=0)
+    npos = tl.load(pos_off_ptr + rows64 + 1, mask=rmask, other=0) - p0
+    lowest = tl.load(pos_ptr + p0, mask=rmask & (npos > 0), other=float("inf"))
+    thr = tl.where(npos > 0, lowest - eps, float("inf"))
+    o0 = tl.zeros((BQ,), tl.int64)
+    o1 = tl.zeros((BQ,), tl.int64)
+    if LISTED:
+        o0 = tl.load(own_off_ptr + rows64, mask=rmask, other=0)
+        o1 = tl.load(own_off_ptr + rows64 + 1, mask=rmask, other=0)
+
+    run_max = tl.full((BQ,), float("-inf"), tl.float32)
+    run_arg = tl.full((BQ,), -1, tl.int32)
+    nneg = tl.zeros((BQ,), tl.int64)
+    n_bad = tl.zeros((BQ,), tl.int64)
+    t_first = pid_s * tiles_per_split
+    for t in range(t_first, t_first + tiles_per_split):
+        cols = t * BG + tl.arange(0, BG)
+        cmask = cols < n_g
+        cols64 = cols.to(tl.int64)
+        acc = tl.zeros((BQ, BG), tl.float32)
+        for k0 in range(0, dim, BK):
+            ks = k0 + tl.arange(0, BK)
+            kmask = ks < dim
+            a = tl.load(q_ptr + rows64[:, None] * dim + ks[None, :],
+                        mask=rmask[:, None] & kmask[None, :], other=0.0)
+            b = tl.load(g_ptr + cols64[None, :] * dim + ks[:, None],
+                        mask=kmask[:, None] & cmask[None, :], other=0.0)
+            acc += tl.dot(a, b, input_precision=PRECISION)  # a fresh sum per chunk: short chains
+        ga = tl.load(ga_ptr + cols64, mask=cmask, other=0.0)
+        if MODE == 0:
+            s = acc
+        elif MODE == 1:
+            s = acc * qa[:, None] * ga[None, :]
+        else:
+            d2 = (qa[:, None] + ga[None, :]) - 2.0 * acc
+            d2 = tl.where(d2 > 0.0, d2, 0.0)
+            if MODE == 2:
+                s = -tl.sqrt_rn(d2)
+            else:
+                s = -d2
+        valid = rmask[:, None] & cmask[None, :]
+        gidx = g_start + cols64
+        if LISTED:  # the row's listed items in this tile: [lo, hi) of its ascending list
+            lo = o0
+            hi = o1
+            for _ in range(own_steps):  # lo = first listed item >= this tile's first item
+                act = lo < hi
+                mid = (lo + hi) // 2
+                v = tl.load(own_ptr + mid, mask=act, other=0)
+                go = act & (v < g_start + t * BG)
+                lo = tl.where(go, mid + 1, lo)
+                hi = tl.where(act & (v >= g_start + t * BG), mid, hi)
+            own = tl.zeros((BQ, BG), tl.int1)
+            cur = lo
+            more = cur < o1
+            nxt = tl.load(own_ptr + cur, mask=more, other=0)
+            more = more & (nxt < g_start + t * BG + BG)
+            while tl.max(more.to(tl.int32), axis=0) > 0:
+                own = own | ((nxt[:, None] == gidx[None, :]) & more[:, None])
+                cur = tl.where(more, cur + 1, cur)
+                more = more & (cur < o1)
+                nxt = tl.load(own_ptr + cur, mask=more, other=0)
+                more = more & (nxt < g_start + t * BG + BG)
+        else:
+            glab = tl.load(glab_ptr + cols64, mask=cmask, other=-1)
+            own = (qlab[:, None] == glab[None, :]) & (qlab[:, None] >= 0)
+        neg = valid & (own == 0)
+        if EXCLUDE_SELF:
+            neg = neg & (rows64[:, None] != gidx[None, :])
+        nneg += tl.sum(neg.to(tl.int64), axis=1)
+        finite = (s == s) & (s != float("inf")) & (s != float("-inf"))
+        n_bad += tl.sum((valid & (finite == 0)).to(tl.int64), axis=1)
+        sm = tl.where(neg & finite, s, float("-inf"))
+        tmax = tl.max(sm, axis=1)
+        targ = tl.argmax(sm, axis=1).to(tl.int32) + t * BG
+        better = tmax > run_max
+        new_max = tl.where(better, tmax, run_max)
+        floor = new_max - 2.0 * eps
+        # the old maximum stays a candidate when still within 2 eps: it joins the buffer
+        old_keep = better & (run_max >= floor) & (run_arg >= 0)
+        arg = tl.where(better, targ, run_arg)
+        near = (sm >= floor[:, None]) & (sm > float("-inf")) & (cols[None, :] != arg[:, None])
+        n_old = tl.sum(old_keep.to(tl.int64), axis=0)
+        if n_old > 0:
+            base = tl.atomic_add(cnt_ptr, n_old)
+            slot = base + tl.cumsum(old_keep.to(tl.int64), axis=0) - 1
+            ok = old_keep & (slot < cap)
+            tl.store(buf_q_ptr + slot, rows, mask=ok)
+            tl.store(buf_c_ptr + slot, 2 * run_arg, mask=ok)
+            tl.store(buf_s_ptr + slot, run_max, mask=ok)
+        run_max = new_max
+        run_arg = arg
+        # the histogram: survivors only (at or above the lowest positive - eps)
+        surv = (sm >= thr[:, None]) & (sm > float("-inf"))
+        amb = tl.zeros((BQ, BG), tl.int1)
+        if tl.max(surv.to(tl.int32), axis=None) > 0:
+            blo = tl.zeros((BQ, BG), tl.int64)
+            bhi = tl.zeros((BQ, BG), tl.int64) + npos[:, None]
+            for _ in range(pos_steps):  # blo = how many positives are <= s
+                act = surv & (blo < bhi)
+                mid = (blo + bhi) // 2
+                v = tl.load(pos_ptr + p0[:, None] + mid, mask=act, other=0.0)
+                go = act & (v <= sm)
+                blo = tl.where(go, mid + 1, blo)
+                bhi = tl.where(act & (v > sm), mid, bhi)
+            below = tl.load(pos_ptr + p0[:, None] + blo - 1, mask=surv & (blo > 0),
+                            other=float("-inf"))
+            above = tl.load(pos_ptr + p0[:, None] + blo, mask=surv & (blo < npos[:, None]),
+                            other=float("inf"))
+            sv = tl.where(surv, sm, 0.0)  # no inf - inf below
+            amb = surv & (((sv - below) <= eps[:, None]) | ((above - sv) <= eps[:, None]))
+            count = surv & (amb == 0) & (blo > 0)
+            tl.atomic_add(hist_ptr + (p0 + rows64)[:, None] + blo, tl.full((BQ, BG), 1, tl.int64),
+                          mask=count)
+        app = amb | near
+        n_app = tl.sum(app.to(tl.int64), axis=None)
+        if n_app > 0:
+            base = tl.atomic_add(cnt_ptr, n_app)
+            flat = tl.reshape(app, (BQ * BG,))
+            slot = base + tl.cumsum(flat.to(tl.int64), axis=0) - 1
+            ok = flat & (slot < cap)
+            tl.store(buf_q_ptr + slot, tl.reshape(rows[:, None] + 0 * cols[None, :], (BQ * BG,)),
+                     mask=ok)
+            tl.store(buf_c_ptr + slot,
+                     tl.reshape(2 * cols[None, :] + amb.to(tl.int32) + 0 * rows[:, None],
+                                (BQ * BG,)), mask=ok)
+            tl.store(buf_s_ptr + slot, tl.reshape(sm, (BQ * BG,)), mask=ok)
+    out = pid_s.to(tl.int64) * n_q + rows64
+    tl.store(nneg_ptr + out, nneg, mask=rmask)
+    tl.store(pmax_ptr + out, run_max, mask=rmask)
+    tl.store(parg_ptr + out, run_arg, mask=rmask)
+    tl.atomic_add(bad_ptr, tl.sum(n_bad, axis=0))
