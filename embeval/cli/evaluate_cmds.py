@@ -73,7 +73,7 @@ BlockOpt = Annotated[int | None, typer.Option(hidden=True, min=1, help="Gallery 
 BackendOpt = Annotated[Backend, typer.Option(
     "--backend", metavar="ENGINE",
     help="Ranking pass: auto, numba (CPU), torch, or triton (one fused GPU kernel, fp32 "
-         "without top-k; the gpu extra). auto takes triton on CUDA when Triton is installed.")]
+         "without top-k; the gpu extra; not yet timed on a GPU, so auto does not take it).")]
 ShardOpt = Annotated[str | None, typer.Option(
     "--shard", metavar="I/N",
     help="Array jobs: evaluate gallery shard I of N (0 <= I < N) and write its partial "

@@ -97,7 +97,8 @@ def rank_stats(
     ``backend``: ``"numba"`` (CPU fp32: fused compiled pass over fixed tiles, bit-identical
     for any block size, shard split or thread count), ``"torch"`` (CUDA, other precisions),
     ``"triton"`` (one fused GPU kernel, :mod:`embeval.engine.triton_pass`: fp32 without top-k,
-    else the torch pass), or ``"auto"`` (triton on CUDA when Triton is installed).
+    else the torch pass; named only: it has not yet been timed on a GPU), or ``"auto"``
+    (numba on CPU, torch elsewhere).
     ``relevance``: per-query positives and junk (:class:`~embeval.data.relevance.Relevance`,
     for these query and gallery sets) instead of label equality; junk is invisible to its
     query; the protocol applies on top (:func:`embeval.engine.listed.with_protocol`).
@@ -112,8 +113,7 @@ def rank_stats(
     if backend == "auto":
         compiled = (dev.type == "cpu" and precision == "fp32" and plan.compiled_available()
                     and query.n * (b - a) > SMALL_PASS)
-        fused = dev.type == "cuda" and precision == "fp32" and plan.triton_available()
-        backend = "numba" if compiled else "triton" if fused else "torch"
+        backend = "numba" if compiled else "torch"  # triton only when named, until timed on a GPU
     if backend not in ("numba", "torch", "triton"):
         raise OptionError(f"backend: unknown backend {backend!r} (numba, torch, triton, auto)",
                           param="backend")
