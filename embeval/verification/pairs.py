@@ -37,7 +37,7 @@ from embeval.engine.similarity import aux, check_finite_scores, check_metric, ro
 from embeval.errors import InputFileError, OptionError
 
 __all__ = ["Pairs", "TemplateIds", "FoldAccuracy", "read_pairs", "pool_templates", "pair_scores",
-           "trial_labels", "fold_accuracy", "COLUMNS"]
+           "trial_labels", "fold_accuracy", "fold_bounds", "COLUMNS"]
 
 COLUMNS = ("query", "gallery", "same")
 _HEADER_HINT = "'query,gallery' or 'query,gallery,same' (any order)"
@@ -304,7 +304,10 @@ class FoldAccuracy(NamedTuple):
 def fold_accuracy(scores: torch.Tensor, genuine: torch.Tensor, folds: int = 10) -> FoldAccuracy:
     """Accuracy of listed trials by ``folds``-fold cross-validation of the threshold (LFW).
 
-    Fold i holds trials ``[i·P // folds, (i + 1)·P // folds)`` as listed. Its threshold is
+    The trials, as listed, form consecutive folds as scikit-learn's ``KFold(folds,
+    shuffle=False)`` splits them (insightface's and facenet's LFW evaluation): the first
+    ``P % folds`` folds hold ``P // folds + 1`` trials, the others ``P // folds``
+    (:func:`fold_bounds`). Fold i's threshold is
     the one most accurate on the other folds (accept iff score ≥ threshold; candidates: every
     distinct score of those folds, and +inf; among equally accurate candidates the highest);
     its accuracy is (genuine accepted + impostors rejected) / fold size. ``scores`` [P]
@@ -321,8 +324,7 @@ def fold_accuracy(scores: torch.Tensor, genuine: torch.Tensor, folds: int = 10) 
     genuine = genuine.bool()
     order = torch.argsort(scores)  # once: each fold's training trials in score order
     accs, thresholds = [], []
-    for i in range(folds):
-        lo, hi = i * n // folds, (i + 1) * n // folds
+    for lo, hi in fold_bounds(n, folds):
         train = order[(order < lo) | (order >= hi)]
         t = _best_threshold(scores[train], genuine[train])
         s, gen = scores[lo:hi], genuine[lo:hi]
@@ -331,6 +333,14 @@ def fold_accuracy(scores: torch.Tensor, genuine: torch.Tensor, folds: int = 10) 
         thresholds.append(float(t))
     acc = torch.tensor(accs, dtype=torch.float64)
     return FoldAccuracy(float(acc.mean()), float(acc.std(correction=0)), accs, thresholds)
+
+
+def fold_bounds(n: int, folds: int) -> list[tuple[int, int]]:
+    """The ``[lo, hi)`` trial ranges of ``folds`` consecutive folds of ``n`` trials, as
+    scikit-learn's ``KFold(folds, shuffle=False)``: the first ``n % folds`` one trial longer."""
+    size, extra = divmod(n, folds)
+    bounds = [i * size + min(i, extra) for i in range(folds + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
 
 
 def _best_threshold(s: torch.Tensor, gen: torch.Tensor) -> torch.Tensor:

@@ -316,18 +316,21 @@ def test_trial_labels() -> None:
 
 def _brute_force_folds(scores: list[float], genuine: list[bool],
                        folds: int) -> tuple[list[float], list[float]]:
+    """Folds from scikit-learn's ``KFold(folds, shuffle=False)`` itself (as insightface's
+    verification.py and facenet's lfw.py split LFW)."""
+    from sklearn.model_selection import KFold
+
     n = len(scores)
     accs, thresholds = [], []
-    for i in range(folds):
-        lo, hi = i * n // folds, (i + 1) * n // folds
-        train = [j for j in range(n) if not lo <= j < hi]
+    for train_idx, test_idx in KFold(folds, shuffle=False).split(np.arange(n)):
+        train = train_idx.tolist()
         best, best_t = -1, None
         for t in sorted({scores[j] for j in train}) + [math.inf]:
             right = sum((scores[j] >= t) == genuine[j] for j in train)
             if right >= best:  # ascending candidates: ties go to the higher threshold
                 best, best_t = right, t
-        test_right = sum((scores[j] >= best_t) == genuine[j] for j in range(lo, hi))
-        accs.append(test_right / (hi - lo))
+        test_right = sum((scores[j] >= best_t) == genuine[j] for j in test_idx)
+        accs.append(test_right / len(test_idx))
         thresholds.append(best_t)
     return accs, thresholds
 
@@ -344,6 +347,16 @@ def test_fold_accuracy_against_brute_force(data: list[tuple[int, bool]], folds: 
     assert got.accuracies == accs and got.thresholds == thresholds
     assert got.mean == pytest.approx(np.mean(accs), abs=1e-12)
     assert got.std == pytest.approx(np.std(accs), abs=1e-12)
+
+
+@pytest.mark.parametrize(("n", "folds"), [(5997, 10), (6000, 10), (7001, 10), (13, 4), (2, 2)])
+def test_fold_bounds_are_sklearn_kfold(n: int, folds: int) -> None:
+    """The first n % folds folds get the extra trials (a cleaned LFW list of 5,997 pairs: 7
+    folds of 600, then 3 of 599), exactly as KFold's test indices."""
+    from sklearn.model_selection import KFold
+
+    want = [(int(t[0]), int(t[-1]) + 1) for _, t in KFold(folds, shuffle=False).split(range(n))]
+    assert vp.fold_bounds(n, folds) == want
 
 
 def test_fold_accuracy_takes_the_highest_of_equally_good_thresholds() -> None:
