@@ -161,21 +161,21 @@ def tie_cases(draw, **kw):
     return case, ks, draw(st.sampled_from(["inner", "sq_euclid"]))
 
 
-@settings(max_examples=40, **SETTINGS)
+@settings(max_examples=25, **SETTINGS)
 @given(tie_cases())
 def test_every_position_metric_is_the_worst_ordering(args) -> None:
     case, ks, metric = args
     check_against_orderings(case, metric, ks)
 
 
-@settings(max_examples=15, **SETTINGS)
+@settings(max_examples=10, **SETTINGS)
 @given(tie_cases(cameras=True))
 def test_with_exclusions(args) -> None:
     case, ks, metric = args
     check_against_orderings(case, metric, ks, exclude_same_camera=True)
 
 
-@settings(max_examples=15, **SETTINGS)
+@settings(max_examples=10, **SETTINGS)
 @given(tie_cases(), st.data())
 def test_revisited_identify_and_bootstrap_terms(args, data) -> None:
     """revisitop's trapezoid AP and mP@k per setting, identify's closed-set rank-k and the
