@@ -1,8 +1,13 @@
 """Pure functions: :class:`~embeval.engine.RankStats` → metrics (DESIGN.md section 3).
 
-Ties are pessimistic: a negative tied with a positive ranks ahead of it; positives tied
-with each other share one threshold (as scikit-learn). A query with P > 0 positives
-(``valid``) ranks positive j at ``N_j = TP_j + #negatives with score ≥ s_j``.
+Ties are pessimistic, in two ways (DESIGN.md section 3). For positive j of a query with P > 0
+positives (``valid``), N⁻_j = #negatives with score ≥ s_j and TP_j = #positives with score ≥ s_j.
+*Threshold* metrics (AP, the PR points, maxF1) take scikit-learn's shared threshold: positives
+tied with each other share ``N_j = N⁻_j + TP_j`` (:func:`positive_ranks`). *Position* metrics
+(first / last hit, MRR, mINP, P@k, R-precision, MAP@R, nDCG@k, the trapezoid AP, revisitop's
+mP@k) take one total order, the worst: inside a run of equal scores the negatives first, then
+the positives in consecutive places, so the j-th positive by score is at ``N⁻_j + j``
+(:func:`positive_positions`).
 Fractions are in [0, 1]; per-query outputs are [Q] tensors.
 
 >>> import torch, embeval
@@ -25,8 +30,8 @@ from embeval.engine import NO_INDEX, RankStats
 from embeval.errors import OptionError
 
 __all__ = [
-    "positive_ranks", "average_precision", "mean_average_precision", "first_hit_rank",
-    "last_hit_rank", "cmc", "topk_accuracy", "inverse_negative_penalty", "mean_inp",
+    "positive_ranks", "positive_positions", "average_precision", "mean_average_precision",
+    "first_hit_rank", "last_hit_rank", "cmc", "topk_accuracy", "inverse_negative_penalty", "mean_inp",
     "hard_scores", "pr_points", "max_f1", "knn_predict", "knn_accuracy", "check_ks", "exact_mean",
     "reciprocal_rank", "map_at_r", "r_precision", "precision_at_k", "ndcg_at_k", "rank_metrics",
     "trapezoid_average_precision", "revisited_precision_at_k",
@@ -39,27 +44,46 @@ def _segments(stats: RankStats) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.repeat_interleave(torch.arange(stats.n_query), counts), stats.pos_offsets[:-1]
 
 
+def _negatives_ahead(stats: RankStats) -> torch.Tensor:
+    """[M] int64 N⁻ of every positive (#negatives scoring ≥ it), in ``pos_scores`` order."""
+    qid, starts = _segments(stats)
+    idx = torch.arange(len(stats.pos_scores))
+    # #negatives ≥ the i-th ascending positive (1-based i) = sum of bins i..P of the query
+    hist_cum = torch.cumsum(stats.neg_hist, 0)
+    hist_start = stats.pos_offsets[:-1] + torch.arange(stats.n_query)
+    hist_end = hist_start + stats.n_pos  # index of the query's last bin
+    bin_i = hist_start[qid] + (idx - starts[qid]) + 1
+    return hist_cum[hist_end[qid]] - hist_cum[bin_i - 1]
+
+
 def positive_ranks(stats: RankStats) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(TP, N)`` for every positive, [M] int64 each, in ``pos_scores`` order (ascending).
+    """``(TP, N)`` for every positive, [M] int64 each, in ``pos_scores`` order (ascending): the
+    *threshold* rule (scikit-learn's).
 
     TP = #positives scoring ≥ it, N = TP + #negatives scoring ≥ it.
     """
     qid, starts = _segments(stats)
     pos = stats.pos_scores
-    m = len(pos)
-    idx = torch.arange(m)
+    idx = torch.arange(len(pos))
     seg_start = starts[qid]
     new_group = (idx == seg_start)
     new_group[1:] |= pos[1:] != pos[:-1]
     group_first = torch.cummax(torch.where(new_group, idx, torch.zeros_like(idx)), 0).values
     tp = stats.n_pos[qid] - (group_first - seg_start)
-    # #negatives ≥ the i-th ascending positive (1-based i) = sum of bins i..P of the query
-    hist_cum = torch.cumsum(stats.neg_hist, 0)
-    hist_start = stats.pos_offsets[:-1] + torch.arange(stats.n_query)
-    hist_end = hist_start + stats.n_pos  # index of the query's last bin
-    bin_i = hist_start[qid] + (idx - seg_start) + 1
-    neg_ge = hist_cum[hist_end[qid]] - hist_cum[bin_i - 1]
-    return tp, tp + neg_ge
+    return tp, tp + _negatives_ahead(stats)
+
+
+def positive_positions(stats: RankStats) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(j, position)`` for every positive, [M] int64 each, in ``pos_scores`` order (ascending):
+    the *position* rule, one worst total order.
+
+    j = 1-based place of the positive among its query's positives by descending score (tied
+    positives take consecutive places, in any order: the metrics do not depend on it);
+    position = j + #negatives scoring ≥ it (negatives first inside a run of equal scores).
+    """
+    qid, starts = _segments(stats)
+    j = stats.n_pos[qid] - (torch.arange(len(stats.pos_scores)) - starts[qid])
+    return j, j + _negatives_ahead(stats)
 
 
 def _segment_sum(values: torch.Tensor, stats: RankStats) -> torch.Tensor:
@@ -77,15 +101,15 @@ def average_precision(stats: RankStats) -> torch.Tensor:
 def trapezoid_average_precision(stats: RankStats) -> torch.Tensor:
     """[Q] float64 revisitop's AP: the area under the PR curve by trapezoids; nan when P = 0.
 
-    The positives in rank order (pessimistic ranks N), the j-th (0-based) at 0-based rank
-    r = N - 1 adds (1/P) · (p0 + p1) / 2 with p0 = j / r (1 when r = 0) and p1 = (j + 1) / (r + 1)
-    (Revisited Oxford/Paris, Holidays, INSTRE). Without ties it equals revisitop's ``compute_ap``.
+    The positives in the worst total order (:func:`positive_positions`), the j-th (0-based) at
+    0-based rank r = position - 1 adds (1/P) · (p0 + p1) / 2 with p0 = j / r (1 when r = 0) and
+    p1 = (j + 1) / (r + 1) (Revisited Oxford/Paris, Holidays, INSTRE): revisitop's
+    ``compute_ap`` of that order.
     """
-    tp, n = positive_ranks(stats)
-    qid, starts = _segments(stats)
-    p = stats.n_pos[qid].double()
-    j = p - 1 - (torch.arange(len(n)) - starts[qid]).double()  # ascending scores: last is best
-    r = n.double() - 1
+    order, position = positive_positions(stats)
+    p = stats.n_pos[_segments(stats)[0]].double()
+    j = order.double() - 1
+    r = position.double() - 1
     p0 = torch.where(r == 0, torch.ones_like(r), j / r.clamp_min(1))
     area = (p0 + (j + 1) / (r + 1)) / (2 * p)
     return _segment_sum(area, stats) / (stats.n_pos > 0).double()  # 0/0 → nan when P = 0
@@ -93,8 +117,8 @@ def trapezoid_average_precision(stats: RankStats) -> torch.Tensor:
 
 def revisited_precision_at_k(stats: RankStats, ks: Sequence[int]) -> dict[int, torch.Tensor]:
     """{k: [Q] float64}: revisitop's mP@k per query: k' = min(k, rank of the last positive),
-    #positives ranked ≤ k' divided by k' (pessimistic ranks); nan when P = 0."""
-    _, n = positive_ranks(stats)
+    #positives ranked ≤ k' divided by k' (positions: :func:`positive_positions`); nan when P = 0."""
+    _, n = positive_positions(stats)
     qid, starts = _segments(stats)
     # positives ascend by score: each query's first one is its last ranked (largest N)
     last = n[starts.clamp_max(max(len(n) - 1, 0))] if len(n) else torch.zeros_like(starts)
@@ -136,14 +160,15 @@ def _hist_bin(stats: RankStats, bin_of_query: torch.Tensor) -> torch.Tensor:
 
 
 def first_hit_rank(stats: RankStats) -> torch.Tensor:
-    """[Q] float64: 1 + #negatives scoring ≥ the best positive; inf when P = 0."""
+    """[Q] float64: 1 + #negatives scoring ≥ the best positive (the first positive's position,
+    :func:`positive_positions`); inf when P = 0."""
     p = stats.n_pos
     ahead = _hist_bin(stats, p.clamp_min(1))
     return torch.where(p > 0, 1.0 + ahead.double(), torch.tensor(float("inf"), dtype=torch.float64))
 
 
 def last_hit_rank(stats: RankStats) -> torch.Tensor:
-    """[Q] float64 rank of the hardest positive: P + #negatives ≥ it; inf when P = 0."""
+    """[Q] float64 position of the hardest positive: P + #negatives ≥ it; inf when P = 0."""
     p = stats.n_pos
     ahead = _hist_bin(stats, torch.ones_like(p))
     return torch.where(p > 0, (p + ahead).double(), torch.tensor(float("inf"), dtype=torch.float64))
@@ -184,7 +209,7 @@ def mean_inp(stats: RankStats, *, no_positive: str = "skip") -> float:
     return _valid_mean(inverse_negative_penalty(stats), stats, no_positive)
 
 
-Ranks = tuple[torch.Tensor, torch.Tensor]  # (TP, N) of every positive, from positive_ranks
+Ranks = tuple[torch.Tensor, torch.Tensor]  # (j, position) of every positive: positive_positions
 
 
 def _per_valid(values: torch.Tensor, stats: RankStats) -> torch.Tensor:
@@ -198,16 +223,17 @@ def reciprocal_rank(stats: RankStats) -> torch.Tensor:
 
 
 def _ranks_of(stats: RankStats, ranks: Ranks | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(TP [M], N [M], P of each positive's query [M]), from ``ranks`` when given."""
-    tp, n = positive_ranks(stats) if ranks is None else ranks
+    """(j [M], position [M], P of each positive's query [M]), from ``ranks`` when given."""
+    tp, n = positive_positions(stats) if ranks is None else ranks
     qid, _ = _segments(stats)
     return tp, n, stats.n_pos[qid]
 
 
 def map_at_r(stats: RankStats, ranks: Ranks | None = None) -> torch.Tensor:
-    """[Q] float64 AP@R, R = P: (1/R) Σ over positives j with N_j ≤ R of TP_j / N_j; nan when P = 0.
+    """[Q] float64 AP@R, R = P: (1/R) Σ over the j-th positives at position n_j ≤ R of j / n_j
+    (:func:`positive_positions`); nan when P = 0.
 
-    ``ranks``: :func:`positive_ranks` of ``stats`` when already computed.
+    ``ranks``: :func:`positive_positions` of ``stats`` when already computed.
     """
     tp, n, r = _ranks_of(stats, ranks)
     terms = torch.where(n <= r, tp.double() / n.double(), torch.zeros((), dtype=torch.float64))
@@ -215,14 +241,14 @@ def map_at_r(stats: RankStats, ranks: Ranks | None = None) -> torch.Tensor:
 
 
 def r_precision(stats: RankStats, ranks: Ranks | None = None) -> torch.Tensor:
-    """[Q] float64 #positives j with N_j ≤ R, divided by R = P; nan when P = 0."""
+    """[Q] float64 #positives at position ≤ R, divided by R = P; nan when P = 0."""
     _, n, r = _ranks_of(stats, ranks)
     return _per_valid(_segment_sum((n <= r).double(), stats) / stats.n_pos.double(), stats)
 
 
 def precision_at_k(stats: RankStats, ks: Sequence[int],
                    ranks: Ranks | None = None) -> dict[int, torch.Tensor]:
-    """k → [Q] float64 P@k = #positives j with N_j ≤ k, divided by k; nan when P = 0."""
+    """k → [Q] float64 P@k = #positives at position ≤ k, divided by k; nan when P = 0."""
     _, n, _ = _ranks_of(stats, ranks)
     return {k: _per_valid(_segment_sum((n <= k).double(), stats) / k, stats) for k in ks}
 
@@ -238,7 +264,7 @@ def _discount(rank: torch.Tensor) -> torch.Tensor:
 
 def ndcg_at_k(stats: RankStats, ks: Sequence[int],
               ranks: Ranks | None = None) -> dict[int, torch.Tensor]:
-    """k → [Q] float64 nDCG@k, binary gain: Σ over positives j with N_j ≤ k of 1/log2(N_j + 1),
+    """k → [Q] float64 nDCG@k, binary gain: Σ over positives at position n ≤ k of 1/log2(n + 1),
     divided by the ideal Σ_{i=1}^{min(P, k)} 1/log2(i + 1); nan when P = 0."""
     _, n, _ = _ranks_of(stats, ranks)
     gain = _discount(n)
@@ -261,7 +287,7 @@ def rank_metrics(stats: RankStats, *, ks: Sequence[int] = (1, 5, 10),
     the per-query ``{"rr", "map_at_r", "r_precision", "p@{k}", "ndcg@{k}"}`` → [Q] float64
     (nan when P = 0).
     """
-    ranks = positive_ranks(stats)
+    ranks = positive_positions(stats)
     per = {"rr": reciprocal_rank(stats), "map_at_r": map_at_r(stats, ranks),
            "r_precision": r_precision(stats, ranks)}
     per.update({f"p@{k}": v for k, v in precision_at_k(stats, ks, ranks).items()})

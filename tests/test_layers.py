@@ -21,7 +21,7 @@ ALLOWED: dict[str, set[str]] = {
     "evaluate": {"data", "engine", "metrics", "rerank"},
     "results": {"data", "engine", "metrics", "evaluate"},
     "verification": {"data", "engine", "metrics", "evaluate", "results"},
-    "protocols": {"data", "engine", "metrics", "evaluate"},
+    "protocols": {"data", "engine", "metrics", "evaluate", "rerank"},
     "uncertainty": {"data", "engine", "metrics", "evaluate", "results"},
     "extract": {"data", "engine", "evaluate"},
     "train": {"data", "engine", "metrics", "evaluate", "extract", "results"},

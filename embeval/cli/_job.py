@@ -169,7 +169,8 @@ def _revisited(job: Job, q: EmbeddingSet, g: EmbeddingSet) -> None:
     assert job.relevance is not None  # checked by the cmc command
     truth = read_revisited(job.relevance, q.n, g.n)
     with progress_bar("ranking (easy, medium, hard)", "items") as update:
-        result = revisited(q, g, truth, job.options, ks=job.ks, progress=update)
+        result = revisited(q, g, truth, job.options, ks=job.ks, progress=update,
+                           rerank=job.rerank)
     finish(job, result, g.label_names, None,  # type: ignore[arg-type]
            inputs=_inputs(job.query, source_files(q), source_files(g), job.relevance))
 
@@ -179,8 +180,8 @@ def _check_rerank(job: Job) -> None:
     r = job.rerank
     if r is None:
         return
-    if job.extra.get("protocol"):
-        raise OptionError("--rerank/--qe/--dba: not with --protocol")
+    if job.extra.get("protocol") and r.method is not None:
+        raise OptionError("--rerank: not with --protocol (--qe and --dba are)")
 
 
 def _score_topn(job: Job, q: EmbeddingSet, g: EmbeddingSet) -> int | None:

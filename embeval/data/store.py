@@ -44,7 +44,7 @@ from embeval.data.safetensors_io import write_safetensors
 from embeval.errors import InputFileError
 from embeval.outputs import atomic_path
 
-__all__ = ["EmbeddingSet", "load", "save", "read_ids", "FORMAT_VERSION"]
+__all__ = ["EmbeddingSet", "load", "save", "read_ids", "read_weights", "FORMAT_VERSION"]
 
 FORMAT_VERSION = "1"
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -242,6 +242,42 @@ def read_ids(path: str | os.PathLike[str], key: str, n: int) -> torch.Tensor | N
     ids = _as_ids(str(p), key, raw)
     _check_ids(str(p), key, ids, n)
     return ids
+
+
+def read_weights(path: str | os.PathLike[str], key: str, n: int) -> torch.Tensor | None:
+    """One optional per-item weight tensor ``key`` of an embedding file (``faceness``): [n]
+    float64 (from any float dtype), finite and ≥ 0, or None when the file has no tensor of that
+    name. Raises :class:`InputFileError` naming the file otherwise."""
+    p = Path(path)
+    if _numpy_kind(p) == "npz":
+        from embeval.data.numpy_io import read_npz_ids
+
+        found = read_npz_ids(p, key)
+        if found is None:
+            return None
+        raw = torch.as_tensor(found) if found.dtype.kind in "biuf" else None
+    else:
+        try:
+            with _open(p) as f:
+                if key not in f.keys():
+                    return None
+                raw = f.get_tensor(key)
+        except SafetensorError as e:
+            raise InputFileError(p, f"not a readable safetensors file ({e})") from None
+        except OSError as e:
+            raise InputFileError(p, f"cannot read ({e.strerror or e})") from None
+    if raw is None or not raw.is_floating_point():
+        raise InputFileError(p, f"{key!r} must be floats (one weight per item)")
+    if raw.dim() != 1 or raw.numel() != n:
+        raise InputFileError(p, f"{key!r} must be 1-D [{n}] (one weight per embedding row), got "
+                                f"shape {list(raw.shape)}")
+    w = raw.double()
+    bad = ~torch.isfinite(w) | (w < 0)
+    if bool(bad.any()):
+        i = int(torch.nonzero(bad)[0])
+        raise InputFileError(p, f"{key!r} entry {i} is {float(w[i])!r}: weights must be finite "
+                                "and >= 0")
+    return w
 
 
 def save(

@@ -14,7 +14,9 @@ same for ``hard`` and ``junk``. The settings, as revisitop's ``compute_map``:
 
 One ranking pass per setting (three in all); ignored items are invisible to their query
 (:class:`~embeval.data.relevance.Relevance` junk). Queries without positives in a setting
-are skipped in its means, as revisitop does.
+are skipped in its means, as revisitop does. With query expansion and/or DBA
+(:class:`~embeval.rerank.options.RerankOptions` ``qe`` / ``dba``) the new embeddings are
+computed once (their neighbours use no label or list), then the three settings rank them.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from embeval.engine.rank import Progress
 from embeval.errors import InputFileError, OptionError
 from embeval.evaluate import EvalResult, evaluation_stats, summarize
 from embeval.options import EvalOptions
+from embeval.rerank.options import RerankOptions
 
 __all__ = ["KINDS", "SETTINGS", "read_revisited", "revisited_settings", "revisited",
            "RevisitedResult"]
@@ -211,14 +214,17 @@ class RevisitedResult:
 
 def revisited(query: EmbeddingSet, gallery: EmbeddingSet, ground_truth: dict[str, Relevance],
               options: EvalOptions | None = None, *, ks: Sequence[int] = (1, 5, 10),
-              progress: Progress | None = None, **overrides: Any) -> RevisitedResult:
+              progress: Progress | None = None, rerank: RerankOptions | None = None,
+              **overrides: Any) -> RevisitedResult:
     """mAP and revisitop's mP@k (k' = min(k, rank of the last positive)) of ``query`` ×
     ``gallery`` in the easy, medium and hard settings of ``ground_truth``
     (:func:`read_revisited`): one ranking pass per setting.
 
     ``options`` / ``overrides``: as for :func:`embeval.evaluate`; the AP is ``options.ap``,
     or revisitop's trapezoid when neither ``options`` nor ``ap=`` is given. Queries without
-    positives are skipped (``no_positive="zero"`` is refused).
+    positives are skipped (``no_positive="zero"`` is refused). ``rerank``: query expansion and
+    / or DBA (``qe``, ``dba``), applied once before the three settings; k-reciprocal
+    re-ranking is refused.
     """
     t0 = time.perf_counter()
     default_ap = {"ap": "trapezoid"} if options is None and "ap" not in overrides else {}
@@ -230,6 +236,15 @@ def revisited(query: EmbeddingSet, gallery: EmbeddingSet, ground_truth: dict[str
     if missing:
         raise OptionError(f"ground_truth: no {missing[0]!r} setting (read_revisited gives all "
                           "three)", param="ground_truth")
+    if rerank is not None and rerank.method is not None:
+        raise OptionError("rerank: k-reciprocal re-ranking is not offered with the revisited "
+                          "protocol (query expansion and DBA are)", param="rerank")
+    if rerank is not None and rerank.expands:
+        from embeval.rerank.expansion import expand
+
+        query, gallery = expand(query, gallery, rerank, metric=opts.metric,
+                                exclude_self=opts.exclude_self, device=opts.device,
+                                memory=opts.memory)
     settings, mp = {}, {}
     for name in SETTINGS:
         part = evaluation_stats(query, gallery, opts, ks=ks, progress=progress,

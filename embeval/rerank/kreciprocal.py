@@ -3,7 +3,7 @@
 
 The re-ranked distance of query i and gallery item j is the reference implementation's
 (``re_ranking(q_g_dist, q_q_dist, g_g_dist, k1, k2, lambda)`` of the authors, torchreid and
-fast-reid), over the N = Q + G items of queries ∪ gallery:
+fast-reid's ``rerank.py``), over the N = Q + G items of queries ∪ gallery:
 
 - the distance ``D`` fed to the reference: ``euclid`` ‖q−g‖, ``sq_euclid`` ‖q−g‖², ``cosine``
   max(1 − cos, 0) (``inner`` has none: refused); the reference squares it, ``e = D²``, and
@@ -20,7 +20,7 @@ fast-reid), over the N = Q + G items of queries ∪ gallery:
 
 Neighbours are by embeval's canonical float32 scores (ties: the lower index first; the
 reference's argsort leaves ties unspecified); V, the Jaccard terms and r are float64 (the
-reference: float32, fast-reid float16).
+reference's ``re_ranking``: float32; the authors' ``re_ranking_feature``: float16).
 
 How it stays exact and O(N·k1) in memory. J(i, j) < 1 only for the *C pairs*, whose V supports
 meet: they are found from the sparse V (columns' lists), O(Σ support sizes). Outside them J = 1

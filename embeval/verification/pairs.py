@@ -30,14 +30,14 @@ import torch
 
 from embeval.data.concat import ConcatSet, source_files
 from embeval.data.int_csv import BLOCK, IntCsvReader, check_file
-from embeval.data.store import EmbeddingSet, read_ids
+from embeval.data.store import EmbeddingSet, read_ids, read_weights
 from embeval.engine.exact import dot_bound, pair_dots
 from embeval.engine.rank import blocks_with_pairs
 from embeval.engine.similarity import aux, check_finite_scores, check_metric, row_norms, transform
 from embeval.errors import InputFileError, OptionError
 
 __all__ = ["Pairs", "TemplateIds", "FoldAccuracy", "read_pairs", "pool_templates", "pair_scores",
-           "trial_labels", "fold_accuracy", "COLUMNS"]
+           "trial_labels", "fold_accuracy", "fold_bounds", "COLUMNS"]
 
 COLUMNS = ("query", "gallery", "same")
 _HEADER_HINT = "'query,gallery' or 'query,gallery,same' (any order)"
@@ -143,28 +143,31 @@ class _Reader(IntCsvReader):
 
 def pool_templates(s: EmbeddingSet, path: str | Path | None = None, *,
                    templates: torch.Tensor | None = None,
-                   media: torch.Tensor | None = None) -> tuple[EmbeddingSet, torch.Tensor]:
+                   media: torch.Tensor | None = None,
+                   weights: torch.Tensor | None = None) -> tuple[EmbeddingSet, torch.Tensor]:
     """Pool items into templates (IJB protocol): ``(pooled set [T, D] float32, ids [T] int64)``.
 
     ``templates`` [N] int64 names each item's template, ``media`` [N] int64 (optional) its
     medium (a video, or a still image). With media: the mean of the items of each medium,
     then the mean over the template's media; without: the mean of the template's items; then
     L2-normalised (a zero mean stays zero). Sums in float64, rows as stored (not normalised
-    first). Row t of the pooled set is template ``ids[t]`` (ascending); its label is its
-    items' label (they must agree) and it has no camera. When ``templates`` is not given, the
-    tensors ``templates`` / ``media`` are read from ``path`` (default: the file(s) ``s`` was
-    read from). Memory: O(groups · D) float64, rows read in blocks.
+    first). ``weights`` [N] float (optional, ≥ 0: a detector's faceness score) multiplies each
+    row before pooling, as insightface's IJB script does with ``use_detector_score``. Row t of
+    the pooled set is template ``ids[t]`` (ascending); its label is its items' label (they
+    must agree) and it has no camera. When ``templates`` is not given, the tensors
+    ``templates`` / ``media`` / ``faceness`` are read from ``path`` (default: the file(s) ``s``
+    was read from). Memory: O(groups · D) float64, rows read in blocks.
     """
     file = str(path) if path is not None else s.name
     if templates is None:
-        templates, media = _template_tensors(s, path)
+        templates, media, weights = _template_tensors(s, path)
     tpl_ids, tpl = torch.unique(templates, return_inverse=True)
     if media is not None:
         groups, grp = torch.unique(torch.stack([tpl, media.long()], 1), dim=0, return_inverse=True)
         group_tpl = groups[:, 0]
     else:
         grp, group_tpl = tpl, torch.arange(len(tpl_ids))
-    pooled = _group_means(s, grp, len(group_tpl))
+    pooled = _group_means(s, grp, len(group_tpl), weights)
     if media is not None:
         pooled = _means(torch.zeros(len(tpl_ids), s.dim, dtype=torch.float64)
                         .index_add_(0, group_tpl, pooled), group_tpl, len(tpl_ids))
@@ -174,9 +177,9 @@ def pool_templates(s: EmbeddingSet, path: str | Path | None = None, *,
     return EmbeddingSet(pooled, labels, metadata=s.metadata, name=s.name), tpl_ids
 
 
-def _template_tensors(s: EmbeddingSet,
-                      path: str | Path | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``templates`` and ``media`` of ``s`` from ``path`` or from its own file(s)."""
+def _template_tensors(s: EmbeddingSet, path: str | Path | None
+                      ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """``templates``, ``media`` and ``faceness`` of ``s`` from ``path`` or its own file(s)."""
     if path is not None:
         sources = [(str(path), s.n)]
     else:
@@ -186,7 +189,7 @@ def _template_tensors(s: EmbeddingSet,
             raise OptionError(f"templates: {s.name} was not read from a file: give the "
                               "templates (and media) tensors", param="templates")
         sources = [(str(f[0]), part.n) for f, part in zip(files, parts)]
-    tpl, med = [], []
+    tpl, med, wts = [], [], []
     for file, n in sources:
         t = read_ids(file, "templates", n)
         if t is None:
@@ -194,20 +197,28 @@ def _template_tensors(s: EmbeddingSet,
                                        "id), needed to pool templates")
         tpl.append(t)
         med.append(read_ids(file, "media", n))
-    if any(m is None for m in med) and not all(m is None for m in med):
-        lacks = next(f for (f, _), m in zip(sources, med) if m is None)
-        raise InputFileError(lacks, "has no 'media' tensor but another file of the set has one: "
-                                    "give media in every file or in none")
+        wts.append(read_weights(file, "faceness", n))
+    for name, got in (("media", med), ("faceness", wts)):
+        if any(m is None for m in got) and not all(m is None for m in got):
+            lacks = next(f for (f, _), m in zip(sources, got) if m is None)
+            raise InputFileError(lacks, f"has no {name!r} tensor but another file of the set has "
+                                        f"one: give {name} in every file or in none")
     media = None if med[0] is None else torch.cat(med)  # type: ignore[arg-type]
-    return torch.cat(tpl), media
+    weights = None if wts[0] is None else torch.cat(wts)  # type: ignore[arg-type]
+    return torch.cat(tpl), media, weights
 
 
-def _group_means(s: EmbeddingSet, grp: torch.Tensor, n_groups: int) -> torch.Tensor:
-    """Mean row of each group (``grp`` [N] in [0, n_groups)): [n_groups, D] float64."""
+def _group_means(s: EmbeddingSet, grp: torch.Tensor, n_groups: int,
+                 weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean row of each group (``grp`` [N] in [0, n_groups)), each row first multiplied by its
+    ``weights`` entry when given: [n_groups, D] float64."""
     sums = torch.zeros(n_groups, s.dim, dtype=torch.float64)
     step = max(1, (64 << 20) // (8 * s.dim))
     for a in range(0, s.n, step):
-        sums.index_add_(0, grp[a:a + step], s.rows(a, min(a + step, s.n)).double())
+        rows = s.rows(a, min(a + step, s.n)).double()
+        if weights is not None:
+            rows = rows * weights[a:a + step, None].double()
+        sums.index_add_(0, grp[a:a + step], rows)
     return _means(sums, grp, n_groups)
 
 
@@ -304,7 +315,10 @@ class FoldAccuracy(NamedTuple):
 def fold_accuracy(scores: torch.Tensor, genuine: torch.Tensor, folds: int = 10) -> FoldAccuracy:
     """Accuracy of listed trials by ``folds``-fold cross-validation of the threshold (LFW).
 
-    Fold i holds trials ``[i·P // folds, (i + 1)·P // folds)`` as listed. Its threshold is
+    The trials, as listed, form consecutive folds as scikit-learn's ``KFold(folds,
+    shuffle=False)`` splits them (insightface's and facenet's LFW evaluation): the first
+    ``P % folds`` folds hold ``P // folds + 1`` trials, the others ``P // folds``
+    (:func:`fold_bounds`). Fold i's threshold is
     the one most accurate on the other folds (accept iff score ≥ threshold; candidates: every
     distinct score of those folds, and +inf; among equally accurate candidates the highest);
     its accuracy is (genuine accepted + impostors rejected) / fold size. ``scores`` [P]
@@ -321,8 +335,7 @@ def fold_accuracy(scores: torch.Tensor, genuine: torch.Tensor, folds: int = 10) 
     genuine = genuine.bool()
     order = torch.argsort(scores)  # once: each fold's training trials in score order
     accs, thresholds = [], []
-    for i in range(folds):
-        lo, hi = i * n // folds, (i + 1) * n // folds
+    for lo, hi in fold_bounds(n, folds):
         train = order[(order < lo) | (order >= hi)]
         t = _best_threshold(scores[train], genuine[train])
         s, gen = scores[lo:hi], genuine[lo:hi]
@@ -331,6 +344,14 @@ def fold_accuracy(scores: torch.Tensor, genuine: torch.Tensor, folds: int = 10) 
         thresholds.append(float(t))
     acc = torch.tensor(accs, dtype=torch.float64)
     return FoldAccuracy(float(acc.mean()), float(acc.std(correction=0)), accs, thresholds)
+
+
+def fold_bounds(n: int, folds: int) -> list[tuple[int, int]]:
+    """The ``[lo, hi)`` trial ranges of ``folds`` consecutive folds of ``n`` trials, as
+    scikit-learn's ``KFold(folds, shuffle=False)``: the first ``n % folds`` one trial longer."""
+    size, extra = divmod(n, folds)
+    bounds = [i * size + min(i, extra) for i in range(folds + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
 
 
 def _best_threshold(s: torch.Tensor, gen: torch.Tensor) -> torch.Tensor:

@@ -45,8 +45,12 @@ def brute_force(case: Case, *, metric: str, ks, no_positive: str = "skip",
                 exclude_same_camera: bool = False, exclude_self: bool = False):
     """(metrics, per_query) of the new rank metrics, from each query's fully sorted row.
 
-    Positive j's pessimistic rank N_j = #kept items scoring ≥ s_j (its last place among the
-    items tied with it), TP_j = #positives scoring ≥ s_j.
+    The position rule (DESIGN.md section 3): the j-th positive by descending score is at position
+    N_j = j + #negatives scoring ≥ s_j (inside a run of equal scores the negatives first, then
+    the positives in consecutive places); j positives are ranked up to it. (Until issue 23 this
+    oracle encoded N_j = #kept items scoring ≥ s_j, which put tied positives all at the last
+    place of their run.) tests/engine/test_tied_positives.py checks the rule itself against
+    every ordering of the tied items.
     """
     S = score_matrix(case.qe, case.ge, metric)
     keep = keep_mask(case.ql, case.gl, case.qc, case.gc, exclude_same_camera=exclude_same_camera,
@@ -60,12 +64,11 @@ def brute_force(case: Case, *, metric: str, ks, no_positive: str = "skip",
             for values in per.values():
                 values.append(math.nan)
             continue
-        order = np.argsort(-s, kind="stable")
-        ranked_s, ranked_pos = s[order], pos[order]
-        # last sorted place holding a score ≥ s_j: the pessimistic rank
-        N = np.array([int(np.searchsorted(-ranked_s, -sj, side="right")) for sj in s[pos]])
-        TP = np.array([int(ranked_pos[:n].sum()) for n in N])
-        first_hit = 1 + int((~ranked_pos[:N.min()]).sum())
+        negatives = s[~pos]
+        N = np.array([j + int((negatives >= sj).sum())
+                      for j, sj in enumerate(sorted(s[pos], reverse=True), 1)])
+        TP = np.arange(1, P + 1)
+        first_hit = int(N[0])
         per["rr"].append(float(Fraction(1, first_hit)))
         per["map_at_r"].append(float(sum((Fraction(int(t), int(n)) for t, n in zip(TP, N) if n <= P),
                                          Fraction(0)) / P))
@@ -112,7 +115,8 @@ def check(case: Case, *, metric: str, ks, **kw) -> embeval.EvalResult:
 
 def hand_case() -> Case:
     """One query (label 0), inner product in 1-D: scores 3, 3, 1, 2, 0, 1 with labels
-    0, 1, 0, 1, 1, 0. Positives: 3 (tied with a negative: N=2), 1 and 1 (N=5 both)."""
+    0, 1, 0, 1, 1, 0. Positives: 3 (tied with a negative: position 2), 1 and 1 (tied with each
+    other after two negatives: positions 4 and 5)."""
     return Case(qe=np.array([[1.0]]), ql=np.array([0]),
                 ge=np.array([[3.0], [3.0], [1.0], [2.0], [0.0], [1.0]]),
                 gl=np.array([0, 1, 0, 1, 1, 0]))
@@ -128,7 +132,8 @@ def test_hand_example_pessimistic_ties() -> None:
     ideal5 = 1 + 1 / math.log2(3) + 1 / math.log2(4)
     assert m["nDCG@1"] == 0.0
     assert m["nDCG@2"] == pytest.approx((1 / math.log2(3)) / (1 + 1 / math.log2(3)), abs=1e-15)
-    assert m["nDCG@5"] == pytest.approx((1 / math.log2(3) + 2 / math.log2(6)) / ideal5, abs=1e-15)
+    assert m["nDCG@5"] == pytest.approx((1 / math.log2(3) + 1 / math.log2(5) + 1 / math.log2(6))
+                                        / ideal5, abs=1e-15)
 
 
 def test_everything_tied_scores_badly() -> None:

@@ -9,7 +9,8 @@ k-reciprocal sets with the round(k1/2) expansion under the 2/3 rule; Gaussian we
 exp(-d) normalised per row; local query expansion (mean of the k2 nearest rows) when k2 != 1;
 Jaccard distance 1 - Σmin / (2 - Σmin) from an inverted index; final
 (1 - λ)·Jaccard + λ·distance, query rows × gallery columns. ``dtype``: the working precision
-of the distances, V and the Jaccard sums (the reference: float32; fast-reid: float16 V).
+of the distances, V and the Jaccard sums (the reference, torchreid's and fast-reid's
+``rerank.py``: float32; the authors' ``re_ranking_feature``: float16).
 """
 
 from __future__ import annotations

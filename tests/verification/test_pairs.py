@@ -222,6 +222,51 @@ def test_pool_templates_against_numpy(tmp_path: Path, with_media: bool) -> None:
         assert not np.allclose(plain, ref)
 
 
+def _insightface_templates(feats: np.ndarray, faceness: np.ndarray, templates: np.ndarray,
+                           medias: np.ndarray) -> np.ndarray:
+    """insightface's IJB pooling (recognition/arcface_torch/eval_ijbc.py, defaults
+    use_norm_score=True, use_detector_score=True), re-implemented: raw items times their
+    faceness; per template, each medium's single item or the mean of its items; the sum over
+    media; then sklearn.preprocessing.normalize."""
+    from sklearn.preprocessing import normalize
+
+    feats = feats * faceness[:, None]
+    out = []
+    for t in np.unique(templates):
+        rows, m = feats[templates == t], medias[templates == t]
+        per_media = [rows[m == u].mean(0) if (m == u).sum() > 1 else rows[m == u][0]
+                     for u in np.unique(m)]
+        out.append(np.sum(per_media, axis=0))
+    return normalize(np.array(out))
+
+
+def test_pool_templates_with_faceness_is_insightface(tmp_path: Path) -> None:
+    """A 'faceness' float tensor [N] in the file weights each item before pooling."""
+    g = torch.Generator().manual_seed(5)
+    n, d = 200, 6
+    emb = torch.randn(n, d, generator=g) * (1 + 3 * torch.rand(n, 1, generator=g))  # raw norms
+    tpl = torch.randint(0, 25, (n,), generator=g)
+    media = torch.randint(0, 5, (n,), generator=g)
+    face = torch.rand(n, generator=g, dtype=torch.float64).float()
+    s = embeval.load(_save(tmp_path / "e.safetensors", emb, tpl, templates=tpl, media=media,
+                           faceness=face))
+    pooled, _ = pool_templates(s)
+    want = _insightface_templates(emb.double().numpy(), face.double().numpy(), tpl.numpy(),
+                                  media.numpy())
+    np.testing.assert_allclose(pooled.embeddings.numpy(), want, rtol=0, atol=1e-7)
+    plain, _ = pool_templates(embeval.EmbeddingSet(emb, tpl), templates=tpl, media=media)
+    assert not np.allclose(plain.embeddings.numpy(), want, atol=1e-4)  # the weights matter
+    given, _ = pool_templates(embeval.EmbeddingSet(emb, tpl), templates=tpl, media=media,
+                              weights=face)
+    assert torch.equal(given.embeddings, pooled.embeddings)
+    for bad, problem in ((torch.full((n,), -1.0), "finite and >= 0"),
+                         (torch.zeros(n, dtype=torch.int64), "must be floats"),
+                         (torch.zeros(n - 1), "1-D")):
+        p = _save(tmp_path / "bad.safetensors", emb, tpl, templates=tpl, faceness=bad)
+        with pytest.raises(InputFileError, match=problem):
+            pool_templates(embeval.load(p))
+
+
 def test_pool_templates_over_several_files(tmp_path: Path) -> None:
     g = torch.Generator().manual_seed(2)
     emb, tpl, med = torch.randn(50, 4, generator=g), torch.arange(50) // 4, torch.arange(50) % 3
@@ -316,18 +361,21 @@ def test_trial_labels() -> None:
 
 def _brute_force_folds(scores: list[float], genuine: list[bool],
                        folds: int) -> tuple[list[float], list[float]]:
+    """Folds from scikit-learn's ``KFold(folds, shuffle=False)`` itself (as insightface's
+    verification.py and facenet's lfw.py split LFW)."""
+    from sklearn.model_selection import KFold
+
     n = len(scores)
     accs, thresholds = [], []
-    for i in range(folds):
-        lo, hi = i * n // folds, (i + 1) * n // folds
-        train = [j for j in range(n) if not lo <= j < hi]
+    for train_idx, test_idx in KFold(folds, shuffle=False).split(np.arange(n)):
+        train = train_idx.tolist()
         best, best_t = -1, None
         for t in sorted({scores[j] for j in train}) + [math.inf]:
             right = sum((scores[j] >= t) == genuine[j] for j in train)
             if right >= best:  # ascending candidates: ties go to the higher threshold
                 best, best_t = right, t
-        test_right = sum((scores[j] >= best_t) == genuine[j] for j in range(lo, hi))
-        accs.append(test_right / (hi - lo))
+        test_right = sum((scores[j] >= best_t) == genuine[j] for j in test_idx)
+        accs.append(test_right / len(test_idx))
         thresholds.append(best_t)
     return accs, thresholds
 
@@ -344,6 +392,16 @@ def test_fold_accuracy_against_brute_force(data: list[tuple[int, bool]], folds: 
     assert got.accuracies == accs and got.thresholds == thresholds
     assert got.mean == pytest.approx(np.mean(accs), abs=1e-12)
     assert got.std == pytest.approx(np.std(accs), abs=1e-12)
+
+
+@pytest.mark.parametrize(("n", "folds"), [(5997, 10), (6000, 10), (7001, 10), (13, 4), (2, 2)])
+def test_fold_bounds_are_sklearn_kfold(n: int, folds: int) -> None:
+    """The first n % folds folds get the extra trials (a cleaned LFW list of 5,997 pairs: 7
+    folds of 600, then 3 of 599), exactly as KFold's test indices."""
+    from sklearn.model_selection import KFold
+
+    want = [(int(t[0]), int(t[-1]) + 1) for _, t in KFold(folds, shuffle=False).split(range(n))]
+    assert vp.fold_bounds(n, folds) == want
 
 
 def test_fold_accuracy_takes_the_highest_of_equally_good_thresholds() -> None:
