@@ -68,12 +68,11 @@ class ImageList:
     junk_skipped: int = 0
     #: benchmark layouts (:mod:`embeval.layouts`): encoded images held in memory (``files``
     #: then only name them), query crops (left, top, right, bottom in pixels, or None), five
-    #: landmarks [5, 2] to align to the ArcFace template, per-item embedding multipliers
-    #: (IJB faceness scores) and extra [N] int64 tensors written to the file (templates, media)
+    #: landmarks [5, 2] to align to the ArcFace template, and extra [N] tensors written to the
+    #: file (templates, media, faceness)
     blobs: list[bytes] | None = None
     boxes: list[tuple[float, float, float, float] | None] | None = None
     landmarks: np.ndarray | None = None
-    scales: list[float] | None = None
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:

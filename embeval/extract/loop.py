@@ -138,8 +138,6 @@ def embed_images(model: LoadedModel, images: ImageList, options: ExtractOptions,
         acc = parts.setdefault(k, _Chunk())
         if batch is not None:
             y = run(batch)
-            if images.scales is not None:  # IJB faceness weights (after flip / normalise)
-                y = y * torch.tensor([images.scales[i] for i in index.tolist()])[:, None]
             acc.embeddings.append(y)
             acc.index.append(index)
         acc.bad_index += [i for i, _ in errors]
@@ -268,7 +266,7 @@ def _fingerprint(model: LoadedModel, images: ImageList, o: ExtractOptions) -> st
                          o.precision, o.chunk_size, len(images)]).encode())
     for f in images.files:
         h.update(str(f).encode() + b"\0")
-    for extra in (images.boxes, images.scales, images.landmarks):
+    for extra in (images.boxes, images.landmarks):
         if extra is not None:
             h.update(json.dumps(extra.tolist() if hasattr(extra, "tolist") else extra).encode())
     if images.blobs is not None:

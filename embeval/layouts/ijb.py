@@ -10,13 +10,14 @@ As ``recognition/arcface_torch/eval_ijbc.py`` reads them (BENCH_ROOT = its ``ima
 - ``meta/<t>_template_pair_label.txt``: ``template1 template2 label`` (1 genuine, 0 impostor).
 
 ``extract`` aligns each image to the ArcFace 112 x 112 template with the five landmarks
-(:mod:`embeval.extract.align`) and multiplies its embedding by its faceness score, as the
-script's default test mode does (``use_detector_score``; ``use_norm_score``: no
-normalisation before; ``use_flip_test``: image + mirror summed, here ``--flip``, whose
-mean differs from the sum by a factor 1/2 common to all images). The file holds
-``templates`` / ``media`` (int64) and ``faceness`` (float32); ``verify --templates`` pools the
-media means of each template as the script does (a sum over media there, a mean here: the
-same direction after the final L2 normalisation). Labels are template ids; the pairs sidecar
+(:mod:`embeval.extract.align`) and stores its raw embedding with its faceness score: the
+file holds ``templates`` / ``media`` (int64) and ``faceness`` (float32), and
+``verify --templates`` (and the 1:N template files) multiply each item by its faceness
+before pooling, as the script's default test mode does (``use_detector_score``;
+``use_norm_score``: no normalisation before; ``use_flip_test``: image + mirror summed, here
+``--flip``, whose mean differs from the sum by a factor 1/2 common to all images); the media
+means of each template are pooled as the script does (a sum over media there, a mean here:
+the same direction after the final L2 normalisation). Labels are template ids; the pairs sidecar
 names template ids with the ``same`` column.
 """
 
@@ -60,7 +61,7 @@ def read_landmarks(path: Path) -> tuple[list[str], np.ndarray, list[float], list
 
 
 def read(name: str, root: Path) -> Benchmark:
-    """The aligned, faceness-weighted images of IJB-B / IJB-C with templates, media, pairs."""
+    """The aligned images of IJB-B / IJB-C with templates, media, faceness scores, pairs."""
     t = name  # "ijbb" / "ijbc": the meta files' prefix
     meta = root / "meta"
     lmk_file = meta / f"{t}_name_5pts_score.txt"
@@ -98,7 +99,7 @@ def read(name: str, root: Path) -> Benchmark:
     crops = root / "loose_crop"
     files = [crops / img for img in names]
     need_images(lmk_file, files, lines)
-    images = ImageList(crops, files, names, templates, landmarks=landmarks, scales=faceness,
+    images = ImageList(crops, files, names, templates, landmarks=landmarks,
                        tensors={"templates": torch.tensor(templates, dtype=torch.int64),
                                 "media": torch.tensor(media, dtype=torch.int64),
                                 "faceness": torch.tensor(faceness, dtype=torch.float32)})
@@ -106,7 +107,7 @@ def read(name: str, root: Path) -> Benchmark:
     counts = {"images": len(files), "templates": len(known), "media": len(set(media)),
               "pairs": len(rows), "genuine": genuine, "impostor": len(rows) - genuine}
     bench = Benchmark(name, {"images": images}, counts, {"pairs": pairs_csv(rows)},
-                      {"benchmark": name, "aligned": "arcface-112", "faceness_weighted": "true"},
+                      {"benchmark": name, "aligned": "arcface-112"},
                       indexed=True)
     _one_to_n(bench, meta, t, known, tid_file.name)
     return bench

@@ -101,7 +101,7 @@ LAYOUTS: tuple[LayoutInfo, ...] = (
     LayoutInfo("ijbc", "faces", "ijb",
                "meta/ijbc_face_tid_mid.txt, meta/ijbc_template_pair_label.txt, "
                "meta/ijbc_name_5pts_score.txt, loose_crop/ (aligned to the ArcFace 112x112 "
-               "template; faceness-weighted); 1:N: meta/ijbc_1N_probe_mixed.csv, "
+               "template; faceness-weighted when pooled); 1:N: meta/ijbc_1N_probe_mixed.csv, "
                "ijbc_1N_gallery_G1.csv, ijbc_1N_gallery_G2.csv (pooled templates, then "
                "embeval identify)", ("images",),
                "embeval verify {images} {images} --templates --pairs {pairs} --far-rule nearest",

@@ -96,20 +96,21 @@ def test_templates_faceness_alignment_and_the_pairs(tmp_path, capsys):
     assert rc == 0, err
     assert "read: images 6, templates 4, media 5, pairs 5, genuine 2, impostor 3" in stdout
     s = store.load(out)
-    from embeval.data.store import read_ids
+    from embeval.data.store import read_ids, read_weights
     assert read_ids(out, "templates", 6).tolist() == [t for _, t, _ in images]
     assert read_ids(out, "media", 6).tolist() == [m for _, _, m in images]
-    # by hand: faceness x mean(f(aligned), f(mirror)) on the aligned, preprocessed image
+    # by hand: mean(f(aligned), f(mirror)) on the aligned, preprocessed image, stored raw
     net, prep = tiny_net(), Preprocessing((8, 8))
     x = torch.stack([prep(torch.from_numpy(np.array(align_face(
         Image.open(root / "loose_crop" / n).convert("RGB"), lmk))).permute(2, 0, 1))
         for (n, _, _), (lmk, _) in zip(images, truth)])
     with torch.no_grad():
         emb = (net(x) + net(torch.flip(x, dims=[3]))) / 2
-    want = emb * torch.tensor([sc for _, sc in truth])[:, None]
-    torch.testing.assert_close(s.embeddings, want, rtol=0, atol=1e-5)
-    # insightface's template features: media means summed, L2-normalised; cosine scores
-    feats = want.double().numpy()
+    torch.testing.assert_close(s.embeddings, emb, rtol=0, atol=1e-5)
+    faceness = torch.tensor([sc for _, sc in truth])
+    torch.testing.assert_close(read_weights(out, "faceness", 6), faceness.double())
+    # insightface's template features: items x faceness, media means summed, L2-normalised
+    feats = (emb * faceness[:, None]).double().numpy()
     tpl = {}
     for t in sorted({t for _, t, _ in images}):
         media = sorted({m for _, tt, m in images if tt == t})
@@ -174,13 +175,14 @@ def test_one_to_n_templates_are_pooled_per_list(tmp_path, capsys):
     rc, stdout, err = cli(capsys, "extract", MODEL, root, "--flip", "-o", out, *FAST)
     assert rc == 0, err
     assert "1N_probe_mixed 2, 1N_gallery_G1 2, 1N_gallery_G2 1" in stdout
-    items = store.load(out).embeddings.double().numpy()
+    from embeval.data.store import read_weights
+    items = (store.load(out).embeddings.double() * read_weights(out, "faceness", 6)[:, None]).numpy()
     for name, rows in lists.items():
         f = tmp_path / f"ijbc.{name}.safetensors"
         s = store.load(f)
         want_tids = sorted({a for a, _, _ in rows})
         assert s.labels.tolist() == [next(b for a, b, _ in rows if a == t) for t in want_tids]
-        for k, t in enumerate(want_tids):  # insightface: media means summed, L2-normalised
+        for k, t in enumerate(want_tids):  # insightface: items x faceness, media means summed
             media = sorted({m for _, tt, m in images if tt == t})
             total = sum(items[[i for i, (_, tt, mm) in enumerate(images) if tt == t and mm == m]]
                         .mean(0) for m in media)
