@@ -221,3 +221,32 @@ def test_check_outputs_refusals(tmp_path):
     with pytest.raises(InputFileError, match="is a folder"):
         check_outputs({"out": tmp_path})
     check_outputs({"a": "/dev/null", "b": "/dev/null", "c": "-", "d": None}, inputs=[inp])
+
+
+# every writer: a link at the output name (to an unrelated file) is refused, its target untouched
+@pytest.mark.parametrize(("command", "option", "name"), [
+    ("cmc", "--per-query", "pq.csv"), ("pr", "--curves", "curves.csv"), ("cmc", "--plot", "cmc.png"),
+    ("cmc", "--save-result", "r.safetensors"), ("verify", "--roc", "roc.csv"),
+    ("verify", "--plot", "roc.svg"), ("score", "--out", "s.safetensors"),
+    ("report", "--out", "r.html"), ("cmc", "--out-part", "p.safetensors"),
+])
+def test_no_writer_follows_a_link_at_its_output_name(capsys, files, tmp_path, command, option, name):
+    victim, link = tmp_path / "victim.txt", tmp_path / name
+    victim.write_text("keep me\n")
+    link.symlink_to(victim)
+    extra = ["--no-ci"] if command == "report" else ["--shard", "0/1"] if option == "--out-part" else []
+    rc, _, err = cli(capsys, command, files["q"], files["g"], option, link, *extra, "--device", "cpu")
+    assert "symbolic link" in one_line_error(rc, err, str(link))
+    assert victim.read_text() == "keep me\n" and link.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, "victim.txt"])
+
+
+def test_atomic_path_refuses_a_link_but_writes_through_dev_stdout_links(tmp_path):
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(InputFileError, match="symbolic link"), atomic_path(tmp_path / "link") as tmp:
+        tmp.write_text("x")
+    assert not (tmp_path / "nowhere").exists()
+    (tmp_path / "null").symlink_to(os.devnull)  # a link to a character device: written into
+    with atomic_path(tmp_path / "null") as tmp:
+        tmp.write_text("x")
+    assert (tmp_path / "null").is_symlink()
