@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from embeval.errors import OptionError
-from embeval.options import MAX_RESAMPLES, IntervalOptions, short_repr, check_resample_work
+from embeval.options import MAX_RESAMPLES, IntervalOptions, check_resample_work, short_repr
 
 from .bootstrap import (
     CHUNK_CELLS,

@@ -5,7 +5,8 @@ Frames: green = positive, red = negative, grey = excluded by the protocol (or ju
 query. Under each tile: the rank (``#3``, ``excl.`` for an excluded item) and score, then the
 label. An image that is missing, not a regular file (a FIFO is never opened), unusable as a
 path (longer than the system allows), larger than :data:`MAX_PIXELS` or does not decode becomes
-a labelled placeholder tile, never an error or a wait. JPEGs are decoded reduced (``draft``). Text uses Pillow's built-in font (no font files).
+a labelled placeholder tile, never an error or a wait. JPEGs are decoded reduced (``draft``).
+Text uses Pillow's built-in font (no font files).
 """
 
 from __future__ import annotations
