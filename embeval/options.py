@@ -211,8 +211,8 @@ class IntervalOptions:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
                 raise OptionError(f"{name} {short_repr(v)}: must be an integer from {low} to {high:,}"
-                                  + (" (a bound on the work: README, How sure is this number?)"
-                                     if name == "n_resamples" else ""), param=name)
+                                  + (" (a limit on the work)" if name == "n_resamples" else ""),
+                                  param=name)
         _one_of("by", "resampling unit", self.by, RESAMPLING_UNITS)
 
     @classmethod

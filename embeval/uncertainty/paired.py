@@ -152,7 +152,7 @@ def compare(a: SavedResult, b: SavedResult, options: IntervalOptions | None = No
     if isinstance(n_permutations, bool) or not isinstance(n_permutations, int) \
             or not 1 <= n_permutations <= MAX_RESAMPLES:
         raise OptionError(f"n_permutations {short_repr(n_permutations)}: must be an integer from 1 to "
-                          f"{MAX_RESAMPLES:,} (a bound on the work)", param="n_permutations")
+                          f"{MAX_RESAMPLES:,} (a limit on the work)", param="n_permutations")
     check_same_queries(a, b)
     records = len(_record_labels(a))
     check_resample_work(o.n_resamples, records)
