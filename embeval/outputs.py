@@ -10,7 +10,9 @@ is written through :func:`atomic_path`:
   folders are created.
 - never through a symbolic link: embeval creates none, so a link at an output name (to a
   file, a folder or nowhere) is refused rather than followed, and its target is untouched.
-  Links to a character device or FIFO (``/dev/stdout``) are the one exception.
+  Links to a character device or FIFO, and the descriptor names ``/dev/stdout``,
+  ``/dev/stderr``, ``/dev/fd/N`` (written into, even when redirected to a file), are the
+  exceptions.
 - a character device or FIFO (``/dev/stdout``, ``/dev/null``, a named pipe) and ``-``
   (standard output) are written straight into, never renamed over: the result is
   staged in a temporary file and copied in once complete. A *member* output (a file whose
@@ -98,6 +100,8 @@ def _special(path: Path, *, member: bool = False) -> os.stat_result | None:
         raise InputFileError(path, LINK_REFUSED) from None
     except OSError as e:
         raise InputFileError(path, f"cannot write ({e.strerror or e})") from None
+    if _descriptor(path) and not stat.S_ISDIR(st.st_mode):
+        return st  # /dev/stdout redirected to a file: written into (the shell's file), never renamed
     if stat.S_ISLNK(lst.st_mode) and (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
         raise InputFileError(path, LINK_REFUSED)
     if stat.S_ISDIR(st.st_mode):
@@ -106,6 +110,13 @@ def _special(path: Path, *, member: bool = False) -> os.stat_result | None:
         kind = "a block device" if stat.S_ISBLK(st.st_mode) else "a socket"
         raise InputFileError(path, f"is {kind}: refusing to write to it")
     return None if stat.S_ISREG(st.st_mode) else st
+
+
+def _descriptor(path: Path) -> bool:
+    """Whether ``path`` names an open file descriptor (``/dev/stdout``, ``/dev/fd/3``): the
+    system's links, written into like a device."""
+    name = os.fspath(path)
+    return name in ("/dev/stdout", "/dev/stderr") or name.startswith(("/dev/fd/", "/proc/self/fd/"))
 
 
 def _write_error(path: PathLike, e: OSError) -> InputFileError:
@@ -123,6 +134,8 @@ def atomic_path(path: PathLike, *, member: bool = False) -> Iterator[Path]:
     on any error.
     """
     name = os.fspath(path)
+    if name in ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"):
+        name = STDOUT  # through this process's own stream: a redirected file keeps its offset
     direct = name != STDOUT and _special(Path(name), member=member) is not None
     direct = direct or name == STDOUT
     # the folder is resolved (a linked output folder is the user's choice), the name is not

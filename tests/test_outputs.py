@@ -250,3 +250,13 @@ def test_atomic_path_refuses_a_link_but_writes_through_dev_stdout_links(tmp_path
     with atomic_path(tmp_path / "null") as tmp:
         tmp.write_text("x")
     assert (tmp_path / "null").is_symlink()
+
+
+def test_dev_stdout_redirected_to_a_file_is_written_into_not_refused(files, tmp_path):
+    target = tmp_path / "out.txt"
+    with open(target, "w") as f:  # the shell's `> out.txt`: /dev/stdout is a link to that file
+        res = subprocess.run([EXE, "cmc", str(files["q"]), str(files["g"]), "--per-query",
+                              "/dev/stdout"], stdout=f, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    text = target.read_text()
+    assert text.startswith("index,label,") and "rank1" in text  # the CSV, then the table
