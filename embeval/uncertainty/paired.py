@@ -154,9 +154,9 @@ def compare(a: SavedResult, b: SavedResult, options: IntervalOptions | None = No
         raise OptionError(f"n_permutations {short_repr(n_permutations)}: must be an integer from 1 to "
                           f"{MAX_RESAMPLES:,} (a limit on the work)", param="n_permutations")
     check_same_queries(a, b)
-    records = len(_record_labels(a))
-    check_resample_work(o.n_resamples, records)
-    check_resample_work(n_permutations, records, "n_permutations")
+    n_records = len(_record_labels(a))
+    check_resample_work(o.n_resamples, n_records)
+    check_resample_work(n_permutations, n_records, "n_permutations")
     names, skipped = _shared(a, b)
     if not names:
         raise OptionError(f"{a.name} and {b.name} share no metric with per-query values or "

@@ -55,12 +55,12 @@ def _number(path: Path, line: int, column: str, text: str) -> float:
         if not _INT.fullmatch(text):
             raise bad("is not an integer" if column in ("label", "n_pos") else
                       "is not a rank (a positive integer)")
-        value = int(text)
-        if column == "n_pos" and value < 0:
+        whole = int(text)
+        if column == "n_pos" and whole < 0:
             raise bad("is negative, expected a count")
-        if column in _RANKS and not 1 <= value <= _MAX_RANK:
+        if column in _RANKS and not 1 <= whole <= _MAX_RANK:
             raise bad("is not a rank (a positive integer)")
-        return float(value)
+        return float(whole)
     try:
         value = float(text) if len(text) <= 64 else math.nan
     except ValueError:
@@ -119,7 +119,7 @@ def read_per_query_csv(path: str | os.PathLike[str], ks: list[int]) -> SavedResu
                 if len(row) != len(header):
                     raise InputFileError(p, f"line {line}: {len(row)} cells, the header has "
                                             f"{len(header)}")
-                got = {c: _number(p, line, c, row[where[c]]) for c in wanted}
+                got: dict[str, float] = {c: _number(p, line, c, row[where[c]]) for c in wanted}
                 _consistent(p, line, got)
                 for c in wanted:
                     cols[c].append(got[c])

@@ -197,7 +197,7 @@ def _check_header(p: Path, h: Any) -> None:
     for key, kind in _HEADER_TYPES.items():
         v = h.get(key)
         if not isinstance(v, kind) or isinstance(v, bool) or \
-                (kind is int and not 0 <= v < 1 << 62):
+                (isinstance(v, int) and not 0 <= v < 1 << 62):
             raise InputFileError(p, f"damaged result file: {key!r} is not "
                                     f"{'a count' if kind is int else 'of the expected type'}")
     for k, v in h["metrics"].items():
@@ -268,8 +268,8 @@ def _check_intervals(p: Path, s: SavedResult) -> None:
     block, opts = s.intervals.get("ci"), s.intervals.get("options")
     if not isinstance(block, dict) or not isinstance(opts, dict):
         raise InputFileError(p, "damaged result file: its interval block is not {ci, options}")
-    o = IntervalOptions(opts.get("ci_level"), opts.get("ci_resamples"), opts.get("ci_seed"),
-                        opts.get("ci_by"))
+    o = IntervalOptions(opts.get("ci_level"), opts.get("ci_resamples"),  # type: ignore[arg-type]
+                        opts.get("ci_seed"), opts.get("ci_by"))  # type: ignore[arg-type]
     labels = s.listed.labels if s.listed is not None else s.query_labels
     unit, n_units = resampling_units(labels, o.by)
     means = [k for k in s.terms if k in block]
