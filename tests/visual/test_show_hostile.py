@@ -143,3 +143,12 @@ def test_a_huge_jpeg_is_decoded_reduced_with_nothing_on_stderr(tmp_path, sets):
     assert problem is None and tile.getpixel((48, 48)) == (90, 90, 90)
     res = run("show", q, g2, "--out", tmp_path / "show", "--queries", "0", "--device", "cpu")
     assert res.returncode == 0 and res.stderr == "", res.stderr
+
+
+@pytest.mark.slow
+def test_report_and_compare_refuse_a_fifo_result_file_without_blocking(tmp_path, sets):
+    fifo = tmp_path / "r.result"
+    os.mkfifo(fifo)
+    one_line(run("report", fifo, "--out", tmp_path / "r.html"), str(fifo), "not a regular file")
+    one_line(run("compare", fifo, fifo), str(fifo), "not a regular file")
+    assert not (tmp_path / "r.html").exists()
