@@ -260,3 +260,24 @@ def test_dev_stdout_redirected_to_a_file_is_written_into_not_refused(files, tmp_
     assert res.returncode == 0, res.stderr
     text = target.read_text()
     assert text.startswith("index,label,") and "rank1" in text  # the CSV, then the table
+
+
+@pytest.mark.slow
+def test_extract_out_dir_refuses_a_fifo_or_link_at_its_file_names(tmp_path):
+    images = image_folder(tmp_path / "imgs", {"a": 2, "b": 2})
+    out = tmp_path / "out"
+    out.mkdir()
+    os.mkfifo(out / "query.safetensors")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    (out / "gallery.safetensors").symlink_to(victim)
+    for flag, name in (("--query", "query"), ("--gallery", "gallery")):
+        try:
+            res = subprocess.run([EXE, "extract", "embeval-small", flag, str(images), "--out-dir",
+                                  str(out), "--workers", "0"], capture_output=True, text=True,
+                                 timeout=120)
+        except subprocess.TimeoutExpired:
+            pytest.fail("extract blocked on a FIFO in --out-dir")
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 2 and len(lines) == 1 and f"{name}.safetensors" in lines[0], res.stderr
+    assert victim.read_text() == "keep me\n"
