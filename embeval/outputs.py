@@ -44,7 +44,7 @@ from pathlib import Path
 
 from embeval.errors import InputFileError
 
-__all__ = ["atomic_path", "transaction", "check_outputs", "check_members", "STDOUT"]
+__all__ = ["atomic_path", "append_text", "transaction", "check_outputs", "check_members", "STDOUT"]
 
 STDOUT = "-"
 PathLike = str | os.PathLike[str]
@@ -197,6 +197,38 @@ def _copy_into(tmp: Path, name: str) -> None:
         raise _write_error(name, e) from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def append_text(path: PathLike, text: str) -> None:
+    """Append ``text`` (UTF-8, one write, synced) to the log file ``path``, created if absent.
+
+    The opener's rules for a file that grows (``train``'s ``metrics.jsonl``): never through a
+    symbolic link (``O_NOFOLLOW``), only into a regular file (a FIFO is opened without blocking
+    and refused), new files ``0666`` minus the umask. :class:`InputFileError` naming ``path``.
+    """
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise InputFileError(path, LINK_REFUSED) from None
+        if e.errno == errno.ENXIO:  # a FIFO nobody reads
+            raise InputFileError(path, "is not a regular file (a FIFO?): refusing to write to it") \
+                from None
+        raise _write_error(path, e) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InputFileError(path, "is not a regular file (a FIFO, device or socket?): "
+                                       "refusing to write to it")
+        os.set_blocking(fd, True)
+        data = text.encode("utf-8")
+        while data:
+            data = data[os.write(fd, data):]
+        os.fsync(fd)
+    except OSError as e:
+        raise _write_error(path, e) from None
+    finally:
+        os.close(fd)
 
 
 @contextmanager

@@ -281,3 +281,21 @@ def test_extract_out_dir_refuses_a_fifo_or_link_at_its_file_names(tmp_path):
         lines = res.stderr.strip().splitlines()
         assert res.returncode == 2 and len(lines) == 1 and f"{name}.safetensors" in lines[0], res.stderr
     assert victim.read_text() == "keep me\n"
+
+
+def test_append_text_never_follows_a_link_nor_blocks_on_a_fifo(tmp_path):
+    from embeval.outputs import append_text
+
+    log = tmp_path / "metrics.jsonl"
+    append_text(log, "a\n")
+    append_text(log, "b\n")
+    assert log.read_text() == "a\nb\n"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    (tmp_path / "link.jsonl").symlink_to(victim)
+    with pytest.raises(InputFileError, match="symbolic link"):
+        append_text(tmp_path / "link.jsonl", "x\n")
+    os.mkfifo(tmp_path / "fifo.jsonl")
+    with pytest.raises(InputFileError, match="not a regular file"):
+        append_text(tmp_path / "fifo.jsonl", "x\n")  # nobody reads it: refused, not blocked
+    assert victim.read_text() == "keep me\n"
