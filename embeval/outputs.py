@@ -255,7 +255,7 @@ def transaction() -> Iterator[None]:
 def _identity(path: Path) -> tuple[int, int] | None:
     try:
         st = path.stat()
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL in the name (an item path of a file)
         return None
     return st.st_dev, st.st_ino
 

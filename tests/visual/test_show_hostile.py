@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 import embeval
-from embeval.visual.ranked import MAX_PIXELS, PLACEHOLDER, load_tile
+from embeval.visual.ranked import MAX_PIXELS, PLACEHOLDER, load_tile, resolve_image
 
 EXE = shutil.which("embeval")
 HANG_GUARD = 120  # seconds: only a guard against blocking, never a timing assertion
@@ -122,6 +122,8 @@ def test_load_tile_refuses_what_would_block_or_fail(tmp_path):
     assert load_tile(fifo, 32)[1] == "unreadable"
     assert load_tile(tmp_path / ("y" * 300 + ".png"), 32)[1] == "unreadable"
     assert load_tile(tmp_path, 32)[1] == "unreadable"  # a folder
+    assert load_tile(tmp_path / "nul\0.png", 32)[1] == "unreadable"  # a NUL in a recorded path
+    assert resolve_image("nul\0.png", tmp_path) == tmp_path / "nul\0.png"
 
 
 def test_a_huge_png_is_a_too_large_placeholder_without_a_warning(tmp_path, recwarn):
