@@ -23,7 +23,8 @@ from embeval.errors import OptionError
 __all__ = [
     "EvalOptions", "IntervalOptions", "Metric", "Precision", "Aggregate", "NoPositive", "Backend", "ApRule",
     "METRICS", "PRECISIONS", "AGGREGATES", "NO_POSITIVE", "BACKENDS", "AP_RULES", "RESULT_OPTIONS",
-    "RESAMPLING_UNITS",
+    "RESAMPLING_UNITS", "MAX_RESAMPLES", "MAX_SEED", "MAX_RESAMPLE_WORK", "check_resample_work",
+    "short_repr",
     "parse_memory",
 ]
 
@@ -159,6 +160,32 @@ class EvalOptions:
     to_dict = result_options
 
 
+#: the most bootstrap resamples (or paired-test permutations) one run may ask for
+MAX_RESAMPLES = 1_000_000
+#: the largest seed (the resamples' generator takes 64-bit seeds; 2^63 - 1, a signed int64)
+MAX_SEED = 2**63 - 1
+#: the most resample × record cells one bootstrap or randomisation test may cost (~10^9: minutes
+#: on one core); more is refused before any work
+MAX_RESAMPLE_WORK = 10**9
+
+
+def short_repr(v: object) -> str:
+    """``repr(v)``, shortened to 40 characters (a 5,000-digit integer stays one short line)."""
+    if isinstance(v, int) and not isinstance(v, bool) and abs(v) >= 10**30:
+        return f"{'-' if v < 0 else ''}10^{len(str(abs(v))) - 1}+"
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_resample_work(n: int, n_records: int, what: str = "n_resamples") -> None:
+    """Refuse ``n`` resamples (or permutations) of ``n_records`` records when ``n × n_records``
+    exceeds :data:`MAX_RESAMPLE_WORK` (``what``: the parameter named)."""
+    if n * max(n_records, 1) > MAX_RESAMPLE_WORK:
+        raise OptionError(f"{what} {n:,}: {n:,} x {n_records:,} records exceeds the limit of "
+                          f"{MAX_RESAMPLE_WORK:,} resampled records per run (choose at most "
+                          f"{max(1, MAX_RESAMPLE_WORK // max(n_records, 1)):,})", param=what)
+
+
 @dataclass(frozen=True)
 class IntervalOptions:
     """How sure a number is: a percentile bootstrap (DESIGN.md section 7).
@@ -180,10 +207,12 @@ class IntervalOptions:
                 or not 0.0 < self.level < 1.0:
             raise OptionError(f"level {self.level!r}: must be between 0 and 1 (exclusive), "
                               "e.g. 0.95", param="level")
-        for name, low in (("n_resamples", 1), ("seed", 0)):
+        for name, low, high in (("n_resamples", 1, MAX_RESAMPLES), ("seed", 0, MAX_SEED)):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise OptionError(f"{name} {v!r}: must be an integer >= {low}", param=name)
+            if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
+                raise OptionError(f"{name} {short_repr(v)}: must be an integer from {low} to {high:,}"
+                                  + (" (a limit on the work)" if name == "n_resamples" else ""),
+                                  param=name)
         _one_of("by", "resampling unit", self.by, RESAMPLING_UNITS)
 
     @classmethod

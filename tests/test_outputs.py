@@ -221,3 +221,81 @@ def test_check_outputs_refusals(tmp_path):
     with pytest.raises(InputFileError, match="is a folder"):
         check_outputs({"out": tmp_path})
     check_outputs({"a": "/dev/null", "b": "/dev/null", "c": "-", "d": None}, inputs=[inp])
+
+
+# every writer: a link at the output name (to an unrelated file) is refused, its target untouched
+@pytest.mark.parametrize(("command", "option", "name"), [
+    ("cmc", "--per-query", "pq.csv"), ("pr", "--curves", "curves.csv"), ("cmc", "--plot", "cmc.png"),
+    ("cmc", "--save-result", "r.safetensors"), ("verify", "--roc", "roc.csv"),
+    ("verify", "--plot", "roc.svg"), ("score", "--out", "s.safetensors"),
+    ("report", "--out", "r.html"), ("cmc", "--out-part", "p.safetensors"),
+])
+def test_no_writer_follows_a_link_at_its_output_name(capsys, files, tmp_path, command, option, name):
+    victim, link = tmp_path / "victim.txt", tmp_path / name
+    victim.write_text("keep me\n")
+    link.symlink_to(victim)
+    extra = ["--no-ci"] if command == "report" else ["--shard", "0/1"] if option == "--out-part" else []
+    rc, _, err = cli(capsys, command, files["q"], files["g"], option, link, *extra, "--device", "cpu")
+    assert "symbolic link" in one_line_error(rc, err, str(link))
+    assert victim.read_text() == "keep me\n" and link.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, "victim.txt"])
+
+
+def test_atomic_path_refuses_a_link_but_writes_through_dev_stdout_links(tmp_path):
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(InputFileError, match="symbolic link"), atomic_path(tmp_path / "link") as tmp:
+        tmp.write_text("x")
+    assert not (tmp_path / "nowhere").exists()
+    (tmp_path / "null").symlink_to(os.devnull)  # a link to a character device: written into
+    with atomic_path(tmp_path / "null") as tmp:
+        tmp.write_text("x")
+    assert (tmp_path / "null").is_symlink()
+
+
+def test_dev_stdout_redirected_to_a_file_is_written_into_not_refused(files, tmp_path):
+    target = tmp_path / "out.txt"
+    with open(target, "w") as f:  # the shell's `> out.txt`: /dev/stdout is a link to that file
+        res = subprocess.run([EXE, "cmc", str(files["q"]), str(files["g"]), "--per-query",
+                              "/dev/stdout"], stdout=f, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    text = target.read_text()
+    assert text.startswith("index,label,") and "rank1" in text  # the CSV, then the table
+
+
+@pytest.mark.slow
+def test_extract_out_dir_refuses_a_fifo_or_link_at_its_file_names(tmp_path):
+    images = image_folder(tmp_path / "imgs", {"a": 2, "b": 2})
+    out = tmp_path / "out"
+    out.mkdir()
+    os.mkfifo(out / "query.safetensors")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    (out / "gallery.safetensors").symlink_to(victim)
+    for flag, name in (("--query", "query"), ("--gallery", "gallery")):
+        try:
+            res = subprocess.run([EXE, "extract", "embeval-small", flag, str(images), "--out-dir",
+                                  str(out), "--workers", "0"], capture_output=True, text=True,
+                                 timeout=120)
+        except subprocess.TimeoutExpired:
+            pytest.fail("extract blocked on a FIFO in --out-dir")
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 2 and len(lines) == 1 and f"{name}.safetensors" in lines[0], res.stderr
+    assert victim.read_text() == "keep me\n"
+
+
+def test_append_text_never_follows_a_link_nor_blocks_on_a_fifo(tmp_path):
+    from embeval.outputs import append_text
+
+    log = tmp_path / "metrics.jsonl"
+    append_text(log, "a\n")
+    append_text(log, "b\n")
+    assert log.read_text() == "a\nb\n"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    (tmp_path / "link.jsonl").symlink_to(victim)
+    with pytest.raises(InputFileError, match="symbolic link"):
+        append_text(tmp_path / "link.jsonl", "x\n")
+    os.mkfifo(tmp_path / "fifo.jsonl")
+    with pytest.raises(InputFileError, match="not a regular file"):
+        append_text(tmp_path / "fifo.jsonl", "x\n")  # nobody reads it: refused, not blocked
+    assert victim.read_text() == "keep me\n"

@@ -97,7 +97,8 @@ def _broken_pipe(e: SystemExit) -> bool:
 
 #: Python parameter -> the flag that sets it, where it is not ``--`` + the name with dashes
 FLAGS = {"ks": "-k", "knn_k": "-k (kNN)", "train": "TRAIN_DIR", "level": "--ci",
-         "n_resamples": "--bootstrap", "by": "--ci-by", "lam": "--lambda"}
+         "n_resamples": "--bootstrap", "n_permutations": "--permutations", "by": "--ci-by",
+         "lam": "--lambda"}
 _WORD = r"(?<![\w-]){}(?!\w)"
 
 

@@ -121,6 +121,10 @@ def extract(
     check_outputs({"--out" if out_dir is None else f"--out-dir ({name})": path
                    for name, _, path in sets},
                   inputs=[src for _, src, _ in sets] + [p for p in (Path(model), weights) if p])
+    if out_dir is not None:  # names chosen here: a regular file or nothing (no FIFO to block on)
+        from embeval.outputs import check_members
+
+        check_members(out_dir, [path.name for _, _, path in sets], option="--out-dir")
     from embeval.engine.similarity import resolve_device
     from embeval.extract import ExtractOptions, extract_to_files  # torch loads here
     from embeval.extract.images import Preprocessing, list_image_sets

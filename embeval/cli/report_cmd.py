@@ -115,6 +115,9 @@ def report(
                           "arguments to evaluate them)")
     if len(inputs) < 2:
         require_files(inputs, "a result file or QUERY GALLERY embedding files")
+        if not inputs[0].is_file():  # never opened: a FIFO would block
+            raise InputFileError(inputs[0], "is not a regular file (a FIFO, device or socket?), "
+                                            "expected a result file")
         raise InputFileError(inputs[0], "is not an embeval result file: give a result file "
                                         "(--save-result), or QUERY GALLERY embedding files")
     require_files(inputs)

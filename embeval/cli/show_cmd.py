@@ -94,10 +94,10 @@ def show(
 
 def _run(query: Path, gallery: list[Path], out: Path, options: EvalOptions, *, worst: int | None,
          best: int | None, chosen: list[int] | None, top: int, images_root: Path | None) -> None:
-    from embeval.data.concat import load_many
+    from embeval.data.concat import expand_paths, load_many
     from embeval.data.store import load
     from embeval.evaluate import evaluate
-    from embeval.outputs import atomic_path, transaction
+    from embeval.outputs import atomic_path, check_members, transaction
     from embeval.visual.ranked import contact_sheet, item_image_paths, ranked_image
     from embeval.visual.rankings import choose_queries, query_rankings
 
@@ -122,14 +122,19 @@ def _run(query: Path, gallery: list[Path], out: Path, options: EvalOptions, *, w
 
     names = g.label_names
     width = len(str(q.n - 1))
+    members = {r.index: f"query-{r.index:0{width}d}.png" for r in rankings}
+    shown = [image_of("query", r.index) for r in rankings] + \
+        [image_of("gallery", item.index) for r in rankings for item in r.items]
+    check_members(out, [*members.values(), SHEET],
+                  inputs=[query, *expand_paths(gallery), *(p for p in shown if p is not None)])
     rows, lines = [], []
     with transaction():
         for r in rankings:
             r.ap, r.first_rank = float(ap[r.index]), float(first[r.index])
             image = ranked_image(r, image_of, label_names=names)
             rows.append(image)
-            target = out / f"query-{r.index:0{width}d}.png"
-            with atomic_path(target) as tmp:
+            target = out / members[r.index]
+            with atomic_path(target, member=True) as tmp:
                 image.save(tmp, format="PNG", optimize=True)
             lines.append(f"query {r.index}\tAP {r.ap:.4f}\t-> {target}")
         what = (f"{len(picked)} worst queries by AP" if worst is not None else
@@ -137,7 +142,7 @@ def _run(query: Path, gallery: list[Path], out: Path, options: EvalOptions, *, w
                 f"queries {', '.join(map(str, picked))}")
         sheet = contact_sheet(rows, title=f"{what} · {query.name} vs {gallery[0].name} "
                                           f"({options.metric})")
-        with atomic_path(out / SHEET) as tmp:
+        with atomic_path(out / SHEET, member=True) as tmp:
             sheet.save(tmp, format="PNG", optimize=True)
     for line in [*lines, f"contact sheet\t-> {out / SHEET}"]:
         stdout.print(line, highlight=False)

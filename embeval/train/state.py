@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from embeval.errors import InputFileError, OptionError
-from embeval.outputs import atomic_path
+from embeval.outputs import append_text, atomic_path
 from embeval.safe_load import load_tensors
 
 __all__ = ["RUN_FILES", "STATE_VERSION", "check_new_run", "save_state", "load_state",
@@ -106,11 +106,7 @@ def load_state(run_dir: Path) -> dict[str, Any]:
 
 def append_metrics(path: Path, record: dict[str, Any]) -> None:
     """Append one JSON line (a single write, flushed to disk)."""
-    line = json.dumps(record, allow_nan=False) + "\n"
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line)
-        f.flush()
-        os.fsync(f.fileno())
+    append_text(path, json.dumps(record, allow_nan=False) + "\n")
 
 
 def truncate_metrics(path: Path, epochs_done: int) -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from embeval.options import IntervalOptions
+from embeval.options import IntervalOptions, check_resample_work
 
 from .bootstrap import MeanStatistics, percentile_interval, replicates, resampling_units
 from .listed import ListedTrials, VerificationStatistics, verification_keys
@@ -103,6 +103,7 @@ def intervals(result: Any, options: IntervalOptions | None = None, **overrides: 
     labels = record_labels(result)
     if labels is None:  # all-pairs verification's trial counts
         return Intervals({}, o, {k: _reason(k, result) for k in result.metrics})
+    check_resample_work(o.n_resamples, len(labels))
     unit, n_units = resampling_units(labels, o.by)
     names, statistic = result_statistics(result, unit, n_units)
     reps = replicates(statistic, unit, n_units, o.n_resamples, o.seed) if names else np.empty((0, 0))
@@ -133,6 +134,7 @@ def cmc_band(result: Any, max_rank: int, options: IntervalOptions | None = None,
     valid = (result.stats.n_pos > 0).numpy()
     over = valid if result.options.get("no_positive", "skip") == "skip" else np.ones_like(valid)
     ranks = np.arange(1, max_rank + 1)
+    check_resample_work(o.n_resamples, len(first))
     hits = (first[:, None] <= ranks[None, :]) & over[:, None]
     unit, n_units = resampling_units(result.stats.query_labels, o.by)
     statistic = MeanStatistics(hits.astype(np.float64), np.repeat(over[:, None], max_rank, 1),

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from embeval.errors import OptionError
-from embeval.options import IntervalOptions
+from embeval.options import MAX_RESAMPLES, IntervalOptions, check_resample_work, short_repr
 
 from .bootstrap import (
     CHUNK_CELLS,
@@ -82,6 +82,10 @@ def check_same_queries(a: SavedResult, b: SavedResult) -> None:
     the same queries: count, labels in order, and the query items' fingerprint (labels, cameras
     and item paths, :func:`~embeval.uncertainty.saved.query_items`, when both files recorded
     paths). The embedding files themselves differ between two models."""
+    if (a.command == "verify") != (b.command == "verify"):
+        raise OptionError(f"{a.name} is a {a.command} result but {b.name} is a {b.command} result: "
+                          "compare results of the same command (ranked queries and verification "
+                          "trials do not pair)")
     if (a.listed is None) != (b.listed is None):
         raise OptionError(f"one of {a.name} and {b.name} holds listed trials (verify of listed pairs) "
                           "and the other does not: nothing to pair")
@@ -145,10 +149,14 @@ def compare(a: SavedResult, b: SavedResult, options: IntervalOptions | None = No
     """Compare ``b`` with ``a`` on every shared metric (module doc). ``options`` / ``overrides``:
     :class:`~embeval.options.IntervalOptions` (level, bootstrap resamples, seed, unit)."""
     o = IntervalOptions.build(options, **overrides)
-    if isinstance(n_permutations, bool) or not isinstance(n_permutations, int) or n_permutations < 1:
-        raise OptionError(f"n_permutations {n_permutations!r}: must be an integer >= 1",
-                          param="n_permutations")
+    if isinstance(n_permutations, bool) or not isinstance(n_permutations, int) \
+            or not 1 <= n_permutations <= MAX_RESAMPLES:
+        raise OptionError(f"n_permutations {short_repr(n_permutations)}: must be an integer from 1 to "
+                          f"{MAX_RESAMPLES:,} (a limit on the work)", param="n_permutations")
     check_same_queries(a, b)
+    n_records = len(_record_labels(a))
+    check_resample_work(o.n_resamples, n_records)
+    check_resample_work(n_permutations, n_records, "n_permutations")
     names, skipped = _shared(a, b)
     if not names:
         raise OptionError(f"{a.name} and {b.name} share no metric with per-query values or "

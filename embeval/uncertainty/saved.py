@@ -22,15 +22,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 
 from embeval import __version__
 from embeval.data.safetensors_io import tensor_digest, write_safetensors
-from embeval.errors import InputFileError
+from embeval.errors import EmbevalError, InputFileError
 from embeval.metrics import exact_mean
+from embeval.options import check_resample_work
 from embeval.outputs import atomic_path
 
+from .bootstrap import MeanStatistics
 from .listed import ListedTrials, VerificationStatistics, verification_keys
 from .openset import OpenSetRecords, OpenSetStatistics, open_set_records, tpir_key
 from .terms import Terms, mean_terms
@@ -168,9 +171,141 @@ def load_result(path: str | os.PathLike[str]) -> SavedResult:
                                 "(changed or damaged since)")
     try:
         h = json.loads(meta["result"])
-        return _checked(p, h, t)
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as e:
+        _check_header(p, h)
+        saved = _checked(p, h, t)
+        _check_counts(p, saved)
+        _check_intervals(p, saved)
+        return saved
+    except EmbevalError as e:  # already names the file (once)
+        if isinstance(e, InputFileError) and e.path == str(p):
+            raise
+        raise InputFileError(p, f"damaged result file ({e})") from None
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError,
+            OverflowError) as e:
         raise InputFileError(p, f"damaged result file ({type(e).__name__}: {e})") from None
+
+
+_HEADER_TYPES: dict[str, type | tuple[type, ...]] = {
+    "command": str, "metrics": dict, "options": dict, "inputs": dict, "n_query": int,
+    "n_gallery": int, "terms": list, "extra": dict, "intervals": (dict, type(None))}
+
+
+def _check_header(p: Path, h: Any) -> None:
+    """The JSON header's fields have their types (an edited one that does not is refused)."""
+    if not isinstance(h, dict):
+        raise InputFileError(p, "damaged result file: its header is not a JSON object")
+    for key, kind in _HEADER_TYPES.items():
+        v = h.get(key)
+        if not isinstance(v, kind) or isinstance(v, bool) or \
+                (isinstance(v, int) and not 0 <= v < 1 << 62):
+            raise InputFileError(p, f"damaged result file: {key!r} is not "
+                                    f"{'a count' if kind is int else 'of the expected type'}")
+    for k, v in h["metrics"].items():
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                              or not math.isfinite(v)):
+            raise InputFileError(p, f"damaged result file: metric {k!r} is not a finite number")
+
+
+def _check_counts(p: Path, s: SavedResult) -> None:
+    """Counts and trial-count metrics that the file's tensors fix: every finite rank of a query
+    is at most ``n_gallery``; an all-pairs verification's metrics are recomputed from its trial
+    counts, which number at most ``n_query × n_gallery`` (exactly that without exclusions)."""
+    for name in ("first_rank", "last_rank", "n_pos"):
+        v = s.per_query.get(name)
+        if v is not None and v.numel():
+            finite = v[torch.isfinite(v.double())] if v.is_floating_point() else v
+            if finite.numel() and (float(finite.max()) > s.n_gallery or float(finite.min()) < 0):
+                raise InputFileError(p, f"n_gallery {s.n_gallery} does not agree with its per-query "
+                                        f"{name} (up to {float(finite.max()):g}): the file was "
+                                        "edited or is damaged")
+    if s.trials is None:
+        return
+    from embeval.engine.trials import VerifyStats
+    from embeval.verification.roc import verification_metrics
+
+    t = s.trials
+    u = len(t["gen_values"])
+    if t["gen_values"].dtype != torch.float32 or t["gen_counts"].dtype != torch.int64 \
+            or t["imp_slots"].dtype != torch.int64 or t["imp_keys"].dtype != torch.int64 \
+            or tuple(t["gen_counts"].shape) != (u,) or tuple(t["imp_slots"].shape) != (2 * u + 1,) \
+            or t["imp_keys"].dim() != 1 or not bool(torch.isfinite(t["gen_values"]).all()) \
+            or bool((t["gen_counts"] < 1).any()) or bool((t["imp_slots"] < 0).any()) \
+            or bool((t["imp_keys"] < 0).any()) or (u > 1 and bool((t["gen_values"].diff() <= 0).any())):
+        raise InputFileError(p, "damaged result file: trial counts of the wrong type, shape or value")
+    stats = VerifyStats(str(s.options.get("metric", "cosine")), t["gen_values"], t["gen_counts"],
+                        t["imp_slots"], t["imp_keys"], s.n_query, s.n_gallery)
+    trials = stats.n_genuine + stats.n_impostor
+    o = s.options
+    excluded = bool(o.get("exclude_self")) or bool(o.get("exclude_same_camera"))
+    if s.listed is None and not o.get("templates") and not o.get("pairs") and \
+            (trials > s.n_query * s.n_gallery or (not excluded and trials != s.n_query * s.n_gallery)):
+        raise InputFileError(p, f"n_query {s.n_query} x n_gallery {s.n_gallery} does not agree with "
+                                f"its {trials} trials: the file was edited or is damaged")
+    if s.listed is not None:
+        return  # the listed trials' metrics are recomputed from them (_checked)
+    fars = [float(k.split("=", 1)[1]) for k in s.metrics if k.startswith("TAR@FAR=")]
+    step = str(o.get("far_rule", "step")) == "step"
+    got = verification_metrics(stats, fars)
+    for k, want in s.metrics.items():
+        if k in got and (step or not k.startswith(("TAR@FAR=", "threshold@FAR="))) and \
+                not _same(want, float(got[k]), 1e-9):
+            raise InputFileError(p, f"metric {k} = {want} does not follow from its trial counts "
+                                    f"({got[k]}): the file was edited or is damaged")
+    if step and set(got) - set(s.metrics) - {"AUC", "EER", "EER_threshold"} == set() and \
+            {"AUC", "EER"} - set(s.metrics):
+        raise InputFileError(p, "damaged result file: AUC or EER missing")
+
+
+def _check_intervals(p: Path, s: SavedResult) -> None:
+    """A saved interval block is recomputed from the file's records (same options) or refused."""
+    if s.intervals is None:
+        return
+    from embeval.options import IntervalOptions
+
+    from .bootstrap import percentile_interval, replicates, resampling_units
+    from .confidence import Joined
+
+    block, opts = s.intervals.get("ci"), s.intervals.get("options")
+    if not isinstance(block, dict) or not isinstance(opts, dict):
+        raise InputFileError(p, "damaged result file: its interval block is not {ci, options}")
+    o = IntervalOptions(opts.get("ci_level"), opts.get("ci_resamples"),  # type: ignore[arg-type]
+                        opts.get("ci_seed"), opts.get("ci_by"))  # type: ignore[arg-type]
+    labels = s.listed.labels if s.listed is not None else s.query_labels
+    unit, n_units = resampling_units(labels, o.by)
+    means = [k for k in s.terms if k in block]
+    parts: list[Any] = []
+    if means:
+        parts.append(MeanStatistics(np.stack([s.terms[k].values.numpy() for k in means], 1),
+                                    np.stack([s.terms[k].include.numpy() for k in means], 1),
+                                    unit, n_units))
+    tpirs = [tpir_key(k) for k in s.metrics if k.startswith("TPIR@FPIR=") and k in block]
+    if tpirs and s.openset is not None:
+        parts.append(OpenSetStatistics(s.openset, tpirs, str(s.options.get("fpir_rule"))))
+    else:
+        tpirs = []
+    listed = verification_keys(s.metrics, str(s.options.get("far_rule", "step"))) \
+        if s.listed is not None else []
+    listed = [k for k in listed if k in block]
+    if listed and s.listed is not None:
+        parts.append(VerificationStatistics(s.listed, listed))
+    names = means + [k for k, _, _ in tpirs] + listed
+    if set(block) != set(names):
+        extra = sorted(set(block) ^ set(names))
+        raise InputFileError(p, f"damaged result file: interval of {extra[0]!r} "
+                                f"{'not recomputable' if extra[0] in block else 'missing'}")
+    if not names:
+        return
+    check_resample_work(o.n_resamples, len(labels))
+    got = percentile_interval(replicates(Joined(parts), unit, n_units, o.n_resamples, o.seed), o.level)
+    for k, bounds in zip(names, got):
+        want = block[k]
+        if bounds is None and want is None:
+            continue
+        if bounds is None or not isinstance(want, list) or len(want) != 2 or \
+                not all(_same(w, g, 1e-9) for w, g in zip(want, bounds)):
+            raise InputFileError(p, f"interval of {k} = {want} does not follow from its per-query "
+                                    f"values ({list(bounds) if bounds else None}): the file was "
+                                    "edited or is damaged")
 
 
 def _checked(p: Path, h: dict, t: dict[str, torch.Tensor]) -> SavedResult:

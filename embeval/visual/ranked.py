@@ -3,13 +3,17 @@ contact sheet of several such rows. Pure functions returning Pillow images (noth
 
 Frames: green = positive, red = negative, grey = excluded by the protocol (or junk), blue = the
 query. Under each tile: the rank (``#3``, ``excl.`` for an excluded item) and score, then the
-label. An image that is missing or does not decode becomes a labelled placeholder tile, never
-an error. Text uses Pillow's built-in font (no font files).
+label. An image that is missing, not a regular file (a FIFO is never opened), unusable as a
+path (longer than the system allows), larger than :data:`MAX_PIXELS` or does not decode becomes
+a labelled placeholder tile, never an error or a wait. JPEGs are decoded reduced (``draft``).
+Text uses Pillow's built-in font (no font files).
 """
 
 from __future__ import annotations
 
 import os
+import stat
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +33,9 @@ QUERY_COLOR: RGB = (0, 90, 230)
 BACKGROUND: RGB = (255, 255, 255)
 PLACEHOLDER: RGB = (225, 225, 225)
 TEXT: RGB = (0, 0, 0)
+#: the most pixels an image may have (after JPEG's reduced decoding) to be drawn as a tile:
+#: 40 megapixels, 120 MB as RGB; a larger one is a "too large" placeholder
+MAX_PIXELS = 40_000_000
 
 
 @dataclass(frozen=True)
@@ -78,9 +85,18 @@ def item_image_paths(s: EmbeddingSet, images_root: str | os.PathLike[str] | None
 def resolve_image(path: str, base: Path) -> Path:
     """``base / path`` when that exists, else ``path`` itself when it exists, else ``base / path``."""
     joined = base / path
-    if not joined.exists() and Path(path).exists():
+    if not _exists(joined) and _exists(Path(path)):
         return Path(path)
     return joined
+
+
+def _exists(path: Path) -> bool:
+    """Whether anything is at ``path`` (False for a name too long or otherwise unusable)."""
+    try:
+        os.stat(path)
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def _font(size: int = 11) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -96,11 +112,11 @@ def load_tile(path: Path | None, side: int) -> tuple[Image.Image, str | None]:
     problem = "no path" if path is None else None
     if path is not None:
         try:
-            with Image.open(path) as im:
-                im.load()
-                rgb = im.convert("RGB")
+            rgb = _decode(path, side)
         except FileNotFoundError:
             problem = "missing"
+        except _TooLarge:
+            problem = "too large"
         except Exception:  # noqa: BLE001 - any decoder failure (PIL raises many kinds) -> placeholder
             problem = "unreadable"
     if problem is not None:
@@ -111,6 +127,35 @@ def load_tile(path: Path | None, side: int) -> tuple[Image.Image, str | None]:
     tile = Image.new("RGB", (side, side), BACKGROUND)
     tile.paste(fitted, ((side - shape[0]) // 2, (side - shape[1]) // 2))
     return tile, None
+
+
+class _TooLarge(Exception):
+    """An image with more than :data:`MAX_PIXELS` pixels even when decoded reduced."""
+
+
+def _decode(path: Path, side: int) -> Image.Image:
+    """The image at ``path`` as RGB, decoded reduced where the format allows (JPEG's ``draft``:
+    1/2 to 1/8 scale, still at least ``2 * side`` pixels across).
+
+    Only a regular file is opened (a FIFO would block, a device never end): anything else is
+    ``OSError``. More than :data:`MAX_PIXELS` pixels (after reduction) is :class:`_TooLarge`,
+    found from the header before any pixel is decoded; Pillow's decompression-bomb warning is
+    not shown (the limit here is lower).
+    """
+    if not stat.S_ISREG(os.stat(path).st_mode):  # checked before opening, as the loaders do
+        raise OSError(f"{path}: not a regular file")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(path) as im:
+                if im.format == "JPEG":
+                    im.draft("RGB", (2 * side, 2 * side))
+                if im.width * im.height > MAX_PIXELS:
+                    raise _TooLarge
+                im.load()
+                return im.convert("RGB")
+        except Image.DecompressionBombError:
+            raise _TooLarge from None
 
 
 def _placeholder(side: int, problem: str, path: Path | None) -> Image.Image:

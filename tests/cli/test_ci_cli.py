@@ -169,7 +169,7 @@ def test_compare_refuses_other_queries_and_damaged_files(capsys, files, tmp_path
 
 @pytest.mark.parametrize(("args", "message"), [
     (("--ci", "1.5"), "--ci 1.5: must be between 0 and 1 (exclusive)"),
-    (("--ci", "0.9", "--bootstrap", "0"), "--bootstrap 0: must be an integer >= 1"),
+    (("--ci", "0.9", "--bootstrap", "0"), "--bootstrap 0: must be an integer from 1 to 1,000,000"),
     (("--seed", "3"), "--seed: sets how --ci computes its intervals: give --ci LEVEL too"),
     (("--ci", "0.9", "--ci-by", "camera"), "Invalid value for '--ci-by'"),
 ])
