@@ -1,7 +1,7 @@
 """Imports flow one way: the layering of the package, checked on its source (static imports,
 TYPE_CHECKING ones included). A new module that reaches upwards fails here with its file and line.
 
-    base (errors, outputs, safe_load, ...) <- data <- engine <- metrics <- evaluate <- results
+    base (errors, outputs, safe_load, ...) <- data <- engine <- metrics <- evaluation <- results
                                                          extract <- train <- cli (and the facade)
 """
 from __future__ import annotations
@@ -18,18 +18,18 @@ ALLOWED: dict[str, set[str]] = {
     "engine": {"data"},
     "metrics": {"engine"},
     "rerank": {"data", "engine"},
-    "evaluate": {"data", "engine", "metrics", "rerank"},
-    "results": {"data", "engine", "metrics", "evaluate"},
-    "verification": {"data", "engine", "metrics", "evaluate", "results"},
-    "protocols": {"data", "engine", "metrics", "evaluate"},
-    "uncertainty": {"data", "engine", "metrics", "evaluate", "results"},
-    "extract": {"data", "engine", "evaluate"},
-    "train": {"data", "engine", "metrics", "evaluate", "extract", "results"},
-    "visual": {"data", "engine", "metrics", "evaluate", "results", "verification",
+    "evaluation": {"data", "engine", "metrics", "rerank"},
+    "results": {"data", "engine", "metrics", "evaluation"},
+    "verification": {"data", "engine", "metrics", "evaluation", "results"},
+    "protocols": {"data", "engine", "metrics", "evaluation"},
+    "uncertainty": {"data", "engine", "metrics", "evaluation", "results"},
+    "extract": {"data", "engine", "evaluation"},
+    "train": {"data", "engine", "metrics", "evaluation", "extract", "results"},
+    "visual": {"data", "engine", "metrics", "evaluation", "results", "verification",
                "uncertainty"},  # visual/report.py draws saved results (uncertainty.saved)
-    "cli": {"data", "engine", "metrics", "evaluate", "results", "extract", "train", "verification",
+    "cli": {"data", "engine", "metrics", "evaluation", "results", "extract", "train", "verification",
             "protocols", "uncertainty", "visual", "rerank"},
-    "facade": {"data", "engine", "metrics", "evaluate", "results", "extract", "train", "cli",
+    "facade": {"data", "engine", "metrics", "evaluation", "results", "extract", "train", "cli",
                "verification", "protocols", "uncertainty", "visual", "rerank"},
 }
 

@@ -25,7 +25,7 @@ from embeval.engine import Protocol, distributed, parse_memory, parse_shard
 from embeval.engine.hardest import hardest_negatives
 from embeval.engine.similarity import resolve_device, scores
 from embeval.errors import OptionError
-from embeval.evaluate import EvalResult, aggregate_mean, evaluation_stats, summarize
+from embeval.evaluation import EvalResult, aggregate_mean, evaluation_stats, summarize
 from embeval.options import EvalOptions, IntervalOptions
 from embeval.outputs import check_outputs, transaction
 from embeval.rerank.options import RerankOptions

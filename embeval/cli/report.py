@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from rich.table import Table
 
-from embeval.evaluate import EvalResult
+from embeval.evaluation import EvalResult
 
 if TYPE_CHECKING:
     from embeval.uncertainty import Intervals

@@ -177,7 +177,7 @@ def _evaluate(query: Path, gallery: list[Path], out: Path, options: EvalOptions,
               ks: list[int] | None, intervals: Any, save_result: Path | None, **kw: Any) -> None:
     from embeval.data.concat import load_many, source_files
     from embeval.data.store import load
-    from embeval.evaluate import evaluate
+    from embeval.evaluation import evaluate
     from embeval.uncertainty import intervals as compute_intervals
     from embeval.uncertainty import saved_result
     from embeval.uncertainty.saved import query_items

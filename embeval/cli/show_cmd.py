@@ -96,7 +96,7 @@ def _run(query: Path, gallery: list[Path], out: Path, options: EvalOptions, *, w
          best: int | None, chosen: list[int] | None, top: int, images_root: Path | None) -> None:
     from embeval.data.concat import load_many
     from embeval.data.store import load
-    from embeval.evaluate import evaluate
+    from embeval.evaluation import evaluate
     from embeval.outputs import atomic_path, transaction
     from embeval.visual.ranked import contact_sheet, item_image_paths, ranked_image
     from embeval.visual.rankings import choose_queries, query_rankings

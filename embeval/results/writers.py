@@ -18,7 +18,7 @@ import torch
 
 from embeval.data.safetensors_io import plan_layout, write_safetensors
 from embeval.errors import OptionError
-from embeval.evaluate import EvalResult
+from embeval.evaluation import EvalResult
 from embeval.outputs import atomic_path
 
 __all__ = ["write_per_query", "write_predictions", "write_curves", "write_tensor_stream",

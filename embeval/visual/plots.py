@@ -1,6 +1,6 @@
 """Figures of results: the CMC curve, the PR curve, ROC + DET + score histograms.
 
-Pure functions: each takes a result object (:class:`~embeval.evaluate.EvalResult`,
+Pure functions: each takes a result object (:class:`~embeval.evaluation.EvalResult`,
 :class:`~embeval.verification.verify.VerifyResult`) and returns a matplotlib ``Figure`` (no
 pyplot state, nothing global); :func:`save_figure` writes one atomically, in the format of the
 file's suffix (``.png``, ``.svg``, ``.pdf``). Needs matplotlib (``pip install "embeval[plot]"``):
@@ -18,7 +18,7 @@ import numpy as np
 
 from embeval import metrics as M
 from embeval.errors import OptionError
-from embeval.evaluate import EvalResult
+from embeval.evaluation import EvalResult
 from embeval.outputs import atomic_path
 from embeval.results.writers import pr_figure, require_matplotlib
 from embeval.verification import plot as vplot
