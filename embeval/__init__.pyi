@@ -34,7 +34,6 @@ from .protocols.revisited import revisited as revisited
 from .results.partials import merge_partials as merge_partials
 from .results.writers import write_curves as write_curves
 from .results.writers import write_per_query as write_per_query
-from .results.writers import write_pr_plot as write_pr_plot
 from .results.writers import write_predictions as write_predictions
 from .uncertainty import compare as compare
 from .uncertainty import intervals as intervals
@@ -45,5 +44,6 @@ from .verification.identify import IdentifyResult as IdentifyResult
 from .verification.identify import identify as identify
 from .verification.verify import VerifyResult as VerifyResult
 from .verification.verify import verify as verify
+from .visual.figures.ranking import write_pr_plot as write_pr_plot
 
 __version__: str

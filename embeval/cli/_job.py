@@ -318,7 +318,7 @@ def _write_outputs(job: Job, result: EvalResult, label_names: list[str] | None,
                                        else "")
         title = f"{job.query.name} vs {names} ({job.options.metric})"
         if job.command == "cmc":  # ranks 1 .. the largest -k
-            from embeval.visual.plots import write_cmc_plot
+            from embeval.visual.figures import write_cmc_plot
 
             band = None
             if job.intervals is not None:
@@ -328,7 +328,9 @@ def _write_outputs(job: Job, result: EvalResult, label_names: list[str] | None,
             write_cmc_plot(out["--plot"], result, max_rank=max(job.ks), title=title,  # type: ignore[arg-type]
                            band=band)
         else:
-            exports.write_pr_plot(out["--plot"], result, title)  # type: ignore[arg-type]
+            from embeval.visual.figures import write_pr_plot
+
+            write_pr_plot(out["--plot"], result, title)  # type: ignore[arg-type]
     if out.get("--out"):
         _write_scores(out["--out"], job, result, knn_k)  # type: ignore[arg-type]
 

@@ -308,9 +308,9 @@ def cmc(query: QueryArg, gallery: GalleryArg, ks: KsOpt = None,
         if plot.suffix.lower() not in ("", ".png", ".svg", ".pdf"):
             raise OptionError(f"--plot {plot}: the file's suffix chooses the format: .png, .svg "
                               "or .pdf")
-        from embeval.results import writers as exports
+        from embeval.visual.figures import require_matplotlib
 
-        exports.require_matplotlib()
+        require_matplotlib()
     if protocol is not None:
         options = _protocol_options(protocol, options, relevance, shard, per_query)
         if "ap" in unset:
@@ -400,9 +400,9 @@ def pr(query: QueryArg, gallery: GalleryArg,
        save_result: Path | None, rerank: RerankOptions | None = None) -> None:
     """Precision-recall: mAP and the best F1 with its precision, recall and threshold."""
     if plot:
-        from embeval.results import writers as exports
+        from embeval.visual.figures import require_matplotlib
 
-        exports.require_matplotlib()
+        require_matplotlib()
     _execute("pr", query, gallery, options, [1], shard, out_part, pr=True,
              outputs={"--curves": curves, "--plot": plot, "--per-query": per_query}, as_json=json,
              relevance=relevance, intervals=intervals, save_result=save_result, rerank=rerank)

@@ -63,8 +63,8 @@ def merge(
     require_files(parts)  # before torch loads
     from embeval.data.concat import expand_paths
     from embeval.options import RESULT_OPTIONS, EvalOptions
-    from embeval.results import writers as exports
     from embeval.results.partials import load_parts, summarize_parts
+    from embeval.visual.figures import require_matplotlib
 
     from ._job import Job, finish
 
@@ -81,7 +81,7 @@ def merge(
     inputs = merged.job["inputs"]
     check_outputs(given, inputs=[*part_files, *(f["file"] for f in inputs["query"] + inputs["gallery"])])
     if plot:
-        exports.require_matplotlib()
+        require_matplotlib()
     if command == "score" and out is not None and getattr(merged.stats, "topk_scores", None) is None:
         _check_inputs_unchanged(job)
     options = EvalOptions(**{k: job["options"][k] for k in RESULT_OPTIONS if k in job["options"]},

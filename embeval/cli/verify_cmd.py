@@ -89,7 +89,7 @@ def verify(query: QueryArg, gallery: GalleryArg,
                               "output files to `embeval merge`")
     require_files([query, *gallery, *([pairs] if pairs else [])])
     if plot:
-        from embeval.results.writers import require_matplotlib
+        from embeval.visual.figures import require_matplotlib
 
         require_matplotlib()
     from ._job import Job
@@ -284,7 +284,8 @@ def _far_vertices(c, result) -> list[int]:  # noqa: ANN001
 
 
 def _write_plot(path: Path, result, title: str) -> None:  # noqa: ANN001
-    from embeval.verification.plot import impostor_histogram, write_verification_plot
+    from embeval.verification.plot import impostor_histogram
+    from embeval.visual.figures import write_verification_plot
 
     c = result.curve()
     edges, counts = impostor_histogram(result.stats.imp_keys)
