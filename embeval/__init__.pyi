@@ -27,6 +27,9 @@ from .evaluation import evaluation_stats as evaluation_stats
 from .evaluation import summarize as summarize
 from .extract.embed import embed as embed
 from .extract.embed import evaluate_model as evaluate_model
+from .jobs import Job as Job
+from .jobs import JobResult as JobResult
+from .jobs import run_job as run_job
 from .options import EvalOptions as EvalOptions
 from .protocols.revisited import RevisitedResult as RevisitedResult
 from .protocols.revisited import read_revisited as read_revisited
