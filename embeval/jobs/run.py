@@ -138,18 +138,18 @@ def run_job(job: Job, *, shard: str | None = None, out_part: Path | None = None,
     part = parse_shard(shard) if shard else None
     lead = distributed.is_leader()
     if job.out_topk is not None and part is None and job.outputs.get("--out") is None:
-        raise OptionError("--out-topk: needs --out FILE (or --shard i/n, whose part keeps the top-k "
-                          "for `embeval merge --out`)")
+        raise OptionError("out_topk: needs out FILE (or shard i/n, whose part keeps the top-k "
+                          "for `embeval merge --out`)", param=("out_topk", "out", "shard"))
     if part is not None:
         given = [option for option, path in job.outputs.items() if path is not None]
         if given:
-            raise OptionError(f"{given[0]}: a --shard run writes only its partial statistics; "
-                              "give output files to `embeval merge`")
+            raise OptionError(f"{given[0]}: a shard run writes only its partial statistics; "
+                              "give output files to `embeval merge`", param="shard")
         if distributed.requested():
-            raise OptionError("--shard: not under torchrun (torchrun shards by itself)")
+            raise OptionError("shard: not under torchrun (torchrun shards by itself)", param="shard")
         out_part = out_part or Path(f"{job.command}.part-{part[0]}-of-{part[1]}.safetensors")
     elif out_part is not None:
-        raise OptionError("--out-part needs --shard i/n")
+        raise OptionError("out_part needs shard i/n", param=("out_part", "shard"))
     if lead:
         check_outputs({**job.outputs, "--out-part": out_part},
                       inputs=[job.query, *expand_paths(job.gallery),
@@ -164,8 +164,8 @@ def run_job(job: Job, *, shard: str | None = None, out_part: Path | None = None,
                    "query finds itself at rank 1; add --exclude-self for leave-one-out "
                    "(this note goes away with it)")
     if job.relevance is not None and c.aggregate == "mean":
-        raise OptionError("--relevance cannot be combined with --aggregate mean (the lists name "
-                          "gallery items, not class prototypes)")
+        raise OptionError("relevance cannot be combined with aggregate mean (the lists name "
+                          "gallery items, not class prototypes)", param=("relevance", "aggregate"))
     _check_rerank(job)
     if job.extra.get("protocol"):
         return _revisited(job, q, g, hooks)
@@ -225,8 +225,8 @@ def _revisited(job: Job, q: EmbeddingSet, g: EmbeddingSet, hooks: Hooks) -> JobR
     from embeval.protocols.revisited import read_revisited, revisited
 
     if distributed.requested():
-        raise OptionError("--protocol: not under torchrun (three passes over a small gallery: "
-                          "run it as one process)")
+        raise OptionError("protocol: not under torchrun (three passes over a small gallery: "
+                          "run it as one process)", param="protocol")
     assert job.relevance is not None  # checked by the cmc command
     truth = read_revisited(job.relevance, q.n, g.n)
     with hooks.progress("ranking (easy, medium, hard)", True) as update:
@@ -241,7 +241,7 @@ def _check_rerank(job: Job) -> None:
     if r is None:
         return
     if job.extra.get("protocol"):
-        raise OptionError("--rerank/--qe/--dba: not with --protocol")
+        raise OptionError("rerank/qe/dba: not with protocol", param=("rerank", "qe", "dba", "protocol"))
 
 
 def _score_topn(job: Job, q: EmbeddingSet, g: EmbeddingSet) -> int | None:

@@ -68,7 +68,10 @@ def test_a_shard_run_writes_its_part_and_returns_none(tmp_path: Path) -> None:
     assert embeval.merge_partials(parts).metrics == whole.result.metrics
 
 
-def test_a_wrong_option_is_the_commands_error(tmp_path: Path) -> None:
+def test_a_wrong_option_names_the_parameter_and_the_command_line_its_flag(tmp_path: Path) -> None:
+    from embeval.cli import flag_message
+
     job = Job("score", Q, [G], embeval.EvalOptions(), [1], out_topk=3)
-    with pytest.raises(embeval.OptionError, match="--out-topk: needs --out FILE"):
+    with pytest.raises(embeval.OptionError, match="^out_topk: needs out FILE") as e:
         run_job(job)
+    assert flag_message(e.value).startswith("--out-topk: needs --out FILE (or --shard i/n,")
