@@ -106,7 +106,7 @@ def run_size(n: int, dim: int, seed: int, torch_path: bool, skip_faiss: bool) ->
 
     import embeval
     from embeval.engine import rank_stats
-    from embeval.evaluate import summarize
+    from embeval.evaluation import summarize
 
     dev = torch.device("cuda")
     q, ql, g, gl = generate(n, dim, seed, dev)

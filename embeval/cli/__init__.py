@@ -21,6 +21,7 @@ from embeval.errors import EmbevalError, InputFileError
 
 from . import (
     _help,  # noqa: F401  (click's usage conventions in the help of this Typer version)
+    bench_cmd,  # noqa: F401  (registers layouts)
     compare_cmd,  # noqa: F401  (registers compare)
     convert_cmd,  # noqa: F401  (registers convert)
     evaluate_cmds,  # noqa: F401  (registers score, knn, cmc, pr)

@@ -1,5 +1,5 @@
 """``embeval extract MODEL BENCH_ROOT --layout NAME -o OUT`` (a benchmark read as it ships) and
-``embeval layouts`` (the registry). Imported by :mod:`.extract_cmd`; no torch at import."""
+``embeval layouts`` (the registry). Registered by the package; no torch at import."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def run_benchmark(info: LayoutInfo, model: str, root: Path, out: Path | None, *,
                   run_options: dict[str, Any], resume: bool, json_out: bool) -> None:
     """Read the benchmark, embed every set, write the embeddings and sidecars together."""
     from ._app import stderr
-    from .extract_cmd import _images_bar, _make_dir, _summary
+    from ._extract_common import images_bar, make_dir, summary_table
 
     if out is None:
         raise OptionError(f"--layout {info.name}: give -o/--out "
@@ -77,11 +77,11 @@ def run_benchmark(info: LayoutInfo, model: str, root: Path, out: Path | None, *,
     options = ExtractOptions(prep, device=dev, **{k: v for k, v in run_options.items()
                                                   if k != "device"})
     if len(info.sets) > 1:
-        _make_dir(out)
+        make_dir(out)
     meta = {"layout": info.name, **bench.metadata, **({"flip_sum": "true"} if flip_sum else {}),
             **{f"{name}_file": path.name for name, path in sidecars.items()}}  # found beside it
     start = time.perf_counter()
-    with _images_bar("extracting") as update:
+    with images_bar("extracting") as update:
         results = extract_to_files(loaded, [(bench.sets[s], files[s]) for s in info.sets],
                                    options, resume=resume, progress=update, metadata=meta)
     pooled = {name: _pooled_path(info, out, name) for name in bench.pooled}
@@ -113,7 +113,7 @@ def run_benchmark(info: LayoutInfo, model: str, root: Path, out: Path | None, *,
                           "sidecars": {k: str(v) for k, v in {**sidecars, **pooled}.items()},
                           "protocol": command, "protocols": [command, *more]}))
         return
-    stdout.print(_summary(rows, f"extract: {loaded.name} on {dev}, layout {info.name}"))
+    stdout.print(summary_table(rows, f"extract: {loaded.name} on {dev}, layout {info.name}"))
     print(f"read: {counts}", flush=True)
     for r in rows:
         print(f"{r['set']}: {r['path']}", flush=True)

@@ -1,4 +1,5 @@
-"""``score``, ``knn``, ``cmc``, ``pr``: options → a :class:`~._job.Job`, run by :func:`~._job.execute`.
+"""``score``, ``knn``, ``cmc``, ``pr``: options → a :class:`~embeval.jobs.Job`, run by
+:func:`~embeval.jobs.run_job`, rendered by :func:`~.report.render_job`.
 
 Every command also takes ``--shard i/n`` / ``--out-part FILE`` (an array-job shard, merged by
 ``embeval merge``) and runs as one rank of a group under torchrun.
@@ -241,6 +242,33 @@ def metric_command(epilog: str, *, ranked: bool = True, reports_map: bool = Fals
     return register
 
 
+def evaluation_flags(*names: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Append the evaluation flags ``names`` (keys of :data:`SHARED` and :data:`MAP`: their one
+    definition, with :class:`EvalOptions`' defaults) to a command's own flags, and give the
+    command one checked :class:`EvalOptions` as ``options`` (a :data:`MAP` flag not given keeps
+    EvalOptions' default). For the commands that evaluate without being metric commands
+    (``report``, ``show``)."""
+    catalogue = {**SHARED, **MAP}
+    flags = {name: catalogue[name] for name in names}
+
+    def register(fn: Callable[..., None]) -> Callable[..., None]:
+        own = [p for p in inspect.signature(fn, eval_str=True).parameters.values()
+               if p.name != "options"]
+        shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
+                                    default=None if name in MAP else getattr(_DEFAULTS, name))
+                  for name, annotation in flags.items()]
+
+        @functools.wraps(fn)
+        def command(**values: Any) -> None:
+            given = {k: values.pop(k) for k in flags}
+            fn(**values, options=EvalOptions(**{k: v for k, v in given.items()
+                                                if not (k in MAP and v is None)}))
+
+        command.__signature__ = inspect.Signature(own + shared)  # type: ignore[attr-defined]
+        return command
+    return register
+
+
 def interval_options(ci: float | None, bootstrap: int | None = None, seed: int | None = None,
                      ci_by: str | None = None) -> IntervalOptions | None:
     """The --ci flags as one :class:`IntervalOptions` (None without --ci)."""
@@ -264,7 +292,7 @@ def _execute(command: str, query: Path, gallery: list[Path], options: EvalOption
 
     ``ks``: the -k values (None: 1 5 10 capped at the gallery size); ``save_result``: the
     --save-result file (one of the job's ``outputs``); ``job``: the rest of
-    :class:`~._job.Job` (``intervals`` included).
+    :class:`~embeval.jobs.Job` (``intervals`` included).
     """
     require_files([query, *gallery])
     if job.get("rerank") is not None:
@@ -273,11 +301,15 @@ def _execute(command: str, query: Path, gallery: list[Path], options: EvalOption
         from embeval.data.int_csv import check_file
 
         check_file(job["relevance"], "a relevance file (CSV or .safetensors)")
-    from ._job import Job, execute
+    from embeval.jobs import Job, run_job
 
-    execute(Job(command, query, gallery, options, default_ks(ks, gallery),
-                outputs={**(outputs or {}), "--save-result": save_result}, **job),
-            shard=shard, out_part=out_part)
+    from .report import cli_hooks, render_job
+
+    done = run_job(Job(command, query, gallery, options, default_ks(ks, gallery),
+                       outputs={**(outputs or {}), "--save-result": save_result}, **job),
+                   shard=shard, out_part=out_part, hooks=cli_hooks())
+    if done is not None:  # None: a --shard run, or a torchrun rank other than 0
+        render_job(done)
 
 
 CMC_EXAMPLES = examples(
@@ -313,9 +345,9 @@ def cmc(query: QueryArg, gallery: GalleryArg, ks: KsOpt = None,
         if plot.suffix.lower() not in ("", ".png", ".svg", ".pdf"):
             raise OptionError(f"--plot {plot}: the file's suffix chooses the format: .png, .svg "
                               "or .pdf")
-        from embeval.results import writers as exports
+        from embeval.visual.figures import require_matplotlib
 
-        exports.require_matplotlib()
+        require_matplotlib()
     if protocol is not None:
         options = _protocol_options(protocol, options, relevance, shard, per_query)
         if "ap" in unset:
@@ -405,9 +437,9 @@ def pr(query: QueryArg, gallery: GalleryArg,
        save_result: Path | None, rerank: RerankOptions | None = None) -> None:
     """Precision-recall: mAP and the best F1 with its precision, recall and threshold."""
     if plot:
-        from embeval.results import writers as exports
+        from embeval.visual.figures import require_matplotlib
 
-        exports.require_matplotlib()
+        require_matplotlib()
     _execute("pr", query, gallery, options, [1], shard, out_part, pr=True,
              outputs={"--curves": curves, "--plot": plot, "--per-query": per_query}, as_json=json,
              relevance=relevance, intervals=intervals, save_result=save_result, rerank=rerank)

@@ -8,21 +8,17 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from embeval._vocab import BACKBONE_NAMES, LAYOUTS
-from embeval.errors import InputFileError, OptionError
+from embeval.errors import OptionError
 from embeval.outputs import check_outputs
 
-from . import bench_cmd  # noqa: F401  (registers layouts)
 from ._app import app, interactive, stderr, stdout
+from ._extract_common import images_bar, make_dir, summary_table
 from .evaluate_cmds import examples
 
 H_W = "H W"
@@ -141,12 +137,12 @@ def extract(
                              precision=precision, flip=flip, normalize=normalize,
                              skip_bad=skip_bad)
     if out_dir is not None:
-        _make_dir(out_dir)
+        make_dir(out_dir)
     if model in BACKBONE_NAMES and weights is None and interactive():
         stderr.print(f"note: {model} without --weights is an untrained network (fixed seed): "
                      "a baseline, not a trained model")
     start = time.perf_counter()
-    with _images_bar("extracting") as update:
+    with images_bar("extracting") as update:
         results = extract_to_files(loaded, [(im, p) for im, (_, _, p) in zip(image_lists, sets)],
                                    options, resume=resume, progress=update)
     wall = time.perf_counter() - start
@@ -160,7 +156,7 @@ def extract(
                           "preprocessing": prep.to_dict(), "flip": flip, "normalized": normalize,
                           "seconds": round(wall, 3), "files": rows}))
         return
-    stdout.print(_summary(rows, f"extract: {loaded.name} on {dev}"))
+    stdout.print(summary_table(rows, f"extract: {loaded.name} on {dev}"))
     for r in rows:  # whole paths, never cut to the terminal's width
         print(f"{r['set']}: {r['path']}", flush=True)
 
@@ -199,17 +195,6 @@ def _check_benchmark_args(info: Any, query: Path | None, gallery: Path | None,
     return info
 
 
-def _summary(rows: list[dict], title: str) -> Table:
-    """One row per written file: set, N, D, skipped images, images/s (the files follow it)."""
-    table = Table(title=title, title_justify="left")
-    for col in ("set", "N", "D", "skipped", "images/s"):
-        table.add_column(col, justify="left" if col == "set" else "right", no_wrap=True)
-    for r in rows:
-        table.add_row(r["set"], str(r["n"]), str(r["dim"]), str(len(r["skipped"])),
-                      f"{r['images_per_second']:.0f}")
-    return table
-
-
 def _jobs(images: Path | None, out: Path | None, query: Path | None, gallery: Path | None,
           out_dir: Path | None) -> list[tuple[str, Path, Path]]:
     """(set name, source, output file) for each set to embed."""
@@ -228,34 +213,3 @@ def _jobs(images: Path | None, out: Path | None, query: Path | None, gallery: Pa
         raise OptionError("--query/--gallery need --out-dir DIR")
     return [(name, src, out_dir / f"{name}.safetensors")
             for name, src in (("query", query), ("gallery", gallery)) if src is not None]
-
-
-def _make_dir(path: Path) -> None:
-    if path.exists() and not path.is_dir():
-        raise InputFileError(path, "--out-dir: exists and is not a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputFileError(path, f"--out-dir: cannot create ({e.strerror or e})") from None
-
-
-@contextmanager
-def _images_bar(description: str) -> Iterator[Callable[[int, int], None]]:
-    """``update(done, total)`` drawing a bar with images/s on stderr, only on a terminal."""
-    if not interactive():
-        yield lambda done, total: None
-        return
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[rate]}"), TimeElapsedColumn()]
-    with Progress(*columns, console=stderr, transient=True) as bar:
-        task = bar.add_task(description, total=None, rate="")
-        state: dict[str, Any] = {"t0": time.perf_counter(), "first": None}
-
-        def update(done: int, total: int) -> None:
-            if state["first"] is None:  # resumed images do not count towards the rate
-                state["first"], state["t0"] = done, time.perf_counter()
-            dt = time.perf_counter() - state["t0"]
-            rate = f"{(done - state['first']) / dt:,.0f} img/s" if dt > 0 and done else ""
-            bar.update(task, completed=done, total=total, rate=rate)
-
-        yield update

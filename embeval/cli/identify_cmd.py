@@ -1,7 +1,7 @@
 """``embeval identify``: open-set 1:N identification (TPIR@FPIR at rank k), one whole run.
 
 Importing this module does not import torch: the command checks its arguments and input
-files first. It runs as the other metric commands do (:mod:`._job`): whole, as a ``--shard``
+files first. It runs as the other metric commands do (:mod:`embeval.jobs`): whole, as a ``--shard``
 of an array job (``embeval merge`` prints the identification), or under torchrun.
 """
 
@@ -46,26 +46,3 @@ def identify(query: QueryArg, gallery: GalleryArg, ks: KsOpt = None,
     _execute("identify", query, gallery, options, ks, shard, out_part,
              extra={"fpirs": fpirs, "fpir_rule": fpir_rule}, as_json=json, relevance=relevance,
              intervals=intervals, save_result=save_result)
-
-
-def identification(job, result):  # noqa: ANN001, ANN201
-    """The ``IdentifyResult`` of a ranking pass's ``EvalResult`` (whole or merged from shards)."""
-    from embeval.verification.identify import summarize_identification
-
-    ident = summarize_identification(result.stats, result.options, fpirs=job.extra["fpirs"],
-                                     ks=job.ks, fpir_rule=job.extra["fpir_rule"])
-    ident.elapsed_s = result.elapsed_s
-    return ident
-
-
-def render_identification(job, ident, as_json: bool, provenance: dict, ci=None) -> None:  # noqa: ANN001
-    """Print an identification result (``job``: its :class:`~._job.Job`; ``ident``: its
-    ``IdentifyResult``; ``ci``: its intervals or None)."""
-    from .report import render
-
-    note = (f"{ident.n_query} queries ({ident.n_mated} mated, {ident.n_nonmated} non-mated) × "
-            f"{ident.n_gallery} gallery items · TPIR/rank over mated queries, FPIR over "
-            f"non-mated · {ident.elapsed_s:.2f}s")
-    render("identify", ident, job.ks, as_json=as_json,
-           extra={"fpir_rule": job.extra["fpir_rule"], **provenance}, keys=list(ident.metrics),
-           note=note, ci=ci)

@@ -62,11 +62,12 @@ def merge(
     intervals = interval_options(ci, bootstrap, seed, ci_by)
     require_files(parts)  # before torch loads
     from embeval.data.concat import expand_paths
+    from embeval.jobs import Job, finish
     from embeval.options import RESULT_OPTIONS, EvalOptions
-    from embeval.results import writers as exports
     from embeval.results.partials import load_parts, summarize_parts
+    from embeval.visual.figures import require_matplotlib
 
-    from ._job import Job, finish
+    from .report import render_job
 
     part_files = expand_paths(parts)
     merged = load_parts(part_files)
@@ -81,7 +82,7 @@ def merge(
     inputs = merged.job["inputs"]
     check_outputs(given, inputs=[*part_files, *(f["file"] for f in inputs["query"] + inputs["gallery"])])
     if plot:
-        exports.require_matplotlib()
+        require_matplotlib()
     if command == "score" and out is not None and getattr(merged.stats, "topk_scores", None) is None:
         _check_inputs_unchanged(job)
     options = EvalOptions(**{k: job["options"][k] for k in RESULT_OPTIONS if k in job["options"]},
@@ -97,8 +98,8 @@ def merge(
               relevance=Path(inputs["relevance"][0]["file"]) if "relevance" in inputs else None)
     result = summarize_parts(merged, t0=t0)
     topn = result.stats.topk_scores.shape[1] if result.stats.topk_scores is not None else None
-    finish(run, result, job["label_names"], topn if command == "score" else job["knn_k"],
-           inputs=_files(inputs))
+    render_job(finish(run, result, job["label_names"], topn if command == "score" else job["knn_k"],
+                      inputs=_files(inputs)))
 
 
 def _rerank(extra: dict):  # noqa: ANN202 - RerankOptions | None
@@ -131,9 +132,9 @@ def _check_inputs_unchanged(job: dict) -> None:
 def _finish_verify(merged, job: dict, options, given: dict, as_json: bool, t0: float,  # noqa: ANN001
                    intervals) -> None:  # noqa: ANN001
     """Sum verification parts' trial counts and print what the whole run prints."""
+    from embeval.jobs import Job
     from embeval.verification.verify import summarize_verification
 
-    from ._job import Job
     from .verify_cmd import finish_verify
 
     inputs = job["inputs"]

@@ -1,19 +1,22 @@
-"""Render an :class:`~embeval.EvalResult`: a Rich table, or one JSON object (``--json``)."""
+"""Render an :class:`~embeval.EvalResult` or a finished run (:class:`~embeval.jobs.JobResult`):
+a Rich table, or one JSON object (``--json``)."""
 
 from __future__ import annotations
 
 import json
 import math
-from typing import TYPE_CHECKING
+import sys
+from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
-from embeval.evaluate import EvalResult
+from embeval.evaluation import EvalResult
 
 if TYPE_CHECKING:
+    from embeval.jobs import Hooks, JobResult
     from embeval.uncertainty import Intervals
 
-from ._app import stdout
+from ._app import progress_bar, stderr, stdout
 
 KEYS = {
     "score": lambda ks: ["accuracy", *(f"top{k}_accuracy" for k in ks), "hard_pos", "hard_neg"],
@@ -120,3 +123,45 @@ def render(command: str, result: EvalResult, ks: list[int], *, as_json: bool,
     if ci is not None:
         note += " · " + ci_note(ci, list(data["metrics"]))
     stdout.print(note, style="dim", highlight=False, soft_wrap=True)
+
+
+def cli_hooks() -> Hooks:
+    """A run's notes as one stderr line each, its progress as a bar (on a terminal)."""
+    from embeval.jobs import Hooks
+
+    return Hooks(note=lambda message: stderr.print(message, highlight=False, soft_wrap=True),
+                 progress=lambda description, enabled: progress_bar(description, "items",
+                                                                    enabled=enabled))
+
+
+def render_job(run: JobResult) -> None:
+    """Print a finished run (:func:`embeval.jobs.run_job`, ``merge``): the table or the JSON object."""
+    from embeval import __version__
+
+    job, result, ci = run.job, run.result, run.ci
+    provenance = {"embeval": __version__, "inputs": run.inputs} if job.as_json else {}
+    if job.command == "identify":
+        render_identification(job, result, job.as_json, provenance, ci)
+    elif job.extra.get("protocol"):
+        n_valid = ", ".join(f"{s} {n}" for s, n in result.n_valid.items())
+        note = (f"{job.extra['protocol']}: {result.n_query} queries × {result.n_gallery} gallery "
+                f"items · with positives: {n_valid} (the others skipped) · "
+                f"{result.options['ap']} AP · 3 ranking passes · {result.elapsed_s:.2f}s")
+        render(job.command, result, job.ks, as_json=job.as_json,
+               extra={**job.extra, **provenance}, keys=list(result.metrics), note=note, ci=ci)
+    else:
+        render(job.command, result, job.ks, as_json=job.as_json,
+               extra={**job.extra, **provenance} or None, ci=ci)
+    sys.stdout.flush()
+
+
+def render_identification(job: Any, ident: Any, as_json: bool, provenance: dict,
+                          ci: Any = None) -> None:
+    """Print an identification result (``job``: its :class:`~embeval.jobs.Job`; ``ident``: its
+    ``IdentifyResult``; ``ci``: its intervals or None)."""
+    note = (f"{ident.n_query} queries ({ident.n_mated} mated, {ident.n_nonmated} non-mated) × "
+            f"{ident.n_gallery} gallery items · TPIR/rank over mated queries, FPIR over "
+            f"non-mated · {ident.elapsed_s:.2f}s")
+    render("identify", ident, job.ks, as_json=as_json,
+           extra={"fpir_rule": job.extra["fpir_rule"], **provenance}, keys=list(ident.metrics),
+           note=note, ci=ci)

@@ -19,20 +19,12 @@ from embeval.options import EvalOptions
 
 from ._app import app
 from .evaluate_cmds import (
-    AggregateOpt,
-    ApOpt,
     BootstrapOpt,
-    CameraOpt,
     CiByOpt,
-    DeviceOpt,
     KsOpt,
-    MemoryOpt,
-    MetricOpt,
-    NoPosOpt,
-    PrecisionOpt,
     SaveResultOpt,
     SeedOpt,
-    SelfOpt,
+    evaluation_flags,
     examples,
     interval_options,
     require_files,
@@ -45,6 +37,8 @@ REPORT_EXAMPLES = examples(
 
 
 @app.command(epilog=REPORT_EXAMPLES)
+@evaluation_flags("metric", "device", "memory", "precision", "exclude_same_camera", "exclude_self",
+                  "aggregate", "no_positive", "ap")
 def report(
     inputs: Annotated[list[Path], typer.Argument(
         metavar="INPUT...", show_default=False,
@@ -76,15 +70,8 @@ def report(
     seed: SeedOpt = None,
     ci_by: CiByOpt = None,
     save_result: SaveResultOpt = None,
-    metric: MetricOpt = "cosine",
-    device: DeviceOpt = "auto",
-    memory: MemoryOpt = None,
-    precision: PrecisionOpt = "fp32",
-    exclude_same_camera: CameraOpt = False,
-    exclude_self: SelfOpt = False,
-    aggregate: AggregateOpt = "none",
-    no_positive: NoPosOpt = "skip",
-    ap: ApOpt = None,
+    *,
+    options: EvalOptions,
 ) -> None:
     """One offline HTML report: metrics with intervals, plots, per-query table, worst queries.
 
@@ -108,7 +95,8 @@ def report(
         _check_outputs(out, None, [inputs[0], *([query_file] if query_file else []),
                                    *(gallery_file or [])])
         _from_result(inputs[0], out, query_file, gallery_file or None, worst=worst, top=top,
-                     images_root=images_root, title=title, device=device, memory=memory)
+                     images_root=images_root, title=title, device=options.device,
+                     memory=options.memory)
         return
     if query_file is not None or gallery_file:
         raise OptionError("--query, --gallery: only with a result file (give QUERY GALLERY as "
@@ -127,9 +115,6 @@ def report(
                                                     ci_by)
     if no_ci:
         interval_options(None, bootstrap, seed, ci_by)  # --bootstrap & co. need intervals
-    options = EvalOptions(metric=metric, device=device, memory=memory, precision=precision,
-                          exclude_same_camera=exclude_same_camera, exclude_self=exclude_self,
-                          aggregate=aggregate, no_positive=no_positive, ap=ap or "standard")
     _check_outputs(out, save_result, inputs)
     _evaluate(inputs[0], inputs[1:], out, options, ks, intervals, save_result, worst=worst,
               top=top, images_root=images_root, title=title)
@@ -180,13 +165,13 @@ def _evaluate(query: Path, gallery: list[Path], out: Path, options: EvalOptions,
               ks: list[int] | None, intervals: Any, save_result: Path | None, **kw: Any) -> None:
     from embeval.data.concat import load_many, source_files
     from embeval.data.store import load
-    from embeval.evaluate import evaluate
+    from embeval.evaluation import evaluate
+    from embeval.jobs.run import _inputs
     from embeval.uncertainty import intervals as compute_intervals
     from embeval.uncertainty import saved_result
     from embeval.uncertainty.saved import query_items
 
     from ._app import progress_bar
-    from ._job import _inputs
     from .evaluate_cmds import default_ks
 
     q, g = load(query), load_many(gallery)

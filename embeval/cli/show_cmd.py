@@ -16,18 +16,7 @@ from embeval.errors import InputFileError, OptionError
 from embeval.options import EvalOptions
 
 from ._app import app
-from .evaluate_cmds import (
-    CameraOpt,
-    DeviceOpt,
-    GalleryArg,
-    MemoryOpt,
-    MetricOpt,
-    PrecisionOpt,
-    QueryArg,
-    SelfOpt,
-    examples,
-    require_files,
-)
+from .evaluate_cmds import GalleryArg, QueryArg, evaluation_flags, examples, require_files
 
 SHOW_EXAMPLES = examples(
     "embeval show runs/small/query.safetensors runs/small/gallery.safetensors --out show --worst 5",
@@ -47,6 +36,7 @@ def _query_list(text: str | None) -> list[int] | None:
 
 
 @app.command(epilog=SHOW_EXAMPLES)
+@evaluation_flags("metric", "device", "memory", "precision", "exclude_same_camera", "exclude_self")
 def show(
     query: QueryArg,
     gallery: GalleryArg,
@@ -64,12 +54,8 @@ def show(
         "--images-root", metavar="DIR",
         help="Folder the files' item paths are relative to (default: each file's recorded "
              "source folder).")] = None,
-    metric: MetricOpt = "cosine",
-    device: DeviceOpt = "auto",
-    memory: MemoryOpt = None,
-    precision: PrecisionOpt = "fp32",
-    exclude_same_camera: CameraOpt = False,
-    exclude_self: SelfOpt = False,
+    *,
+    options: EvalOptions,
 ) -> None:
     """Images of ranked results: each chosen query and its top results, framed by ground truth.
 
@@ -86,8 +72,6 @@ def show(
     if out.exists() and not out.is_dir():
         raise InputFileError(out, "--out: is a file, expected a folder for the images")
     require_files([query, *gallery])
-    options = EvalOptions(metric=metric, device=device, memory=memory, precision=precision,
-                          exclude_same_camera=exclude_same_camera, exclude_self=exclude_self)
     _run(query, gallery, out, options, worst=worst, best=best, chosen=chosen_list, top=top,
          images_root=images_root)
 
@@ -96,7 +80,7 @@ def _run(query: Path, gallery: list[Path], out: Path, options: EvalOptions, *, w
          best: int | None, chosen: list[int] | None, top: int, images_root: Path | None) -> None:
     from embeval.data.concat import expand_paths, load_many
     from embeval.data.store import load
-    from embeval.evaluate import evaluate
+    from embeval.evaluation import evaluate
     from embeval.outputs import atomic_path, check_members, transaction
     from embeval.visual.ranked import contact_sheet, item_image_paths, ranked_image
     from embeval.visual.rankings import choose_queries, query_rankings

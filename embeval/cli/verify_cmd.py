@@ -89,10 +89,10 @@ def verify(query: QueryArg, gallery: GalleryArg,
                               "output files to `embeval merge`")
     require_files([query, *gallery, *([pairs] if pairs else [])])
     if plot:
-        from embeval.results.writers import require_matplotlib
+        from embeval.visual.figures import require_matplotlib
 
         require_matplotlib()
-    from ._job import Job
+    from embeval.jobs import Job
 
     job = Job("verify", query, gallery, options, [1],
               outputs={"--roc": roc, "--plot": plot, "--save-result": save_result},
@@ -113,9 +113,9 @@ def _load(job, listed: bool = False):  # noqa: ANN001, ANN202
     from embeval.data.concat import load_many, source_files
     from embeval.data.store import load
     from embeval.engine.similarity import resolve_device
+    from embeval.jobs.run import _same_file
 
     from ._app import stderr
-    from ._job import _same_file
 
     resolve_device(job.options.device)
     q, g = load(job.query), load_many(job.gallery)
@@ -133,11 +133,11 @@ def _load(job, listed: bool = False):  # noqa: ANN001, ANN202
 
 def _whole(job, pairs: Path | None, folds: int | None) -> None:  # noqa: ANN001
     from embeval.data.concat import expand_paths, source_files
+    from embeval.jobs.run import _inputs
     from embeval.outputs import check_outputs
     from embeval.verification.verify import verify as run_verify
 
     from ._app import progress_bar
-    from ._job import _inputs
 
     check_outputs(job.outputs, inputs=[job.query, *expand_paths(job.gallery),
                                        *([pairs] if pairs else [])])
@@ -189,11 +189,11 @@ def _torchrun(job) -> None:  # noqa: ANN001
 
     from embeval.data.concat import expand_paths, source_files
     from embeval.engine import distributed, shard_range
+    from embeval.jobs.run import _inputs
     from embeval.outputs import check_outputs
     from embeval.verification.verify import summarize_verification, verification_stats
 
     from ._app import stderr
-    from ._job import _inputs
 
     if distributed.is_leader():
         check_outputs(job.outputs, inputs=[job.query, *expand_paths(job.gallery)])
@@ -238,7 +238,7 @@ def finish_verify(job, result, inputs: dict) -> None:  # noqa: ANN001
                                            if len(job.gallery) > 1 else "")
             _write_plot(plot, result, f"{job.query.name} vs {names} ({job.options.metric})")
         if job.outputs.get("--save-result"):
-            from ._job import save_result
+            from embeval.jobs.run import save_result
 
             save_result(job, result, inputs, ci)
     extra: dict = {"far_rule": job.extra["far_rule"]}
@@ -284,7 +284,8 @@ def _far_vertices(c, result) -> list[int]:  # noqa: ANN001
 
 
 def _write_plot(path: Path, result, title: str) -> None:  # noqa: ANN001
-    from embeval.verification.plot import impostor_histogram, write_verification_plot
+    from embeval.verification.plot import impostor_histogram
+    from embeval.visual.figures import write_verification_plot
 
     c = result.curve()
     edges, counts = impostor_histogram(result.stats.imp_keys)

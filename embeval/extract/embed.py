@@ -28,7 +28,7 @@ from embeval.engine.similarity import PRECISIONS, resolve_device
 from embeval.errors import OptionError
 
 if TYPE_CHECKING:
-    from embeval.evaluate import EvalResult
+    from embeval.evaluation import EvalResult
 
 __all__ = ["BatchRunner", "embed", "evaluate_model"]
 
@@ -187,7 +187,7 @@ def evaluate_model(model: nn.Module, query_loader: Iterable[Any], gallery_loader
     ``no_positive``, ...) goes to :func:`embeval.evaluate` unchanged, as do its errors.
     Returns its :class:`embeval.EvalResult`.
     """
-    from embeval.evaluate import evaluate  # the ranking engine loads only when evaluating
+    from embeval.evaluation import evaluate  # the ranking engine loads only when evaluating
 
     query = embed(model, query_loader, device=device, precision=precision, embed_fn=embed_fn,
                   name="query")

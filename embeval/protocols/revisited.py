@@ -40,7 +40,7 @@ from embeval.data.store import EmbeddingSet
 from embeval.engine import RankStats
 from embeval.engine.rank import Progress
 from embeval.errors import InputFileError, OptionError
-from embeval.evaluate import EvalResult, evaluation_stats, summarize
+from embeval.evaluation import EvalResult, evaluation_stats, summarize
 from embeval.options import EvalOptions
 from embeval.rerank.options import RerankOptions
 

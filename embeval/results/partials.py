@@ -43,7 +43,7 @@ from embeval.data.safetensors_io import tensor_digest, write_safetensors
 from embeval.engine import RankStats
 from embeval.engine.trials import VerifyStats
 from embeval.errors import InputFileError
-from embeval.evaluate import EvalResult, summarize
+from embeval.evaluation import EvalResult, summarize
 from embeval.options import RESULT_OPTIONS, EvalOptions
 from embeval.outputs import atomic_path
 from embeval.results.partial_checks import (

@@ -1,4 +1,5 @@
-"""Result files: per-query CSV, kNN predictions, PR curves, score matrices, PR plots.
+"""Result files: per-query CSV, kNN predictions, PR curves, score matrices (plots:
+:mod:`embeval.visual.figures`).
 
 Every writer goes through :func:`embeval.outputs.atomic_path`: a file appears under its
 final name complete, or not at all.
@@ -11,18 +12,17 @@ import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from embeval.data.safetensors_io import plan_layout, write_safetensors
 from embeval.errors import OptionError
-from embeval.evaluate import EvalResult
+from embeval.evaluation import EvalResult
 from embeval.outputs import atomic_path
 
 __all__ = ["write_per_query", "write_predictions", "write_curves", "write_tensor_stream",
-           "write_pr_plot", "pr_figure", "interpolated_precision", "require_matplotlib"]
+           "interpolated_precision"]
 
 
 def _fmt(x: float) -> str:
@@ -140,44 +140,3 @@ def interpolated_precision(result: EvalResult, levels: int = 101) -> tuple[np.nd
         total += np.where(idx < b - a, p[np.minimum(idx, b - a - 1)], 0.0)
         n += 1
     return grid, total / max(n, 1)
-
-
-def require_matplotlib():  # noqa: ANN201 - returns matplotlib.pyplot
-    """matplotlib.pyplot with the file-only Agg backend, or an OptionError saying how to get it."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise OptionError("plot needs matplotlib: pip install 'embeval[plot]'",
-                          param="plot") from None
-    return plt
-
-
-def pr_figure(result: EvalResult, title: Callable[[], str] | str = ""):  # noqa: ANN201
-    """A matplotlib ``Figure`` (one axes) of the mean interpolated precision-recall curve of a
-    ``pr=True`` result (needs matplotlib: ``embeval[plot]``)."""
-    require_matplotlib()
-    from matplotlib.figure import Figure
-
-    r, p = interpolated_precision(result)
-    fig = Figure(figsize=(5, 4), dpi=120)
-    ax = fig.subplots()
-    ax.plot(r, p, lw=2)
-    ax.set(xlabel="recall", ylabel="precision (interpolated, mean over queries)",
-           xlim=(0, 1), ylim=(0, 1.02), title=title() if callable(title) else title)
-    ax.grid(alpha=0.3)
-    m = result.metrics
-    ax.text(0.02, 0.04, f"mAP {m['mAP']:.4f}   maxF1 {m.get('maxF1', float('nan')):.4f}",
-            transform=ax.transAxes)
-    fig.tight_layout()
-    return fig
-
-
-def write_pr_plot(path: str | os.PathLike[str], result: EvalResult,
-                  title: Callable[[], str] | str = "") -> None:
-    """PNG of the mean interpolated precision-recall curve (needs matplotlib: ``embeval[plot]``)."""
-    fig = pr_figure(result, title)
-    suffix = Path(path).suffix.lstrip(".") or "png"
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=suffix)

@@ -11,7 +11,7 @@ import torch
 
 from embeval.data.store import EmbeddingSet
 from embeval.errors import EmbevalError, InputFileError, OptionError
-from embeval.evaluate import evaluate
+from embeval.evaluation import evaluate
 from embeval.extract import ExtractOptions, embed_images
 from embeval.extract.images import ImageList, Preprocessing, list_image_sets, list_images
 from embeval.extract.models import LoadedModel

@@ -1,6 +1,6 @@
 """Each reported metric as a mean of per-query values: what a bootstrap resamples.
 
-A metric that :func:`embeval.evaluate.summarize` reports as a mean over queries is, here,
+A metric that :func:`embeval.evaluation.summarize` reports as a mean over queries is, here,
 ``Σ values[include] / #include``: ``values`` [Q] float64 (0 where not included) and
 ``include`` [Q] bool (the queries the mean runs over: those with positives, or all of them,
 as the metric and ``no_positive`` say). The sum over the included queries divided by their
@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import torch
 
-from embeval.evaluate import EvalResult
+from embeval.evaluation import EvalResult
 
 __all__ = ["Terms", "mean_terms", "NO_INTERVAL"]
 

@@ -44,7 +44,7 @@ from embeval.data.store import EmbeddingSet
 from embeval.engine import RankStats
 from embeval.engine.rank import Progress
 from embeval.errors import OptionError
-from embeval.evaluate import evaluation_stats
+from embeval.evaluation import evaluation_stats
 from embeval.options import EvalOptions
 
 __all__ = [

@@ -101,7 +101,7 @@ assert "torch" not in sys.modules, "import embeval loaded torch"
 assert set(embeval.__all__) <= set(dir(embeval))
 ev = embeval.evaluate
 assert callable(ev) and "torch" in sys.modules
-from embeval.evaluate import evaluate
+from embeval.evaluation import evaluate
 assert ev is evaluate and embeval.evaluate is evaluate
 for name in embeval.__all__:
     getattr(embeval, name)
@@ -121,20 +121,35 @@ print("ok")
 
 
 SUBMODULE_FIRST = """
+import sys, types
 import embeval
-from embeval.evaluate import EvalResult  # the submodule evaluate, before embeval.evaluate
-from embeval.evaluate import evaluate
+assert embeval.verification is sys.modules["embeval.verification"]  # a subpackage, before any name
+assert type(embeval) is types.ModuleType  # a plain module: no class guards a shadowed name
+from embeval.evaluation import EvalResult  # the submodule, before embeval.evaluate
+from embeval.evaluation import evaluate
 assert embeval.evaluate is evaluate, embeval.evaluate
-import embeval.evaluate as ev
-assert ev is evaluate  # as when the package imported it eagerly
+assert embeval.evaluation is sys.modules["embeval.evaluation"]
+assert "torch" in sys.modules
 print("ok")
 """
 
 
-def test_embeval_evaluate_is_the_function_even_after_its_submodule_loads(tmp_path):
+def test_embeval_evaluate_is_the_function_and_its_submodule_a_module(tmp_path):
     r = subprocess.run([sys.executable, "-c", SUBMODULE_FIRST], cwd=tmp_path, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0 and r.stdout == "ok\n", r.stderr
+
+
+def test_no_public_function_shares_a_submodules_name():
+    """A public name that is also a submodule's name would be shadowed when that submodule loads."""
+    import importlib.util
+
+    import embeval
+
+    clashes = [name for name in embeval.__all__ if name != "metrics" and not name.startswith("__")
+               and importlib.util.find_spec(f"embeval.{name}") is not None]
+    assert clashes == []
+    assert "metrics" in embeval.__all__ and "__version__" in embeval.__all__
 
 
 def test_import_embeval_is_lazy_and_every_public_name_resolves(tmp_path):

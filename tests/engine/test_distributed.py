@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 import embeval
 from embeval.engine import RankStats, distributed, shard_range
-from embeval.evaluate import evaluation_stats
+from embeval.evaluation import evaluation_stats
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(),
                                 reason="torch.distributed is not available")

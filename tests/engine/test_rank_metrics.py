@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import embeval
-from embeval.evaluate import evaluation_stats, summarize
+from embeval.evaluation import evaluation_stats, summarize
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 NEW = ("MRR", "MAP@R", "R-precision")

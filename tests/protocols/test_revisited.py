@@ -14,7 +14,7 @@ from helpers.cli import cli_run, without_time
 import embeval
 from embeval.data.safetensors_io import write_safetensors
 from embeval.errors import InputFileError
-from embeval.evaluate import evaluate
+from embeval.evaluation import evaluate
 from embeval.protocols.revisited import read_revisited, revisited
 
 # ----------------------------------------------------------------- revisitop-style reference

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 import embeval
 from embeval.engine import shard_range
-from embeval.evaluate import evaluation_stats
+from embeval.evaluation import evaluation_stats
 from embeval.results import partials
 from embeval.results.partials import Partial, load_partial, merge_parts, save_partial
 

@@ -13,7 +13,7 @@ from ci_oracle import percentile, plain_replicates, resampled_queries, tpir
 from helpers.data import sets
 
 import embeval
-from embeval.evaluate import evaluation_stats, summarize
+from embeval.evaluation import evaluation_stats, summarize
 from embeval.uncertainty import bootstrap, intervals
 from embeval.uncertainty.terms import mean_terms
 from embeval.verification.identify import identify

@@ -194,7 +194,7 @@ def test_fpir_outside_unit_interval(bad: float) -> None:
 
 def test_metrics_of_merged_gallery_shards_equal_whole_run() -> None:
     """Statistics of gallery shards merge exactly, so the identification metrics do too."""
-    from embeval.evaluate import evaluation_stats
+    from embeval.evaluation import evaluation_stats
 
     gen = torch.Generator().manual_seed(5)
     q = embeval.EmbeddingSet(torch.randint(-2, 3, (40, 4), generator=gen).float(),

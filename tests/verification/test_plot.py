@@ -19,8 +19,8 @@ from embeval.verification.plot import (
     rebin,
     thin_roc,
     write_roc_csv,
-    write_verification_plot,
 )
+from embeval.visual.figures import write_verification_plot
 
 F32 = np.finfo(np.float32)
 SPECIAL = np.array([0.0, -0.0, 1.0, -1.0, F32.tiny, -F32.tiny, F32.smallest_subnormal,

@@ -16,7 +16,7 @@ from helpers.cli import cli_run
 import embeval
 from embeval.errors import InputFileError
 from embeval.uncertainty import load_result, saved_result
-from embeval.visual.plots import cmc_curve
+from embeval.visual.figures import cmc_curve
 from embeval.visual.report import cmc_from_saved, per_query_rows, report_html
 
 ROOT = Path(__file__).resolve().parents[2]

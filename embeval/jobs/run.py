@@ -1,23 +1,35 @@
-"""One evaluation command from options to output: a whole run, a ``--shard`` run (writes a
-partial-statistics file), or one rank of a torchrun group (rank 0 prints).
+"""One evaluation run from options to output files: what ``embeval cmc|score|knn|pr|identify``
+do, callable from Python (:func:`run_job`).
 
-``embeval merge`` ends in the same :func:`finish` as a whole run, so it prints and writes
-exactly what the single run would have.
+options → statistics → result → outputs: a whole run returns a :class:`JobResult` (the result,
+its intervals and the input fingerprints, once its output files are written, all or none); a
+``shard`` run writes a partial-statistics file; under torchrun every rank takes a shard and rank
+0 gets the result. ``embeval merge`` ends in the same :func:`finish` as a whole run, so it
+writes exactly what the single run would have. Nothing here prints: notes for the user and
+progress go to :class:`Hooks` (the command line draws them).
+
+>>> import embeval                                                     # doctest: +SKIP
+>>> from embeval.jobs import Job, run_job                              # doctest: +SKIP
+>>> job = Job("cmc", Path("query.safetensors"), [Path("gallery.safetensors")],
+...           embeval.EvalOptions(metric="cosine"), ks=[1, 5],
+...           outputs={"--per-query": Path("per_query.csv")})          # doctest: +SKIP
+>>> run_job(job).result.metrics["rank1"]                               # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
-import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from embeval import __version__
 from embeval.data.concat import expand_paths, load_many, source_files
 from embeval.data.relevance import Relevance, read_relevance
 from embeval.data.store import EmbeddingSet, load
@@ -25,22 +37,61 @@ from embeval.engine import Protocol, distributed, parse_memory, parse_shard
 from embeval.engine.hardest import hardest_negatives
 from embeval.engine.similarity import resolve_device, scores
 from embeval.errors import OptionError
-from embeval.evaluate import EvalResult, aggregate_mean, evaluation_stats, summarize
+from embeval.evaluation import EvalResult, aggregate_mean, evaluation_stats, summarize
 from embeval.options import EvalOptions, IntervalOptions
 from embeval.outputs import check_outputs, transaction
 from embeval.rerank.options import RerankOptions
 from embeval.results import writers as exports
 from embeval.results.partials import Partial, changed, fingerprint, save_partial
 
-from ._app import progress_bar, stderr
-from .report import render
+__all__ = ["Job", "JobResult", "Hooks", "run_job", "finish", "identification",
+           "save_result", "MATRIX_LIMIT"]
 
 MATRIX_LIMIT = 1 << 30  # score --out: the full [Q, G] matrix up to 1 GB, else the top-k
 
 
+@contextlib.contextmanager
+def _no_progress(description: str, enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
+    yield lambda done, total: None
+
+
+def _no_note(message: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """How a run talks while it works (the library never prints).
+
+    ``note(message)``: a one-line note for the user (a warning, where a shard was written);
+    ``progress(description, enabled)``: a context manager yielding ``update(done, total)``.
+    The defaults are silent.
+    """
+
+    note: Callable[[str], None] = _no_note
+    progress: Callable[[str, bool], AbstractContextManager[Callable[[int, int], None]]] = _no_progress
+
+
+@dataclass
+class JobResult:
+    """A finished run: ``result`` (an ``EvalResult``; ``IdentifyResult`` for identify,
+    ``RevisitedResult`` with ``extra["protocol"]``), ``ci`` (its intervals, None without
+    ``job.intervals``) and ``inputs`` (the input files' fingerprints, as the JSON object names
+    them). Its output files are written."""
+
+    job: Job
+    result: Any
+    ci: Any
+    inputs: dict
+
+
 @dataclass
 class Job:
-    """``command`` (cmc, score, knn, pr) on ``query`` × ``gallery`` (files), its output files."""
+    """``command`` (cmc, score, knn, pr, identify) on ``query`` × ``gallery`` (files), its output files.
+
+    ``outputs``: flag -> file (``--per-query``, ``--predictions``, ``--curves``, ``--plot``,
+    ``--out``, ``--save-result``; None: not written), as the command line names them.
+    """
 
     command: str
     query: Path
@@ -57,6 +108,9 @@ class Job:
     intervals: IntervalOptions | None = None  # --ci: bootstrap intervals
     rerank: RerankOptions | None = None  # --rerank / --qe / --dba (also in extra["rerank"])
 
+    def __post_init__(self) -> None:
+        self.query, self.gallery = Path(self.query), [Path(p) for p in self.gallery]
+
     def read_relevance(self, q: EmbeddingSet, g: EmbeddingSet) -> Relevance | None:
         """The --relevance lists for ``q`` × ``g`` (None without the flag)."""
         return None if self.relevance is None else read_relevance(self.relevance, q.n, g.n)
@@ -70,23 +124,32 @@ class Job:
                 "inputs": _inputs(self.query, source_files(q), source_files(g), self.relevance)}
 
 
-def execute(job: Job, *, shard: str | None = None, out_part: Path | None = None) -> None:
-    """Run ``job``: alone, as shard ``i/n`` of an array job, or as one rank under torchrun."""
+def run_job(job: Job, *, shard: str | None = None, out_part: Path | None = None,
+            hooks: Hooks | None = None) -> JobResult | None:
+    """Run ``job``: alone, as shard ``i/n`` of an array job, or as one rank under torchrun.
+
+    Returns the :class:`JobResult` of a whole run (on rank 0 under torchrun), its output files
+    written (all or none); None for a ``shard`` run (its partial statistics are in ``out_part``,
+    default ``COMMAND.part-I-of-N.safetensors``) and on the other torchrun ranks. Raises
+    :class:`~embeval.errors.EmbevalError` subclasses (``OptionError``, ``InputFileError``) for
+    what the user can fix. ``hooks``: notes and progress (default: silent).
+    """
+    hooks = hooks or Hooks()
     part = parse_shard(shard) if shard else None
     lead = distributed.is_leader()
     if job.out_topk is not None and part is None and job.outputs.get("--out") is None:
-        raise OptionError("--out-topk: needs --out FILE (or --shard i/n, whose part keeps the top-k "
-                          "for `embeval merge --out`)")
+        raise OptionError("out_topk: needs out FILE (or shard i/n, whose part keeps the top-k "
+                          "for `embeval merge --out`)", param=("out_topk", "out", "shard"))
     if part is not None:
         given = [option for option, path in job.outputs.items() if path is not None]
         if given:
-            raise OptionError(f"{given[0]}: a --shard run writes only its partial statistics; "
-                              "give output files to `embeval merge`")
+            raise OptionError(f"{given[0]}: a shard run writes only its partial statistics; "
+                              "give output files to `embeval merge`", param="shard")
         if distributed.requested():
-            raise OptionError("--shard: not under torchrun (torchrun shards by itself)")
+            raise OptionError("shard: not under torchrun (torchrun shards by itself)", param="shard")
         out_part = out_part or Path(f"{job.command}.part-{part[0]}-of-{part[1]}.safetensors")
     elif out_part is not None:
-        raise OptionError("--out-part needs --shard i/n")
+        raise OptionError("out_part needs shard i/n", param=("out_part", "shard"))
     if lead:
         check_outputs({**job.outputs, "--out-part": out_part},
                       inputs=[job.query, *expand_paths(job.gallery),
@@ -97,30 +160,28 @@ def execute(job: Job, *, shard: str | None = None, out_part: Path | None = None)
     if q.dim != g.dim:
         raise OptionError(f"{q.name} has {q.dim}-dimensional embeddings but {g.name} has {g.dim}")
     if lead and not c.exclude_self and c.aggregate == "none" and _same_file(job.query, source_files(g)):
-        stderr.print(f"embeval: warning: {job.query} is the query set and the gallery, so every "
-                     "query finds itself at rank 1; add --exclude-self for leave-one-out "
-                     "(this note goes away with it)", highlight=False, soft_wrap=True)
+        hooks.note(f"embeval: warning: {job.query} is the query set and the gallery, so every "
+                   "query finds itself at rank 1; add --exclude-self for leave-one-out "
+                   "(this note goes away with it)")
     if job.relevance is not None and c.aggregate == "mean":
-        raise OptionError("--relevance cannot be combined with --aggregate mean (the lists name "
-                          "gallery items, not class prototypes)")
+        raise OptionError("relevance cannot be combined with aggregate mean (the lists name "
+                          "gallery items, not class prototypes)", param=("relevance", "aggregate"))
     _check_rerank(job)
     if job.extra.get("protocol"):
-        _revisited(job, q, g)
-        return
+        return _revisited(job, q, g, hooks)
     rel = job.read_relevance(q, g)
     knn_k = job.knn_k
     if job.command == "score":
         knn_k = _score_topn(job, q, g) if (part or job.outputs.get("--out")) else None
     if not distributed.requested():
-        _compute(job, q, g, knn_k, part, out_part, None, rel)
-        return
+        return _compute(job, q, g, knn_k, part, out_part, None, rel, hooks)
     with distributed.process_group(c.device) as group:
-        _compute(job, q, g, knn_k, None, None, group, rel)
+        return _compute(job, q, g, knn_k, None, None, group, rel, hooks)
 
 
 def _compute(job: Job, q: EmbeddingSet, g: EmbeddingSet, knn_k: int | None,
              part: tuple[int, int] | None, out_part: Path | None, group,
-             rel: Relevance | None) -> None:
+             rel: Relevance | None, hooks: Hooks) -> JobResult | None:
     c = job.options
     t0 = time.perf_counter()
     # k-reciprocal re-ranking splits the gallery: its neighbour graph needs every query
@@ -132,7 +193,7 @@ def _compute(job: Job, q: EmbeddingSet, g: EmbeddingSet, knn_k: int | None,
         q = EmbeddingSet(q.rows(a, b), q.labels[a:b], None if q.cameras is None else q.cameras[a:b],
                          metadata=q.metadata, name=q.name)
         rel = rel.rows(a, b) if rel is not None else None
-    with progress_bar("ranking", "items", enabled=distributed.is_leader()) as update:
+    with hooks.progress("ranking", distributed.is_leader()) as update:
         ev = evaluation_stats(
             q, g, replace(c, device=group.device) if group else c, ks=job.ks, knn_k=knn_k,
             shard=part or (group.shard if group and not by_query else None), progress=update,
@@ -143,36 +204,36 @@ def _compute(job: Job, q: EmbeddingSet, g: EmbeddingSet, knn_k: int | None,
                   "info": {"device": c.device, "memory": c.memory, "host": platform.node(),
                            "seconds": round(time.perf_counter() - t0, 3)}}
         save_partial(out_part, Partial(ev.stats, ev.gallery.labels[a:b], header))  # type: ignore[arg-type]
-        stderr.print(f"embeval {job.command}: shard {part[0]}/{part[1]} (gallery items {a}:{b} of "
-                     f"{ev.gallery.n}) written to {out_part}", highlight=False, soft_wrap=True)
-        return
+        hooks.note(f"embeval {job.command}: shard {part[0]}/{part[1]} (gallery items {a}:{b} of "
+                   f"{ev.gallery.n}) written to {out_part}")
+        return None
     stats = ev.stats if group is None else (group.concat(ev.stats) if by_query
                                            else group.reduce(ev.stats))
     if stats is None:  # a rank other than 0: nothing to print
-        return
+        return None
     result = summarize(stats, ev.gallery.labels, ks=ev.ks, knn_k=knn_k, no_positive=c.no_positive,
                        pr=job.pr, options=ev.options, t0=t0)
     if group is not None:
-        stderr.print(f"embeval {job.command}: {group.world} ranks ({'query' if by_query else 'gallery'}"
-                     f" shards, {group.device}) reduced onto rank 0", highlight=False, soft_wrap=True)
-    finish(job, result, g.label_names, knn_k,
-           inputs=_inputs(job.query, source_files(q), source_files(g), job.relevance))
+        hooks.note(f"embeval {job.command}: {group.world} ranks ({'query' if by_query else 'gallery'}"
+                   f" shards, {group.device}) reduced onto rank 0")
+    return finish(job, result, g.label_names, knn_k,
+                  inputs=_inputs(job.query, source_files(q), source_files(g), job.relevance))
 
 
-def _revisited(job: Job, q: EmbeddingSet, g: EmbeddingSet) -> None:
+def _revisited(job: Job, q: EmbeddingSet, g: EmbeddingSet, hooks: Hooks) -> JobResult:
     """``cmc --protocol roxford|rparis``: three ranking passes (easy, medium, hard), one table."""
     from embeval.protocols.revisited import read_revisited, revisited
 
     if distributed.requested():
-        raise OptionError("--protocol: not under torchrun (three passes over a small gallery: "
-                          "run it as one process)")
+        raise OptionError("protocol: not under torchrun (three passes over a small gallery: "
+                          "run it as one process)", param="protocol")
     assert job.relevance is not None  # checked by the cmc command
     truth = read_revisited(job.relevance, q.n, g.n)
-    with progress_bar("ranking (easy, medium, hard)", "items") as update:
+    with hooks.progress("ranking (easy, medium, hard)", True) as update:
         result = revisited(q, g, truth, job.options, ks=job.ks, progress=update,
                            rerank=job.rerank)
-    finish(job, result, g.label_names, None,  # type: ignore[arg-type]
-           inputs=_inputs(job.query, source_files(q), source_files(g), job.relevance))
+    return finish(job, result, g.label_names, None,  # type: ignore[arg-type]
+                  inputs=_inputs(job.query, source_files(q), source_files(g), job.relevance))
 
 
 def _check_rerank(job: Job) -> None:
@@ -181,7 +242,8 @@ def _check_rerank(job: Job) -> None:
     if r is None:
         return
     if job.extra.get("protocol") and r.method is not None:
-        raise OptionError("--rerank: not with --protocol (--qe and --dba are)")
+        raise OptionError("rerank: not with protocol (qe and dba are)",
+                          param=("rerank", "protocol", "qe", "dba"))
 
 
 def _score_topn(job: Job, q: EmbeddingSet, g: EmbeddingSet) -> int | None:
@@ -246,16 +308,15 @@ def _inputs(query: Path, query_files: list[Path], gallery_files: list[Path],
 
 
 def finish(job: Job, result: EvalResult, label_names: list[str] | None, knn_k: int | None, *,
-           inputs: dict) -> None:
-    """Write the job's output files (all or none), then print the table or the JSON object.
+           inputs: dict) -> JobResult:
+    """Summarise for the command (identify: its ``IdentifyResult``), add the intervals, then
+    write the job's output files (all or none).
 
     ``inputs``: fingerprints of the input files (``{"query": [...], "gallery": [...]}``), for the
     JSON object (the same for one run, its torchrun ranks and its merged shards).
     """
     shown: Any = result
     if job.command == "identify":
-        from .identify_cmd import identification
-
         shown = identification(job, result)
     ci = None
     if job.intervals is not None:
@@ -266,22 +327,17 @@ def finish(job: Job, result: EvalResult, label_names: list[str] | None, knn_k: i
         _write_outputs(job, result, label_names, knn_k, inputs)
         if job.outputs.get("--save-result"):
             save_result(job, shown, inputs, ci)
-    provenance = {"embeval": __version__, "inputs": inputs} if job.as_json else {}
-    if job.command == "identify":
-        from .identify_cmd import render_identification
+    return JobResult(job, shown, ci, inputs)
 
-        render_identification(job, shown, job.as_json, provenance, ci)
-    elif job.extra.get("protocol"):
-        n_valid = ", ".join(f"{s} {n}" for s, n in result.n_valid.items())  # type: ignore[attr-defined]
-        note = (f"{job.extra['protocol']}: {result.n_query} queries × {result.n_gallery} gallery "
-                f"items · with positives: {n_valid} (the others skipped) · "
-                f"{result.options['ap']} AP · 3 ranking passes · {result.elapsed_s:.2f}s")
-        render(job.command, result, job.ks, as_json=job.as_json,
-               extra={**job.extra, **provenance}, keys=list(result.metrics), note=note, ci=ci)
-    else:
-        render(job.command, result, job.ks, as_json=job.as_json,
-               extra={**job.extra, **provenance} or None, ci=ci)
-    sys.stdout.flush()
+
+def identification(job: Job, result: EvalResult) -> Any:
+    """The ``IdentifyResult`` of a ranking pass's ``EvalResult`` (whole or merged from shards)."""
+    from embeval.verification.identify import summarize_identification
+
+    ident = summarize_identification(result.stats, result.options, fpirs=job.extra["fpirs"],
+                                     ks=job.ks, fpir_rule=job.extra["fpir_rule"])
+    ident.elapsed_s = result.elapsed_s
+    return ident
 
 
 def save_result(job: Job, result: Any, inputs: dict, ci: Any) -> None:
@@ -319,7 +375,7 @@ def _write_outputs(job: Job, result: EvalResult, label_names: list[str] | None,
                                        else "")
         title = f"{job.query.name} vs {names} ({job.options.metric})"
         if job.command == "cmc":  # ranks 1 .. the largest -k
-            from embeval.visual.plots import write_cmc_plot
+            from embeval.visual.figures import write_cmc_plot
 
             band = None
             if job.intervals is not None:
@@ -329,7 +385,9 @@ def _write_outputs(job: Job, result: EvalResult, label_names: list[str] | None,
             write_cmc_plot(out["--plot"], result, max_rank=max(job.ks), title=title,  # type: ignore[arg-type]
                            band=band)
         else:
-            exports.write_pr_plot(out["--plot"], result, title)  # type: ignore[arg-type]
+            from embeval.visual.figures import write_pr_plot
+
+            write_pr_plot(out["--plot"], result, title)  # type: ignore[arg-type]
     if out.get("--out"):
         _write_scores(out["--out"], job, result, knn_k)  # type: ignore[arg-type]
 

@@ -1,33 +1,26 @@
-"""Figures of results: the CMC curve, the PR curve, ROC + DET + score histograms.
+"""Figures of a ranking result: the CMC curve (``cmc --plot``) and the mean PR curve (``pr --plot``).
 
-Pure functions: each takes a result object (:class:`~embeval.evaluate.EvalResult`,
-:class:`~embeval.verification.verify.VerifyResult`) and returns a matplotlib ``Figure`` (no
-pyplot state, nothing global); :func:`save_figure` writes one atomically, in the format of the
-file's suffix (``.png``, ``.svg``, ``.pdf``). Needs matplotlib (``pip install "embeval[plot]"``):
-without it, :class:`~embeval.errors.OptionError` with the one line that says so.
+Pure functions: each takes an :class:`~embeval.evaluation.EvalResult` and returns a matplotlib
+``Figure`` (no pyplot state, nothing global); the ``write_*`` functions save one atomically, in
+the format of the file's suffix. Needs matplotlib (:func:`~embeval.visual.figures.base.require_matplotlib`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from embeval import metrics as M
 from embeval.errors import OptionError
-from embeval.evaluate import EvalResult
+from embeval.evaluation import EvalResult
 from embeval.outputs import atomic_path
-from embeval.results.writers import pr_figure, require_matplotlib
-from embeval.verification import plot as vplot
+from embeval.results.writers import interpolated_precision
+from embeval.visual.figures.base import Figure, require_matplotlib, save_figure
 
-__all__ = ["cmc_curve", "cmc_figure", "pr_figure", "verification_figure",
-           "score_histogram_figure", "save_figure", "write_cmc_plot", "FORMATS"]
-
-Figure = Any  # matplotlib.figure.Figure (matplotlib is optional)
-FORMATS = ("png", "svg", "pdf")
+__all__ = ["cmc_curve", "cmc_figure", "pr_figure", "write_cmc_plot", "write_pr_plot"]
 
 
 def cmc_curve(result: EvalResult, max_rank: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -84,43 +77,38 @@ def cmc_figure(result: EvalResult, *, max_rank: int | None = None,
     return fig
 
 
-def _operating_points(result: Any) -> dict[float, tuple[float, float]]:
-    """{FAR: (TAR, threshold)} of the FARs the verification result reports."""
-    m = result.metrics
-    return {float(k.split("=", 1)[1]): (m[k], m.get(k.replace("TAR@", "threshold@"), float("nan")))
-            for k in m if k.startswith("TAR@FAR=")}
-
-
-def verification_figure(result: Any, *, title: str = "",
-                        panels: Sequence[str] = vplot.PANELS) -> Figure:
-    """ROC (TAR vs log FAR), DET (probit axes) and the genuine / impostor score densities of a
-    :class:`~embeval.verification.verify.VerifyResult`: one axes per panel of ``panels``."""
-    c = result.curve()
-    edges, counts = vplot.impostor_histogram(result.stats.imp_keys)
-    return vplot.verification_figure(
-        fpr=c.fpr.numpy(), tpr=c.tpr.numpy(), gen_values=result.stats.gen_values.numpy(),
-        gen_counts=result.stats.gen_counts.numpy(), imp_edges=edges, imp_counts=counts,
-        far_points=_operating_points(result), title=title, panels=panels)
-
-
-def score_histogram_figure(result: Any, *, title: str = "") -> Figure:
-    """The genuine and impostor score densities of a verification result (one axes)."""
-    return verification_figure(result, title=title, panels=("hist",))
-
-
-def save_figure(fig: Figure, path: str | os.PathLike[str]) -> None:
-    """Write ``fig`` to ``path`` (complete or absent) in the format of its suffix (png, svg, pdf)."""
-    fmt = Path(os.fspath(path)).suffix.lstrip(".").lower() or "png"
-    if fmt not in FORMATS:
-        raise OptionError(f"{os.fspath(path)}: plot format {fmt!r} is not one of "
-                          f"{', '.join(FORMATS)} (by the file's suffix)", param="plot")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=fmt)
-
-
 def write_cmc_plot(path: str | os.PathLike[str], result: EvalResult, *,
                    max_rank: int | None = None,
                    band: tuple[Sequence[float], Sequence[float]] | None = None,
                    title: str = "") -> None:
     """:func:`cmc_figure` written to ``path`` by :func:`save_figure`."""
     save_figure(cmc_figure(result, max_rank=max_rank, band=band, title=title), path)
+
+
+def pr_figure(result: EvalResult, title: Callable[[], str] | str = ""):  # noqa: ANN201
+    """A matplotlib ``Figure`` (one axes) of the mean interpolated precision-recall curve of a
+    ``pr=True`` result (needs matplotlib: ``embeval[plot]``)."""
+    require_matplotlib()
+    from matplotlib.figure import Figure
+
+    r, p = interpolated_precision(result)
+    fig = Figure(figsize=(5, 4), dpi=120)
+    ax = fig.subplots()
+    ax.plot(r, p, lw=2)
+    ax.set(xlabel="recall", ylabel="precision (interpolated, mean over queries)",
+           xlim=(0, 1), ylim=(0, 1.02), title=title() if callable(title) else title)
+    ax.grid(alpha=0.3)
+    m = result.metrics
+    ax.text(0.02, 0.04, f"mAP {m['mAP']:.4f}   maxF1 {m.get('maxF1', float('nan')):.4f}",
+            transform=ax.transAxes)
+    fig.tight_layout()
+    return fig
+
+
+def write_pr_plot(path: str | os.PathLike[str], result: EvalResult,
+                  title: Callable[[], str] | str = "") -> None:
+    """PNG of the mean interpolated precision-recall curve (needs matplotlib: ``embeval[plot]``)."""
+    fig = pr_figure(result, title)
+    suffix = Path(path).suffix.lstrip(".") or "png"
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=suffix)

@@ -14,7 +14,7 @@ from PIL import Image
 import embeval
 from embeval.errors import OptionError
 from embeval.verification.verify import verify
-from embeval.visual import plots
+from embeval.visual import figures as plots
 
 pytest.importorskip("matplotlib")
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,0 +1,52 @@
+# The one list of embeval's public names: type checkers read it, and embeval/__init__.py hands it to
+# lazy_loader.attach_stub, which loads each name from its submodule on first use.
+from . import metrics as metrics
+from .data.concat import ConcatSet as ConcatSet
+from .data.concat import load_many as load_many
+from .data.relevance import Relevance as Relevance
+from .data.relevance import read_relevance as read_relevance
+from .data.relevance import save_relevance as save_relevance
+from .data.store import EmbeddingSet as EmbeddingSet
+from .data.store import load as load
+from .data.store import save as save
+from .engine.rank import positive_pairs as positive_pairs
+from .engine.rank import rank_stats as rank_stats
+from .engine.similarity import METRICS as METRICS
+from .engine.similarity import scores as scores
+from .engine.stats import Protocol as Protocol
+from .engine.stats import RankStats as RankStats
+from .engine.trial_pass import trial_stats as trial_stats
+from .engine.trials import VerifyStats as VerifyStats
+from .errors import EmbevalError as EmbevalError
+from .errors import InputFileError as InputFileError
+from .errors import OptionError as OptionError
+from .evaluation import EvalResult as EvalResult
+from .evaluation import aggregate_mean as aggregate_mean
+from .evaluation import evaluate as evaluate
+from .evaluation import evaluation_stats as evaluation_stats
+from .evaluation import summarize as summarize
+from .extract.embed import embed as embed
+from .extract.embed import evaluate_model as evaluate_model
+from .jobs import Job as Job
+from .jobs import JobResult as JobResult
+from .jobs import run_job as run_job
+from .options import EvalOptions as EvalOptions
+from .protocols.revisited import RevisitedResult as RevisitedResult
+from .protocols.revisited import read_revisited as read_revisited
+from .protocols.revisited import revisited as revisited
+from .results.partials import merge_partials as merge_partials
+from .results.writers import write_curves as write_curves
+from .results.writers import write_per_query as write_per_query
+from .results.writers import write_predictions as write_predictions
+from .uncertainty import compare as compare
+from .uncertainty import intervals as intervals
+from .uncertainty import load_result as load_result
+from .uncertainty import save_result as save_result
+from .uncertainty import saved_result as saved_result
+from .verification.identify import IdentifyResult as IdentifyResult
+from .verification.identify import identify as identify
+from .verification.verify import VerifyResult as VerifyResult
+from .verification.verify import verify as verify
+from .visual.figures.ranking import write_pr_plot as write_pr_plot
+
+__version__: str
