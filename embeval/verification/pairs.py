@@ -92,7 +92,7 @@ class _Reader(IntCsvReader):
         self.spaces = spaces
         self.parts: list[np.ndarray] = []  # [b, k] blocks, columns in COLUMNS order
 
-    def out_of_int64(self, column: str, value: int, line: int) -> None:
+    def out_of_int64(self, column: str, value: str, line: int) -> None:
         self._refuse(column, value, line)  # out of every range, in no id list
 
     # ------------------------------------------------------------------ checks of a block
@@ -125,7 +125,7 @@ class _Reader(IntCsvReader):
         self.parts.append(rows)
         super().add(rows, lines)
 
-    def _refuse(self, column: str, value: int, line: int) -> None:
+    def _refuse(self, column: str, value: int | str, line: int) -> None:
         space = self.spaces[COLUMNS.index(column)]
         if isinstance(space, TemplateIds):
             raise self.fail(line, f"template id {value} ({column} column) is not in {space.file}")
