@@ -1,13 +1,8 @@
 """kNN's majority vote (:func:`embeval.metrics.knn_predict`): in O(Q·k) memory, the same labels
-as the [Q, k, k] comparison it replaced (kept here as the oracle), ties and gaps included; and
-through the installed command, memory that does not grow with Q·k²."""
+as the [Q, k, k] comparison it replaced (kept here as the oracle), ties and gaps included (its
+memory through the installed command: tests/cli/test_memory_cli.py)."""
 
 from __future__ import annotations
-
-import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch

@@ -336,16 +336,16 @@ def _read_paths_file(p: Path) -> list[str]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        raise InputFileError(p, f"line {line}: not UTF-8 text ({e.reason} at byte {e.start})") \
+        at = raw.count(b"\n", 0, e.start) + 1
+        raise InputFileError(p, f"line {at}: not UTF-8 text ({e.reason} at byte {e.start})") \
             from None
     text = text.removeprefix("\ufeff")
     lines = text.split("\n")
     if lines[-1] == "":
         lines.pop()  # the LF that ends the last line
-    out = []
-    for i, line in enumerate(lines, 1):
-        line = line.removesuffix("\r")
+    out: list[str] = []
+    for i, raw_line in enumerate(lines, 1):
+        line = raw_line.removesuffix("\r")
         if (bad := _BAD_IN_PATH.search(line)) is not None:
             raise InputFileError(p, f"line {i}: character U+{ord(bad.group()):04X} in a path: a "
                                     "paths file holds one path per line, lines end in LF (or "

@@ -98,11 +98,11 @@ def _read_csv(p: Path, n_query: int, n_gallery: int) -> tuple[np.ndarray, ...]:
             rows = csv.reader(f, strict=True)
             line = 1  # the line the record being read starts on
             try:
-                order = _header(p, [c.strip() for c in next(rows, [])])
+                columns = _header(p, [c.strip() for c in next(rows, [])])
                 line = rows.line_num + 1
                 for row in rows:
                     if any(c.strip() for c in row):
-                        batch.append((*_row(p, line, row, order, n_query, n_gallery), line))
+                        batch.append((*_row(p, line, row, columns, n_query, n_gallery), line))
                         if len(batch) == _BATCH:
                             parts.append(np.array(batch, dtype=np.int64))
                             batch = []
