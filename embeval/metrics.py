@@ -372,24 +372,44 @@ def max_f1(stats: RankStats, *, no_positive: str = "skip") -> dict[str, Any]:
     return {**per, **summary}
 
 
+#: vote cells (queries × k) counted at once by :func:`knn_predict` (~40 bytes each)
+KNN_CHUNK_CELLS = 1 << 20
+
+
 def knn_predict(stats: RankStats, gallery_labels: torch.Tensor, *, k: int) -> torch.Tensor:
     """[Q] int64 majority label among the k best gallery items (-1 = unknown wins).
 
-    Ties between classes go to the class whose best member ranks highest.
+    Ties between classes go to the class whose best member ranks highest. Memory O(Q·k) in
+    chunks of queries (:data:`KNN_CHUNK_CELLS` cells): each row's labels are sorted, and each
+    run of one label is a class with its size and its best rank.
     """
     if stats.topk_indices is None or stats.topk_indices.shape[1] < k:
         raise OptionError(f"kNN with k={k} needs statistics kept with topk >= {k}")
-    idx = stats.topk_indices[:, :k]
+    nq = stats.topk_indices.shape[0]
+    out = torch.full((nq,), -1, dtype=torch.int64)
+    rows = max(1, KNN_CHUNK_CELLS // max(k, 1))
+    for q0 in range(0, nq, rows):
+        out[q0:q0 + rows] = _knn_vote(stats.topk_indices[q0:q0 + rows, :k], gallery_labels)
+    return out
+
+
+def _knn_vote(idx: torch.Tensor, gallery_labels: torch.Tensor) -> torch.Tensor:
+    """The vote of :func:`knn_predict` for ``idx`` [b, k] neighbours (best first)."""
+    b, k = idx.shape
     present = idx != NO_INDEX
-    labels = torch.where(present, gallery_labels[idx.clamp_max(len(gallery_labels) - 1)],
-                         torch.full_like(idx, -2))
-    labels = labels.clamp_min(-1).masked_fill(~present, -2)
-    # votes[q, j] = #neighbours of q sharing neighbour j's label; best rank wins ties (argmax
-    # returns the first maximum, and neighbours are ordered best first)
-    votes = ((labels[:, :, None] == labels[:, None, :]) & present[:, None, :]).sum(2)
-    votes = votes.masked_fill(~present, -1)
-    winner = torch.argmax(votes, dim=1)
-    pred = labels.gather(1, winner[:, None]).squeeze(1)
+    labels = torch.where(present, gallery_labels[idx.clamp_max(len(gallery_labels) - 1)]
+                         .clamp_min(-1), torch.full_like(idx, -2))  # -2: no neighbour
+    sl, order = torch.sort(labels, dim=1, stable=True)  # order[:, run start]: the run's best rank
+    start = torch.ones_like(sl, dtype=torch.bool)
+    start[:, 1:] = sl[:, 1:] != sl[:, :-1]
+    run = torch.cumsum(start, 1) - 1  # [b, k] run number within the row
+    size = torch.zeros_like(sl).scatter_add_(1, run, torch.ones_like(sl))
+    best = torch.full_like(sl, k).scatter_reduce_(1, run, order, "amin")
+    label = torch.full_like(sl, -2).scatter_(1, run, sl)
+    size = size.masked_fill(label == -2, -1)  # an empty slot never wins; unused runs neither
+    key = size * (k + 1) + (k - best)  # most votes, then the best-ranked member
+    winner = torch.argmax(key, dim=1, keepdim=True)
+    pred = label.gather(1, winner).squeeze(1)
     return torch.where(present.any(1), pred, torch.full_like(pred, -1))
 
 

@@ -87,7 +87,11 @@ def verify(query: QueryArg, gallery: GalleryArg,
             flag = "--roc" if roc else "--plot" if plot else "--save-result"
             raise OptionError(f"{flag}: a --shard run writes only its partial statistics; give "
                               "output files to `embeval merge`")
-    require_files([query, *gallery, *([pairs] if pairs else [])])
+    require_files([query, *gallery])
+    if pairs is not None:
+        from embeval.data.int_csv import check_file
+
+        check_file(pairs, "a CSV pairs file")
     if plot:
         from embeval.visual.figures import require_matplotlib
 

@@ -20,10 +20,10 @@ import numpy as np
 
 from embeval.errors import InputFileError
 
-__all__ = ["IntCsvReader", "check_file", "BLOCK"]
+__all__ = ["IntCsvReader", "check_file", "parse_int", "shorten", "csv_problem", "BLOCK"]
 
 BLOCK = 1 << 22  # bytes parsed at once by the numpy path
-_CELL = re.compile(r"[ \t]*(-?[0-9]+)[ \t]*")
+_CELL = re.compile(r"[ \t]*(-?[0-9]+)[ \t]*", re.ASCII)
 _BATCH = 1 << 16  # rows collected by the csv path before they are checked together
 _INT64 = 1 << 63
 
@@ -69,8 +69,9 @@ class IntCsvReader:
         if len(lines):
             self.last_line = int(lines[-1])
 
-    def out_of_int64(self, column: str, value: int, line: int) -> None:
-        """A cell beyond int64 (subclasses name the range the value should be in)."""
+    def out_of_int64(self, column: str, value: str, line: int) -> None:
+        """A cell beyond int64, ``value`` its digits (shortened; subclasses name the range the
+        value should be in)."""
         raise self.fail(line, f"{column} cell {value} is out of range")
 
     # ------------------------------------------------------------------ header and dispatch
@@ -92,6 +93,8 @@ class IntCsvReader:
             what = "the line is blank" if first else "empty file"
             raise self.fail(1, f"{what}: expected the header row {self.hint}, then one "
                                f"{self.what[:-1]} per line")
+        if b"\r" in first.rstrip(b"\r\n"):
+            raise self.fail(1, csv_problem(csv.Error("new-line character")))
         self._header(decode(self, first, 1))
         line, offset = 2, f.tell()
         while True:
@@ -160,19 +163,20 @@ class IntCsvReader:
         return True
 
     def _slow(self, f: BinaryIO, line: int) -> None:
-        """The csv module from ``line`` to the end (quotes, spaces, signs; precise errors)."""
+        """The csv module from ``line`` to the end (quotes, spaces; precise errors). A record
+        is named by the line it starts on (a quoted cell may span lines)."""
         k = len(self.order)
         lines: list[int] = []
         rows: list[list[int]] = []
-        reader = csv.reader(text_lines(self, f, line))
+        reader = csv.reader(text_lines(self, f, line), strict=True)
         while True:
+            at = line + reader.line_num  # the line the next record starts on
             try:
                 cells = next(reader)
             except StopIteration:
                 break
             except csv.Error as e:
-                raise self.fail(line - 1 + reader.line_num, f"not CSV ({e})") from None
-            at = line - 1 + reader.line_num
+                raise self.fail(at, csv_problem(e)) from None
             if not cells or (len(cells) == 1 and not cells[0].strip()):
                 continue
             if len(cells) != k:
@@ -190,14 +194,48 @@ class IntCsvReader:
         return ",".join(self.present[j] for j in np.argsort(self.order))
 
     def _cell(self, cell: str, column: str, line: int) -> int:
-        m = _CELL.fullmatch(cell)
-        if m is None:
-            shown = cell if len(cell) <= 40 else cell[:37] + "..."
-            raise self.fail(line, f"{column} cell {shown!r} is not an integer")
-        value = int(m.group(1))
-        if not -_INT64 <= value < _INT64:  # beyond int64
-            self.out_of_int64(column, value, line)
+        value = parse_int(cell)
+        if value is None:
+            raise self.fail(line, f"{column} cell {shorten(cell)!r} is not an integer (ASCII "
+                                  "digits, optionally after a minus sign)")
+        if isinstance(value, str) or not -_INT64 <= value < _INT64:  # beyond int64
+            self.out_of_int64(column, value if isinstance(value, str) else str(value), line)
+        assert isinstance(value, int)
         return value
+
+
+def parse_int(cell: str) -> int | str | None:
+    """The integer in ``cell`` (``[ \\t]*-?[0-9]+[ \\t]*``, ASCII digits only: not ``+1``,
+    ``1_0`` nor full-width digits, which Python's ``int`` accepts); None: not an integer; a
+    string: a number too long for int64, shortened for messages (never converted, so no
+    digit-count limit applies)."""
+    m = _CELL.fullmatch(cell)
+    if m is None:
+        return None
+    digits = m.group(1)
+    body = digits.lstrip("-").lstrip("0")
+    if len(body) > 19:  # beyond int64 whatever the digits
+        return shorten(digits)
+    value = int(body or "0")
+    return -value if digits.startswith("-") else value
+
+
+def shorten(text: str, limit: int = 40) -> str:
+    """``text`` for a message: at most about ``limit`` characters, its length said if cut."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit - 12]}... ({len(text)} characters)"
+
+
+def csv_problem(e: csv.Error) -> str:
+    """A csv module error in plain words (the record's first line is named by the caller)."""
+    text = str(e)
+    if "unexpected end of data" in text:
+        return "a quote opened in this record is never closed"
+    if "new-line character" in text:
+        return ("a carriage return (CR) inside a line: lines end in LF or CR LF (CR-only line "
+                "endings are not read)")
+    return f"not CSV ({text})"
 
 
 def decode(reader: IntCsvReader, raw: bytes, line: int) -> str:

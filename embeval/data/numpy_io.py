@@ -29,6 +29,7 @@ from typing import IO
 import numpy as np
 import torch
 
+from embeval.data.host_memory import check_allocation, human
 from embeval.data.store import EmbeddingSet, save
 from embeval.errors import InputFileError
 from embeval.outputs import check_outputs
@@ -115,20 +116,28 @@ def _dtype(descr: object, where: str) -> np.dtype:
         raise _Bad(f"{where}: dtype {descr!r} is not supported") from None
     if dtype.hasobject or dtype.kind not in "biufU":
         raise _Bad(f"{where}: dtype {descr!r} is not supported")
+    if dtype.kind == "f" and dtype.itemsize > 8:
+        raise _Bad(f"{where}: dtype {descr!r} ({dtype.itemsize * 8}-bit long double) is not "
+                   "supported: save float64 or float32 (arr.astype(np.float64))")
     return dtype
 
 
-def _array(f: IO[bytes], where: str, size: int | None) -> np.ndarray:
+def _array(f: IO[bytes], where: str, size: int | None, member: bool = False) -> np.ndarray:
     """One ``.npy`` array from ``f`` (native byte order, C-contiguous). ``size``: the stream's
-    total bytes when known (a zip member's), checked against the header before reading."""
+    total bytes when known (the file's, or a zip ``member``'s declared size), checked against
+    the header, and the array against the memory available, before anything is allocated;
+    the data is then read in place (never a second copy)."""
     dtype, fortran, shape = _header(f, where)
     count = 1
     for s in shape:
         count *= s
     nbytes = count * dtype.itemsize
     if size is not None and f.tell() + nbytes != size:
-        raise _Bad(f"{where}: the header announces {nbytes} bytes of data, the member "
-                   f"holds {size - f.tell()} (truncated or corrupt)")
+        raise _Bad(f"{where}: the header announces {nbytes} bytes of data, the "
+                   f"{'member' if member else 'file'} holds {size - f.tell()} (truncated or "
+                   "corrupt)")
+    if (problem := check_allocation(nbytes, f"{where} of shape {list(shape)} {dtype}")) is not None:
+        raise _Bad(problem)
     flat = np.empty(count, dtype=dtype)
     view = flat.view(np.uint8).data if nbytes else memoryview(bytearray())
     done = 0
@@ -178,8 +187,10 @@ def read_npz(path: str | os.PathLike[str], names: Sequence[str],
                     raise InputFileError(p, f"missing array {name!r} (found: {found})")
             for name in names:
                 if name in members:
-                    with z.open(members[name]) as f:
-                        out[name] = _array(f, f"array {name!r}", members[name].file_size)
+                    info = members[name]
+                    _check_member(info, f"array {name!r}", p.stat().st_size)
+                    with z.open(info) as f:
+                        out[name] = _array(f, f"array {name!r}", info.file_size, member=True)
     except _Bad as e:
         raise InputFileError(p, str(e)) from None
     except _ZIP_ERRORS as e:
@@ -187,6 +198,27 @@ def read_npz(path: str | os.PathLike[str], names: Sequence[str],
     except OSError as e:
         raise InputFileError(p, f"cannot read ({e.strerror or e})") from None
     return out
+
+
+#: deflate's largest expansion (258-byte matches from 2-bit codes, ~1032:1), with slack for
+#: block headers: a member declaring more than this per compressed byte is a bomb or damaged
+MAX_DEFLATE_RATIO = 1040
+
+
+def _check_member(info: zipfile.ZipInfo, where: str, file_size: int) -> None:
+    """A member's declared sizes against its compressed bytes and the file, before reading."""
+    if info.compress_size > file_size:
+        raise _Bad(f"{where}: the member declares {info.compress_size} compressed bytes in a "
+                   f"{file_size}-byte file (truncated or corrupt)")
+    if (info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 1
+            and info.file_size != info.compress_size):
+        raise _Bad(f"{where}: a stored (uncompressed) member declares {info.file_size} bytes "
+                   f"but holds {info.compress_size} (corrupt)")
+    if (info.compress_type == zipfile.ZIP_DEFLATED
+            and info.file_size > MAX_DEFLATE_RATIO * info.compress_size + 1024):
+        raise _Bad(f"{where}: the member declares {human(info.file_size)} from "
+                   f"{info.compress_size} compressed bytes, more than deflate can expand "
+                   f"(at most {MAX_DEFLATE_RATIO}:1): a zip bomb or a damaged file")
 
 
 def load_npz(path: str | os.PathLike[str]) -> NumpyFileSet:
@@ -275,21 +307,51 @@ def convert(source: str | os.PathLike[str], out: str | os.PathLike[str], *,
     if emb.dtype.kind != "f" or emb.ndim != 2:
         raise InputFileError(src, f"embeddings must be a 2-D [N, D] float array, got {emb.dtype} "
                                   f"{list(emb.shape)}")
+    if paths is not None and pth is not None and len(pth) != len(emb):
+        raise InputFileError(paths, f"holds {len(pth)} paths, the embeddings {len(emb)} rows: "
+                                    "one path per row")
     tensor = torch.from_numpy(emb)
     EmbeddingSet(tensor, lab_t, cam_t, paths=pth, name=str(src))  # refuses mismatched sizes, NaN
     return save(out, tensor, lab_t, cam_t, metadata=metadata, paths=pth)
 
 
+#: characters refused inside a path line: C0 controls but tab, DEL, C1 controls, and the
+#: Unicode line / paragraph separators (Python's ``splitlines`` would split at many of them)
+_BAD_IN_PATH = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 def _read_paths_file(p: Path) -> list[str]:
+    """The paths of a text file: UTF-8, one path per line, lines separated by LF (a CR before
+    it is dropped: CR LF files read the same); a UTF-8 byte-order mark at the start is
+    stripped (it is never part of a path); a last line without LF counts. Any other control
+    character in a line (CR alone, form feed, U+001C..U+001F, U+0085, U+2028, NUL...) is an
+    error naming the line, never a silent split."""
     if sniff(p) == "npy":
         return _paths(p, read_npy(p))
     _check_regular(p)
     try:
-        return p.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        raise InputFileError(p, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+        raw = p.read_bytes()
     except OSError as e:
         raise InputFileError(p, f"cannot read ({e.strerror or e})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        at = raw.count(b"\n", 0, e.start) + 1
+        raise InputFileError(p, f"line {at}: not UTF-8 text ({e.reason} at byte {e.start})") \
+            from None
+    text = text.removeprefix("\ufeff")
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the LF that ends the last line
+    out: list[str] = []
+    for i, raw_line in enumerate(lines, 1):
+        line = raw_line.removesuffix("\r")
+        if (bad := _BAD_IN_PATH.search(line)) is not None:
+            raise InputFileError(p, f"line {i}: character U+{ord(bad.group()):04X} in a path: a "
+                                    "paths file holds one path per line, lines end in LF (or "
+                                    "CR LF), and paths hold no control characters")
+        out.append(line)
+    return out
 
 
 def sniff(p: Path) -> str:

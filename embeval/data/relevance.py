@@ -164,10 +164,10 @@ class _CsvReader(IntCsvReader):
         self.parts: list[np.ndarray] = []
         self.lines: list[np.ndarray] = []
 
-    def out_of_int64(self, column: str, value: int, line: int) -> None:
+    def out_of_int64(self, column: str, value: str, line: int) -> None:
         self._refuse(column, value, line)
 
-    def _refuse(self, column: str, value: int, line: int) -> None:
+    def _refuse(self, column: str, value: int | str, line: int) -> None:
         if column == "relevance":
             raise self.fail(line, f"relevance must be 1 (positive) or -1 (junk), got {value}")
         n = self.sizes[COLUMNS.index(column)]

@@ -109,8 +109,12 @@ def negative_pass(stats, query: EmbeddingSet, gallery: EmbeddingSet, qemb: torch
                 bucket = torch.searchsorted(padded, masked, right=True)  # [qb, gb] in 0..P
                 if eps is not None:
                     near = _near_decisions(masked, cand, padded, bucket, eps[q0:q1, None], k)
-                    r, c = near.nonzero(as_tuple=True)
-                    if len(r):
+                    r_all, c_all = near.nonzero(as_tuple=True)
+                    # in steps within the budget: with a large k most top-k candidates are
+                    # recomputed, and each holds its two rows and its positives here
+                    step = max(1, score_budget // 8 // (4 * (2 * gallery.dim + padded.shape[1]) + 64))
+                    for s0 in range(0, len(r_all), step):
+                        r, c = r_all[s0:s0 + step], c_all[s0:s0 + step]
                         exact = transform(canonical_dot(q_all[q0 + r], g[c]),
                                           qa_all[q0 + r], ga_all[start + c], stats.metric)
                         masked[r, c] = torch.where(neg[r, c], exact, NEG_INF)

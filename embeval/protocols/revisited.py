@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from embeval import metrics as M
-from embeval.data.int_csv import check_file
+from embeval.data.int_csv import check_file, csv_problem, parse_int, shorten
 from embeval.data.relevance import Relevance
 from embeval.data.safetensors_io import read_named
 from embeval.data.store import EmbeddingSet
@@ -56,6 +56,7 @@ SETTINGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 _COLUMNS = ("query", "gallery", "kind")
 _HINT = "'query,gallery,kind' (kind: easy, hard or junk)"
+_BATCH = 1 << 16  # rows parsed before they become one int64 array
 
 
 def read_revisited(path: str | os.PathLike[str], n_query: int,
@@ -91,38 +92,56 @@ def revisited_settings(query: np.ndarray, gallery: np.ndarray, kind: np.ndarray,
 
 
 def _read_csv(p: Path, n_query: int, n_gallery: int) -> tuple[np.ndarray, ...]:
-    seen: dict[tuple[int, int], tuple[int, int]] = {}  # pair -> (kind, line)
+    """Rows as int64 arrays, read in batches (memory: about 40 bytes per line, never a Python
+    object per pair); identical lines count once, a pair with two kinds names both lines."""
+    parts: list[np.ndarray] = []  # [b, 4] query, gallery, kind, line
+    batch: list[tuple[int, int, int, int]] = []
     try:
         with open(p, newline="", encoding="utf-8-sig") as f:
-            rows = csv.reader(f)
-            header = [c.strip() for c in next(rows, [])]
-            order = _header(p, header)
-            for row in rows:
-                line = rows.line_num
-                if not any(c.strip() for c in row):
-                    continue
-                q, g, kind = _row(p, line, row, order, n_query, n_gallery)
-                prev = seen.setdefault((q, g), (kind, line))
-                if prev[0] != kind:
-                    raise InputFileError(p, f"line {line}: pair (query {q}, gallery {g}) is "
-                                            f"{KINDS[kind]!r} here but {KINDS[prev[0]]!r} on "
-                                            f"line {prev[1]}")
+            rows = csv.reader(f, strict=True)
+            line = 1  # the line the record being read starts on
+            try:
+                columns = _header(p, [c.strip() for c in next(rows, [])])
+                line = rows.line_num + 1
+                for row in rows:
+                    if any(c.strip() for c in row):
+                        batch.append((*_row(p, line, row, columns, n_query, n_gallery), line))
+                        if len(batch) == _BATCH:
+                            parts.append(np.array(batch, dtype=np.int64))
+                            batch = []
+                    line = rows.line_num + 1
+            except csv.Error as e:
+                raise InputFileError(p, f"line {line}: {csv_problem(e)}") from None
     except UnicodeDecodeError:
         raise InputFileError(p, "is not UTF-8 text (expected a CSV ground-truth file)") from None
-    except csv.Error as e:
-        raise InputFileError(p, f"not readable as CSV ({e})") from None
     except OSError as e:
         raise InputFileError(p, f"cannot read ({e.strerror or e})") from None
-    if not seen:
+    if batch:
+        parts.append(np.array(batch, dtype=np.int64))
+    if not parts:
         raise InputFileError(p, "no pairs after the header row")
-    pairs = np.array(list(seen), dtype=np.int64).reshape(-1, 2)
-    kinds = np.array([k for k, _ in seen.values()], dtype=np.int64)
-    return pairs[:, 0], pairs[:, 1], kinds
+    table = np.concatenate(parts)
+    del parts, batch
+    q, g, kind, lines = table.T
+    key = q * max(n_gallery, 1) + g
+    order = np.lexsort((lines, key))  # by pair, then file order
+    k_sorted = kind[order]
+    first = np.r_[True, key[order][1:] != key[order][:-1]]
+    run_kind = k_sorted[np.maximum.accumulate(np.where(first, np.arange(len(first)), 0))]
+    clash = k_sorted != run_kind
+    if clash.any():  # the first line (in file order) whose kind differs from its pair's first
+        at = order[clash][np.argmin(lines[order[clash]])]
+        before = lines[(key == key[at])].min()
+        prev = kind[(key == key[at]) & (lines == before)][0]
+        raise InputFileError(p, f"line {lines[at]}: pair (query {q[at]}, gallery {g[at]}) is "
+                                f"{KINDS[kind[at]]!r} here but {KINDS[prev]!r} on line {before}")
+    keep = np.sort(order[first])  # each pair once, at its first line, in file order
+    return q[keep].copy(), g[keep].copy(), kind[keep].copy()
 
 
 def _header(p: Path, header: list[str]) -> list[int]:
     """The header positions of query, gallery, kind."""
-    shown = ",".join(header)
+    shown = shorten(",".join(header), 80)
     if sorted(header) != sorted(_COLUMNS):
         raise InputFileError(p, f"line 1: expected the header row {_HINT}, got {shown!r}")
     return [header.index(c) for c in _COLUMNS]
@@ -136,17 +155,17 @@ def _row(p: Path, line: int, row: list[str], order: list[int], n_query: int,
     cells = [row[i].strip() for i in order]
     values = []
     for name, text, n in (("query", cells[0], n_query), ("gallery", cells[1], n_gallery)):
-        try:
-            v = int(text)
-        except ValueError:
-            raise InputFileError(p, f"line {line}: {name} {text!r} is not an integer index") \
-                from None
-        if not 0 <= v < n:
+        v = parse_int(text)
+        if v is None:
+            raise InputFileError(p, f"line {line}: {name} {shorten(text)!r} is not an integer "
+                                    "index (ASCII digits)")
+        if isinstance(v, str) or not 0 <= v < n:
             raise InputFileError(p, f"line {line}: {name} index {v} is out of range [0, {n}) "
                                     "(0-based row of the embedding file)")
         values.append(v)
     if cells[2] not in KINDS:
-        raise InputFileError(p, f"line {line}: unknown kind {cells[2]!r} (easy, hard or junk)")
+        raise InputFileError(p, f"line {line}: unknown kind {shorten(cells[2])!r} (easy, hard or "
+                                "junk)")
     return values[0], values[1], KINDS.index(cells[2])
 
 

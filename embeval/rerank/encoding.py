@@ -99,11 +99,12 @@ def _reciprocal(nb: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tenso
 
 
 def reciprocal_v(graph: Graph, x: torch.Tensor, xa: torch.Tensor, metric: str, k1: int,
-                 m: torch.Tensor, *, compiled: bool = False) -> Csr:
+                 m: torch.Tensor, *, compiled: bool = False, limit: float = float(1 << 22)) -> Csr:
     """The sparse [N, N] V of the k-reciprocal encoding (before local expansion).
 
     ``graph``: at least min(k1 + 1, N) neighbours per item; ``m`` [N] float64: M_i;
-    ``compiled``: as :func:`~embeval.rerank.neighbours.pair_scores`.
+    ``compiled``: as :func:`~embeval.rerank.neighbours.pair_scores`; ``limit``: the candidate
+    triples (~64 bytes each) examined at once (the result does not depend on it).
     """
     nb = graph.index
     n = nb.shape[0]
@@ -113,16 +114,27 @@ def reciprocal_v(graph: Graph, x: torch.Tensor, xa: torch.Tensor, metric: str, k
     r_sorted = torch.sort(r_codes).values
     h_count = torch.bincount(hi, minlength=n)
     h_start = torch.cumsum(h_count, 0) - h_count
-    # every candidate c ∈ R(i) with its half set R½(c): triples (edge, x ∈ R½(c))
+    # every candidate c ∈ R(i) with its half set R½(c): triples (edge, x ∈ R½(c)), Σ up to
+    # N·(k1 + 1)·(k1/2 + 1): built for items i in chunks of at most ``limit`` triples
     per_edge = h_count[rj]
-    edge = torch.arange(len(ri)).repeat_interleave(per_edge)
-    within = torch.arange(len(edge)) - (torch.cumsum(per_edge, 0) - per_edge)[edge]
-    xs = hj[h_start[rj][edge] + within]
-    inside = torch.isin(ri[edge] * n + xs, r_sorted)
-    common = torch.bincount(edge, weights=inside.double(), minlength=len(ri))
-    accept = common > (2.0 / 3) * per_edge.double()  # the reference's float comparison
-    take = accept[edge]
-    codes = torch.unique(torch.cat([r_codes, ri[edge[take]] * n + xs[take]]))  # sorted
+    per_item = np.bincount(ri.numpy(), weights=per_edge.numpy(), minlength=n)
+    edge_ptr = np.zeros(n + 1, np.int64)
+    np.cumsum(np.bincount(ri.numpy(), minlength=n), out=edge_ptr[1:])
+    found_codes = [r_codes]
+    for a, b in chunks(per_item, limit, n):
+        e0, e1 = int(edge_ptr[a]), int(edge_ptr[b])
+        pe = per_edge[e0:e1]
+        edge = torch.arange(e0, e1).repeat_interleave(pe)
+        within = torch.arange(len(edge)) - (torch.cumsum(pe, 0) - pe)[edge - e0]
+        xs = hj[h_start[rj[edge]] + within]
+        want = ri[edge] * n + xs  # in R(i)? (r_sorted is sorted once, not per chunk)
+        inside = r_sorted[torch.searchsorted(r_sorted, want).clamp_max(len(r_sorted) - 1)] == want
+        common = torch.bincount(edge - e0, weights=inside.double(), minlength=e1 - e0)
+        accept = common > (2.0 / 3) * pe.double()  # the reference's float comparison
+        take = accept[edge - e0]
+        found_codes.append(torch.unique(ri[edge[take]] * n + xs[take]))
+        del edge, within, xs, inside, take
+    codes = torch.unique(torch.cat(found_codes))  # sorted
     vi, vx = codes // n, codes % n
     # scores of (i, x): from the graph where x is one of i's neighbours, else computed
     g_codes = (torch.arange(n)[:, None] * n + nb).reshape(-1)

@@ -54,7 +54,7 @@ parallelise it too (not done).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -100,6 +100,13 @@ def _check(query: EmbeddingSet, gallery: EmbeddingSet, metric: str, protocol: Pr
             s, row = (query, top) if top < query.n else (gallery, top - query.n)
             raise InputFileError(s.name, f"embedding row {row} has L2 norm {float(norms[top]):.3g}, "
                                          f"too large for metric {metric}: {why}", param="metric")
+
+
+def capped(opts: RerankOptions, n: int) -> RerankOptions:
+    """``opts`` with k1 capped at 2N and k2 at N (N = Q + G items): the same result, since the
+    neighbour lists (k1 + 1, round(k1/2) + 1 and k2 items) already hold all N items there;
+    nothing is allocated for a larger k1 (2^63 − 1 included)."""
+    return replace(opts, k1=min(opts.k1, 2 * n), k2=min(opts.k2, max(n, 1)))
 
 
 def _own_lists(query: EmbeddingSet, gallery: EmbeddingSet, protocol: Protocol,
@@ -183,6 +190,7 @@ def reranked_stats(query: EmbeddingSet, gallery: EmbeddingSet, opts: RerankOptio
     if not 0 <= g_range[0] <= g_range[1] <= gn:
         raise OptionError(f"gallery range [{g_range[0]}, {g_range[1]}) is outside the gallery "
                           f"(size {gn})")
+    opts = capped(opts, qn + gn)
     x = torch.cat([query.embeddings.float(), gallery.embeddings.float()]).contiguous()
     norms = row_norms(x)
     _check(query, gallery, metric, protocol, topk, norms)
@@ -197,7 +205,8 @@ def reranked_stats(query: EmbeddingSet, gallery: EmbeddingSet, opts: RerankOptio
     graph = neighbour_graph(x, metric, max(opts.k1 + 1, opts.k2), memory=budget_cpu,
                             compiled=compiled)
     big_m = distance_sq(graph.lowest, metric)
-    v = reciprocal_v(graph, x, xa, metric, opts.k1, big_m, compiled=compiled)
+    v = reciprocal_v(graph, x, xa, metric, opts.k1, big_m, compiled=compiled,
+                     limit=max(1 << 20, budget_cpu // 128))
     limit = max(1 << 20, budget_cpu // 4)  # bytes for one query chunk's sparse work
     if opts.k2 != 1:
         v = local_expansion(v, graph.index.numpy(), opts.k2, limit // 64)

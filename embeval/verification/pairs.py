@@ -92,7 +92,7 @@ class _Reader(IntCsvReader):
         self.spaces = spaces
         self.parts: list[np.ndarray] = []  # [b, k] blocks, columns in COLUMNS order
 
-    def out_of_int64(self, column: str, value: int, line: int) -> None:
+    def out_of_int64(self, column: str, value: str, line: int) -> None:
         self._refuse(column, value, line)  # out of every range, in no id list
 
     # ------------------------------------------------------------------ checks of a block
@@ -125,7 +125,7 @@ class _Reader(IntCsvReader):
         self.parts.append(rows)
         super().add(rows, lines)
 
-    def _refuse(self, column: str, value: int, line: int) -> None:
+    def _refuse(self, column: str, value: int | str, line: int) -> None:
         space = self.spaces[COLUMNS.index(column)]
         if isinstance(space, TemplateIds):
             raise self.fail(line, f"template id {value} ({column} column) is not in {space.file}")
@@ -252,7 +252,8 @@ def pair_scores(query: EmbeddingSet | torch.Tensor, gallery: EmbeddingSet | torc
     bit-identical to the trial scores of the all-pairs pass (``embeval verify`` without
     ``--pairs``). The query rows are held in memory; the gallery is read in blocks of
     ``block_rows`` rows (default: 64 MB), each pair scored in the block holding its gallery
-    row. Raises :class:`InputFileError` on non-finite scores.
+    row, its rows gathered 64 MB at a time (memory: O(P) for the indices and scores, never
+    P × D). Raises :class:`InputFileError` on non-finite scores.
     """
     check_metric(metric)
     q = _as_set(query, "query")
@@ -263,12 +264,15 @@ def pair_scores(query: EmbeddingSet | torch.Tensor, gallery: EmbeddingSet | torc
     qa = aux(qemb, metric, qnorm)
     out = torch.empty(len(qidx), dtype=torch.float32)
     step = block_rows or max(1, (64 << 20) // (4 * g.dim))
+    pair_step = max(1, (64 << 20) // (8 * max(g.dim, 1)))  # 64 MB of gathered pair rows
     for a, block, sel in blocks_with_pairs(g, gidx, step):
         gnorm = row_norms(block)
         ga = aux(block, metric, gnorm)
-        qi, gi = qidx[sel], gidx[sel] - a
-        dots = pair_dots(qemb[qi], block[gi], dot_bound(qnorm[qi] * gnorm[gi], 1.0, g.dim))
-        out[sel] = transform(dots, qa[qi], ga[gi], metric)
+        for c in range(0, len(sel), pair_step):  # the pairs' rows gathered in steps
+            part = sel[c:c + pair_step]
+            qi, gi = qidx[part], gidx[part] - a
+            dots = pair_dots(qemb[qi], block[gi], dot_bound(qnorm[qi] * gnorm[gi], 1.0, g.dim))
+            out[part] = transform(dots, qa[qi], ga[gi], metric)
     check_finite_scores(out, q.name, g.name, "pair ")
     return out
 

@@ -107,7 +107,7 @@ _ERRORS = [
      "line 2: gallery index 99999999999999999999999 is out of range"),
     ("query,gallery,same\n0,1,1\n0,1,2\n", "line 3: same must be 1 or 0, got 2"),
     ("query,gallery,same\n0,1,-1\n", "line 2: same must be 1 or 0, got -1"),
-    ('query,gallery\n0,1\n"0\n1",1\n', "line 4: query cell '0\\n1' is not an integer"),
+    ('query,gallery\n0,1\n"0\n1",1\n', "line 3: query cell '0\\n1' is not an integer"),
     (b"query,gallery\n0,1\n0,\xff\n", "line 3: not UTF-8 text"),
     (b"qu\xe9ry,gallery\n0,1\n", "line 1: not UTF-8 text"),
 ]
