@@ -25,7 +25,7 @@ IDENTIFY_EXAMPLES = examples(
     "embeval identify probes.safetensors gallery.safetensors --fpir-rule insightface --json")
 
 
-@metric_command(IDENTIFY_EXAMPLES)
+@metric_command(IDENTIFY_EXAMPLES, without=("no_positive",))
 def identify(query: QueryArg, gallery: GalleryArg, ks: KsOpt = None,
              fpir: Annotated[list[float] | None, typer.Option(
                  "--fpir", metavar="F...",
@@ -40,9 +40,6 @@ def identify(query: QueryArg, gallery: GalleryArg, ks: KsOpt = None,
              save_result: Path | None) -> None:
     """Open-set identification: TPIR@FPIR at rank 1 and -k, thresholds, closed-set rank-k."""
     fpirs = rates(fpir, DEFAULT_FPIRS, "--fpir")
-    if options.no_positive != "skip":
-        raise OptionError("--no-positive: identify ranks mated queries only (the others are "
-                          "its non-mated searches)")
     _execute("identify", query, gallery, options, ks, shard, out_part,
              extra={"fpirs": fpirs, "fpir_rule": fpir_rule}, as_json=json, relevance=relevance,
              intervals=intervals, save_result=save_result)
@@ -66,6 +63,15 @@ def render_identification(job, ident, as_json: bool, provenance: dict, ci=None) 
     note = (f"{ident.n_query} queries ({ident.n_mated} mated, {ident.n_nonmated} non-mated) × "
             f"{ident.n_gallery} gallery items · TPIR/rank over mated queries, FPIR over "
             f"non-mated · {ident.elapsed_s:.2f}s")
+    omitted = getattr(ident, "omitted", {})
+    if omitted:  # the row stays, empty, and says why (null in the JSON, with "omitted")
+        note += "".join(f" · {key}: n/a, {why}" for key, why in omitted.items())
+    keys = []
+    for f in job.extra["fpirs"]:
+        head = f"TPIR@FPIR={f:g}"
+        keys += [head] if head in omitted else [k for k in ident.metrics if k == head or k.startswith(
+            (head + ",", f"threshold@FPIR={f:g}"))]
+    keys += [k for k in ident.metrics if k not in keys]
     render("identify", ident, job.ks, as_json=as_json,
-           extra={"fpir_rule": job.extra["fpir_rule"], **provenance}, keys=list(ident.metrics),
-           note=note, ci=ci)
+           extra={"fpir_rule": job.extra["fpir_rule"], **provenance,
+                  **({"omitted": omitted} if omitted else {})}, keys=keys, note=note, ci=ci)

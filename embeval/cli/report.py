@@ -41,7 +41,7 @@ def payload(command: str, result: EvalResult, ks: list[int], extra: dict | None 
     """The ``--json`` object of DESIGN.md section 5 (NaN → null); ``keys``: the metrics shown
     (default: the command's :data:`KEYS`); ``ci``: intervals, as ``"ci"`` (metric → [lo, hi])
     and their options in ``"options"``."""
-    metrics = {k: _clean(result.metrics[k]) for k in (keys or KEYS[command](ks))}
+    metrics = {k: _clean(result.metrics.get(k)) for k in (keys or KEYS[command](ks))}
     out = {"command": command, "metric": result.stats.metric, "n_query": result.n_query,
            "n_gallery": result.n_gallery}
     if hasattr(result, "n_valid"):

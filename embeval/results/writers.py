@@ -63,6 +63,8 @@ _PER_QUERY = ("n_pos", "first_rank", "last_rank", "ap", "hard_pos", "hard_neg", 
 def write_predictions(path: str | os.PathLike[str], result: EvalResult,
                       paths: Sequence[str] | None = None) -> None:
     """CSV, one row per query: index, (path,) label, prediction, correct (0/1)."""
+    if "knn_pred" not in result.per_query:
+        raise OptionError("result: has no k-NN predictions (evaluate(..., knn_k=K))", param="result")
     pred = result.per_query["knn_pred"].tolist()
     with _csv(path, _header(["label", "prediction", "correct"], paths)) as write:
         for i, (lab, p) in enumerate(zip(result.stats.query_labels.tolist(), pred)):
@@ -90,7 +92,7 @@ def write_curves(path: str | os.PathLike[str], result: EvalResult) -> None:
     """Safetensors: ``precision``, ``recall`` [M] float64, ``threshold`` [M] float32 and
     ``offsets`` [Q+1] int64 (query i's points are ``[offsets[i]:offsets[i+1]]``)."""
     if result.pr_curves is None:
-        raise OptionError("PR curves were not computed (evaluate(..., pr=True))")
+        raise OptionError("result: PR curves were not computed (evaluate(..., pr=True))", param="result")
     precision, recall, threshold, offsets = result.pr_curves
     tensors = {"precision": precision.contiguous(), "recall": recall.contiguous(),
                "threshold": threshold.contiguous(), "offsets": offsets.contiguous(),
@@ -142,21 +144,26 @@ def interpolated_precision(result: EvalResult, levels: int = 101) -> tuple[np.nd
     return grid, total / max(n, 1)
 
 
-def require_matplotlib():  # noqa: ANN201 - returns matplotlib.pyplot
-    """matplotlib.pyplot with the file-only Agg backend, or an OptionError saying how to get it."""
+def require_matplotlib(param: str | None = "plot"):  # noqa: ANN201 - returns matplotlib.pyplot
+    """matplotlib.pyplot with the file-only Agg backend, or an OptionError (naming ``param``, the
+    option that asked for a plot, if any) saying how to get it back: matplotlib is a dependency,
+    so it is missing only from a broken install."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise OptionError("plot needs matplotlib: pip install 'embeval[plot]'",
-                          param="plot") from None
+        what = f"{param}: plots need" if param else "plots need"
+        raise OptionError(f"{what} matplotlib, which is not installed: pip install matplotlib",
+                          param=param) from None
     return plt
 
 
 def pr_figure(result: EvalResult, title: Callable[[], str] | str = ""):  # noqa: ANN201
     """A matplotlib ``Figure`` (one axes) of the mean interpolated precision-recall curve of a
-    ``pr=True`` result (needs matplotlib: ``embeval[plot]``)."""
+    ``pr=True`` result."""
+    if result.pr_curves is None:
+        raise OptionError("result: PR curves were not computed (evaluate(..., pr=True))", param="result")
     require_matplotlib()
     from matplotlib.figure import Figure
 
@@ -176,7 +183,8 @@ def pr_figure(result: EvalResult, title: Callable[[], str] | str = ""):  # noqa:
 
 def write_pr_plot(path: str | os.PathLike[str], result: EvalResult,
                   title: Callable[[], str] | str = "") -> None:
-    """PNG of the mean interpolated precision-recall curve (needs matplotlib: ``embeval[plot]``)."""
+    """The mean interpolated precision-recall curve of a ``pr=True`` result, in the format of
+    ``path``'s suffix (``.png``, ``.svg``, ``.pdf``)."""
     fig = pr_figure(result, title)
     suffix = Path(path).suffix.lstrip(".") or "png"
     with atomic_path(path) as tmp:

@@ -3,7 +3,7 @@
 Pure functions: each takes a result object (:class:`~embeval.evaluate.EvalResult`,
 :class:`~embeval.verification.verify.VerifyResult`) and returns a matplotlib ``Figure`` (no
 pyplot state, nothing global); :func:`save_figure` writes one atomically, in the format of the
-file's suffix (``.png``, ``.svg``, ``.pdf``). Needs matplotlib (``pip install "embeval[plot]"``):
+file's suffix (``.png``, ``.svg``, ``.pdf``). Drawn with matplotlib (a dependency):
 without it, :class:`~embeval.errors.OptionError` with the one line that says so.
 """
 
@@ -26,7 +26,7 @@ from embeval.verification import plot as vplot
 __all__ = ["cmc_curve", "cmc_figure", "pr_figure", "verification_figure",
            "score_histogram_figure", "save_figure", "write_cmc_plot", "FORMATS"]
 
-Figure = Any  # matplotlib.figure.Figure (matplotlib is optional)
+Figure = Any  # matplotlib.figure.Figure (imported lazily)
 FORMATS = ("png", "svg", "pdf")
 
 

@@ -91,7 +91,7 @@ def _svg_uri(fig: Any) -> str:
 def _figure(width: float = 5.5, height: float = 4.0) -> Any:
     from embeval.results.writers import require_matplotlib
 
-    require_matplotlib()
+    require_matplotlib(None)
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=100)

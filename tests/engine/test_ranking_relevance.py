@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers.budget import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -45,7 +46,7 @@ def to_relevance(pos, junk, n_gallery: int, *, repeat: bool = False) -> Relevanc
                                 torch.tensor(r), n_query=len(pos), n_gallery=n_gallery)
 
 
-@settings(max_examples=150, **SETTINGS)
+@settings(max_examples=examples(150), **SETTINGS)
 @given(case=int_cases(cameras=True), metric=st.sampled_from(["inner", "sq_euclid"]),
        backend=st.sampled_from(["torch", "numba"]), cam=st.booleans(), data=st.data())
 def test_relevance_matches_the_brute_force(case: Case, metric, backend, cam, data) -> None:
@@ -65,7 +66,7 @@ def test_relevance_matches_the_brute_force(case: Case, metric, backend, cam, dat
         assert not set(row) & set(junk[i])
 
 
-@settings(max_examples=60, **SETTINGS)
+@settings(max_examples=examples(60), **SETTINGS)
 @given(case=int_cases(same_set=True, cameras=True), cam=st.booleans(), data=st.data())
 def test_relevance_with_exclude_self(case: Case, cam, data) -> None:
     pos, junk = draw_lists(data, len(case.ql), len(case.gl))

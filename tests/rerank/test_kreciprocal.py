@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers.budget import examples
 from helpers.rerank_reference import k_reciprocal, re_ranking
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -85,7 +86,7 @@ def _sets(seed: int, qn: int, gn: int, dim: int, classes: int, cams: bool = Fals
             embeval.EmbeddingSet(g, torch.from_numpy(gl), gc), ql, gl)
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=examples(12), deadline=None)
 @given(seed=st.integers(0, 2**31), qn=st.integers(1, 10), gn=st.integers(2, 30),
        metric=st.sampled_from(["euclid", "sq_euclid", "cosine"]), k1=st.integers(1, 8),
        k2=st.integers(1, 4), lam=st.sampled_from([0.3, 0.05, 1.0]), cams=st.booleans())

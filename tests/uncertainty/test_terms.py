@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 import torch
+from helpers.budget import examples
 from helpers.oracle import int_cases
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -21,7 +22,7 @@ from embeval.uncertainty import intervals
 from embeval.uncertainty.terms import mean_terms
 from embeval.verification.identify import identify
 
-FAST = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=examples(30), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def sets_of(case) -> tuple[embeval.EmbeddingSet, embeval.EmbeddingSet]:
@@ -121,7 +122,7 @@ def revisited_cases(draw):
     return case, pairs
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(15), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rc=revisited_cases(), ap=st.sampled_from(["standard", "trapezoid"]))
 def test_terms_reproduce_revisited_metrics(rc, ap):
     case, pairs = rc

@@ -12,6 +12,7 @@ import subprocess
 import numpy as np
 import pytest
 import torch
+from helpers.budget import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -112,7 +113,7 @@ def run(c: dict, **extra) -> embeval.verification.identify.IdentifyResult:
                     **{"block_size": c["block_size"], **extra})
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cases())
 def test_equals_brute_force_with_ties(c: dict) -> None:
     """Small-integer embeddings and the inner product: exact scores, heavy ties, unknown labels,
@@ -125,7 +126,7 @@ def test_equals_brute_force_with_ties(c: dict) -> None:
     assert (got.n_mated, got.n_nonmated) == (want["n_mated"], want["n_nonmated"])
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(cases(), st.randoms(use_true_random=False))
 def test_invariant_to_gallery_order_and_blocks(c: dict, rnd) -> None:
     if c["exclude_self"]:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.budget import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -58,7 +59,7 @@ def check_histogram(x: np.ndarray) -> None:
     assert (hi[~finite] == 2.0 ** 128).all() and (bins[~finite] == 0xFF7F).all()
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(arrays(np.float32, st.integers(1, 40),
               elements=st.floats(width=32, allow_nan=False, allow_infinity=False)))
 def test_histogram_bins_hold_their_values(x: np.ndarray) -> None:
