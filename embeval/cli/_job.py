@@ -32,7 +32,7 @@ from embeval.rerank.options import RerankOptions
 from embeval.results import writers as exports
 from embeval.results.partials import Partial, changed, fingerprint, save_partial
 
-from ._app import progress_bar, stderr
+from ._app import progress_bar, results_off_stdout, stderr
 from .report import render
 
 MATRIX_LIMIT = 1 << 30  # score --out: the full [Q, G] matrix up to 1 GB, else the top-k
@@ -88,6 +88,7 @@ def execute(job: Job, *, shard: str | None = None, out_part: Path | None = None)
     elif out_part is not None:
         raise OptionError("--out-part needs --shard i/n")
     if lead:
+        results_off_stdout(job.outputs.values())
         check_outputs({**job.outputs, "--out-part": out_part},
                       inputs=[job.query, *expand_paths(job.gallery),
                               *([job.relevance] if job.relevance else [])])
@@ -192,12 +193,18 @@ def _score_topn(job: Job, q: EmbeddingSet, g: EmbeddingSet) -> int | None:
 
 
 def _item_paths(s: EmbeddingSet) -> list[str] | None:
-    """The items' paths when the file records them, joined to each file's ``source`` folder
-    (as extract wrote them: openable from where extract ran)."""
+    """The items' paths when the file records them, joined to each file's ``source`` when that is
+    a folder (as extract wrote it: openable from where extract ran); a ``source`` that is not a
+    folder (``sklearn.datasets.load_digits (query split)``, a moved image set) is not joined."""
     parts = getattr(s, "parts", [s])
     if any(p.paths is None for p in parts):
         return None
-    return [os.path.join(p.metadata.get("source", ""), x) for p in parts for x in p.paths]
+    out = []
+    for p in parts:
+        source = p.metadata.get("source", "")
+        base = source if source and os.path.isdir(source) else ""
+        out += [os.path.join(base, x) for x in p.paths]
+    return out
 
 
 def _query_paths(job: Job) -> list[str] | None:

@@ -12,7 +12,6 @@ from typing import Annotated, Literal
 
 import typer
 
-from embeval.errors import OptionError
 from embeval.options import EvalOptions, IntervalOptions
 
 from .evaluate_cmds import GalleryArg, KsOpt, QueryArg, _execute, examples, metric_command, rates

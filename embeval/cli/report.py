@@ -80,6 +80,20 @@ def ci_note(ci: Intervals, keys: list[str]) -> str:
                       [f"no interval: {why}" for why in missing])
 
 
+def reranked(settings: dict) -> str:
+    """The title's words for a ``rerank`` object (RerankOptions.to_dict): what changed the ranking."""
+    parts = []
+    if "method" in settings:
+        parts.append(f"{settings['method']} k1={settings['k1']} k2={settings['k2']} "
+                     f"lambda={settings['lambda']:g}")
+    if "dba" in settings:
+        parts.append(f"DBA k={settings['dba']}")
+    if "qe" in settings:
+        parts.append(f"QE {settings['qe']} k={settings['qe_k']}"
+                     + (f" alpha={settings['qe_alpha']:g}" if "qe_alpha" in settings else ""))
+    return "re-ranked (" + ", ".join(parts) + ")"
+
+
 def render(command: str, result: EvalResult, ks: list[int], *, as_json: bool,
            extra: dict | None = None, keys: list[str] | None = None,
            note: str | None = None, ci: Intervals | None = None) -> None:
@@ -87,7 +101,7 @@ def render(command: str, result: EvalResult, ks: list[int], *, as_json: bool,
     ``ci``: intervals shown beside the values)."""
     data = payload(command, result, ks, extra, keys, ci)
     if as_json:
-        print(json.dumps(data))
+        print(json.dumps(data), file=stdout.file)
         return
     opts = result.options
     protocol = [name for name in ("exclude_same_camera", "exclude_self") if opts.get(name)]
@@ -98,6 +112,7 @@ def render(command: str, result: EvalResult, ks: list[int], *, as_json: bool,
              + (f" · --fpir-rule {extra['fpir_rule']}" if extra and extra.get("fpir_rule")
                 not in (None, "embeval") else "")
              + (f" · {', '.join(protocol)}" if protocol else "")
+             + (f" · {reranked(extra['rerank'])}" if extra and extra.get("rerank") else "")
              + (f" · {opts['precision']} (approximate)" if data["approximate"] else ""))
     table = Table(title=title, title_justify="left", show_edge=False)
     table.add_column("metric")

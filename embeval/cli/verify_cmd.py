@@ -134,9 +134,10 @@ def _whole(job, pairs: Path | None, folds: int | None) -> None:  # noqa: ANN001
     from embeval.outputs import check_outputs
     from embeval.verification.verify import verify as run_verify
 
-    from ._app import progress_bar
+    from ._app import progress_bar, results_off_stdout
     from ._job import _inputs
 
+    results_off_stdout(job.outputs.values())
     check_outputs(job.outputs, inputs=[job.query, *expand_paths(job.gallery),
                                        *([pairs] if pairs else [])])
     q, g = _load(job, listed=pairs is not None)
@@ -190,10 +191,11 @@ def _torchrun(job) -> None:  # noqa: ANN001
     from embeval.outputs import check_outputs
     from embeval.verification.verify import summarize_verification, verification_stats
 
-    from ._app import stderr
+    from ._app import results_off_stdout, stderr
     from ._job import _inputs
 
     if distributed.is_leader():
+        results_off_stdout(job.outputs.values())
         check_outputs(job.outputs, inputs=[job.query, *expand_paths(job.gallery)])
     t0 = time.perf_counter()
     q, g = _load(job)

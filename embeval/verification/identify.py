@@ -49,7 +49,8 @@ from embeval.options import EvalOptions
 
 __all__ = [
     "summarize_identification", "FPIR_RULES", "DEFAULT_FPIRS", "IdentifyResult", "OpenSetScores",
-    "open_set_scores", "check_fpirs", "omitted_fpirs", "accepted_nonmated", "identification_metrics", "identify",
+    "open_set_scores", "check_fpirs", "omitted_fpirs", "accepted_nonmated", "identification_metrics",
+    "identify",
 ]
 
 FPIR_RULES = ("embeval", "insightface")
