@@ -135,10 +135,12 @@ def _run(query: Path, gallery: list[Path], out: Path, options: EvalOptions, *, w
             with atomic_path(target) as tmp:
                 image.save(tmp, format="PNG", optimize=True)
             lines.append(f"query {r.index}\tAP {r.ap:.4f}\t-> {target}")
-        what = (f"{len(picked)} worst queries by AP" if worst is not None else
-                f"{len(picked)} best queries by AP" if best is not None else
-                f"queries {', '.join(map(str, picked))}")
-        sheet = contact_sheet(rows, title=f"{what} · {query.name} vs {gallery[0].name} "
+        n = len(picked)
+        queries = "query" if n == 1 else "queries"
+        what = (f"{n} worst {queries} by AP" if worst is not None else
+                f"{n} best {queries} by AP" if best is not None else
+                f"{queries} {', '.join(map(str, picked))}")
+        sheet = contact_sheet(rows, title=f"{what}  ·  {query.name} vs {gallery[0].name} "
                                           f"({options.metric})")
         with atomic_path(out / SHEET) as tmp:
             sheet.save(tmp, format="PNG", optimize=True)
