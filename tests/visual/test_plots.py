@@ -109,3 +109,15 @@ def test_without_matplotlib_the_plot_is_one_line_exit_2(tmp_path, capsys, monkey
                 "--plot", tmp_path / "cmc.png")
     assert r.returncode == 2 and "pip install 'embeval[plot]'" in r.stderr
     assert r.stderr.count("\n") == 1 and not (tmp_path / "cmc.png").exists()
+
+
+def test_writers_name_the_parameter_when_the_result_lacks_their_data(tmp_path: Path) -> None:
+    """``write_predictions`` without kNN and ``write_pr_plot`` / ``write_curves`` without PR data
+    raise an OptionError naming ``result`` (was a raw KeyError / TypeError), writing nothing."""
+    q = embeval.EmbeddingSet(np.eye(4, dtype=np.float32), [0, 0, 1, 1])
+    res = embeval.evaluate(q, q, ks=(1,), device="cpu")
+    for write, target in ((embeval.write_predictions, "p.csv"), (embeval.write_pr_plot, "pr.png"),
+                          (embeval.write_curves, "c.safetensors")):
+        with pytest.raises(OptionError, match=r"^result: ") as e:
+            write(tmp_path / target, res)
+        assert e.value.param == "result" and not (tmp_path / target).exists()

@@ -136,3 +136,19 @@ def test_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     r = cli_run(capsys, "report", *[a.format(rs=rs, q=Q, g=G) for a in args])
     assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x.html").exists()
+
+
+def test_cmc_plot_runs_to_the_largest_k_asked_or_where_it_reaches_100() -> None:
+    """Issue 30: the CMC plot ran to rank 50 when -k 1 5 10 was asked (flat from ~12)."""
+    from embeval.visual.report import cmc_extent
+
+    q, g = embeval.load(Q), embeval.load(G)
+    res = embeval.evaluate(q, g, ks=(1, 5, 10), device="cpu")
+    asked = saved_result("cmc", res, inputs={}, extra={"ks": [1, 5, 10]})
+    assert cmc_extent(asked) == 10
+    unknown = saved_result("cmc", res, inputs={})
+    ranks, rate = cmc_from_saved(unknown, 50)
+    full = int(ranks[rate >= 1.0][0]) if (rate >= 1.0).any() else 50
+    assert cmc_extent(unknown) == full  # the oracle: the first rank at 100% (or the cap)
+    text = report_html(asked)
+    assert "CMC curve" in text and "<a href='#worst'>" in text
