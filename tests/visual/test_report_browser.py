@@ -218,7 +218,8 @@ def test_verify_report_figure_is_wide_and_links_only_to_what_it_has(verify_page)
     driver, _ = verify_page
     figure = _box(driver, "img[alt='ROC, DET and score distributions']")
     assert figure["width"] >= 900  # not squeezed beside the metrics (was ~560 px)
-    links = [a.get_attribute("href").rpartition("#")[2] for a in driver.find_elements(By.CSS_SELECTOR, "nav a")]
+    links = [a.get_attribute("href").rpartition("#")[2]
+             for a in driver.find_elements(By.CSS_SELECTOR, "nav a")]
     assert links == ["metrics", "plots", "options"]
     assert all(driver.find_elements(By.ID, anchor) for anchor in links)
     options = dict(driver.execute_script(

@@ -229,14 +229,20 @@ def test_titles_say_one_query_and_space_their_dots(tmp_path, hand_made, capsys, 
     q, g, imgs = hand_made
     texts: list[str] = []
     real_text, real_sheet = ImageDraw.ImageDraw.text, ranked.contact_sheet
-    monkeypatch.setattr(ImageDraw.ImageDraw, "text",
-                        lambda self, xy, text, *a, **k: (texts.append(text), real_text(self, xy, text, *a, **k)))
-    monkeypatch.setattr(ranked, "contact_sheet",
-                        lambda rows, title="": (texts.append("SHEET " + title), real_sheet(rows, title=title))[1])
+    def text(self, xy, text, *a, **k):  # noqa: ANN001, ANN202 - ImageDraw.text, recorded
+        texts.append(text)
+        return real_text(self, xy, text, *a, **k)
+
+    def sheet(rows, title=""):  # noqa: ANN001, ANN202 - contact_sheet, recorded
+        texts.append("SHEET " + title)
+        return real_sheet(rows, title=title)
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", text)
+    monkeypatch.setattr(ranked, "contact_sheet", sheet)
     r = cli_run(capsys, "show", q, g, "--out", tmp_path / "s", "--worst", 1, "--top", 3,
                 "--images-root", imgs, "--device", "cpu")
     assert r.returncode == 0, r.stderr
-    sheet = next(t for t in texts if t.startswith("SHEET "))
-    assert sheet.startswith("SHEET 1 worst query by AP  ·  ")
+    title = next(t for t in texts if t.startswith("SHEET "))
+    assert title.startswith("SHEET 1 worst query by AP  ·  ")
     header = next(t for t in texts if t.startswith("query ") and "AP" in t)
     assert header.startswith("query 1  ·  label 2  ·  AP 0.500  ·  first hit at rank 2")
