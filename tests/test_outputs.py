@@ -141,6 +141,7 @@ def test_a_full_device_fails_with_one_line_and_no_other_output(capsys, files, tm
     assert stat.S_ISCHR(full.stat().st_mode) and not other.exists()
 
 
+@pytest.mark.slow
 def test_a_fifo_is_written_into(files, tmp_path):
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
@@ -154,6 +155,7 @@ def test_a_fifo_is_written_into(files, tmp_path):
     assert got and got[0].startswith(b"index,label")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["-", "/dev/stdout"])
 def test_standard_output_for_pipelines(files, target):
     res = run("knn", files["q"], files["g"], "-k", "3", "--predictions", target, "--json")
@@ -164,6 +166,7 @@ def test_standard_output_for_pipelines(files, target):
 
 # ---- the process: umask, file-size limit ------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
 def test_outputs_respect_the_umask(files, tmp_path, umask, mode):
     out = tmp_path / "pq.csv"
@@ -172,6 +175,7 @@ def test_outputs_respect_the_umask(files, tmp_path, umask, mode):
     assert stat.S_IMODE(out.stat().st_mode) == mode
 
 
+@pytest.mark.slow
 def test_a_full_disk_gives_one_line_and_no_output(files, tmp_path):
     """RLIMIT_FSIZE makes the large curves file fail (EFBIG) after the small CSV was written."""
     q = embeval.save(tmp_path / "q.safetensors", torch.randn(100, 4), torch.arange(100) % 5)

@@ -67,6 +67,7 @@ def test_same_file_without_exclude_self_warns_once(capsys, files):
     assert cli_run(capsys, "cmc", files["q"], files["g"], "-k", "1").stderr == ""
 
 
+@pytest.mark.slow
 def test_a_shard_run_says_where_its_part_went(files, tmp_path):
     part = tmp_path / "p.safetensors"
     res = run("cmc", files["q"], files["g"], "--shard", "1/2", "--out-part", part)
@@ -75,6 +76,7 @@ def test_a_shard_run_says_where_its_part_went(files, tmp_path):
                                   f"{part}")
 
 
+@pytest.mark.slow
 def test_a_closed_stdout_exits_141_quietly(files):
     """`embeval ... | head -1`: the reader leaves early; no traceback, the SIGPIPE status."""
     proc = subprocess.Popen([EXE, "cmc", files["q"], files["g"], "--per-query", "-"],
@@ -84,6 +86,7 @@ def test_a_closed_stdout_exits_141_quietly(files):
     assert proc.wait(timeout=300) == 141 and err == ""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("numba_cache", ["warm", "empty"])
 def test_ctrl_c_says_interrupted(tmp_path, numba_cache):
     """SIGINT during the ranking pass, or while numba compiles its kernels (a first run, with an

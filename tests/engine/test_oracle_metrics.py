@@ -82,6 +82,7 @@ def test_reference_hand_example():
     assert average_precision_score(HAND.gl == 0, HAND.ge[:, 0]) == pytest.approx(HAND_AP)
 
 
+@pytest.mark.slow
 @settings(max_examples=examples(150), **SETTINGS)
 @given(case=int_cases(cameras=True), metric=st.sampled_from(["inner", "sq_euclid"]),
        cam=st.booleans())
@@ -107,6 +108,7 @@ def test_reference_agrees_with_sklearn(case, metric, cam):
 # 1. Exactness: heavy ties, every metric and every per-query field
 # ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 @settings(max_examples=examples(250), **SETTINGS)
 @given(opt=options(int_cases()), metric=st.sampled_from(["inner", "sq_euclid"]))
 def test_exact_against_reference_with_ties(opt, metric):
@@ -115,6 +117,7 @@ def test_exact_against_reference_with_ties(opt, metric):
     assert_matches(res, case.ref(metric=metric, ks=ks, knn_k=knn_k, pr=True), exact=True)
 
 
+@pytest.mark.slow
 @settings(max_examples=examples(60), **SETTINGS)
 @given(opt=options(int_cases(max_q=4, max_g=6, max_d=3, n_labels=2)),
        metric=st.sampled_from(["inner", "sq_euclid"]), backend=st.sampled_from(["numba", "torch"]))
@@ -125,6 +128,7 @@ def test_exact_against_reference_tiny_dense_ties(opt, metric, backend):
     assert_matches(res, case.ref(metric=metric, ks=ks, knn_k=knn_k, pr=True), exact=True)
 
 
+@pytest.mark.slow
 @settings(max_examples=examples(120), **SETTINGS)
 @given(opt=options(gauss_cases()), metric=st.sampled_from(["cosine", "euclid"]))
 def test_float_metrics_against_reference(opt, metric):
@@ -182,6 +186,7 @@ def test_per_query_dtypes_and_shapes():
 # 2. scikit-learn: AP per row, PR points, max F1
 # ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 @settings(max_examples=examples(150), **SETTINGS)
 @given(case=int_cases(), metric=st.sampled_from(["inner", "sq_euclid"]))
 def test_ap_and_pr_against_sklearn(case, metric):
@@ -241,6 +246,7 @@ def test_max_f1_equal_rationals_highest_threshold_wins():
         (1 / 3, 2 / 9, 2 / 3, 7.0), abs=1e-12)
 
 
+@pytest.mark.slow
 @settings(max_examples=examples(150), **SETTINGS)
 @given(scores=st.lists(st.integers(0, 12), min_size=1, max_size=60),
        data=st.data())
@@ -275,6 +281,7 @@ def _assert_identical(a, b, *, skip=()):
             (k, x, y)
 
 
+@pytest.mark.slow
 @settings(max_examples=examples(25), **SETTINGS)
 @given(case=gauss_cases(cameras=True, max_q=40, max_g=90, max_d=24, min_q=2, min_g=2),
        metric=st.sampled_from(["inner", "cosine", "euclid", "sq_euclid"]),
@@ -290,6 +297,7 @@ def test_block_size_does_not_change_anything(case, metric, cam):
             assert torch.equal(x, y)
 
 
+@pytest.mark.slow
 @settings(max_examples=examples(25), **SETTINGS)
 @given(case=int_cases(max_q=10, max_g=30), metric=st.sampled_from(["inner", "sq_euclid"]))
 def test_block_size_with_ties(case, metric):
@@ -299,6 +307,7 @@ def test_block_size_with_ties(case, metric):
         _assert_identical(base, run(case, block_size=bs, **kw))
 
 
+@pytest.mark.slow
 @settings(max_examples=examples(60), **SETTINGS)
 @given(case=int_cases(), metric=st.sampled_from(["inner", "sq_euclid"]), data=st.data())
 def test_gallery_permutation_with_ties(case, metric, data):
@@ -309,6 +318,7 @@ def test_gallery_permutation_with_ties(case, metric, data):
     _assert_identical(run(case, **kw), run(shuffled, **kw), skip=("knn_pred", "knn_accuracy"))
 
 
+@pytest.mark.slow
 @settings(max_examples=examples(40), **SETTINGS)
 @given(case=gauss_cases(max_q=12, max_g=30, max_d=16),
        metric=st.sampled_from(["inner", "cosine", "euclid", "sq_euclid"]), data=st.data())
@@ -323,6 +333,7 @@ def test_gallery_permutation_without_ties(case, metric, data):
     _assert_identical(a, b)  # kNN included: no ties in gaussian data
 
 
+@pytest.mark.slow
 @settings(max_examples=examples(40), **SETTINGS)
 @given(case=int_cases(), metric=st.sampled_from(["inner", "sq_euclid"]), data=st.data())
 def test_query_permutation_permutes_per_query(case, metric, data):
@@ -345,6 +356,7 @@ def test_query_permutation_permutes_per_query(case, metric, data):
         assert torch.equal(pa[sa], pb[sb]) and torch.equal(ta[sa], tb[sb])
 
 
+@pytest.mark.slow
 @settings(max_examples=examples(60), **SETTINGS)
 @given(opt=options(int_cases()), metric=st.sampled_from(["inner", "sq_euclid"]),
        dtype=st.sampled_from([torch.float16, torch.bfloat16]))
@@ -354,6 +366,7 @@ def test_half_inputs_small_integers_are_exact(opt, metric, dtype):
     assert_matches(res, case.ref(metric=metric, ks=ks, knn_k=knn_k, pr=True), exact=True)
 
 
+@pytest.mark.slow
 @settings(max_examples=examples(40), **SETTINGS)
 @given(case=gauss_cases(), metric=st.sampled_from(["inner", "cosine", "euclid", "sq_euclid"]),
        dtype=st.sampled_from([torch.float16, torch.bfloat16]))
@@ -395,6 +408,7 @@ def test_no_query_has_a_positive():
         assert res.pr_curves[3].tolist() == [0, 0, 0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("metric", ["inner", "cosine", "euclid", "sq_euclid"])
 @pytest.mark.parametrize("dim", [1, 3, 128, 512])
 @pytest.mark.parametrize("backend", ["numba", "torch"])
@@ -433,6 +447,7 @@ def test_constant_embedding_scores_pessimistically(metric, dim, backend):
     assert_matches(res, ref, exact=False, score_tol=tol)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("metric", ["cosine", "euclid", "inner", "sq_euclid"])
 @pytest.mark.parametrize("dim", [3, 64, 256])
 @pytest.mark.parametrize("backend", ["numba", "torch"])
@@ -558,6 +573,7 @@ def _scaled(case: Case, k: int) -> Case:
     return Case(qe=case.qe * 2.0 ** k, ql=case.ql, ge=case.ge * 2.0 ** k, gl=case.gl)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("metric", ["inner", "cosine", "euclid", "sq_euclid"])
 @pytest.mark.parametrize(("backend", "precision"), [("numba", "fp32"), ("torch", "fp32"),
                                                     ("torch", "bf16")])

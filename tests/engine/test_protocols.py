@@ -256,6 +256,7 @@ def test_aggregate_with_exclusions_is_rejected():
 # no_positive="zero"
 # ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 @settings(max_examples=examples(150), **SETTINGS)
 @given(case=int_cases(cameras=True), metric=st.sampled_from(["inner", "sq_euclid"]),
        cam=st.booleans())

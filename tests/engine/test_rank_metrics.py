@@ -252,6 +252,7 @@ def test_pytorch_metric_learning_leave_one_out() -> None:
         assert acc[pml] == pytest.approx(res.metrics[ours], abs=pml_tolerance(pml)), pml
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("no_positive", "empty_target_action"), [("skip", "skip"), ("zero", "neg")])
 def test_torchmetrics_retrieval(no_positive: str, empty_target_action: str) -> None:
     """torchmetrics' grouped retrieval metrics over every (query, kept gallery item) pair.
@@ -291,6 +292,7 @@ def test_torchmetrics_retrieval(no_positive: str, empty_target_action: str) -> N
 # (c) blocks and shards
 # ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_blocks_and_shards_do_not_change_them(capsys: pytest.CaptureFixture[str],
                                               tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
