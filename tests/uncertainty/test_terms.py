@@ -6,6 +6,7 @@ queries are included, the definitions written here from ``n_pos`` and the labels
 
 from __future__ import annotations
 
+import pytest
 import math
 
 import numpy as np
@@ -122,6 +123,7 @@ def revisited_cases(draw):
     return case, pairs
 
 
+@pytest.mark.slow
 @settings(max_examples=examples(15), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rc=revisited_cases(), ap=st.sampled_from(["standard", "trapezoid"]))
 def test_terms_reproduce_revisited_metrics(rc, ap):
