@@ -6,10 +6,10 @@ queries are included, the definitions written here from ``n_pos`` and the labels
 
 from __future__ import annotations
 
-import pytest
 import math
 
 import numpy as np
+import pytest
 import torch
 from helpers.budget import examples
 from helpers.oracle import int_cases
