@@ -268,10 +268,14 @@ def test_cli_json_equals_brute_force(files: dict, capsys: pytest.CaptureFixture[
                   "0.05", "0.1", "0.5", "-k", "3", "--device", "cpu", "--json")
     assert res.returncode == 0, res.stderr
     data = json.loads(res.stdout)
-    same(data["metrics"], files["want"])  # 0.05 < 1/15: omitted
+    # 0.05 < 1/15: no threshold; the row stays, null, and "omitted" says why (issue 30)
+    assert data["metrics"].pop("TPIR@FPIR=0.05") is None
+    assert data["omitted"] == {"TPIR@FPIR=0.05": "too few non-mated queries for FPIR 0.05: 15, "
+                                                "it needs at least 20"}
+    same(data["metrics"], files["want"])
     assert data["command"] == "identify" and data["options"]["fpir_rule"] == "embeval"
     assert data["n_valid"] == files["want"]["n_mated"] > 0 and files["want"]["n_nonmated"] == 15
-    assert "TPIR@FPIR=0.05" not in data["metrics"] and data["metrics"]["TPIR@FPIR=0.1,rank3"] > 0
+    assert data["metrics"]["TPIR@FPIR=0.1,rank3"] > 0
     res = cli_run(capsys, "identify", files["q"], files["g"], "--fpir", "0.1", "1.5")
     assert (res.returncode, res.stdout) == (2, "")
     assert res.stderr == "embeval: error: --fpir 1.5: must be between 0 and 1 (exclusive)\n"
@@ -280,6 +284,7 @@ def test_cli_json_equals_brute_force(files: dict, capsys: pytest.CaptureFixture[
 EXE = shutil.which("embeval")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(EXE is None, reason="the embeval console script is not installed")
 def test_installed_command(files: dict, tmp_path) -> None:
     """Through the installed command: the table, --fpir-rule insightface in JSON, one-line errors."""

@@ -206,6 +206,7 @@ def permuted(s: embeval.EmbeddingSet, perm: torch.Tensor) -> embeval.EmbeddingSe
     return embeval.EmbeddingSet(s.embeddings[perm], s.labels[perm], s.cameras[perm])
 
 
+@pytest.mark.slow
 @settings(max_examples=examples(25), deadline=None)
 @given(float_cases())
 def test_counts_are_invariant_to_blocks_backends_order_and_shards(c: dict) -> None:

@@ -443,6 +443,7 @@ def test_cli_bad_input_is_one_line(files: dict, tmp_path: Path, monkeypatch: pyt
 EXE = shutil.which("embeval")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(EXE is None, reason="the embeval console script is not installed")
 def test_installed_command(files: dict, tmp_path: Path) -> None:
     def run_cli(*args: object) -> subprocess.CompletedProcess[str]:

@@ -73,6 +73,7 @@ def test_verification_figure_has_roc_det_and_histogram_panels(sets):
     assert len(plots.score_histogram_figure(result).axes) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix", ["png", "svg"])
 def test_cmc_plot_through_the_command_line(tmp_path, capsys, suffix):
     out = tmp_path / f"cmc.{suffix}"
@@ -82,6 +83,7 @@ def test_cmc_plot_through_the_command_line(tmp_path, capsys, suffix):
     assert_png_drawn(out) if suffix == "png" else assert_svg(out)
 
 
+@pytest.mark.slow
 def test_pr_and_verify_plots_through_the_command_line(tmp_path, capsys):
     q, g = SAMPLE / "query.safetensors", SAMPLE / "gallery.safetensors"
     r = cli_run(capsys, "pr", q, g, "--plot", tmp_path / "pr.png")

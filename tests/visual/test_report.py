@@ -59,6 +59,7 @@ def test_table_rows_are_the_per_query_values(tmp_path: Path) -> None:
     assert rows[1][1] == f"{HOSTILE}0" and rows[0][1] == -1  # named label; unknown label as is
 
 
+@pytest.mark.slow
 def test_page_is_self_contained_and_escaped(tmp_path: Path) -> None:
     q, g = _sets(tmp_path)
     res = embeval.evaluate(q, g, ks=(1, 5), pr=True, device="cpu")
@@ -85,6 +86,7 @@ def test_other_query_file_is_refused(tmp_path: Path) -> None:
         report_html(saved_result("cmc", res, inputs={}), query=q, gallery=q)
 
 
+@pytest.mark.slow
 def test_both_command_forms(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     one, two, rs = tmp_path / "a.html", tmp_path / "b.html", tmp_path / "r.safetensors"
     r = cli_run(capsys, "report", Q, G, "--out", one, "--save-result", rs, "--device", "cpu",
@@ -109,6 +111,7 @@ def test_both_command_forms(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert two.read_bytes() == one.read_bytes()
 
 
+@pytest.mark.slow
 def test_verify_result_has_roc(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rs, out = tmp_path / "v.safetensors", tmp_path / "v.html"
     assert cli_run(capsys, "verify", Q, G, "--save-result", rs, "--device", "cpu").returncode == 0
@@ -118,6 +121,7 @@ def test_verify_result_has_roc(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "alt='ROC, DET and score distributions'" in text and "n_genuine" in text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["{rs}", "--out", "{rs}"], "refusing to overwrite an input"),
     (["{q}", "--out", "x.html"], "is not an embeval result file"),

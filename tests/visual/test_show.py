@@ -145,6 +145,7 @@ def _sample_sets(tmp_path: Path) -> tuple[Path, Path]:
     return files[0], files[1]
 
 
+@pytest.mark.slow
 def test_show_on_real_sample_images_through_the_installed_command(tmp_path):
     q, g = _sample_sets(tmp_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -191,6 +192,7 @@ print(json.dumps({"code": code, "heavy": heavy}))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [["show", "--help"], ["convert", "--help"],
                                   ["show", "nope.safetensors", "g.safetensors", "--out", "o"]])
 def test_show_and_convert_check_arguments_before_loading_the_core(tmp_path, args):
