@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import resource
 import shutil
@@ -160,8 +161,9 @@ def test_a_fifo_is_written_into(files, tmp_path):
 def test_standard_output_for_pipelines(files, target):
     res = run("knn", files["q"], files["g"], "-k", "3", "--predictions", target, "--json")
     assert res.returncode == 0, res.stderr
-    rows = list(csv.reader(io.StringIO(res.stdout.split("{", 1)[0])))
+    rows = list(csv.reader(io.StringIO(res.stdout)))  # the CSV alone: the JSON went to stderr
     assert rows[0] == ["index", "label", "prediction", "correct"] and len(rows) == 31
+    assert json.loads(res.stderr.strip().splitlines()[-1])["command"] == "knn"
 
 
 # ---- the process: umask, file-size limit ------------------------------------------------------
