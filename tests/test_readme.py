@@ -115,6 +115,11 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
                           "--shard", f"{i}/4", "--out-part", str(ws / f"cmc.part-{i}-of-4.safetensors")])
         assert rc == 0
     assert q.dim == g.dim
+    # `torchrun` of this interpreter (a torchrun elsewhere on PATH may not see embeval)
+    shim = ws / ".bin" / "torchrun"
+    shim.parent.mkdir()
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m torch.distributed.run "$@"\n')
+    shim.chmod(0o755)
     return ws
 
 
@@ -128,10 +133,12 @@ def _in_process(args: list[str]) -> int:
     return 0
 
 
-def _env() -> dict[str, str]:
-    """This interpreter's scripts first on PATH (the installed ``embeval``, ``torchrun``)."""
+def _env(cwd: Path) -> dict[str, str]:
+    """This interpreter's scripts first on PATH (the installed ``embeval``; ``torchrun``: the
+    workspace's shim running this interpreter's ``torch.distributed.run``)."""
     env = dict(os.environ)
-    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    env["PATH"] = os.pathsep.join([str(cwd / ".bin"), os.path.dirname(sys.executable),
+                                   env.get("PATH", "")])
     return env
 
 
@@ -155,7 +162,7 @@ def _shell(command: str, cwd: Path) -> subprocess.CompletedProcess:
         if key in command:
             print(f"skipped ({why}): {command}")
             return subprocess.CompletedProcess(command, 0, "", "")
-    return subprocess.run(["bash", "-o", "pipefail", "-c", command], cwd=cwd, env=_env(),
+    return subprocess.run(["bash", "-o", "pipefail", "-c", command], cwd=cwd, env=_env(cwd),
                           capture_output=True, text=True, timeout=1800)
 
 

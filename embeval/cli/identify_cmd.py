@@ -59,12 +59,12 @@ def render_identification(job, ident, as_json: bool, provenance: dict, ci=None) 
     ``IdentifyResult``; ``ci``: its intervals or None)."""
     from .report import render
 
+    omitted = getattr(ident, "omitted", {})
+    # an omitted row stays, n/a, and the note says why (null in the JSON, with "omitted")
     note = (f"{ident.n_query} queries ({ident.n_mated} mated, {ident.n_nonmated} non-mated) × "
             f"{ident.n_gallery} gallery items · TPIR/rank over mated queries, FPIR over "
-            f"non-mated · {ident.elapsed_s:.2f}s")
-    omitted = getattr(ident, "omitted", {})
-    if omitted:  # the row stays, empty, and says why (null in the JSON, with "omitted")
-        note += "".join(f" · {key}: n/a, {why}" for key, why in omitted.items())
+            f"non-mated" + "".join(f" · {key}: n/a, {why}" for key, why in omitted.items())
+            + f" · {ident.elapsed_s:.2f}s")
     keys = []
     for f in job.extra["fpirs"]:
         head = f"TPIR@FPIR={f:g}"
