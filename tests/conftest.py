@@ -1,8 +1,10 @@
 """Shared fixtures, and hypothesis profiles: random exploration locally, a fixed seed in CI.
 
-CI exports ``HYPOTHESIS_PROFILE=ci`` so that a red run is reproducible from its log and
-main stays green for reasons in the code, not in the draw; local runs keep exploring
-new examples (and remember failures in ``.hypothesis/``).
+CI exports ``HYPOTHESIS_PROFILE=ci`` (then ``ci-full`` for the slow run) so that a red run is
+reproducible from its log and main stays green for reasons in the code, not in the draw; local
+runs keep exploring new examples (and remember failures in ``.hypothesis/``). The default run
+(the README's ``python -m pytest -q``) gives each property test a few examples; ``-m slow`` selects
+the slow tests, and a ``full`` profile gives property tests their own budgets (``.ci/run``).
 
 Every test runs inside :func:`restore_globals`: whatever a test (or the code it calls) does
 to the process environment, the working directory, torch's thread count or the random
@@ -16,9 +18,15 @@ import random
 import numpy as np
 import pytest
 import torch
+from helpers.budget import FAST
 from hypothesis import settings
 
-settings.register_profile("ci", derandomize=True, print_blob=True)
+# "default"/"ci": the README's quick run, at most FAST examples per property test;
+# "full"/"ci-full": each test's own budget (helpers.budget.examples), CI's slow run
+settings.register_profile("default", max_examples=FAST)
+settings.register_profile("ci", derandomize=True, print_blob=True, max_examples=FAST)
+settings.register_profile("full")
+settings.register_profile("ci-full", derandomize=True, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 

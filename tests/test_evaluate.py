@@ -15,6 +15,7 @@ def sets():
     return q, gal
 
 
+@pytest.mark.slow
 def test_result_repr_is_one_short_line(sets):
     res = embeval.evaluate(*sets, ks=(1, 5), device="cpu")
     text = repr(res)

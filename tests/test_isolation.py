@@ -29,6 +29,7 @@ def test_b_sees_nothing_of_it():
 def test_state_a_test_leaks_is_restored(pytester, monkeypatch):
     monkeypatch.delenv("OPENBLAS_CORETYPE", raising=False)
     monkeypatch.setenv("HOME", "/nonexistent-home")
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))  # the conftest imports helpers.budget
     pytester.makeconftest((Path(__file__).parent / "conftest.py").read_text())
     body = LEAKY.replace("START_CWD", repr(str(pytester.path)))
     body = body.replace("START_THREADS", "THREADS").replace("START_RANDOM", "R0")

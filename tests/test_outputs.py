@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import resource
 import shutil
@@ -141,6 +142,7 @@ def test_a_full_device_fails_with_one_line_and_no_other_output(capsys, files, tm
     assert stat.S_ISCHR(full.stat().st_mode) and not other.exists()
 
 
+@pytest.mark.slow
 def test_a_fifo_is_written_into(files, tmp_path):
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
@@ -154,16 +156,19 @@ def test_a_fifo_is_written_into(files, tmp_path):
     assert got and got[0].startswith(b"index,label")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["-", "/dev/stdout"])
 def test_standard_output_for_pipelines(files, target):
     res = run("knn", files["q"], files["g"], "-k", "3", "--predictions", target, "--json")
     assert res.returncode == 0, res.stderr
-    rows = list(csv.reader(io.StringIO(res.stdout.split("{", 1)[0])))
+    rows = list(csv.reader(io.StringIO(res.stdout)))  # the CSV alone: the JSON went to stderr
     assert rows[0] == ["index", "label", "prediction", "correct"] and len(rows) == 31
+    assert json.loads(res.stderr.strip().splitlines()[-1])["command"] == "knn"
 
 
 # ---- the process: umask, file-size limit ------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
 def test_outputs_respect_the_umask(files, tmp_path, umask, mode):
     out = tmp_path / "pq.csv"
@@ -172,6 +177,7 @@ def test_outputs_respect_the_umask(files, tmp_path, umask, mode):
     assert stat.S_IMODE(out.stat().st_mode) == mode
 
 
+@pytest.mark.slow
 def test_a_full_disk_gives_one_line_and_no_output(files, tmp_path):
     """RLIMIT_FSIZE makes the large curves file fail (EFBIG) after the small CSV was written."""
     q = embeval.save(tmp_path / "q.safetensors", torch.randn(100, 4), torch.arange(100) % 5)

@@ -150,6 +150,7 @@ def assert_one_line_refusal(r: subprocess.CompletedProcess[str], named: Path, wh
     assert why in lines[0] and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
 def test_cli_refuses_a_crafted_pt2_and_never_runs_its_payload(case, images, tmp_path):
     marker = tmp_path / "pwned"
@@ -197,6 +198,7 @@ def test_a_legitimate_pt2_loads_and_gives_the_same_outputs(dynamic, tmp_path):
     torch.testing.assert_close(module(batch), tiny_net()(batch), rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_cli_extracts_with_a_legitimate_pt2(images, tmp_path):
     (tmp_path / "m.pt2").write_bytes(exported_bytes(dynamic=True))
     r = run_extract("m.pt2", "--query", str(images), "--gallery", str(images), "--out-dir", "out",

@@ -153,6 +153,10 @@ def main(argv: list[str] | None = None) -> None:
             raise
         rc = INTERRUPTED  # what a Ctrl-C broke is the interrupt, not a bug (numba, for one,
         # turns it into a RuntimeError when it arrives while compiling)
+    finally:
+        from ._app import stdout
+
+        stdout.file = None  # type: ignore[assignment]  # back to sys.stdout (results_off_stdout)
     if rc == INTERRUPTED and interrupted.seen:  # Typer turns Ctrl-C into a silent exit code 130
         print(f"{prog}: interrupted", file=sys.stderr)
     if rc == BROKEN_PIPE:  # the reader is gone: nothing to say, and no one to say it to

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Annotated
 
@@ -49,6 +50,24 @@ stdout = Console(soft_wrap=True)
 stderr = Console(stderr=True)
 
 
+def _is_stdout(path: object) -> bool:
+    """``-``, ``/dev/stdout`` or any name of the file that standard output is."""
+    if str(path) == "-":
+        return True
+    try:
+        return os.path.samestat(os.stat(str(path)), os.fstat(sys.stdout.fileno()))
+    except (OSError, ValueError, AttributeError):  # a new file, or stdout without a descriptor
+        return False
+
+
+def results_off_stdout(outputs: Iterable[object]) -> None:
+    """When one of ``outputs`` (paths, None: not given) is standard output, the command's table
+    or JSON goes to stderr (``--per-query - | sort ...`` reads only the CSV); :func:`main` puts
+    it back after the command."""
+    if any(p is not None and _is_stdout(p) for p in outputs):
+        stdout.file = sys.stderr
+
+
 def interactive() -> bool:
     """True when stderr is a terminal: only then do progress bars and notes appear."""
     return sys.stderr.isatty()
@@ -65,4 +84,21 @@ def progress_bar(description: str, unit: str = "",
                MofNCompleteColumn(), TextColumn(unit), TimeElapsedColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=stderr, transient=True) as bar:
         task = bar.add_task(description, total=None)
-        yield lambda done, total: bar.update(task, completed=done, total=total)
+        yield _Update(lambda **kw: bar.update(task, **kw), description)
+
+
+class _Update:
+    """``update(done, total)``, and ``update.stage(text)``: a stage shown in place of the
+    description until the next update (the engine's "compiling kernels (once)")."""
+
+    def __init__(self, set_task: Callable[..., None], description: str) -> None:
+        self._set, self._description, self._staged = set_task, description, False
+
+    def __call__(self, done: int, total: int) -> None:
+        extra = {"description": self._description} if self._staged else {}
+        self._staged = False
+        self._set(completed=done, total=total, **extra)
+
+    def stage(self, text: str) -> None:
+        self._staged = True
+        self._set(description=text)

@@ -35,7 +35,7 @@ from embeval.options import (
 )
 from embeval.rerank.options import QeMethod, RerankMethod, RerankOptions
 
-from ._app import app
+from ._app import app, results_off_stdout
 
 QueryArg = Annotated[Path, typer.Argument(
     metavar="QUERY", help="Query embeddings (.safetensors).", show_default=False)]
@@ -201,7 +201,8 @@ _FIELDS = {f.name for f in dataclasses.fields(EvalOptions)}
 
 
 def metric_command(epilog: str, *, ranked: bool = True, reports_map: bool = False,
-                   reranks: bool = False) -> Callable[[Callable[..., None]], Callable[..., None]]:
+                   reranks: bool = False, without: tuple[str, ...] = ()
+                   ) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Register ``fn(query, gallery, <its own options>, *, options, json, shard, out_part)`` as a
     command whose evaluation flags are written once, here (:data:`SHARED`, and :data:`RANKED`
     when ``ranked``: ``fn`` then also takes ``relevance``; :data:`MAP` when ``reports_map``):
@@ -210,9 +211,11 @@ def metric_command(epilog: str, *, ranked: bool = True, reports_map: bool = Fals
     EvalOptions default then): ``fn`` may take ``unset``, the names of those not given.
     :data:`INTERVALS`: ``fn`` takes ``intervals`` (an :class:`IntervalOptions`, None without
     --ci) and ``save_result``. ``reranks``: also the :data:`RERANK` flags, given to ``fn`` as
-    one ``rerank`` (:class:`RerankOptions`, None when none is asked)."""
+    one ``rerank`` (:class:`RerankOptions`, None when none is asked). ``without``: shared
+    flags the command does not accept (not offered; the EvalOptions default applies)."""
     flags = {**SHARED, **INTERVALS, **(RANKED if ranked else {}), **(MAP if reports_map else {}),
              **(RERANK if reranks else {})}
+    flags = {k: v for k, v in flags.items() if k not in without}
 
     def register(fn: Callable[..., None]) -> Callable[..., None]:
         params = inspect.signature(fn, eval_str=True).parameters
@@ -305,8 +308,10 @@ def _execute(command: str, query: Path, gallery: list[Path], options: EvalOption
 
     from .report import cli_hooks, render_job
 
+    outputs = {**(outputs or {}), "--save-result": save_result}
+    results_off_stdout(outputs.values())  # an output on stdout: the table goes to stderr
     done = run_job(Job(command, query, gallery, options, default_ks(ks, gallery),
-                       outputs={**(outputs or {}), "--save-result": save_result}, **job),
+                       outputs=outputs, **job),
                    shard=shard, out_part=out_part, hooks=cli_hooks())
     if done is not None:  # None: a --shard run, or a torchrun rank other than 0
         render_job(done)
@@ -333,7 +338,7 @@ def cmc(query: QueryArg, gallery: GalleryArg, ks: KsOpt = None,
                  "query,gallery,kind rows (kind: easy, hard, junk); --ap trapezoid unless given.")
         ] = None,
         plot: Annotated[Path | None, file_option(
-            "PNG or SVG of the CMC curve, rank 1 to the largest -k (needs matplotlib).",
+            "PNG, SVG or PDF (by the suffix) of the CMC curve, rank 1 to the largest -k.",
             "--plot")] = None,
         *, options: EvalOptions, json: bool, shard: str | None, out_part: Path | None,
         relevance: Path | None, intervals: IntervalOptions | None, save_result: Path | None,
@@ -429,7 +434,7 @@ def pr(query: QueryArg, gallery: GalleryArg,
        curves: Annotated[Path | None, file_option(
            "Per-query PR points (.safetensors, values + offsets).", "--curves")] = None,
        plot: Annotated[Path | None, file_option(
-           "PNG of the mean interpolated PR curve (needs matplotlib).", "--plot")] = None,
+           "PNG, SVG or PDF (by the suffix) of the mean interpolated PR curve.", "--plot")] = None,
        per_query: Annotated[Path | None, file_option(
            "CSV, one row per query: ranks, AP, max F1.", "--per-query")] = None,
        *, options: EvalOptions, json: bool, shard: str | None, out_part: Path | None,

@@ -12,7 +12,6 @@ from typing import Annotated, Literal
 
 import typer
 
-from embeval.errors import OptionError
 from embeval.options import EvalOptions, IntervalOptions
 
 from .evaluate_cmds import GalleryArg, KsOpt, QueryArg, _execute, examples, metric_command, rates
@@ -25,7 +24,7 @@ IDENTIFY_EXAMPLES = examples(
     "embeval identify probes.safetensors gallery.safetensors --fpir-rule insightface --json")
 
 
-@metric_command(IDENTIFY_EXAMPLES)
+@metric_command(IDENTIFY_EXAMPLES, without=("no_positive",))
 def identify(query: QueryArg, gallery: GalleryArg, ks: KsOpt = None,
              fpir: Annotated[list[float] | None, typer.Option(
                  "--fpir", metavar="F...",
@@ -40,9 +39,6 @@ def identify(query: QueryArg, gallery: GalleryArg, ks: KsOpt = None,
              save_result: Path | None) -> None:
     """Open-set identification: TPIR@FPIR at rank 1 and -k, thresholds, closed-set rank-k."""
     fpirs = rates(fpir, DEFAULT_FPIRS, "--fpir")
-    if options.no_positive != "skip":
-        raise OptionError("--no-positive: identify ranks mated queries only (the others are "
-                          "its non-mated searches)")
     _execute("identify", query, gallery, options, ks, shard, out_part,
              extra={"fpirs": fpirs, "fpir_rule": fpir_rule}, as_json=json, relevance=relevance,
              intervals=intervals, save_result=save_result)

@@ -11,7 +11,7 @@ import typer
 from embeval.errors import InputFileError, OptionError
 from embeval.outputs import check_outputs
 
-from ._app import app
+from ._app import app, results_off_stdout
 from .evaluate_cmds import (
     BootstrapOpt,
     CiByOpt,
@@ -80,6 +80,7 @@ def merge(
             raise OptionError(f"{option}: not an output of `embeval {command}` (the parts' command); "
                               f"it writes {', '.join(OUTPUTS[command])}")
     inputs = merged.job["inputs"]
+    results_off_stdout(given.values())
     check_outputs(given, inputs=[*part_files, *(f["file"] for f in inputs["query"] + inputs["gallery"])])
     if plot:
         require_matplotlib()

@@ -44,7 +44,7 @@ def payload(command: str, result: EvalResult, ks: list[int], extra: dict | None 
     """The ``--json`` object of DESIGN.md section 5 (NaN → null); ``keys``: the metrics shown
     (default: the command's :data:`KEYS`); ``ci``: intervals, as ``"ci"`` (metric → [lo, hi])
     and their options in ``"options"``."""
-    metrics = {k: _clean(result.metrics[k]) for k in (keys or KEYS[command](ks))}
+    metrics = {k: _clean(result.metrics.get(k)) for k in (keys or KEYS[command](ks))}
     out = {"command": command, "metric": result.stats.metric, "n_query": result.n_query,
            "n_gallery": result.n_gallery}
     if hasattr(result, "n_valid"):
@@ -83,6 +83,20 @@ def ci_note(ci: Intervals, keys: list[str]) -> str:
                       [f"no interval: {why}" for why in missing])
 
 
+def reranked(settings: dict) -> str:
+    """The title's words for a ``rerank`` object (RerankOptions.to_dict): what changed the ranking."""
+    parts = []
+    if "method" in settings:
+        parts.append(f"{settings['method']} k1={settings['k1']} k2={settings['k2']} "
+                     f"lambda={settings['lambda']:g}")
+    if "dba" in settings:
+        parts.append(f"DBA k={settings['dba']}")
+    if "qe" in settings:
+        parts.append(f"QE {settings['qe']} k={settings['qe_k']}"
+                     + (f" alpha={settings['qe_alpha']:g}" if "qe_alpha" in settings else ""))
+    return "re-ranked (" + ", ".join(parts) + ")"
+
+
 def render(command: str, result: EvalResult, ks: list[int], *, as_json: bool,
            extra: dict | None = None, keys: list[str] | None = None,
            note: str | None = None, ci: Intervals | None = None) -> None:
@@ -90,7 +104,7 @@ def render(command: str, result: EvalResult, ks: list[int], *, as_json: bool,
     ``ci``: intervals shown beside the values)."""
     data = payload(command, result, ks, extra, keys, ci)
     if as_json:
-        print(json.dumps(data))
+        print(json.dumps(data), file=stdout.file)
         return
     opts = result.options
     protocol = [name for name in ("exclude_same_camera", "exclude_self") if opts.get(name)]
@@ -101,6 +115,7 @@ def render(command: str, result: EvalResult, ks: list[int], *, as_json: bool,
              + (f" · --fpir-rule {extra['fpir_rule']}" if extra and extra.get("fpir_rule")
                 not in (None, "embeval") else "")
              + (f" · {', '.join(protocol)}" if protocol else "")
+             + (f" · {reranked(extra['rerank'])}" if extra and extra.get("rerank") else "")
              + (f" · {opts['precision']} (approximate)" if data["approximate"] else ""))
     table = Table(title=title, title_justify="left", show_edge=False)
     table.add_column("metric")
@@ -159,9 +174,18 @@ def render_identification(job: Any, ident: Any, as_json: bool, provenance: dict,
                           ci: Any = None) -> None:
     """Print an identification result (``job``: its :class:`~embeval.jobs.Job`; ``ident``: its
     ``IdentifyResult``; ``ci``: its intervals or None)."""
+    omitted = getattr(ident, "omitted", {})
+    # an omitted row stays, n/a, and the note says why (null in the JSON, with "omitted")
     note = (f"{ident.n_query} queries ({ident.n_mated} mated, {ident.n_nonmated} non-mated) × "
             f"{ident.n_gallery} gallery items · TPIR/rank over mated queries, FPIR over "
-            f"non-mated · {ident.elapsed_s:.2f}s")
+            f"non-mated" + "".join(f" · {key}: n/a, {why}" for key, why in omitted.items())
+            + f" · {ident.elapsed_s:.2f}s")
+    keys: list[str] = []
+    for f in job.extra["fpirs"]:
+        head = f"TPIR@FPIR={f:g}"
+        keys += [head] if head in omitted else [k for k in ident.metrics if k == head or k.startswith(
+            (head + ",", f"threshold@FPIR={f:g}"))]
+    keys += [k for k in ident.metrics if k not in keys]
     render("identify", ident, job.ks, as_json=as_json,
-           extra={"fpir_rule": job.extra["fpir_rule"], **provenance}, keys=list(ident.metrics),
-           note=note, ci=ci)
+           extra={"fpir_rule": job.extra["fpir_rule"], **provenance,
+                  **({"omitted": omitted} if omitted else {})}, keys=keys, note=note, ci=ci)

@@ -7,6 +7,7 @@ ranked first: no Q × G matrix) and :mod:`embeval.visual.ranked` (the images).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -100,6 +101,8 @@ def _run(query: Path, gallery: list[Path], out: Path, options: EvalOptions, *, w
     rankings = query_rankings(q, g, picked, top=min(top, g.n), options=options)
     paths = {"query": item_image_paths(q, images_root), "gallery": item_image_paths(g, images_root)}
 
+    _check_images(rankings, paths, images_root, [q, g])
+
     def image_of(which: str, index: int) -> Path | None:
         found = paths[which]
         return found[index] if found is not None else None
@@ -121,10 +124,12 @@ def _run(query: Path, gallery: list[Path], out: Path, options: EvalOptions, *, w
             with atomic_path(target, member=True) as tmp:
                 image.save(tmp, format="PNG", optimize=True)
             lines.append(f"query {r.index}\tAP {r.ap:.4f}\t-> {target}")
-        what = (f"{len(picked)} worst queries by AP" if worst is not None else
-                f"{len(picked)} best queries by AP" if best is not None else
-                f"queries {', '.join(map(str, picked))}")
-        sheet = contact_sheet(rows, title=f"{what} · {query.name} vs {gallery[0].name} "
+        n = len(picked)
+        queries = "query" if n == 1 else "queries"
+        what = (f"{n} worst {queries} by AP" if worst is not None else
+                f"{n} best {queries} by AP" if best is not None else
+                f"{queries} {', '.join(map(str, picked))}")
+        sheet = contact_sheet(rows, title=f"{what}  ·  {query.name} vs {gallery[0].name} "
                                           f"({options.metric})")
         with atomic_path(out / SHEET, member=True) as tmp:
             sheet.save(tmp, format="PNG", optimize=True)
@@ -135,3 +140,38 @@ def _run(query: Path, gallery: list[Path], out: Path, options: EvalOptions, *, w
 
         stderr.print("embeval show: note: the files record no item paths: every image is a "
                      "placeholder", highlight=False, soft_wrap=True)
+
+
+def _check_images(rankings: list, paths: dict[str, list[Path] | None], images_root: Path | None,
+                  sets: list) -> None:
+    """Say how many of the images to show are missing and where they were looked for (stderr);
+    refuse (exit 2) when none is found: a wrong ``--images-root`` (or moved images)."""
+    wanted = []
+    for r in rankings:
+        if paths["query"] is not None:
+            wanted.append(paths["query"][r.index])
+        if paths["gallery"] is not None:
+            wanted += [paths["gallery"][item.index] for item in r.items]
+    if not wanted:
+        return
+    missing = [p for p in wanted if not p.is_file()]
+    if not missing:
+        return
+    from ._app import stderr
+
+    if images_root is not None:
+        where = f"under --images-root {images_root}"
+    else:
+        sources = sorted({str(part.metadata.get("source", "")) for s in sets
+                          for part in getattr(s, "parts", [s])})
+        if not any(os.path.isdir(x) for x in sources):  # nowhere to look: as without paths
+            stderr.print(f"embeval show: note: the files' source ({', '.join(sources)}) is not a "
+                         "folder: every image is a placeholder (give --images-root DIR)",
+                         highlight=False, soft_wrap=True)
+            return
+        where = "under the files' source " + ", ".join(sources) + " (or give --images-root DIR)"
+    if len(missing) == len(wanted):
+        raise OptionError(f"--images-root: none of the {len(wanted)} images to show was found {where}, "
+                          f"e.g. {missing[0]}")
+    stderr.print(f"embeval show: warning: {len(missing)} of {len(wanted)} images not found {where} "
+                 f"(placeholders), e.g. {missing[0]}", highlight=False, soft_wrap=True)

@@ -136,6 +136,9 @@ def train_cmd(
     tensorboard: Annotated[bool | None, _opt(  # "\\[": a bracket, not Rich markup
         None, "Log scalars and a projector of gallery embeddings to RUN/tensorboard "
         "(pip install 'embeval\\[tensorboard]').", "--tensorboard")] = None,
+    projector_samples: Annotated[int | None, _opt(
+        "N", f"--tensorboard: gallery embeddings in each epoch's projector view (default "
+        f"{D.projector_samples}).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Train an embedding network, evaluating it like [bold]cmc[/] after every epoch:
@@ -151,7 +154,8 @@ def train_cmd(
                warmup_epochs=warmup_epochs, grad_clip=grad_clip, precision=precision, seed=seed,
                device=device, workers=workers, metric=metric, ks=ks or None,
                exclude_same_camera=exclude_same_camera, aggregate=aggregate, no_positive=no_positive,
-               best_metric=best_metric, eval_batch_size=eval_batch_size, tensorboard=tensorboard)
+               best_metric=best_metric, eval_batch_size=eval_batch_size, tensorboard=tensorboard,
+               projector_samples=projector_samples)
     cli = {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)  # type: ignore[arg-type]
            for k, v in cli.items()}
     if resume is not None:

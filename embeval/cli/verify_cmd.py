@@ -35,7 +35,7 @@ VERIFY_EXAMPLES = examples(
     "--far-rule nearest --roc roc.csv --plot roc.png")
 
 
-@metric_command(VERIFY_EXAMPLES, ranked=False)
+@metric_command(VERIFY_EXAMPLES, ranked=False, without=("aggregate", "no_positive"))
 def verify(query: QueryArg, gallery: GalleryArg,
            far: Annotated[list[float] | None, typer.Option(
                "--far", metavar="F...",
@@ -59,7 +59,7 @@ def verify(query: QueryArg, gallery: GalleryArg,
            roc: Annotated[Path | None, file_option(
                "CSV of ROC points (fpr, tpr, threshold), at most ~2000.", "--roc")] = None,
            plot: Annotated[Path | None, file_option(
-               "PNG: ROC, DET and the score histograms (needs matplotlib).", "--plot")] = None,
+               "PNG, SVG or PDF (by the suffix): ROC, DET and the score histograms.", "--plot")] = None,
            *, options: EvalOptions, json: bool, shard: str | None,
            out_part: Path | None, intervals: IntervalOptions | None,
            save_result: Path | None) -> None:
@@ -67,8 +67,6 @@ def verify(query: QueryArg, gallery: GalleryArg,
     from embeval._launch import requested
 
     fars = rates(far, (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1), "--far")
-    if options.no_positive != "skip":
-        raise OptionError("--no-positive: verify counts trials, not queries")
     if folds is not None and pairs is None:
         raise OptionError("--folds: the LFW protocol splits listed pairs: give --pairs too")
     if pairs is not None and (options.exclude_self or options.exclude_same_camera):
@@ -141,8 +139,9 @@ def _whole(job, pairs: Path | None, folds: int | None) -> None:  # noqa: ANN001
     from embeval.outputs import check_outputs
     from embeval.verification.verify import verify as run_verify
 
-    from ._app import progress_bar
+    from ._app import progress_bar, results_off_stdout
 
+    results_off_stdout(job.outputs.values())
     check_outputs(job.outputs, inputs=[job.query, *expand_paths(job.gallery),
                                        *([pairs] if pairs else [])])
     q, g = _load(job, listed=pairs is not None)
@@ -197,9 +196,10 @@ def _torchrun(job) -> None:  # noqa: ANN001
     from embeval.outputs import check_outputs
     from embeval.verification.verify import summarize_verification, verification_stats
 
-    from ._app import stderr
+    from ._app import results_off_stdout, stderr
 
     if distributed.is_leader():
+        results_off_stdout(job.outputs.values())
         check_outputs(job.outputs, inputs=[job.query, *expand_paths(job.gallery)])
     t0 = time.perf_counter()
     q, g = _load(job)

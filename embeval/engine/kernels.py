@@ -36,6 +36,8 @@ per-score work at all (the tile width less the masked columns).
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 try:
@@ -331,6 +333,16 @@ def _merge_topk(av, ai, bv, bi):
                 y += 1
         av[r, :] = ov
         ai[r, :] = oi
+
+
+def pending() -> bool:
+    """True when the next compiled pass will compile its kernels first (seconds, once): the tile
+    kernel is neither compiled in this process nor in numba's on-disk cache. False when unsure."""
+    if not AVAILABLE or tile_pass.signatures:
+        return False
+    # numba's cache index (internal: were it to move, no one is told and nothing breaks)
+    index = getattr(getattr(getattr(tile_pass, "_cache", None), "_cache_file", None), "_index_path", None)
+    return isinstance(index, str) and not os.path.exists(index)
 
 
 if AVAILABLE:

@@ -133,6 +133,12 @@ def rank_stats(
     else:
         qid, gid = positive_pairs(query.labels, gallery.labels, query.cameras, gallery.cameras,
                                   protocol)
+    stage = getattr(progress, "stage", None)  # a progress display that can show a stage's name
+    if backend == "numba" and stage is not None:
+        from embeval.engine import kernels
+
+        if kernels.pending():
+            stage("compiling kernels (once)")
     pos, gmax, g_row = _positive_scores(qemb, qa, gallery, ga, qid, gid, metric, rows,
                                         compiled=backend == "numba")
     check_norms(query, qnorm, gallery, gmax, g_row, metric=metric, precision=precision)

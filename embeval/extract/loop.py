@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from safetensors import SafetensorError
@@ -223,7 +224,8 @@ def _runner(model: LoadedModel, device: torch.device, o: ExtractOptions) -> Batc
     """The shared forward pass (:class:`BatchRunner`), set up as ``embeval extract`` runs it."""
     module = model.module.to(device)
     with contextlib.suppress(Exception):  # some compiled archives refuse a layout change
-        module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        # through Any: torch's stubs for Module.to(memory_format=...) differ between releases
+        module = cast(Any, module).to(memory_format=torch.channels_last)
     return BatchRunner(module, device, o.precision, label=f"MODEL {model.name}", flip=o.flip,
                        normalize=o.normalize, channels_last=True, inference=True,
                        oom_hint="; lower batch_size",

@@ -255,12 +255,18 @@ def _score_topn(job: Job, q: EmbeddingSet, g: EmbeddingSet) -> int | None:
 
 
 def _item_paths(s: EmbeddingSet) -> list[str] | None:
-    """The items' paths when the file records them, joined to each file's ``source`` folder
-    (as extract wrote them: openable from where extract ran)."""
+    """The items' paths when the file records them, joined to each file's ``source`` when that is
+    a folder (as extract wrote it: openable from where extract ran); a ``source`` that is not a
+    folder (``sklearn.datasets.load_digits (query split)``, a moved image set) is not joined."""
     parts = getattr(s, "parts", [s])
     if any(p.paths is None for p in parts):
         return None
-    return [os.path.join(p.metadata.get("source", ""), x) for p in parts for x in p.paths]
+    out = []
+    for p in parts:
+        source = p.metadata.get("source", "")
+        base = source if source and os.path.isdir(source) else ""
+        out += [os.path.join(base, x) for x in p.paths]
+    return out
 
 
 def _query_paths(job: Job) -> list[str] | None:

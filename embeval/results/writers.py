@@ -63,6 +63,8 @@ _PER_QUERY = ("n_pos", "first_rank", "last_rank", "ap", "hard_pos", "hard_neg", 
 def write_predictions(path: str | os.PathLike[str], result: EvalResult,
                       paths: Sequence[str] | None = None) -> None:
     """CSV, one row per query: index, (path,) label, prediction, correct (0/1)."""
+    if "knn_pred" not in result.per_query:
+        raise OptionError("result: has no k-NN predictions (evaluate(..., knn_k=K))", param="result")
     pred = result.per_query["knn_pred"].tolist()
     with _csv(path, _header(["label", "prediction", "correct"], paths)) as write:
         for i, (lab, p) in enumerate(zip(result.stats.query_labels.tolist(), pred)):
@@ -90,7 +92,7 @@ def write_curves(path: str | os.PathLike[str], result: EvalResult) -> None:
     """Safetensors: ``precision``, ``recall`` [M] float64, ``threshold`` [M] float32 and
     ``offsets`` [Q+1] int64 (query i's points are ``[offsets[i]:offsets[i+1]]``)."""
     if result.pr_curves is None:
-        raise OptionError("PR curves were not computed (evaluate(..., pr=True))")
+        raise OptionError("result: PR curves were not computed (evaluate(..., pr=True))", param="result")
     precision, recall, threshold, offsets = result.pr_curves
     tensors = {"precision": precision.contiguous(), "recall": recall.contiguous(),
                "threshold": threshold.contiguous(), "offsets": offsets.contiguous(),

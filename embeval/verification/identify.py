@@ -49,7 +49,8 @@ from embeval.options import EvalOptions
 
 __all__ = [
     "summarize_identification", "FPIR_RULES", "DEFAULT_FPIRS", "IdentifyResult", "OpenSetScores",
-    "open_set_scores", "check_fpirs", "accepted_nonmated", "identification_metrics", "identify",
+    "open_set_scores", "check_fpirs", "omitted_fpirs", "accepted_nonmated", "identification_metrics",
+    "identify",
 ]
 
 FPIR_RULES = ("embeval", "insightface")
@@ -111,6 +112,23 @@ def _cut_index(f: float, n: int, rule: str) -> int | None:
     return m if m > 0 else None
 
 
+def omitted_fpirs(fpirs: Sequence[float], n_nonmated: int, rule: str = "embeval") -> dict[str, str]:
+    """``{"TPIR@FPIR=f": why}`` for each FPIR target that has no threshold: with N non-mated
+    queries, the "embeval" rule needs one accepted non-mated query (1 / N <= f, N >= 1/f)."""
+    out = {}
+    for f in check_fpirs(fpirs):
+        if _cut_index(f, n_nonmated, rule) is not None:
+            continue
+        if n_nonmated == 0:
+            why = "no non-mated queries"
+        else:
+            need = next(n for n in range(max(math.floor(1 / f) - 1, 1), 2**62)
+                        if accepted_nonmated(f, n) > 0)
+            why = f"too few non-mated queries for FPIR {f:g}: {n_nonmated}, it needs at least {need}"
+        out[f"TPIR@FPIR={f:g}"] = why
+    return out
+
+
 def identification_metrics(stats: RankStats, *, fpirs: Sequence[float] = DEFAULT_FPIRS,
                            ks: Sequence[int] = (1,), rule: str = "embeval") -> dict[str, Any]:
     """TPIR@FPIR (ranks 1 and ``ks``), thresholds, closed-set rank-k and counts (module doc).
@@ -159,6 +177,8 @@ class IdentifyResult:
     stats: RankStats
     options: dict[str, object] = field(default_factory=dict)
     elapsed_s: float = 0.0
+    #: FPIR targets left out of ``metrics`` (:func:`omitted_fpirs`): ``{"TPIR@FPIR=f": why}``
+    omitted: dict[str, str] = field(default_factory=dict)
 
     @property
     def n_valid(self) -> int:
@@ -210,4 +230,5 @@ def summarize_identification(stats: RankStats, options: dict[str, object], *,
     options_out["fpir_rule"] = fpir_rule
     return IdentifyResult(values, stats.n_query, stats.n_gallery, values["n_mated"],
                           values["n_nonmated"], stats, options_out,
-                          time.perf_counter() - t0 if t0 is not None else 0.0)
+                          time.perf_counter() - t0 if t0 is not None else 0.0,
+                          omitted_fpirs(fpirs, values["n_nonmated"], fpir_rule))

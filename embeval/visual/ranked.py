@@ -42,7 +42,7 @@ MAX_PIXELS = 40_000_000
 class Geometry:
     """Layout of one ranked row (pixels): ``tile`` square images inside a ``frame``-wide
     border, ``caption`` pixels of text under each, ``gap`` between the query and the results,
-    ``pad`` around tiles, ``header`` pixels of title above the row."""
+    ``pad`` around tiles, ``header`` pixels of title above the row, text of ``font`` pixels."""
 
     tile: int = 96
     frame: int = 5
@@ -50,6 +50,7 @@ class Geometry:
     gap: int = 18
     pad: int = 6
     header: int = 18
+    font: int = 11
 
     @property
     def cell(self) -> int:
@@ -180,14 +181,15 @@ def ranked_image(ranking: QueryRanking, image_of: Callable[[str, int], Path | No
     g = geometry
     im = Image.new("RGB", g.size(len(ranking.items)), BACKGROUND)
     draw = ImageDraw.Draw(im)
-    font = _font()
+    font = _font(g.font)
 
     def name(label: int) -> str:
         return label_names[label] if label_names and 0 <= label < len(label_names) else str(label)
 
     ap = "n/a (no positive)" if ranking.ap != ranking.ap else f"{ranking.ap:.3f}"
-    first = "" if ranking.first_rank == float("inf") else f" · first hit at rank {int(ranking.first_rank)}"
-    draw.text((g.pad, 3), f"query {ranking.index} · label {name(ranking.label)} · AP {ap}{first}",
+    dot = "  ·  "  # the default font's spaces are narrow: two a side
+    first = "" if ranking.first_rank == float("inf") else f"{dot}first hit at rank {int(ranking.first_rank)}"
+    draw.text((g.pad, 3), f"query {ranking.index}{dot}label {name(ranking.label)}{dot}AP {ap}{first}",
               fill=TEXT, font=font)
     _tile(im, draw, g, 0, image_of("query", ranking.index), QUERY_COLOR,
           [f"query {ranking.index}", f"label {name(ranking.label)}"], font)
@@ -205,7 +207,7 @@ def _tile(im: Image.Image, draw: ImageDraw.ImageDraw, g: Geometry, i: int, path:
     tile, _ = load_tile(path, g.tile)
     im.paste(tile, (left + g.frame, top + g.frame))
     for line, text in enumerate(caption):
-        draw.text((left, bottom + 2 + 12 * line), text, fill=TEXT, font=font)
+        draw.text((left, bottom + 2 + (g.font + 1) * line), text, fill=TEXT, font=font)
 
 
 def contact_sheet(rows: Sequence[Image.Image], *, title: str = "", pad: int = 4) -> Image.Image:

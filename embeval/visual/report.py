@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from embeval import __version__
@@ -105,9 +106,26 @@ def _metrics_section(saved: SavedResult) -> str:
             f"<p class='note'>{note}</p>")
 
 
+#: options that do not shape a command's result (not shown in its report)
+NOT_APPLICABLE = {"verify": {"ks", "knn_k", "pr", "ap"}, "identify": {"knn_k", "pr"}}
+
+
+def _plain(v: object) -> str:
+    """An option's value as text: strings as they are, lists space-separated, yes/no."""
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, (list, tuple)):
+        return " ".join(_plain(x) for x in v)
+    if isinstance(v, dict):
+        return json.dumps(v)
+    return str(v)
+
+
 def _options_section(saved: SavedResult) -> str:
-    opts = "".join(f"<tr><th>{_e(k)}</th><td>{_e(json.dumps(v))}</td></tr>"
-                   for k, v in {**saved.options, **saved.extra}.items())
+    skip = NOT_APPLICABLE.get(saved.command, set())
+    opts = "".join(f"<tr><th>{_e(k)}</th><td>{_e(_plain(v))}</td></tr>"
+                   for k, v in {**saved.options, **saved.extra}.items()
+                   if v is not None and k not in skip)
     files = []
     for role, entries in saved.inputs.items():
         if not isinstance(entries, list):
@@ -127,7 +145,9 @@ def _options_section(saved: SavedResult) -> str:
             f"<tbody>{''.join(files)}</tbody></table>{extra}")
 
 
-def _plots_section(saved: SavedResult, pr_curves: Any, max_rank: int) -> str:
+def _plots_section(saved: SavedResult, pr_curves: Any, max_rank: int) -> tuple[str, bool]:
+    """The plots' HTML, and whether they are all wide (a verification result: the section then
+    takes the page's width, below the metrics)."""
     figures: list[tuple[str, str]] = []
     notes: list[str] = []
     wide: set[str] = set()
@@ -152,9 +172,26 @@ def _plots_section(saved: SavedResult, pr_curves: Any, max_rank: int) -> str:
             wide.add("score distributions")
         notes.append("ROC / DET: for verification results (<code>embeval verify ... "
                      "--save-result FILE</code>, then <code>embeval report FILE</code>).")
-    imgs = "".join(f"<figure><img class='plot{' wide' if t in wide else ''}' alt='{_e(t)}' "
+    wide_class = " class='wide'"
+    imgs = "".join(f"<figure{wide_class if t in wide else ''}><img class='plot' alt='{_e(t)}' "
                    f"src='{u}'><figcaption>{_e(t)}</figcaption></figure>" for t, u in figures)
-    return f"<div class='plots'>{imgs}</div>" + "".join(f"<p class='note'>{n}</p>" for n in notes)
+    all_wide = bool(figures) and all(t in wide for t, _ in figures)
+    return (f"<div class='plots'>{imgs}</div>" + "".join(f"<p class='note'>{n}</p>" for n in notes),
+            all_wide)
+
+
+def cmc_extent(saved: SavedResult) -> int:
+    """The CMC plot's last rank: the largest k asked (``-k``), else the rank where the curve
+    reaches 100% (at most 50), within the gallery."""
+    ks = saved.extra.get("ks")
+    if isinstance(ks, list) and ks:
+        return max(1, min(max(int(k) for k in ks), saved.n_gallery))
+    cap = max(1, min(saved.n_gallery, 50))
+    if "first_rank" not in saved.per_query or "n_pos" not in saved.per_query:
+        return cap
+    _, rate = cmc_from_saved(saved, cap)
+    full = np.flatnonzero(rate >= 1.0)
+    return int(full[0]) + 1 if len(full) else cap
 
 
 def _number(x: float) -> float | int | None:
@@ -242,7 +279,7 @@ def _thumbnails(saved: SavedResult, query: EmbeddingSet, gallery: EmbeddingSet, 
     for r in rankings:
         r.ap = float(ap[r.index])
         r.first_rank = float(first[r.index]) if first is not None else math.inf
-        im = ranked_image(r, image_of, geometry=Geometry(tile=72, caption=26),
+        im = ranked_image(r, image_of, geometry=Geometry(tile=88, caption=36, header=24, font=14),
                           label_names=gallery.label_names)
         uri = _image_uri(im)
         parts.append(f"<figure class='ranked'><img class='thumb' alt='query {r.index}' "
@@ -304,7 +341,8 @@ def report_html(saved: SavedResult, *, query: EmbeddingSet | None = None,
     ``query`` / ``gallery``: the embedding sets the result ranked (checked), for the worst
     queries' ranked thumbnails (``worst`` queries by AP, ``top`` results each) and the query
     paths in the table; ``pr_curves``: an ``EvalResult.pr_curves`` (``pr=True``) for the PR
-    curve; ``max_rank``: the CMC plot's last rank (default: the gallery size, at most 50);
+    curve; ``max_rank``: the CMC plot's last rank (default :func:`cmc_extent`: the largest
+    k asked, else where the curve reaches 100%, at most 50);
     ``options``: how the thumbnails' ranking runs (default: the result's metric and protocol,
     on the CPU); ``images_root``: as ``embeval show --images-root``.
     """
@@ -315,22 +353,26 @@ def report_html(saved: SavedResult, *, query: EmbeddingSet | None = None,
         raise OptionError("query, gallery: give both sets or neither", param=("query", "gallery"))
     if query is not None and gallery is not None:
         check_sets(saved, query, gallery)
-    k = max_rank if max_rank is not None else max(1, min(saved.n_gallery, 50))
+    k = max_rank if max_rank is not None else cmc_extent(saved)
     paths = query.paths if query is not None and query.paths is not None else None
     names = gallery.label_names if gallery is not None else None
     heading = title or f"embeval {saved.command} report"
+    plots, plots_wide = _plots_section(saved, pr_curves, k)
+    per_query = "ap" in saved.per_query  # a verification result has none: no empty sections
     sections = [
         _Section("Metrics", _metrics_section(saved), "metrics"),
-        _Section("Plots", _plots_section(saved, pr_curves, k), "plots"),
-        _Section("Worst queries", _worst_section(saved, query, gallery, worst, top, options,
-                                                 images_root), "worst"),
-        _Section("Per-query values", _table_section(saved, paths, names), "queries"),
+        _Section("Plots", plots, "plots"),
+        *([_Section("Worst queries", _worst_section(saved, query, gallery, worst, top, options,
+                                                    images_root), "worst"),
+           _Section("Per-query values", _table_section(saved, paths, names), "queries")]
+          if per_query else []),
         _Section("Options and inputs", _options_section(saved), "options"),
     ]
     nav = " · ".join(f"<a href='#{s.anchor}'>{_e(s.title)}</a>" for s in sections)
     html_of = [f"<section id='{s.anchor}'><h2>{_e(s.title)}</h2>{s.body}</section>"
                for s in sections]
-    body = f"<div class='top'>{html_of[0]}{html_of[1]}</div>" + "".join(html_of[2:])
+    body = ("".join(html_of) if plots_wide else  # wide figures: the page's width, below
+            f"<div class='top'>{html_of[0]}{html_of[1]}</div>" + "".join(html_of[2:]))
     source = f" · {_e(saved.path.name)}" if saved.path is not None else ""
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             f"<meta http-equiv='Content-Security-Policy' content=\"{_CSP}\">"
@@ -357,7 +399,7 @@ header{background:#24292e;color:#fff;padding:14px 24px}header h1{margin:0;font-s
 header .note{color:#d1d5da}nav a{color:#9ecbff;margin-right:4px}
 main{padding:8px 24px 40px}
 .top{display:flex;flex-wrap:wrap;gap:0 32px;align-items:flex-start}
-#metrics{flex:0 0 auto;max-width:470px}.top>#plots{flex:1 1 600px}
+#metrics{flex:0 0 auto;max-width:470px}.top>#plots{flex:1 1 700px;min-width:0}
 h2{border-bottom:1px solid #d1d5da;padding-bottom:4px;margin-top:28px}
 table{border-collapse:collapse;background:#fff}
 th,td{border:1px solid #e1e4e8;padding:3px 8px;text-align:right}
@@ -365,10 +407,11 @@ th{background:#f6f8fa;font-weight:600}table.kv th,table.files th,table.metrics t
 td.path{text-align:left;font-family:monospace;font-size:12px;word-break:break-all}
 .hash{font-family:monospace;font-size:11px;color:#586069}
 .note{color:#586069;font-size:13px}
-.plots{display:flex;flex-wrap:wrap;gap:12px}
+.plots{display:grid;grid-template-columns:repeat(auto-fill,minmax(340px,1fr));gap:12px;
+max-width:1100px}.plots figure{min-width:0}.plots figure.wide{grid-column:1/-1}
 figure{margin:0;background:#fff;border:1px solid #e1e4e8;padding:6px}
 figcaption{font-size:12px;color:#586069;text-align:center}
-img.plot{width:420px;max-width:100%;height:auto}img.plot.wide{width:860px}
+img.plot{width:100%;height:auto}figure.wide img.plot{max-width:1000px}
 figure.ranked{border:none;padding:0;margin:0 0 6px}
 table.per-query thead th{cursor:pointer;position:sticky;top:0;user-select:none}
 table.per-query th[data-sorted=asc]::after{content:' \\25B2'}

@@ -52,6 +52,7 @@ EXPECTED_KEYS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["score", "cmc", "pr", "knn"])
 def test_json_schema_matches_python_api(files: dict[str, Path], command: str) -> None:
     ks = {"knn": ["-k", "5"], "pr": []}.get(command, ["-k", "1", "5"])
@@ -81,6 +82,7 @@ def test_table_output_on_the_sample_data() -> None:
         assert word in res.stdout
 
 
+@pytest.mark.slow
 def test_result_files(files: dict[str, Path], tmp_path: Path) -> None:
     q, g = files["q"], files["g"]
     res = run("pr", q, g, "--curves", tmp_path / "c.safetensors", "--per-query", tmp_path / "pq.csv",
@@ -136,6 +138,7 @@ def write_bad(d: Path) -> dict[str, Path]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("case", "message"), [
     ("missing", "no such file"),
     ("not_safetensors", "not a readable safetensors file"),
@@ -159,6 +162,7 @@ def test_bad_input_files_exit_2_with_one_line(tmp_path: Path, case: str, message
     assert not out.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("args", "message"), [
     (["-k", "0"], "-k 0: must be between 1 and the gallery size (90)"),
     (["-k", "91"], "-k 91: must be between 1 and the gallery size (90)"),
@@ -177,12 +181,14 @@ def test_bad_options_exit_2_with_one_line(files: dict[str, Path], args: list[str
     assert len(lines) == 1 and message in lines[0], res.stderr
 
 
+@pytest.mark.slow
 def test_camera_protocol_needs_cameras(tmp_path: Path, files: dict[str, Path]) -> None:
     p = embeval.save(tmp_path / "nocam.safetensors", torch.randn(5, 8), torch.arange(5))
     res = run("cmc", p, files["g"], "-k", "1", "--exclude-same-camera")
     assert res.returncode == 2 and "nocam.safetensors has no 'cameras' tensor" in res.stderr
 
 
+@pytest.mark.slow
 def test_leave_one_out_and_python_module(files: dict[str, Path]) -> None:
     import sys
     res = subprocess.run([sys.executable, "-m", "embeval", "cmc", files["g"], files["g"], "-k", "1",
@@ -217,6 +223,7 @@ def huge(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["score", "knn", "cmc", "pr"])
 @pytest.mark.parametrize("metric", ["inner", "cosine", "euclid", "sq_euclid"])
 def test_overflowing_norms_exit_2_naming_the_file(capsys, huge: dict[str, Path], command: str,
@@ -244,6 +251,7 @@ def test_memory_must_be_a_finite_size(capsys, files: dict[str, Path], value: str
     assert f"--memory: {value!r} is not a finite size" in one_error_line(res)
 
 
+@pytest.mark.slow
 def test_same_gallery_file_twice_is_refused(files: dict[str, Path]) -> None:
     res = run("cmc", files["q"], files["g"], files["g"])
     assert f"{files['g']}: given twice" in one_error_line(res)
@@ -254,6 +262,7 @@ def test_same_gallery_file_twice_is_refused(files: dict[str, Path]) -> None:
     assert f"{link}: given twice (also given as {files['g']})" in one_error_line(res)
 
 
+@pytest.mark.slow
 def test_fifo_input_is_refused_without_blocking(tmp_path: Path, files: dict[str, Path]) -> None:
     fifo = tmp_path / "q.safetensors"
     os.mkfifo(fifo)
@@ -265,6 +274,7 @@ def test_fifo_input_is_refused_without_blocking(tmp_path: Path, files: dict[str,
     assert f"{fifo}: is not a regular file" in one_error_line(res)
 
 
+@pytest.mark.slow
 def test_reduced_precision_is_marked_approximate(capsys, files: dict[str, Path]) -> None:
     for precision, marked in (("fp32", False), ("bf16", True), ("tf32", True)):
         args = ("cmc", files["q"], files["g"], "-k", "1", "--device", "cpu", "--precision", precision)
@@ -278,6 +288,7 @@ def test_reduced_precision_is_marked_approximate(capsys, files: dict[str, Path])
         assert (f"· {precision} (approximate)" in title) is marked, title
 
 
+@pytest.mark.slow
 def test_numpy_style_inputs_through_the_command(capsys, tmp_path: Path, files: dict[str, Path]) -> None:
     """float64 embeddings with int32 labels give the float32 file's numbers; [N, 1] labels
     are refused naming the file and the shape."""

@@ -67,6 +67,7 @@ def test_same_file_without_exclude_self_warns_once(capsys, files):
     assert cli_run(capsys, "cmc", files["q"], files["g"], "-k", "1").stderr == ""
 
 
+@pytest.mark.slow
 def test_a_shard_run_says_where_its_part_went(files, tmp_path):
     part = tmp_path / "p.safetensors"
     res = run("cmc", files["q"], files["g"], "--shard", "1/2", "--out-part", part)
@@ -75,6 +76,7 @@ def test_a_shard_run_says_where_its_part_went(files, tmp_path):
                                   f"{part}")
 
 
+@pytest.mark.slow
 def test_a_closed_stdout_exits_141_quietly(files):
     """`embeval ... | head -1`: the reader leaves early; no traceback, the SIGPIPE status."""
     proc = subprocess.Popen([EXE, "cmc", files["q"], files["g"], "--per-query", "-"],
@@ -84,6 +86,7 @@ def test_a_closed_stdout_exits_141_quietly(files):
     assert proc.wait(timeout=300) == 141 and err == ""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("numba_cache", ["warm", "empty"])
 def test_ctrl_c_says_interrupted(tmp_path, numba_cache):
     """SIGINT during the ranking pass, or while numba compiles its kernels (a first run, with an
@@ -111,11 +114,16 @@ def test_ctrl_c_says_interrupted(tmp_path, numba_cache):
 
 def test_csv_files_have_unix_line_endings_and_paths(tmp_path):
     """`grep ',0$' predictions.csv` finds the misses; rows name the query images, openable from
-    where extract ran (the file's `source` folder joined to each item's path)."""
+    where extract ran (the file's `source` folder joined to each item's path; a source that is
+    not a folder, such as sklearn's digits loader, is not joined)."""
     g = torch.Generator().manual_seed(2)
     names = [f"c{i % 3}/{i:03d}.png" for i in range(12)]
-    q = embeval.save(tmp_path / "q.safetensors", torch.randn(12, 4, generator=g), torch.arange(12) % 3,
-                     paths=names, metadata={"source": "imgs/query"})
+    source = tmp_path / "imgs" / "query"
+    source.mkdir(parents=True)
+    emb, labels = torch.randn(12, 4, generator=g), torch.arange(12) % 3
+    q = embeval.save(tmp_path / "q.safetensors", emb, labels, paths=names, metadata={"source": str(source)})
+    loader = embeval.save(tmp_path / "digits.safetensors", emb, labels, paths=names,
+                          metadata={"source": "sklearn.datasets.load_digits (query split)"})
     gal = embeval.save(tmp_path / "g.safetensors", torch.randn(30, 4, generator=g), torch.arange(30) % 3)
     pred, pq = tmp_path / "pred.csv", tmp_path / "pq.csv"
     assert run("knn", q, gal, "-k", "3", "--predictions", pred).returncode == 0
@@ -124,10 +132,13 @@ def test_csv_files_have_unix_line_endings_and_paths(tmp_path):
         assert b"\r" not in f.read_bytes()
     rows = pred.read_text().splitlines()
     assert rows[0] == "index,path,label,prediction,correct"
-    assert rows[1].startswith("0,imgs/query/c0/000.png,0,")
+    assert rows[1].startswith(f"0,{source}/c0/000.png,0,")
     misses = subprocess.run(["grep", "-c", ",0$", pred], capture_output=True, text=True).stdout
     assert int(misses) == sum(r.endswith(",0") for r in rows[1:]) > 0
     header = pq.read_text().splitlines()[0]
     assert header == ("index,path,label,n_pos,first_rank,last_rank,ap,hard_pos,hard_neg,"
                       "hard_neg_index,hard_neg_label,rr,map_at_r,r_precision")  # the gallery file
     # records no paths (no hard_neg_path)
+    pred2 = tmp_path / "pred2.csv"
+    assert run("knn", loader, gal, "-k", "3", "--predictions", pred2).returncode == 0
+    assert pred2.read_text().splitlines()[1].startswith("0,c0/000.png,0,")

@@ -23,6 +23,7 @@ def embeval(*args: str, columns: int = 100, cwd: Path | None = None,
                           env=env, cwd=cwd)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("columns", [100, 60])
 @pytest.mark.parametrize("command", [None, *COMMANDS])
 def test_help_reads_like_a_cli(command, columns):

@@ -59,6 +59,7 @@ def test_bad_relevance_exits_2_naming_file_and_line(capsys, files, tmp_path) -> 
     assert rc == 2 and "No such option: --relevance" in err
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(EXE is None, reason="the embeval console script is not installed")
 def test_installed_command_shards_merge_to_the_whole_run(files, tmp_path,
                                                         capsys: pytest.CaptureFixture[str]) -> None:

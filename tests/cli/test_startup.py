@@ -42,6 +42,7 @@ def probe(tmp_path: Path, *args: str) -> tuple[dict, subprocess.CompletedProcess
     return json.loads(report.read_text()), r
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [
     ["--help"], ["cmc", "--help"], ["score", "--help"], ["knn", "--help"], ["pr", "--help"],
     ["merge", "--help"], ["extract", "--help"], ["train", "--help"],
@@ -58,6 +59,7 @@ def test_a_typo_is_exit_2_without_torch(tmp_path):
     assert "No such command 'cmcc'" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("args", "line"), [
     (["cmc", "missing.safetensors", str(SAMPLE / "gallery.safetensors")],
      "embeval: error: missing.safetensors: no such file"),
@@ -76,6 +78,7 @@ def test_a_wrong_path_is_one_line_exit_2_without_torch(tmp_path, args, line):
     assert r.stderr.splitlines() == [line] and r.stdout == ""
 
 
+@pytest.mark.slow
 def test_a_real_run_still_loads_the_core(tmp_path):
     result, r = probe(tmp_path, "cmc", str(SAMPLE / "query.safetensors"),
                       str(SAMPLE / "gallery.safetensors"), "-k", "1", "--json")
@@ -134,6 +137,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow
 def test_embeval_evaluate_is_the_function_and_its_submodule_a_module(tmp_path):
     r = subprocess.run([sys.executable, "-c", SUBMODULE_FIRST], cwd=tmp_path, capture_output=True,
                        text=True, timeout=120)
@@ -152,6 +156,7 @@ def test_no_public_function_shares_a_submodules_name():
     assert "metrics" in embeval.__all__ and "__version__" in embeval.__all__
 
 
+@pytest.mark.slow
 def test_import_embeval_is_lazy_and_every_public_name_resolves(tmp_path):
     r = subprocess.run([sys.executable, "-c", LAZY_API], cwd=tmp_path, capture_output=True,
                        text=True, timeout=120)
@@ -168,6 +173,7 @@ def test_the_torch_free_vocabularies_are_the_cores():
     assert (images.IMAGENET_MEAN, images.IMAGENET_STD) == (_vocab.IMAGENET_MEAN, _vocab.IMAGENET_STD)
 
 
+@pytest.mark.slow
 def test_a_metric_command_imports_only_what_it_uses(tmp_path):
     """A small cmc: the engine and torch, never Pillow, yaml, matplotlib, the model loaders or
     the training loop (the train command's help reads only its configuration's defaults)."""

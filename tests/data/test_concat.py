@@ -27,6 +27,7 @@ def split_files(d: Path, g: embeval.EmbeddingSet, cuts: tuple[int, ...]) -> list
     return out
 
 
+@pytest.mark.slow
 def test_concatenation_equals_one_file(tmp_path: Path) -> None:
     q, g = sets()
     files = split_files(tmp_path, g, (0, 700, 701, 2500))
@@ -71,6 +72,7 @@ def test_files_that_differ_are_named(tmp_path: Path) -> None:
         embeval.load_many([a, nan]).rows(2, 6)  # rows 2..5 span both files
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(EXE is None, reason="the embeval console script is not installed")
 @pytest.mark.parametrize("command", ["cmc", "score", "knn", "pr"])
 def test_cli_multi_file_gallery(tmp_path: Path, command: str) -> None:

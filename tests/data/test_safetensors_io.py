@@ -79,6 +79,7 @@ embeval.save(out + "/emb.safetensors", torch.randn(6, 4, generator=torch.Generat
 """
 
 
+@pytest.mark.slow
 def test_same_content_gives_the_same_bytes_in_separate_processes(tmp_path: Path) -> None:
     # the safetensors library writes metadata in a per-process hash order: two processes
     # (and two hash seeds) must still write identical files

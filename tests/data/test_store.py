@@ -141,6 +141,7 @@ def test_bad_label_names_metadata_is_refused_on_load(tmp_path: Path, raw: str) -
 EXE = shutil.which("embeval")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(EXE is None, reason="the embeval console script is not installed")
 @pytest.mark.parametrize("raw", ["not json", "7", '{"a": 1}', '[1, "dog"]'])
 def test_bad_label_names_exit_2_before_computing(tmp_path: Path, raw: str) -> None:
@@ -217,6 +218,7 @@ def test_labels_must_be_one_integer_per_row(tmp_path: Path, labels: torch.Tensor
     assert not (tmp_path / "out.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_fifo_is_refused_before_it_is_opened(tmp_path: Path) -> None:
     import os
     import subprocess

@@ -40,6 +40,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             "g0": gallery[0], "g1": gallery[1]}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("command", "opts", "output"), [
     ("cmc", ["-k", "1", "5", "10", "--exclude-same-camera"], ("--per-query", "pq.csv")),
     ("score", ["-k", "1", "5", "--metric", "euclid", "--out-topk", "4"], ("--out", "s.safetensors")),
@@ -71,6 +72,7 @@ def test_two_gloo_ranks_equal_one_process(capsys: pytest.CaptureFixture[str], tm
         assert all(torch.equal(x[k], y[k]) for k in x)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("metric", embeval.METRICS)
 def test_tile_aligned_query_shards_concatenate_bit_for_bit(metric: str) -> None:
     """What the ranks do when queries outnumber a small gallery (split_axis == "query")."""
@@ -87,6 +89,7 @@ def test_tile_aligned_query_shards_concatenate_bit_for_bit(metric: str) -> None:
     assert_same(RankStats.concat(parts), whole)
 
 
+@pytest.mark.slow
 def test_query_split_under_torchrun(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     q, g = sets(nq=1100, ng=600, d=16)
     qp = embeval.save(tmp_path / "q.safetensors", q.embeddings, q.labels, q.cameras)
@@ -108,6 +111,7 @@ def test_split_axis() -> None:
     assert distributed.split_axis(1000, 1000, 2) == "gallery"  # too few queries for two tiles
 
 
+@pytest.mark.slow
 def test_a_bad_input_fails_every_rank_without_hanging(files: dict[str, Path], tmp_path: Path) -> None:
     res = torchrun("cmc", files["q"], tmp_path / "missing.safetensors", "-k", "1")
     assert res.returncode != 0 and res.stdout == ""
@@ -133,6 +137,7 @@ def test_more_cuda_ranks_than_gpus_is_refused_by_every_rank() -> None:
     assert e.value.params == ("device",)
 
 
+@pytest.mark.slow
 def test_identify_with_relevance_under_torchrun_equals_one_process(
         capsys: pytest.CaptureFixture[str], tmp_path: Path, files: dict[str, Path]) -> None:
     """identify (the open-set summary of the ranking pass) with per-query lists (positives and

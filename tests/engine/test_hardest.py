@@ -28,6 +28,7 @@ def brute_force(q: torch.Tensor, g: torch.Tensor, ql: torch.Tensor, gl: torch.Te
     return torch.where(neg.any(1), best, -1).tolist()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("metric", ["cosine", "inner", "euclid", "sq_euclid"])
 @pytest.mark.parametrize("exclude_self", [False, True])
 @pytest.mark.parametrize("rows", [1, 37, 4096])

@@ -14,6 +14,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers.budget import examples
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import average_precision_score, precision_recall_curve
@@ -81,7 +82,8 @@ def test_reference_hand_example():
     assert average_precision_score(HAND.gl == 0, HAND.ge[:, 0]) == pytest.approx(HAND_AP)
 
 
-@settings(max_examples=150, **SETTINGS)
+@pytest.mark.slow
+@settings(max_examples=examples(150), **SETTINGS)
 @given(case=int_cases(cameras=True), metric=st.sampled_from(["inner", "sq_euclid"]),
        cam=st.booleans())
 def test_reference_agrees_with_sklearn(case, metric, cam):
@@ -106,7 +108,8 @@ def test_reference_agrees_with_sklearn(case, metric, cam):
 # 1. Exactness: heavy ties, every metric and every per-query field
 # ---------------------------------------------------------------------------
 
-@settings(max_examples=250, **SETTINGS)
+@pytest.mark.slow
+@settings(max_examples=examples(250), **SETTINGS)
 @given(opt=options(int_cases()), metric=st.sampled_from(["inner", "sq_euclid"]))
 def test_exact_against_reference_with_ties(opt, metric):
     case, ks, knn_k = opt
@@ -114,7 +117,8 @@ def test_exact_against_reference_with_ties(opt, metric):
     assert_matches(res, case.ref(metric=metric, ks=ks, knn_k=knn_k, pr=True), exact=True)
 
 
-@settings(max_examples=60, **SETTINGS)
+@pytest.mark.slow
+@settings(max_examples=examples(60), **SETTINGS)
 @given(opt=options(int_cases(max_q=4, max_g=6, max_d=3, n_labels=2)),
        metric=st.sampled_from(["inner", "sq_euclid"]), backend=st.sampled_from(["numba", "torch"]))
 def test_exact_against_reference_tiny_dense_ties(opt, metric, backend):
@@ -124,7 +128,8 @@ def test_exact_against_reference_tiny_dense_ties(opt, metric, backend):
     assert_matches(res, case.ref(metric=metric, ks=ks, knn_k=knn_k, pr=True), exact=True)
 
 
-@settings(max_examples=120, **SETTINGS)
+@pytest.mark.slow
+@settings(max_examples=examples(120), **SETTINGS)
 @given(opt=options(gauss_cases()), metric=st.sampled_from(["cosine", "euclid"]))
 def test_float_metrics_against_reference(opt, metric):
     case, ks, knn_k = opt
@@ -181,7 +186,8 @@ def test_per_query_dtypes_and_shapes():
 # 2. scikit-learn: AP per row, PR points, max F1
 # ---------------------------------------------------------------------------
 
-@settings(max_examples=150, **SETTINGS)
+@pytest.mark.slow
+@settings(max_examples=examples(150), **SETTINGS)
 @given(case=int_cases(), metric=st.sampled_from(["inner", "sq_euclid"]))
 def test_ap_and_pr_against_sklearn(case, metric):
     res = run(case, metric=metric, ks=(1,), pr=True)
@@ -240,7 +246,8 @@ def test_max_f1_equal_rationals_highest_threshold_wins():
         (1 / 3, 2 / 9, 2 / 3, 7.0), abs=1e-12)
 
 
-@settings(max_examples=150, **SETTINGS)
+@pytest.mark.slow
+@settings(max_examples=examples(150), **SETTINGS)
 @given(scores=st.lists(st.integers(0, 12), min_size=1, max_size=60),
        data=st.data())
 def test_pr_and_max_f1_long_one_dimensional_rows(scores, data):
@@ -274,7 +281,8 @@ def _assert_identical(a, b, *, skip=()):
             (k, x, y)
 
 
-@settings(max_examples=25, **SETTINGS)
+@pytest.mark.slow
+@settings(max_examples=examples(25), **SETTINGS)
 @given(case=gauss_cases(cameras=True, max_q=40, max_g=90, max_d=24, min_q=2, min_g=2),
        metric=st.sampled_from(["inner", "cosine", "euclid", "sq_euclid"]),
        cam=st.booleans())
@@ -289,7 +297,8 @@ def test_block_size_does_not_change_anything(case, metric, cam):
             assert torch.equal(x, y)
 
 
-@settings(max_examples=25, **SETTINGS)
+@pytest.mark.slow
+@settings(max_examples=examples(25), **SETTINGS)
 @given(case=int_cases(max_q=10, max_g=30), metric=st.sampled_from(["inner", "sq_euclid"]))
 def test_block_size_with_ties(case, metric):
     kw = dict(metric=metric, ks=(1,), knn_k=min(4, len(case.gl)), pr=True)
@@ -298,7 +307,8 @@ def test_block_size_with_ties(case, metric):
         _assert_identical(base, run(case, block_size=bs, **kw))
 
 
-@settings(max_examples=60, **SETTINGS)
+@pytest.mark.slow
+@settings(max_examples=examples(60), **SETTINGS)
 @given(case=int_cases(), metric=st.sampled_from(["inner", "sq_euclid"]), data=st.data())
 def test_gallery_permutation_with_ties(case, metric, data):
     """Permuting gallery rows changes nothing but kNN tie-breaks (by gallery index)."""
@@ -308,7 +318,8 @@ def test_gallery_permutation_with_ties(case, metric, data):
     _assert_identical(run(case, **kw), run(shuffled, **kw), skip=("knn_pred", "knn_accuracy"))
 
 
-@settings(max_examples=40, **SETTINGS)
+@pytest.mark.slow
+@settings(max_examples=examples(40), **SETTINGS)
 @given(case=gauss_cases(max_q=12, max_g=30, max_d=16),
        metric=st.sampled_from(["inner", "cosine", "euclid", "sq_euclid"]), data=st.data())
 def test_gallery_permutation_without_ties(case, metric, data):
@@ -322,7 +333,8 @@ def test_gallery_permutation_without_ties(case, metric, data):
     _assert_identical(a, b)  # kNN included: no ties in gaussian data
 
 
-@settings(max_examples=40, **SETTINGS)
+@pytest.mark.slow
+@settings(max_examples=examples(40), **SETTINGS)
 @given(case=int_cases(), metric=st.sampled_from(["inner", "sq_euclid"]), data=st.data())
 def test_query_permutation_permutes_per_query(case, metric, data):
     perm = np.array(data.draw(st.permutations(range(len(case.ql)))), dtype=np.int64)
@@ -344,7 +356,8 @@ def test_query_permutation_permutes_per_query(case, metric, data):
         assert torch.equal(pa[sa], pb[sb]) and torch.equal(ta[sa], tb[sb])
 
 
-@settings(max_examples=60, **SETTINGS)
+@pytest.mark.slow
+@settings(max_examples=examples(60), **SETTINGS)
 @given(opt=options(int_cases()), metric=st.sampled_from(["inner", "sq_euclid"]),
        dtype=st.sampled_from([torch.float16, torch.bfloat16]))
 def test_half_inputs_small_integers_are_exact(opt, metric, dtype):
@@ -353,7 +366,8 @@ def test_half_inputs_small_integers_are_exact(opt, metric, dtype):
     assert_matches(res, case.ref(metric=metric, ks=ks, knn_k=knn_k, pr=True), exact=True)
 
 
-@settings(max_examples=40, **SETTINGS)
+@pytest.mark.slow
+@settings(max_examples=examples(40), **SETTINGS)
 @given(case=gauss_cases(), metric=st.sampled_from(["inner", "cosine", "euclid", "sq_euclid"]),
        dtype=st.sampled_from([torch.float16, torch.bfloat16]))
 def test_half_inputs_equal_the_upcast_values(case, metric, dtype):
@@ -394,6 +408,7 @@ def test_no_query_has_a_positive():
         assert res.pr_curves[3].tolist() == [0, 0, 0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("metric", ["inner", "cosine", "euclid", "sq_euclid"])
 @pytest.mark.parametrize("dim", [1, 3, 128, 512])
 @pytest.mark.parametrize("backend", ["numba", "torch"])
@@ -432,6 +447,7 @@ def test_constant_embedding_scores_pessimistically(metric, dim, backend):
     assert_matches(res, ref, exact=False, score_tol=tol)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("metric", ["cosine", "euclid", "inner", "sq_euclid"])
 @pytest.mark.parametrize("dim", [3, 64, 256])
 @pytest.mark.parametrize("backend", ["numba", "torch"])
@@ -502,7 +518,7 @@ def test_reference_rejects_nothing_silently():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@settings(max_examples=40, **SETTINGS)
+@settings(max_examples=examples(40), **SETTINGS)
 @given(opt=options(int_cases()), metric=st.sampled_from(["inner", "sq_euclid"]))
 def test_cuda_exact_against_reference(opt, metric):
     case, ks, knn_k = opt
@@ -511,7 +527,7 @@ def test_cuda_exact_against_reference(opt, metric):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@settings(max_examples=20, **SETTINGS)
+@settings(max_examples=examples(20), **SETTINGS)
 @given(opt=options(gauss_cases()), metric=st.sampled_from(["cosine", "euclid"]))
 def test_cuda_float_against_reference(opt, metric):
     case, ks, knn_k = opt
@@ -557,6 +573,7 @@ def _scaled(case: Case, k: int) -> Case:
     return Case(qe=case.qe * 2.0 ** k, ql=case.ql, ge=case.ge * 2.0 ** k, gl=case.gl)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("metric", ["inner", "cosine", "euclid", "sq_euclid"])
 @pytest.mark.parametrize(("backend", "precision"), [("numba", "fp32"), ("torch", "fp32"),
                                                     ("torch", "bf16")])

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers.budget import examples
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -36,7 +37,7 @@ def _knn_k(data, case):
 # exclude_same_camera
 # ---------------------------------------------------------------------------
 
-@settings(max_examples=200, **SETTINGS)
+@settings(max_examples=examples(200), **SETTINGS)
 @given(case=int_cases(cameras=True), metric=st.sampled_from(["inner", "sq_euclid"]),
        data=st.data())
 def test_exclude_same_camera_exact(case, metric, data):
@@ -45,7 +46,7 @@ def test_exclude_same_camera_exact(case, metric, data):
     assert_matches(run(case, **kw), case.ref(**kw), exact=True)
 
 
-@settings(max_examples=40, **SETTINGS)
+@settings(max_examples=examples(40), **SETTINGS)
 @given(case=gauss_cases(cameras=True), metric=st.sampled_from(["cosine", "euclid"]),
        data=st.data())
 def test_exclude_same_camera_float(case, metric, data):
@@ -80,7 +81,7 @@ def _torchreid_market1501(S, q_pids, g_pids, q_cams, g_cams, max_rank):
     return np.mean(all_cmc, axis=0), float(np.mean(all_ap)), float(np.mean(all_inp))
 
 
-@settings(max_examples=40, **SETTINGS)
+@settings(max_examples=examples(40), **SETTINGS)
 @given(case=gauss_cases(cameras=True, max_q=12, max_g=30, n_labels=3, min_g=5),
        metric=st.sampled_from(["cosine", "euclid", "inner"]))
 def test_exclude_same_camera_matches_the_torchreid_loop(case, metric):
@@ -140,7 +141,7 @@ def test_exclude_same_camera_needs_cameras():
 # exclude_self (leave-one-out: the same set is query and gallery)
 # ---------------------------------------------------------------------------
 
-@settings(max_examples=200, **SETTINGS)
+@settings(max_examples=examples(200), **SETTINGS)
 @given(case=int_cases(same_set=True, cameras=True), metric=st.sampled_from(["inner", "sq_euclid"]),
        cam=st.booleans(), data=st.data())
 def test_exclude_self_exact(case, metric, cam, data):
@@ -150,7 +151,7 @@ def test_exclude_self_exact(case, metric, cam, data):
     assert_matches(run(case, **kw), case.ref(**kw), exact=True)
 
 
-@settings(max_examples=40, **SETTINGS)
+@settings(max_examples=examples(40), **SETTINGS)
 @given(case=gauss_cases(same_set=True, min_g=2), metric=st.sampled_from(["cosine", "euclid"]))
 def test_exclude_self_float(case, metric):
     kw = dict(metric=metric, ks=(1,), knn_k=1, pr=True, exclude_self=True)
@@ -204,7 +205,7 @@ def test_exclude_self_needs_equal_sizes():
 # aggregate="mean": class prototypes
 # ---------------------------------------------------------------------------
 
-@settings(max_examples=60, **SETTINGS)
+@settings(max_examples=examples(60), **SETTINGS)
 @given(case=gauss_cases(max_g=20), metric=st.sampled_from(["inner", "cosine", "euclid",
                                                            "sq_euclid"]),
        scale=st.booleans(), data=st.data())
@@ -255,7 +256,8 @@ def test_aggregate_with_exclusions_is_rejected():
 # no_positive="zero"
 # ---------------------------------------------------------------------------
 
-@settings(max_examples=150, **SETTINGS)
+@pytest.mark.slow
+@settings(max_examples=examples(150), **SETTINGS)
 @given(case=int_cases(cameras=True), metric=st.sampled_from(["inner", "sq_euclid"]),
        cam=st.booleans())
 def test_no_positive_zero_exact(case, metric, cam):

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.budget import examples
 from helpers.cli import cli
 from helpers.oracle import Case, gauss_case, int_cases, keep_mask, min_gap, score_matrix
 from hypothesis import HealthCheck, given, settings
@@ -155,21 +156,21 @@ def int_options(draw, **case_kw):
                                                                                    "sq_euclid"]))
 
 
-@settings(max_examples=60, **SETTINGS)
+@settings(max_examples=examples(60), **SETTINGS)
 @given(int_options())
 def test_brute_force_heavy_ties(args) -> None:
     case, ks, no_positive, metric = args
     check(case, metric=metric, ks=ks, no_positive=no_positive)
 
 
-@settings(max_examples=30, **SETTINGS)
+@settings(max_examples=examples(30), **SETTINGS)
 @given(int_options(cameras=True))
 def test_brute_force_exclude_same_camera(args) -> None:
     case, ks, no_positive, metric = args
     check(case, metric=metric, ks=ks, no_positive=no_positive, exclude_same_camera=True)
 
 
-@settings(max_examples=30, **SETTINGS)
+@settings(max_examples=examples(30), **SETTINGS)
 @given(int_options(same_set=True))
 def test_brute_force_exclude_self(args) -> None:
     case, ks, no_positive, metric = args
@@ -256,6 +257,7 @@ def test_pytorch_metric_learning_leave_one_out() -> None:
         assert acc[pml] == pytest.approx(res.metrics[ours], abs=pml_tolerance(pml)), pml
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("no_positive", "empty_target_action"), [("skip", "skip"), ("zero", "neg")])
 def test_torchmetrics_retrieval(no_positive: str, empty_target_action: str) -> None:
     """torchmetrics' grouped retrieval metrics over every (query, kept gallery item) pair.
@@ -295,6 +297,7 @@ def test_torchmetrics_retrieval(no_positive: str, empty_target_action: str) -> N
 # (c) blocks and shards
 # ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_blocks_and_shards_do_not_change_them(capsys: pytest.CaptureFixture[str],
                                               tmp_path: Path) -> None:
     rng = np.random.default_rng(5)

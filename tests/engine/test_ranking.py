@@ -14,6 +14,7 @@ from embeval.engine import NO_INDEX, Protocol, RankStats, rank_stats
 from embeval.engine.similarity import canonical_dot
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("metric", embeval.METRICS)
 def test_bit_identical_for_any_block_size(metric: str) -> None:
     q, g = sets()
@@ -22,6 +23,7 @@ def test_bit_identical_for_any_block_size(metric: str) -> None:
         assert_same(rank_stats(q, g, metric=metric, topk=7, device="cpu", block_size=block), ref)
 
 
+@pytest.mark.slow
 def test_bit_identical_for_any_thread_count(monkeypatch: pytest.MonkeyPatch) -> None:
     q, g = sets(nq=1100)  # three query tiles: both the shared and the private-state schedules
     ref = rank_stats(q, g, metric="cosine", topk=5, device="cpu")
@@ -30,6 +32,7 @@ def test_bit_identical_for_any_thread_count(monkeypatch: pytest.MonkeyPatch) -> 
         assert_same(rank_stats(q, g, metric="cosine", topk=5, device="cpu"), ref)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cuts", [(0, 1000, 2500), (0, 1, 2047, 2048, 2500), (0, 2500)])
 def test_gallery_shards_merge_exactly(cuts: tuple[int, ...]) -> None:
     q, g = sets()
@@ -55,6 +58,7 @@ def test_query_shards_concatenate_exactly() -> None:
     assert_same(RankStats.concat(parts), ref)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("metric", embeval.METRICS)
 def test_torch_path_equals_numba_path(metric: str) -> None:
     """The pure-PyTorch path (what CUDA runs) on CPU gives the numba path's statistics bit
@@ -158,6 +162,7 @@ def test_means_do_not_depend_on_summation_order() -> None:
     assert math.isnan(M.exact_mean(torch.empty(0, dtype=torch.float64)))
 
 
+@pytest.mark.slow
 def test_small_jobs_never_compile_kernels():  # a fresh process: no conftest fixture
     """backend="auto" on CPU: a job up to SMALL_PASS scores runs the torch pass (no numba compile,
     the first-run cost), a larger one the compiled pass; both give the same statistics."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers.budget import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -45,7 +46,8 @@ def to_relevance(pos, junk, n_gallery: int, *, repeat: bool = False) -> Relevanc
                                 torch.tensor(r), n_query=len(pos), n_gallery=n_gallery)
 
 
-@settings(max_examples=150, **SETTINGS)
+@pytest.mark.slow
+@settings(max_examples=examples(150), **SETTINGS)
 @given(case=int_cases(cameras=True), metric=st.sampled_from(["inner", "sq_euclid"]),
        backend=st.sampled_from(["torch", "numba"]), cam=st.booleans(), data=st.data())
 def test_relevance_matches_the_brute_force(case: Case, metric, backend, cam, data) -> None:
@@ -65,7 +67,8 @@ def test_relevance_matches_the_brute_force(case: Case, metric, backend, cam, dat
         assert not set(row) & set(junk[i])
 
 
-@settings(max_examples=60, **SETTINGS)
+@pytest.mark.slow
+@settings(max_examples=examples(60), **SETTINGS)
 @given(case=int_cases(same_set=True, cameras=True), cam=st.booleans(), data=st.data())
 def test_relevance_with_exclude_self(case: Case, cam, data) -> None:
     pos, junk = draw_lists(data, len(case.ql), len(case.gl))
@@ -84,6 +87,7 @@ def label_relevance(q: embeval.EmbeddingSet, g: embeval.EmbeddingSet) -> Relevan
     return Relevance.from_pairs(qid, gid, torch.ones_like(qid), n_query=q.n, n_gallery=g.n)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["torch", "numba"])
 @pytest.mark.parametrize("protocol", [Protocol(), Protocol(exclude_same_camera=True)])
 def test_label_equality_as_a_list_is_bit_identical(backend: str, protocol: Protocol) -> None:
@@ -112,6 +116,7 @@ def random_relevance(nq: int, ng: int, per: int, seed: int = 0) -> Relevance:
     return Relevance.from_pairs(qid[first], gid[first], rel[first], n_query=nq, n_gallery=ng)
 
 
+@pytest.mark.slow
 def test_blocks_backends_and_shards_agree() -> None:
     q, g = sets(nq=150, ng=2100, integer=True)
     rel = random_relevance(q.n, g.n, 20)

@@ -38,6 +38,7 @@ def by_hand(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------- embed
 
 
+@pytest.mark.slow
 def test_embed_equals_the_model_run_by_hand():
     model = tiny_net()
     images, labels = random_set(11, 0)
@@ -174,6 +175,7 @@ def test_not_a_module_is_refused():
 # ---------------------------------------------------------------- evaluate_model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("options", [
     dict(ks=(1, 2)),
     dict(ks=(1, 3), knn_k=3, pr=True, metric="euclid"),

@@ -142,6 +142,7 @@ def sets(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_cli_checkpoint_query_gallery_json(sets, tmp_path):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(2)
@@ -168,6 +169,7 @@ def test_cli_checkpoint_query_gallery_json(sets, tmp_path):
                                                                     "query.safetensors"]
 
 
+@pytest.mark.slow
 def test_cli_module_callable_with_weights_on_market1501(tmp_path):
     for name in ("0002_c1s1_000451_03.jpg", "0002_c3s1_000551_01.jpg", "-1_c2s1_000001_01.jpg",
                  "0000_c4s2_000002_01.jpg"):
@@ -183,6 +185,7 @@ def test_cli_module_callable_with_weights_on_market1501(tmp_path):
     assert e.dim == 4 and e.metadata["junk_skipped"] == "1"
 
 
+@pytest.mark.slow
 def test_cli_torchscript_with_csv_and_skip_bad(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -211,6 +214,7 @@ def _wrong_keys_checkpoint(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["bad image", "missing folder", "empty folder", "wrong keys"])
 def test_cli_bad_input_exits_2_with_one_line_and_no_output(sets, tmp_path, case):
     model, query = "embeval-small", str(sets / "query")

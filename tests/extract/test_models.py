@@ -108,6 +108,7 @@ def test_torchscript_file(tmp_path):
     torch.testing.assert_close(_out(loaded), _out(model))
 
 
+@pytest.mark.slow
 def test_torch_export_archive_with_its_input_size(tmp_path):
     model = tiny_net()
     batch = torch.export.Dim("batch", min=1, max=1024)

@@ -136,6 +136,7 @@ def test_hand_computed_standard_ap_when_asked(tmp_path) -> None:
 # ----------------------------------------------------------------- brute force
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", range(6))
 def test_three_settings_equal_the_brute_force(tmp_path, seed: int) -> None:
     rng = np.random.default_rng(seed)
@@ -183,6 +184,7 @@ def test_safetensors_ground_truth_equals_csv(tmp_path) -> None:
 # ----------------------------------------------------------------- bad ground truth
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("text", "line", "problem"), [
     ("query,gallery,kind\n0,1,easy\n0,2,medium\n", 3, "unknown kind 'medium'"),
     ("query,gallery,kind\n0,1,easy\n0,99,hard\n", 3, "gallery index 99 is out of range"),
@@ -245,6 +247,7 @@ def label_files(tmp_path_factory):
             "scores": (qv @ gv.T).double().numpy(), "ql": ql.numpy(), "gl": gl.numpy(), "dir": d}
 
 
+@pytest.mark.slow
 def test_ap_trapezoid_changes_map_as_the_formula_and_merge_reproduces_it(capsys, label_files,
                                                                          monkeypatch) -> None:
     f = label_files
@@ -283,6 +286,7 @@ def test_ap_trapezoid_changes_map_as_the_formula_and_merge_reproduces_it(capsys,
     assert float(ap[~torch.isnan(ap)].mean()) == pytest.approx(res.metrics["mAP"], abs=1e-12)
 
 
+@pytest.mark.slow
 def test_cmc_protocol_command_line(capsys, tmp_path) -> None:
     rng = np.random.default_rng(11)
     qv, gv = [1.0, -2.0, 3.0, 1.0], [float(x) for x in rng.permutation(30) - 15]

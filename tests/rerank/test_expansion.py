@@ -47,6 +47,7 @@ def dense_dba(g: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how,alpha", [("average", None), ("alpha", 3.0)])
 def test_query_expansion_equals_dense(how: str, alpha: float | None) -> None:
     q, g = _sets(0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers.budget import examples
 from helpers.rerank_reference import k_reciprocal, re_ranking
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -85,7 +86,8 @@ def _sets(seed: int, qn: int, gn: int, dim: int, classes: int, cams: bool = Fals
             embeval.EmbeddingSet(g, torch.from_numpy(gl), gc), ql, gl)
 
 
-@settings(max_examples=12, deadline=None)
+@pytest.mark.slow
+@settings(max_examples=examples(12), deadline=None)
 @given(seed=st.integers(0, 2**31), qn=st.integers(1, 10), gn=st.integers(2, 30),
        metric=st.sampled_from(["euclid", "sq_euclid", "cosine"]), k1=st.integers(1, 8),
        k2=st.integers(1, 4), lam=st.sampled_from([0.3, 0.05, 1.0]), cams=st.booleans())
@@ -117,6 +119,7 @@ def test_equals_the_reference(seed, qn, gn, metric, k1, k2, lam, cams) -> None:
             masked[i, order[i, :n_kept]], abs=1e-6 if metric == "cosine" else 1e-12)
 
 
+@pytest.mark.slow
 def test_block_size_and_backend_do_not_change_the_statistics() -> None:
     q, g, _, _ = _sets(3, 40, 300, 8, 12)
     opts = RerankOptions(method="k-reciprocal", k1=6, k2=3)
@@ -163,6 +166,7 @@ def test_inner_and_bad_ranges_are_refused() -> None:
         RerankOptions(method="k-reciprocal", lam=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("exclude_self", [False, True])
 def test_query_chunks_do_not_change_the_statistics(monkeypatch, exclude_self) -> None:
     import embeval.rerank.kreciprocal as kr

@@ -55,12 +55,15 @@ print(json.dumps(out))
 
 
 def _peak_growth(qn: int, gn: int, memory: str) -> dict:
+    # no timeout a slow or busy machine can reach: the hour only guards a hang (issue 30: 300 s
+    # failed under load); the test measures memory, never time
     out = subprocess.run([sys.executable, "-c", CHILD, str(qn), str(gn), memory],
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=3600)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux peak-RSS reset")
 def test_peak_memory_is_bounded_by_the_budget_not_the_overlap_pairs() -> None:
     qn, gn = 1500, 4500

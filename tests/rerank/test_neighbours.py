@@ -44,6 +44,7 @@ def _points(seed: int, n: int, dim: int, kind: str) -> torch.Tensor:
     return torch.from_numpy(x.astype(np.float32))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("metric", ["euclid", "sq_euclid", "cosine"])
 @pytest.mark.parametrize("kind", ["grid", "near", "normal"])
 def test_graph_equals_brute_force(metric: str, kind: str) -> None:

@@ -45,6 +45,7 @@ def _assert_equal(a: RankStats, b: RankStats) -> None:
         assert torch.equal(getattr(a, name), getattr(b, name)), name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["labels", "exclude_self+camera", "relevance"])
 def test_gallery_ranges_merge_to_the_whole_run(case: str) -> None:
     q = _same_set(1, 40, 6, 5)
@@ -80,6 +81,7 @@ def test_shards_through_evaluation_stats() -> None:
     _assert_equal(_merged([p.stats for p in parts]), whole)
 
 
+@pytest.mark.slow
 def test_cli_shards_merge_to_the_whole_run(capsys, tmp_path) -> None:
     q = SAMPLE / "query.safetensors"
     flags = ["--rerank", "k-reciprocal", "--k1", "8", "--k2", "3", "--exclude-self"]
@@ -108,6 +110,7 @@ def test_cli_shards_merge_to_the_whole_run(capsys, tmp_path) -> None:
     assert rc == 2 and "max_neg is torch.float32, not torch.float64" in err, err
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
 def test_two_gloo_ranks_equal_one_process(capsys, tmp_path) -> None:
     # 1024 queries and a small gallery: plain runs would share out queries; re-ranking

@@ -52,6 +52,7 @@ def test_shard_ranges_cover_the_items_once(n_items: int, count: int, align: int)
     assert shard_range(10_000, 1, 2, align=2048) == (4096, 10_000)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("metric", embeval.METRICS)
 def test_parts_merge_bit_for_bit(tmp_path: Path, metric: str) -> None:
     q, g = sets()
@@ -68,6 +69,7 @@ def test_parts_merge_bit_for_bit(tmp_path: Path, metric: str) -> None:
     assert torch.equal(merged.gallery_labels, g.labels)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("command", "flags", "kwargs"), [
     ("cmc", ["-k", "1", "5", "--exclude-same-camera", "--no-positive", "zero"],
      dict(ks=(1, 5), exclude_same_camera=True, no_positive="zero")),
@@ -103,6 +105,7 @@ def test_merge_partials_api_equals_evaluate(capsys: pytest.CaptureFixture[str], 
                                 tmp_path / f"{command}.part2.safetensors"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("command", "opts", "outputs"), [
     ("cmc", ["-k", "1", "5", "--exclude-same-camera"], [("--per-query", "pq.csv")]),
     ("score", ["-k", "1", "3", "--metric", "euclid"], [("--out", "s.safetensors")]),
@@ -148,6 +151,7 @@ def test_shard_merge_equals_one_run(capsys: pytest.CaptureFixture[str], tmp_path
     assert table.rsplit("·", 1)[0] == merged_table.rsplit("·", 1)[0]  # all but the elapsed time
 
 
+@pytest.mark.slow
 def test_merge_rejects_parts_that_do_not_fit(capsys: pytest.CaptureFixture[str], tmp_path: Path,
                                              files: dict[str, Path]) -> None:
     q, g = files["q"], files["g"]
@@ -232,6 +236,7 @@ def with_shard(shard: object):  # noqa: ANN201
     return lambda h: {**h, "shard": shard}
 
 
+@pytest.mark.slow
 @needs_exe
 def test_merge_refuses_edited_parts(capsys: pytest.CaptureFixture[str], tmp_path: Path,
                                     halves: list[Path]) -> None:
@@ -273,6 +278,7 @@ def test_merge_refuses_edited_parts(capsys: pytest.CaptureFixture[str], tmp_path
         assert str(x) in err and message in err, (message, err)
 
 
+@pytest.mark.slow
 def test_merge_refuses_edited_verify_parts(capsys: pytest.CaptureFixture[str], tmp_path: Path,
                                            files: dict[str, Path]) -> None:
     """A verification part (trial counts) is checked as a ranking part is: checksum, then
@@ -309,6 +315,7 @@ def test_merge_refuses_edited_verify_parts(capsys: pytest.CaptureFixture[str], t
         assert str(x) in err and message in err, (message, err)
 
 
+@pytest.mark.slow
 @needs_exe
 def test_merge_refuses_swapped_shard_claims(capsys: pytest.CaptureFixture[str], tmp_path: Path,
                                             halves: list[Path]) -> None:
@@ -366,6 +373,7 @@ def header_pairs(path: Path) -> tuple[list, bytes]:
     return [meta, *header[1:]], raw[8 + n:]
 
 
+@pytest.mark.slow
 @needs_exe
 def test_same_run_twice_writes_the_same_bytes(capsys: pytest.CaptureFixture[str], tmp_path: Path,
                                               files: dict[str, Path]) -> None:

@@ -105,6 +105,7 @@ def reference(data, tmp_path_factory):
     return cfg, train(cfg)
 
 
+@pytest.mark.slow
 def test_loss_decreases_and_every_epoch_is_recorded(reference):
     cfg, result = reference
     losses = [r["train_loss"] for r in result.history]
@@ -150,6 +151,7 @@ def test_stop_and_resume_gives_identical_weights(data, tmp_path, reference, stop
     assert state["epoch"] == 3 and state["step"] == 0
 
 
+@pytest.mark.slow
 def test_checkpoint_loads_in_extract_and_cmc_gives_the_epoch_metrics(reference, data, tmp_path):
     cfg, result = reference
     best = result.run_dir / "best.safetensors"
@@ -211,6 +213,7 @@ def load_checkpoint_meta(path: Path) -> dict[str, str]:
 # ---------------------------------------------------------------- command line
 
 
+@pytest.mark.slow
 def test_cli_resume_extends_a_run_like_an_uninterrupted_one(data, tmp_path):
     full = train(config(data, tmp_path / "full", schedule="constant"))  # in-process, 2 epochs
     common = ["train", str(data / "train"), "--query", str(data / "query"), "--gallery",
@@ -239,6 +242,7 @@ def slow_reference(data, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143),
                                       (signal.SIGKILL, -signal.SIGKILL)])
 def test_cli_signal_mid_epoch_saves_and_resumes_exactly(data, tmp_path, slow_reference, sig, code):
@@ -282,6 +286,7 @@ def cli_error(capsys, *args: str) -> str:
     return line
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["unknown key", "bad value", "bad yaml", "bad choice",
                                   "missing folder", "empty folder", "one class", "bad image",
                                   "existing run", "resume nothing", "resume with options",
@@ -429,6 +434,7 @@ def test_pk_batches_cover_every_image_in_p_by_k_groups():
 
 
 
+@pytest.mark.slow
 def test_cli_logs_plain_lines_to_a_log_file_as_it_trains(data, tmp_path, slow_reference):
     """stdout and stderr are files (nohup, a batch job's log): a start line, then one line per
     epoch, each on disk as soon as it happens; stdout keeps only the result."""

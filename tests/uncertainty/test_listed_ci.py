@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers.budget import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import roc_auc_score
@@ -24,7 +25,7 @@ def metrics_of(scores: torch.Tensor, genuine: torch.Tensor) -> dict:
     return verification_metrics(VerifyStats.from_scores(scores[genuine], scores[~genuine]), FARS)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(30), deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 6), st.booleans(), st.integers(0, 3)), min_size=2,
                 max_size=40))
 def test_weights_equal_repeated_trials(rows) -> None:

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import torch
 from ci_oracle import tpir
+from helpers.budget import examples
 from helpers.oracle import int_cases
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -41,7 +42,7 @@ def blind_cases(draw):
     return case, blind
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cb=blind_cases())
 def test_ones_weights_give_identifys_values(cb):
     case, blind = cb
@@ -85,7 +86,7 @@ def weighted_records(draw):
     return mated, decision, first, weights
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(wr=weighted_records(), rule=st.sampled_from(RULES))
 def test_integer_weights_equal_repeated_records(wr, rule):
     mated, decision, first, weights = wr

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from ci_oracle import tpir, units_of
+from helpers.budget import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -136,7 +137,7 @@ def small_pairs(draw):
     return labels, (va, vb, include), (mated, da, db, fa, fb), by
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=small_pairs())
 def test_exact_p_equals_a_brute_force_over_all_swaps(case):
     labels, (va, vb, include), (mated, da, db, fa, fb), by = case

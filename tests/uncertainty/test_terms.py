@@ -9,7 +9,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
+from helpers.budget import examples
 from helpers.oracle import int_cases
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -21,7 +23,7 @@ from embeval.uncertainty import intervals
 from embeval.uncertainty.terms import mean_terms
 from embeval.verification.identify import identify
 
-FAST = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=examples(30), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def sets_of(case) -> tuple[embeval.EmbeddingSet, embeval.EmbeddingSet]:
@@ -121,7 +123,8 @@ def revisited_cases(draw):
     return case, pairs
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.slow
+@settings(max_examples=examples(15), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rc=revisited_cases(), ap=st.sampled_from(["standard", "trapezoid"]))
 def test_terms_reproduce_revisited_metrics(rc, ap):
     case, pairs = rc

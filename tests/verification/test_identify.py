@@ -12,12 +12,18 @@ import subprocess
 import numpy as np
 import pytest
 import torch
+from helpers.budget import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import embeval
 from embeval.errors import OptionError
-from embeval.verification.identify import accepted_nonmated, identification_metrics, identify
+from embeval.verification.identify import (
+    accepted_nonmated,
+    identification_metrics,
+    identify,
+    omitted_fpirs,
+)
 
 FPIRS = [1e-3, 0.05, 0.1, 0.2, 0.25, 1 / 3, 0.5, 0.6, 0.999]
 
@@ -112,7 +118,7 @@ def run(c: dict, **extra) -> embeval.verification.identify.IdentifyResult:
                     **{"block_size": c["block_size"], **extra})
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cases())
 def test_equals_brute_force_with_ties(c: dict) -> None:
     """Small-integer embeddings and the inner product: exact scores, heavy ties, unknown labels,
@@ -125,7 +131,7 @@ def test_equals_brute_force_with_ties(c: dict) -> None:
     assert (got.n_mated, got.n_nonmated) == (want["n_mated"], want["n_nonmated"])
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(cases(), st.randoms(use_true_random=False))
 def test_invariant_to_gallery_order_and_blocks(c: dict, rnd) -> None:
     if c["exclude_self"]:
@@ -174,6 +180,39 @@ def test_fpir_omitted_without_enough_nonmated_queries() -> None:
     assert list(m) == ["rank1", "n_mated", "n_nonmated"] and m["n_nonmated"] == 0
     ins = run({**c, "rule": "insightface"}).metrics  # insightface omits nothing
     assert ins["TPIR@FPIR=0.5"] == 0.5 and ins["threshold@FPIR=0.999"] == 2.0  # s = 1: q1 only
+
+
+def test_an_omitted_fpir_says_why() -> None:
+    """Each FPIR target without a threshold is named with its reason: the smallest number of
+    non-mated queries that accepts one (checked against the float rule it follows)."""
+    omitted = omitted_fpirs([1e-3, 1e-2, 0.1], 47)
+    assert list(omitted) == ["TPIR@FPIR=0.001", "TPIR@FPIR=0.01"]
+    assert omitted["TPIR@FPIR=0.01"] == "too few non-mated queries for FPIR 0.01: 47, it needs at least 100"
+    for f in (1e-3, 0.01, 0.3, 1 / 3, 0.07):
+        need = int(omitted_fpirs([f], 1)[f"TPIR@FPIR={f:g}"].rpartition(" ")[2]) if f < 1 else 1
+        assert accepted_nonmated(f, need) == 1 and accepted_nonmated(f, need - 1) == 0
+    assert omitted_fpirs([0.5], 0) == {"TPIR@FPIR=0.5": "no non-mated queries"}
+    assert omitted_fpirs([1e-3], 5, "insightface") == {}
+
+
+def test_identify_json_keeps_an_omitted_row_as_null_with_its_reason(tmp_path, capsys) -> None:
+    from helpers.cli import cli_run
+
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "sample_data", "digits")
+    q = embeval.load(os.path.join(root, "query.safetensors"))
+    labels = q.labels.clone()
+    labels[:47] = -1  # 47 non-mated queries
+    qf = embeval.save(tmp_path / "q.safetensors", q.embeddings, labels)
+    r = cli_run(capsys, "identify", qf, os.path.join(root, "gallery.safetensors"), "--fpir", "1e-3",
+                "0.1", "--json", "--device", "cpu")
+    out = json.loads(r.stdout)
+    assert out["metrics"]["TPIR@FPIR=0.001"] is None and out["metrics"]["TPIR@FPIR=0.1"] > 0
+    assert list(out["metrics"])[:2] == ["TPIR@FPIR=0.001", "TPIR@FPIR=0.1"]
+    assert out["omitted"] == {"TPIR@FPIR=0.001": "too few non-mated queries for FPIR 0.001: 47, "
+                                                 "it needs at least 1000"}
+    table = cli_run(capsys, "identify", qf, os.path.join(root, "gallery.safetensors"), "--fpir", "1e-3",
+                    "--device", "cpu").stdout
+    assert "TPIR@FPIR=0.001 │    n/a" in table and "TPIR@FPIR=0.001: n/a, too few non-mated" in table
 
 
 @pytest.mark.parametrize("n", [1, 3, 7, 10, 49, 100, 1000, 12345])
@@ -229,10 +268,14 @@ def test_cli_json_equals_brute_force(files: dict, capsys: pytest.CaptureFixture[
                   "0.05", "0.1", "0.5", "-k", "3", "--device", "cpu", "--json")
     assert res.returncode == 0, res.stderr
     data = json.loads(res.stdout)
-    same(data["metrics"], files["want"])  # 0.05 < 1/15: omitted
+    # 0.05 < 1/15: no threshold; the row stays, null, and "omitted" says why (issue 30)
+    assert data["metrics"].pop("TPIR@FPIR=0.05") is None
+    assert data["omitted"] == {"TPIR@FPIR=0.05": "too few non-mated queries for FPIR 0.05: 15, "
+                                                "it needs at least 20"}
+    same(data["metrics"], files["want"])
     assert data["command"] == "identify" and data["options"]["fpir_rule"] == "embeval"
     assert data["n_valid"] == files["want"]["n_mated"] > 0 and files["want"]["n_nonmated"] == 15
-    assert "TPIR@FPIR=0.05" not in data["metrics"] and data["metrics"]["TPIR@FPIR=0.1,rank3"] > 0
+    assert data["metrics"]["TPIR@FPIR=0.1,rank3"] > 0
     res = cli_run(capsys, "identify", files["q"], files["g"], "--fpir", "0.1", "1.5")
     assert (res.returncode, res.stdout) == (2, "")
     assert res.stderr == "embeval: error: --fpir 1.5: must be between 0 and 1 (exclusive)\n"
@@ -241,6 +284,7 @@ def test_cli_json_equals_brute_force(files: dict, capsys: pytest.CaptureFixture[
 EXE = shutil.which("embeval")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(EXE is None, reason="the embeval console script is not installed")
 def test_installed_command(files: dict, tmp_path) -> None:
     """Through the installed command: the table, --fpir-rule insightface in JSON, one-line errors."""

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.budget import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -56,7 +57,7 @@ _ROWS = st.lists(st.tuples(st.integers(0, 99), st.integers(0, 999), st.integers(
                  min_size=1, max_size=60)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(rows=_ROWS, style=st.sampled_from(["plain", "crlf", "bom", "spaces", "quotes", "blank",
                                           "no_final_newline", "minus_zero"]),
        block=st.sampled_from([7, 16, 40, 1 << 22]))
@@ -380,7 +381,7 @@ def _brute_force_folds(scores: list[float], genuine: list[bool],
     return accs, thresholds
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(data=st.lists(st.tuples(st.integers(-3, 3), st.booleans()), min_size=2, max_size=40),
        folds=st.integers(2, 12))
 def test_fold_accuracy_against_brute_force(data: list[tuple[int, bool]], folds: int) -> None:

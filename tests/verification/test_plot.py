@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.budget import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -58,7 +59,7 @@ def check_histogram(x: np.ndarray) -> None:
     assert (hi[~finite] == 2.0 ** 128).all() and (bins[~finite] == 0xFF7F).all()
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(arrays(np.float32, st.integers(1, 40),
               elements=st.floats(width=32, allow_nan=False, allow_infinity=False)))
 def test_histogram_bins_hold_their_values(x: np.ndarray) -> None:
@@ -201,6 +202,7 @@ def plot_inputs() -> dict[str, object]:
             "title": "toy verification"}
 
 
+@pytest.mark.slow
 def test_plot_png_decodes_with_content(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     from PIL import Image
@@ -229,6 +231,6 @@ def test_outputs_into_a_file_as_folder_leave_nothing(tmp_path: Path) -> None:
 def test_plot_without_matplotlib_says_how_to_get_it(tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    with pytest.raises(OptionError, match="pip install 'embeval\\[plot\\]'"):
+    with pytest.raises(OptionError, match="^plots need matplotlib, which is not installed: pip install"):
         write_verification_plot(tmp_path / "a.png", **plot_inputs())
     assert list(tmp_path.iterdir()) == []

@@ -11,6 +11,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
+from helpers.budget import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -100,7 +101,7 @@ def vector_pairs(draw) -> tuple[list[float], list[float]]:
     return q, g
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.lists(vector_pairs(), min_size=1, max_size=6), st.integers(1, 4))
 def test_exact_and_pair_dots_equal_fractions_rounded_by_hand(
         pairs: list[tuple[list[float], list[float]]], chunk: int) -> None:
@@ -205,7 +206,8 @@ def permuted(s: embeval.EmbeddingSet, perm: torch.Tensor) -> embeval.EmbeddingSe
     return embeval.EmbeddingSet(s.embeddings[perm], s.labels[perm], s.cameras[perm])
 
 
-@settings(max_examples=25, deadline=None)
+@pytest.mark.slow
+@settings(max_examples=examples(25), deadline=None)
 @given(float_cases())
 def test_counts_are_invariant_to_blocks_backends_order_and_shards(c: dict) -> None:
     """Random float embeddings (not integers): scores are a function of the pair alone, so the

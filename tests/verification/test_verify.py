@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.budget import examples
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import roc_auc_score, roc_curve
@@ -155,7 +156,7 @@ def run(c: dict) -> embeval.VerifyResult:
                           block_size=c["block_size"])
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(200), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cases())
 # one genuine pair among impostors
 @example(named([[1], [2]], [0, 1], [[1], [2], [0], [1]], [0, 2, 3, 2], fars=(0.2, 1 / 3)))
@@ -184,7 +185,7 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(80), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_listed_pairs_equal_scikit_learn(tmp_path_factory: pytest.TempPathFactory,
                                          data: st.DataObject) -> None:
@@ -442,6 +443,7 @@ def test_cli_bad_input_is_one_line(files: dict, tmp_path: Path, monkeypatch: pyt
 EXE = shutil.which("embeval")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(EXE is None, reason="the embeval console script is not installed")
 def test_installed_command(files: dict, tmp_path: Path) -> None:
     def run_cli(*args: object) -> subprocess.CompletedProcess[str]:

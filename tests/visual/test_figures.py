@@ -73,6 +73,7 @@ def test_verification_figure_has_roc_det_and_histogram_panels(sets):
     assert len(plots.score_histogram_figure(result).axes) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix", ["png", "svg"])
 def test_cmc_plot_through_the_command_line(tmp_path, capsys, suffix):
     out = tmp_path / f"cmc.{suffix}"
@@ -82,6 +83,7 @@ def test_cmc_plot_through_the_command_line(tmp_path, capsys, suffix):
     assert_png_drawn(out) if suffix == "png" else assert_svg(out)
 
 
+@pytest.mark.slow
 def test_pr_and_verify_plots_through_the_command_line(tmp_path, capsys):
     q, g = SAMPLE / "query.safetensors", SAMPLE / "gallery.safetensors"
     r = cli_run(capsys, "pr", q, g, "--plot", tmp_path / "pr.png")
@@ -107,5 +109,34 @@ def test_without_matplotlib_the_plot_is_one_line_exit_2(tmp_path, capsys, monkey
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     r = cli_run(capsys, "cmc", SAMPLE / "query.safetensors", SAMPLE / "gallery.safetensors",
                 "--plot", tmp_path / "cmc.png")
-    assert r.returncode == 2 and "pip install 'embeval[plot]'" in r.stderr
+    assert r.returncode == 2
+    assert "--plot: plots need matplotlib, which is not installed: pip install matplotlib" in r.stderr
     assert r.stderr.count("\n") == 1 and not (tmp_path / "cmc.png").exists()
+
+
+def test_writers_name_the_parameter_when_the_result_lacks_their_data(tmp_path: Path) -> None:
+    """``write_predictions`` without kNN and ``write_pr_plot`` / ``write_curves`` without PR data
+    raise an OptionError naming ``result`` (was a raw KeyError / TypeError), writing nothing."""
+    q = embeval.EmbeddingSet(np.eye(4, dtype=np.float32), [0, 0, 1, 1])
+    res = embeval.evaluate(q, q, ks=(1,), device="cpu")
+    for write, target in ((embeval.write_predictions, "p.csv"), (embeval.write_pr_plot, "pr.png"),
+                          (embeval.write_curves, "c.safetensors")):
+        with pytest.raises(OptionError, match=r"^result: ") as e:
+            write(tmp_path / target, res)
+        assert e.value.param == "result" and not (tmp_path / target).exists()
+
+
+def test_without_matplotlib_a_plot_says_so_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A broken install (matplotlib is a dependency): the option that asked for a plot is named,
+    and a report (no --plot) does not speak of --plot."""
+    import sys
+
+    from embeval.visual.figures.base import require_matplotlib
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    with pytest.raises(OptionError, match=r"^plot: plots need matplotlib") as e:
+        require_matplotlib()
+    assert e.value.param == "plot"
+    with pytest.raises(OptionError, match=r"^plots need matplotlib, which is not installed") as e:
+        require_matplotlib(None)
+    assert e.value.param is None

@@ -45,6 +45,7 @@ def metrics(r: subprocess.CompletedProcess[str]) -> dict:
     return json.loads(r.stdout)["metrics"]
 
 
+@pytest.mark.slow
 def test_npz_gives_the_results_of_the_same_data_in_safetensors(tmp_path):
     q = as_npz(SAMPLE / "query.safetensors", tmp_path / "q.npz",
                embeddings=embeval.load(SAMPLE / "query.safetensors").embeddings.numpy()
@@ -112,6 +113,7 @@ class Exploding:
         return (Path.touch, (Path(os.environ.get("EMBEVAL_TEST_MARKER", "/nonexistent")),))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["npy", "npz-embeddings", "npz-paths"])
 def test_a_pickled_object_array_is_refused_with_exit_2(tmp_path, where, monkeypatch, capsys):
     """Through the installed command for one case (the others in this process: the same code)."""

@@ -59,6 +59,7 @@ def test_table_rows_are_the_per_query_values(tmp_path: Path) -> None:
     assert rows[1][1] == f"{HOSTILE}0" and rows[0][1] == -1  # named label; unknown label as is
 
 
+@pytest.mark.slow
 def test_page_is_self_contained_and_escaped(tmp_path: Path) -> None:
     q, g = _sets(tmp_path)
     res = embeval.evaluate(q, g, ks=(1, 5), pr=True, device="cpu")
@@ -85,6 +86,7 @@ def test_other_query_file_is_refused(tmp_path: Path) -> None:
         report_html(saved_result("cmc", res, inputs={}), query=q, gallery=q)
 
 
+@pytest.mark.slow
 def test_both_command_forms(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     one, two, rs = tmp_path / "a.html", tmp_path / "b.html", tmp_path / "r.safetensors"
     r = cli_run(capsys, "report", Q, G, "--out", one, "--save-result", rs, "--device", "cpu",
@@ -109,6 +111,7 @@ def test_both_command_forms(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert two.read_bytes() == one.read_bytes()
 
 
+@pytest.mark.slow
 def test_verify_result_has_roc(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rs, out = tmp_path / "v.safetensors", tmp_path / "v.html"
     assert cli_run(capsys, "verify", Q, G, "--save-result", rs, "--device", "cpu").returncode == 0
@@ -118,6 +121,7 @@ def test_verify_result_has_roc(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "alt='ROC, DET and score distributions'" in text and "n_genuine" in text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["{rs}", "--out", "{rs}"], "refusing to overwrite an input"),
     (["{q}", "--out", "x.html"], "is not an embeval result file"),
@@ -136,3 +140,19 @@ def test_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     r = cli_run(capsys, "report", *[a.format(rs=rs, q=Q, g=G) for a in args])
     assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x.html").exists()
+
+
+def test_cmc_plot_runs_to_the_largest_k_asked_or_where_it_reaches_100() -> None:
+    """Issue 30: the CMC plot ran to rank 50 when -k 1 5 10 was asked (flat from ~12)."""
+    from embeval.visual.report import cmc_extent
+
+    q, g = embeval.load(Q), embeval.load(G)
+    res = embeval.evaluate(q, g, ks=(1, 5, 10), device="cpu")
+    asked = saved_result("cmc", res, inputs={}, extra={"ks": [1, 5, 10]})
+    assert cmc_extent(asked) == 10
+    unknown = saved_result("cmc", res, inputs={})
+    ranks, rate = cmc_from_saved(unknown, 50)
+    full = int(ranks[rate >= 1.0][0]) if (rate >= 1.0).any() else 50
+    assert cmc_extent(unknown) == full  # the oracle: the first rank at 100% (or the cap)
+    text = report_html(asked)
+    assert "CMC curve" in text and "<a href='#worst'>" in text

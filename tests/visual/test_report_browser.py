@@ -1,13 +1,17 @@
 """``embeval report`` in a real headless browser (issue 16, part 3): Debian's ``chromium`` and
 ``chromedriver`` through selenium (never downloaded: both paths given), networking off. The
 report loads without console errors or failed requests, every plot and thumbnail has loaded,
-the per-query table sorts, and a screenshot is not blank. Skips, saying why, only where no
-browser is installed (``.ci/run`` installs one with apt)."""
+the per-query table sorts, and a screenshot is not blank. The layout (issue 30) at 1400 px: the
+PR plot beside the CMC plot, the verification figure at full width, no link to an empty section,
+readable thumbnail captions; screenshots go to ``$EMBEVAL_SCREENSHOTS`` when set (to look at).
+Skips, saying why, only where no browser is installed (``.ci/run`` installs one with apt). Slow:
+a browser start and a report with bootstrap intervals."""
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -33,7 +37,10 @@ except ImportError:
 if MISSING is None and (CHROMIUM is None or DRIVER is None):
     MISSING = ("no chromium/chromedriver on PATH (Debian: apt-get install chromium chromium-driver;"
                " .ci/run installs them)")
-pytestmark = pytest.mark.skipif(MISSING is not None, reason=f"browser test skipped: {MISSING}")
+pytestmark = [pytest.mark.skipif(MISSING is not None, reason=f"browser test skipped: {MISSING}"),
+              pytest.mark.slow]
+DIGITS = Path(__file__).resolve().parents[2] / "sample_data" / "digits"
+WIDTH = 1400
 
 N_QUERY, N_GALLERY = 240, 300
 
@@ -66,17 +73,11 @@ def page(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - (driver, r
     q, g = _sets(root)
     res = embeval.evaluate(q, g, ks=(1, 5), pr=True, device="cpu")
     ci = intervals(res, level=0.95, n_resamples=200)
-    saved = saved_result("cmc", res, inputs={}, intervals={"ci": ci.to_json(),
-                                                           "options": ci.options.to_dict()})
+    saved = saved_result("cmc", res, inputs={}, extra={"ks": [1, 5], "knn_k": None, "pr": True},
+                         intervals={"ci": ci.to_json(), "options": ci.options.to_dict()})
     report = write_report(root / "report.html", saved, query=q, gallery=g, pr_curves=res.pr_curves,
                           worst=5, top=6)
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM  # type: ignore[assignment]
-    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--proxy-server=127.0.0.1:9",
-              "--window-size=1280,1600"):
-        opts.add_argument(a)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-    driver = webdriver.Chrome(service=Service(executable_path=DRIVER), options=opts)
+    driver = _browser()
     try:
         driver.execute_cdp_cmd("Network.enable", {})
         driver.execute_cdp_cmd("Network.emulateNetworkConditions", {
@@ -85,6 +86,52 @@ def page(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - (driver, r
         yield driver, report, res
     finally:
         driver.quit()
+
+
+def _browser():  # noqa: ANN202 - a selenium WebDriver
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM  # type: ignore[assignment]
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--proxy-server=127.0.0.1:9",
+              f"--window-size={WIDTH},1600", "--hide-scrollbars"):
+        opts.add_argument(a)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    return webdriver.Chrome(service=Service(executable_path=DRIVER), options=opts)
+
+
+@pytest.fixture(scope="module")
+def verify_page(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - (driver, report)
+    """The report of ``embeval verify --save-result`` on the sample digits, as the CLI writes it."""
+    from embeval.cli import main
+
+    root = tmp_path_factory.mktemp("verify-report")
+    rs, html = root / "v.safetensors", root / "v.html"
+    for args in (["verify", str(DIGITS / "query.safetensors"), str(DIGITS / "gallery.safetensors"),
+                  "--save-result", str(rs), "--device", "cpu"], ["report", str(rs), "--out", str(html)]):
+        with pytest.raises(SystemExit) as done:
+            main(args)
+        assert done.value.code in (0, None)
+    driver = _browser()
+    try:
+        driver.get(html.resolve().as_uri())
+        yield driver, html
+    finally:
+        driver.quit()
+
+
+def _box(driver, selector: str) -> dict:
+    return driver.execute_script(
+        "const r = document.querySelector(arguments[0]).getBoundingClientRect();"
+        "return {left: r.left, right: r.right, top: r.top, width: r.width};", selector)
+
+
+def _screenshot(driver, name: str) -> Image.Image:
+    """The whole page (as tall as it is), kept in $EMBEVAL_SCREENSHOTS when set."""
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(WIDTH, min(max(height, 800), 6000))
+    shot = Image.open(io.BytesIO(driver.get_screenshot_as_png()))
+    if os.environ.get("EMBEVAL_SCREENSHOTS"):
+        shot.save(Path(os.environ["EMBEVAL_SCREENSHOTS"]) / f"{name}.png")
+    return shot
 
 
 def test_loads_offline_without_errors_or_requests(page) -> None:
@@ -146,3 +193,39 @@ def test_screenshot_is_not_blank(page) -> None:
     shot = Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("L")
     pixels = np.asarray(shot, dtype=np.float64)
     assert pixels.shape[0] > 500 and pixels.std() > 20
+
+
+def test_pr_plot_sits_beside_the_cmc_plot_at_1400_px(page) -> None:
+    driver, _, _ = page
+    cmc, pr = _box(driver, "img[alt='CMC curve']"), _box(driver, "img[alt='precision-recall curve']")
+    assert pr["top"] == pytest.approx(cmc["top"], abs=2) and pr["left"] > cmc["right"]
+    assert cmc["width"] >= 340 and pr["width"] >= 340
+    metrics = _box(driver, "#metrics")
+    assert cmc["left"] > metrics["right"]  # beside the metrics: no half-empty row
+    assert _screenshot(driver, "report-cmc").size[0] >= WIDTH - 20
+
+
+def test_thumbnail_captions_are_shown_at_their_size(page) -> None:
+    """The worst queries' rows are drawn with 14 px text and shown unscaled."""
+    driver, _, _ = page
+    sizes = driver.execute_script("return Array.from(document.querySelectorAll('img.thumb'))"
+                                  ".map(i => [i.naturalWidth, i.getBoundingClientRect().width])")
+    assert sizes and all(abs(natural - shown) < 1 for natural, shown in sizes)
+    assert "1 worst" not in driver.page_source
+
+
+def test_verify_report_figure_is_wide_and_links_only_to_what_it_has(verify_page) -> None:
+    driver, _ = verify_page
+    figure = _box(driver, "img[alt='ROC, DET and score distributions']")
+    assert figure["width"] >= 900  # not squeezed beside the metrics (was ~560 px)
+    links = [a.get_attribute("href").rpartition("#")[2]
+             for a in driver.find_elements(By.CSS_SELECTOR, "nav a")]
+    assert links == ["metrics", "plots", "options"]
+    assert all(driver.find_elements(By.ID, anchor) for anchor in links)
+    options = dict(driver.execute_script(
+        "return Array.from(document.querySelectorAll('table.kv tr'))"
+        ".map(r => [r.cells[0].textContent, r.cells[1].textContent])"))
+    assert "ks" not in options and "knn_k" not in options and options["metric"] == "cosine"
+    assert not any(v.startswith('"') for v in options.values())  # plain, not JSON-quoted
+    shot = np.asarray(_screenshot(driver, "report-verify").convert("L"), dtype=np.float64)
+    assert shot.std() > 20

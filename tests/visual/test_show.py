@@ -145,6 +145,7 @@ def _sample_sets(tmp_path: Path) -> tuple[Path, Path]:
     return files[0], files[1]
 
 
+@pytest.mark.slow
 def test_show_on_real_sample_images_through_the_installed_command(tmp_path):
     q, g = _sample_sets(tmp_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -191,6 +192,7 @@ print(json.dumps({"code": code, "heavy": heavy}))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [["show", "--help"], ["convert", "--help"],
                                   ["show", "nope.safetensors", "g.safetensors", "--out", "o"]])
 def test_show_and_convert_check_arguments_before_loading_the_core(tmp_path, args):
@@ -203,3 +205,46 @@ def test_show_and_convert_check_arguments_before_loading_the_core(tmp_path, args
         assert "Examples:" in r.stdout
     else:
         assert r.stderr.count("\n") == 1 and "nope.safetensors: no such file" in r.stderr
+
+
+def test_a_wrong_images_root_is_refused_and_a_partial_one_counted(tmp_path, hand_made, capsys):
+    """None of the images under --images-root: exit 2 naming where it looked; some missing: a
+    warning with the count (issue 30: every tile a placeholder, exit 0, no word)."""
+    q, g, imgs = hand_made
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = cli_run(capsys, "show", q, g, "--out", tmp_path / "a", "--queries", "0", "--top", 5,
+                "--images-root", empty, "--device", "cpu")
+    assert r.returncode == 2 and not (tmp_path / "a").exists()
+    assert f"none of the 6 images to show was found under --images-root {empty}" in r.stderr
+    r = cli_run(capsys, "show", q, g, "--out", tmp_path / "b", "--queries", "0", "--top", 5,
+                "--images-root", imgs, "--device", "cpu")
+    assert r.returncode == 0, r.stderr  # q0 and 4 of the 5 results exist: g4.png does not
+    assert f"warning: 1 of 6 images not found under --images-root {imgs}" in r.stderr
+
+
+def test_titles_say_one_query_and_space_their_dots(tmp_path, hand_made, capsys, monkeypatch):
+    from PIL import ImageDraw
+
+    import embeval.visual.ranked as ranked
+
+    q, g, imgs = hand_made
+    texts: list[str] = []
+    real_text, real_sheet = ImageDraw.ImageDraw.text, ranked.contact_sheet
+    def text(self, xy, text, *a, **k):  # noqa: ANN001, ANN202 - ImageDraw.text, recorded
+        texts.append(text)
+        return real_text(self, xy, text, *a, **k)
+
+    def sheet(rows, title=""):  # noqa: ANN001, ANN202 - contact_sheet, recorded
+        texts.append("SHEET " + title)
+        return real_sheet(rows, title=title)
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", text)
+    monkeypatch.setattr(ranked, "contact_sheet", sheet)
+    r = cli_run(capsys, "show", q, g, "--out", tmp_path / "s", "--worst", 1, "--top", 3,
+                "--images-root", imgs, "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    title = next(t for t in texts if t.startswith("SHEET "))
+    assert title.startswith("SHEET 1 worst query by AP  ·  ")
+    header = next(t for t in texts if t.startswith("query ") and "AP" in t)
+    assert header.startswith("query 1  ·  label 2  ·  AP 0.500  ·  first hit at rank 2")

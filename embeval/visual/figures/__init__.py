@@ -1,7 +1,7 @@
 """Every matplotlib figure of embeval, in one room: the writers (``--plot``), ``report`` and the
 Python API draw here, and :mod:`.base` is the one place that loads matplotlib.
 
-- :mod:`.base`: :func:`require_matplotlib` (one line naming ``embeval[plot]`` when it is missing),
+- :mod:`.base`: :func:`require_matplotlib` (one line saying how to get it back when it is missing),
   blank figures, :func:`save_figure` (by the file's suffix), SVG data URIs;
 - :mod:`.ranking`: the CMC curve and the mean interpolated PR curve of an ``EvalResult``;
 - :mod:`.verification`: ROC, DET and the genuine / impostor score densities of a ``VerifyResult``;

@@ -1,7 +1,8 @@
 """The one place that loads matplotlib: its file-only backend, blank figures, saving.
 
-Without matplotlib every figure raises :class:`~embeval.errors.OptionError` with the one line
-that names the extra to install (``pip install 'embeval[plot]'``); the CLI turns it into exit 2.
+matplotlib is a dependency; in a broken install without it every figure raises
+:class:`~embeval.errors.OptionError` with the one line that says how to get it back (naming the
+option that asked for a plot, if any); the CLI turns it into exit 2.
 """
 
 from __future__ import annotations
@@ -17,25 +18,28 @@ from embeval.outputs import atomic_path
 
 __all__ = ["require_matplotlib", "new_figure", "save_figure", "svg_uri", "FORMATS", "Figure"]
 
-Figure = Any  # matplotlib.figure.Figure (matplotlib is optional)
+Figure = Any  # matplotlib.figure.Figure (imported lazily)
 FORMATS = ("png", "svg", "pdf")
 
 
-def require_matplotlib():  # noqa: ANN201 - returns matplotlib.pyplot
-    """matplotlib.pyplot with the file-only Agg backend, or an OptionError saying how to get it."""
+def require_matplotlib(param: str | None = "plot"):  # noqa: ANN201 - returns matplotlib.pyplot
+    """matplotlib.pyplot with the file-only Agg backend, or an OptionError (naming ``param``, the
+    option that asked for a plot, if any) saying how to get it back: matplotlib is a dependency,
+    so it is missing only from a broken install."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise OptionError("plot needs matplotlib: pip install 'embeval[plot]'",
-                          param="plot") from None
+        what = f"{param}: plots need" if param else "plots need"
+        raise OptionError(f"{what} matplotlib, which is not installed: pip install matplotlib",
+                          param=param) from None
     return plt
 
 
 def new_figure(width: float, height: float, dpi: int = 100) -> Figure:
     """A blank matplotlib ``Figure`` of ``width`` x ``height`` inches (no pyplot state)."""
-    require_matplotlib()
+    require_matplotlib(None)
     from matplotlib.figure import Figure as _Figure
 
     return _Figure(figsize=(width, height), dpi=dpi)

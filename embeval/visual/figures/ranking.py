@@ -2,7 +2,8 @@
 
 Pure functions: each takes an :class:`~embeval.evaluation.EvalResult` and returns a matplotlib
 ``Figure`` (no pyplot state, nothing global); the ``write_*`` functions save one atomically, in
-the format of the file's suffix. Needs matplotlib (:func:`~embeval.visual.figures.base.require_matplotlib`).
+the format of the file's suffix. Drawn with matplotlib, a dependency
+(:func:`~embeval.visual.figures.base.require_matplotlib`).
 """
 
 from __future__ import annotations
@@ -87,7 +88,9 @@ def write_cmc_plot(path: str | os.PathLike[str], result: EvalResult, *,
 
 def pr_figure(result: EvalResult, title: Callable[[], str] | str = ""):  # noqa: ANN201
     """A matplotlib ``Figure`` (one axes) of the mean interpolated precision-recall curve of a
-    ``pr=True`` result (needs matplotlib: ``embeval[plot]``)."""
+    ``pr=True`` result."""
+    if result.pr_curves is None:
+        raise OptionError("result: PR curves were not computed (evaluate(..., pr=True))", param="result")
     require_matplotlib()
     from matplotlib.figure import Figure
 
@@ -107,7 +110,8 @@ def pr_figure(result: EvalResult, title: Callable[[], str] | str = ""):  # noqa:
 
 def write_pr_plot(path: str | os.PathLike[str], result: EvalResult,
                   title: Callable[[], str] | str = "") -> None:
-    """PNG of the mean interpolated precision-recall curve (needs matplotlib: ``embeval[plot]``)."""
+    """The mean interpolated precision-recall curve of a ``pr=True`` result, in the format of
+    ``path``'s suffix (``.png``, ``.svg``, ``.pdf``)."""
     fig = pr_figure(result, title)
     suffix = Path(path).suffix.lstrip(".") or "png"
     with atomic_path(path) as tmp:

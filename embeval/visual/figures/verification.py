@@ -40,8 +40,8 @@ def trials_figure(*, fpr: ArrayLike, tpr: ArrayLike, gen_values: ArrayLike,
                         far_points: Mapping[float, tuple[float, float]], title: str = "",
                         n_bins: int = 100, panels: Sequence[str] = PANELS):  # noqa: ANN201
     """A matplotlib ``Figure`` with ``panels`` (of :data:`PANELS`, in order, one axes each):
-    the arguments are :func:`write_verification_plot`'s. Needs matplotlib (``embeval[plot]``)."""
-    require_matplotlib()
+    the arguments are :func:`write_verification_plot`'s. Drawn with matplotlib."""
+    require_matplotlib(None)
     from matplotlib.figure import Figure
 
     unknown = [p for p in panels if p not in PANELS]
@@ -70,7 +70,7 @@ def write_verification_plot(path: PathLike, *, fpr: ArrayLike, tpr: ArrayLike,
                             gen_values: ArrayLike, gen_counts: ArrayLike, imp_edges: ArrayLike,
                             imp_counts: ArrayLike, far_points: Mapping[float, tuple[float, float]],
                             title: str = "", n_bins: int = 100) -> None:
-    """PNG (or the format of ``path``'s suffix) with three panels (needs matplotlib: ``embeval[plot]``).
+    """PNG (or the format of ``path``'s suffix) with three panels.
 
     ROC: TAR (linear) against FAR (log axis); DET: FNR against FPR on normal-deviate (probit)
     axes; the genuine and impostor score densities on ``n_bins`` shared linear bins over the
