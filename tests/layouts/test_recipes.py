@@ -20,7 +20,7 @@ from test_insightface_bin import fixture_bin
 from test_lfw import lfw_root
 from test_metric_learning import write_sop
 from test_reid import write_market
-from test_revisited import write_roxford
+from test_revisited_gnd import write_roxford
 
 from embeval.layouts import LAYOUTS, detect_layouts
 
