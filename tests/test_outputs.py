@@ -265,7 +265,8 @@ def test_dev_stdout_redirected_to_a_file_is_written_into_not_refused(files, tmp_
                               "/dev/stdout"], stdout=f, stderr=subprocess.PIPE, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     text = target.read_text()
-    assert text.startswith("index,label,") and "rank1" in text  # the CSV, then the table
+    assert text.startswith("index,label,") and "rank1" not in text  # the CSV alone
+    assert "rank1" in res.stderr  # an output on stdout sends the table to stderr
 
 
 @pytest.mark.slow

@@ -149,7 +149,7 @@ def resolve_layout(name: str, root: str | Path) -> LayoutInfo:
     found = detect_layouts(root)
     if len(found) != 1:
         what = f"matches {', '.join(found)}" if found else "matches no benchmark layout"
-        raise OptionError(f"layout auto: {root} {what}; give --layout NAME (embeval layouts "
+        raise OptionError(f"layout: auto: {root} {what}; name the layout (`embeval layouts` "
                           "lists them)", param="layout")
     return _BY_NAME[found[0]]
 
