@@ -13,11 +13,10 @@ from typing import Annotated, Literal
 
 import typer
 
-from embeval.errors import OptionError
+from embeval.errors import InputFileError, OptionError
 from embeval.options import EvalOptions, IntervalOptions
 
 from .evaluate_cmds import (
-    GalleryArg,
     QueryArg,
     examples,
     file_option,
@@ -30,13 +29,20 @@ FarRule = Literal["step", "nearest"]
 
 VERIFY_EXAMPLES = examples(
     "embeval verify faces.safetensors faces.safetensors --exclude-self --far 1e-4 1e-3",
-    "embeval verify lfw.safetensors lfw.safetensors --pairs pairs.csv --folds 10",
+    "embeval verify lfw.safetensors --folds 10",
     "embeval verify ijbc.safetensors ijbc.safetensors --templates --pairs ijbc_pairs.csv "
     "--far-rule nearest --roc roc.csv --plot roc.png")
 
 
+OneFileGalleryArg = Annotated[list[Path] | None, typer.Argument(
+    metavar="[GALLERY...]",
+    help="Gallery embeddings (.safetensors): one file, several, or a quoted glob. Left out: QUERY "
+         "is the gallery and its listed pairs are the file that QUERY names (extract --layout "
+         "writes one beside it): embeval verify lfw.safetensors --folds 10.", show_default=False)]
+
+
 @metric_command(VERIFY_EXAMPLES, ranked=False, without=("aggregate", "no_positive"))
-def verify(query: QueryArg, gallery: GalleryArg,
+def verify(query: QueryArg, gallery: OneFileGalleryArg = None,
            far: Annotated[list[float] | None, typer.Option(
                "--far", metavar="F...",
                help="False accept rates in (0, 1) for TAR@FAR (default: 1e-6 1e-5 1e-4 1e-3 "
@@ -67,6 +73,9 @@ def verify(query: QueryArg, gallery: GalleryArg,
     from embeval._launch import requested
 
     fars = rates(far, (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1), "--far")
+    if not gallery:  # one file: its own gallery, with the pairs it names
+        require_files([query])
+        gallery, pairs = [query], pairs or _named_pairs(query)
     if folds is not None and pairs is None:
         raise OptionError("--folds: the LFW protocol splits listed pairs: give --pairs too")
     if pairs is not None and (options.exclude_self or options.exclude_same_camera):
@@ -106,6 +115,22 @@ def verify(query: QueryArg, gallery: GalleryArg,
         _torchrun(job)
     else:
         _whole(job, pairs, folds)
+
+
+def _named_pairs(query: Path) -> Path:
+    """The pairs CSV that an embedding file names in its metadata (``pairs_file``: a file name,
+    looked for beside it, never a path elsewhere), as ``extract --layout`` writes it."""
+    from embeval.data.store import load
+
+    name = load(query).metadata.get("pairs_file")
+    if not name:
+        raise OptionError(f"GALLERY: missing, and {query} names no pairs file: give the gallery "
+                          "file(s), or --pairs CSV")
+    pairs = query.parent / Path(name).name
+    if not pairs.is_file():
+        raise InputFileError(query, f"names its pairs file {Path(name).name!r}, which is not beside "
+                                    "it: give --pairs CSV")
+    return pairs
 
 
 def _load(job, listed: bool = False):  # noqa: ANN001, ANN202

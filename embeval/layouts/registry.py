@@ -45,12 +45,12 @@ LAYOUTS: tuple[LayoutInfo, ...] = (
     LayoutInfo("insightface-bin", "faces", "insightface_bin",
                "BENCH_ROOT is the .bin file (lfw, cfp_fp, cfp_ff, agedb_30, calfw, cplfw): a "
                "pickle of (JPEG bytes list, issame list), pairs consecutive",
-               ("images",), "embeval verify {images} {images} --pairs {pairs} --folds 10",
+               ("images",), "embeval verify {images} --folds 10",
                (), ("pairs",), f"extract with --flip-sum {_FACE}"),
     LayoutInfo("lfw-pairs", "faces", "lfw",
                "pairs.txt (a 'folds count' header, 'name n1 n2' same and 'name1 n1 name2 n2' "
                "different lines) and the images name/name_0001.jpg under lfw/ (or BENCH_ROOT)",
-               ("images",), "embeval verify {images} {images} --pairs {pairs} --folds {folds}",
+               ("images",), "embeval verify {images} --folds {folds}",
                ("pairs.txt",), ("pairs",)),
     LayoutInfo("market1501", "re-id", "reid",
                "bounding_box_test/ (gallery) and query/ (0002_c1s1_000451_03.jpg: label 2, "
@@ -104,14 +104,14 @@ LAYOUTS: tuple[LayoutInfo, ...] = (
                "template; faceness-weighted when pooled); 1:N: meta/ijbc_1N_probe_mixed.csv, "
                "ijbc_1N_gallery_G1.csv, ijbc_1N_gallery_G2.csv (pooled templates, then "
                "embeval identify)", ("images",),
-               "embeval verify {images} {images} --templates --pairs {pairs} --far-rule nearest",
+               "embeval verify {images} --templates --far-rule nearest",
                ("meta/ijbc_face_tid_mid.txt",), ("pairs",), f"extract with --flip {_FACE}"),
     LayoutInfo("ijbb", "faces", "ijb",
                "meta/ijbb_face_tid_mid.txt, meta/ijbb_template_pair_label.txt, "
                "meta/ijbb_name_5pts_score.txt, loose_crop/ and the 1:N lists "
                "ijbb_1N_probe_mixed.csv, ijbb_1N_gallery_S1.csv, ijbb_1N_gallery_S2.csv, as "
                "ijbc", ("images",),
-               "embeval verify {images} {images} --templates --pairs {pairs} --far-rule nearest",
+               "embeval verify {images} --templates --far-rule nearest",
                ("meta/ijbb_face_tid_mid.txt",), ("pairs",), f"extract with --flip {_FACE}"),
 )
 _BY_NAME = {info.name: info for info in LAYOUTS}

@@ -122,7 +122,7 @@ def test_templates_faceness_alignment_and_the_pairs(tmp_path, capsys):
     imp = [sc for sc, (_, _, same) in zip(scores, pairs) if not same]
     auc = np.mean([(a > b) + 0.5 * (a == b) for a in gen for b in imp])  # Mann-Whitney
     command = next(line for line in stdout.splitlines() if line.startswith("protocol: "))
-    assert "--templates --pairs" in command
+    assert command.endswith(f"verify {out} --templates --far-rule nearest")
     rc, text, err = cli(capsys, *command.split()[2:], "--json")
     assert rc == 0, err
     assert json.loads(text)["metrics"]["AUC"] == pytest.approx(auc, abs=1e-9)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 from helpers.benchmarks import write_jpeg
@@ -14,6 +15,7 @@ from embeval.data import store
 pytestmark = pytest.mark.usefixtures("one_thread")
 MODEL = "helpers.models:tiny_net"
 FAST = ["--size", "8", "8", "--workers", "0", "--device", "cpu"]
+SAMPLE = Path(__file__).resolve().parents[2] / "sample_data" / "digits"
 
 
 def lfw_root(tmp_path, folds=2, count=2):
@@ -67,10 +69,27 @@ def test_pairs_items_labels_and_the_recipe(tmp_path, capsys):
         assert s.paths[int(g)] == f"{b[0]}/{b[0]}_{int(b[1]):04d}.jpg"
         assert same == str(int(len(f) == 3))
     pairs = tmp_path / "lfw.pairs.csv"
-    assert f"protocol: embeval verify {out} {out} --pairs {pairs} --folds 2" in stdout
+    assert f"protocol: embeval verify {out} --folds 2" in stdout
     rc, text, err = cli(capsys, "verify", out, out, "--pairs", pairs, "--folds", "2", "--json")
     assert rc == 0, err
-    assert 0 <= json.loads(text)["metrics"]["accuracy"] <= 1
+    listed = json.loads(text)["metrics"]
+    assert 0 <= listed["accuracy"] <= 1
+    # one file: its own gallery, with the pairs file it names (beside it)
+    rc, text, err = cli(capsys, "verify", out, "--folds", "2", "--json")
+    assert rc == 0, err
+    assert json.loads(text)["metrics"] == listed
+    pairs.rename(tmp_path / "moved.csv")
+    rc, _, err = cli(capsys, "verify", out, "--folds", "2")
+    assert rc == 2 and err.strip() == (f"embeval: error: {out}: names its pairs file 'lfw.pairs.csv', "
+                                       "which is not beside it: give --pairs CSV")
+
+
+def test_one_file_without_a_named_pairs_file_asks_for_the_gallery(tmp_path, capsys):
+    sample = tmp_path / "q.safetensors"
+    store.save(sample, store.load(SAMPLE / "query.safetensors").embeddings[:4], [0, 0, 1, 1])
+    rc, _, err = cli(capsys, "verify", sample)
+    assert rc == 2 and err.strip() == (f"embeval: error: GALLERY: missing, and {sample} names no "
+                                       "pairs file: give the gallery file(s), or --pairs CSV")
 
 
 @pytest.mark.parametrize("edit, problem", [
