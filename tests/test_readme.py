@@ -39,6 +39,8 @@ SKIP = {
     "loss.backward()": "a fragment of the user's training loop: their model, loaders and CUDA",
     "pip install -e": "the development setup: installs, this test suite itself, the benchmarks",
     'pip install ".[test]" && python -m pytest': "runs this test suite",
+    "embeval extract MODEL ": "a benchmark recipe: tests/layouts/test_recipes.py runs each on a "
+                              "fixture in the benchmark's own format",
 }
 #: a command (by a phrase of it) inside a block that runs -> why it cannot run in CI
 SKIP_COMMAND = {"--rdzv-endpoint $HEAD": "a rendezvous of 4 nodes"}
