@@ -154,7 +154,9 @@ def _check_images(rankings: list, paths: dict[str, list[Path] | None], images_ro
             wanted += [paths["gallery"][item.index] for item in r.items]
     if not wanted:
         return
-    missing = [p for p in wanted if not p.is_file()]
+    from embeval.visual.ranked import is_regular_file
+
+    missing = [p for p in wanted if not is_regular_file(p)]
     if not missing:
         return
     from ._app import stderr

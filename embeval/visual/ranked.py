@@ -100,6 +100,15 @@ def _exists(path: Path) -> bool:
     return True
 
 
+def is_regular_file(path: Path) -> bool:
+    """Whether ``path`` is a regular file that a tile can be read from (False for a name too
+    long, a NUL byte, a named pipe, a folder or nothing there): checked without opening it."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
 def _font(size: int = 11) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=size)

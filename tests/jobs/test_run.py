@@ -51,7 +51,9 @@ def test_run_job_identify_with_intervals_is_what_identify_prints(tmp_path: Path)
               intervals=IntervalOptions(0.9, 50, 0, "query"))
     run = run_job(job)
     assert run is not None and type(run.result).__name__ == "IdentifyResult"
-    assert {k: run.result.metrics[k] for k in want["metrics"]} == want["metrics"]
+    shown = {k: v for k, v in want["metrics"].items() if v is not None}  # null: omitted, with why
+    assert {k: run.result.metrics[k] for k in shown} == shown
+    assert run.result.omitted == want.get("omitted", {})
     assert run.inputs == want["inputs"]
     assert want["ci"] and {k: list(v) for k, v in run.ci.to_json().items()} == want["ci"]
 
