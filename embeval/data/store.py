@@ -36,6 +36,7 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -221,27 +222,27 @@ def read_ids(path: str | os.PathLike[str], key: str, n: int) -> torch.Tensor | N
     :class:`InputFileError` naming the file.
     """
     p = Path(path)
+    raw = _optional_tensor(p, key)
+    if raw is None:
+        return None
+    ids = _as_ids(str(p), key, raw)
+    _check_ids(str(p), key, ids, n)
+    return ids
+
+
+def _optional_tensor(p: Path, key: str) -> Any:
+    """Tensor (safetensors) or array (.npz) ``key`` of an embedding file, or None when absent."""
     if _numpy_kind(p) == "npz":
         from embeval.data.numpy_io import read_npz_ids
 
-        found = read_npz_ids(p, key)
-        if found is None:
-            return None
-        ids = _as_ids(str(p), key, found)
-        _check_ids(str(p), key, ids, n)
-        return ids
+        return read_npz_ids(p, key)
     try:
         with _open(p) as f:
-            if key not in f.keys():
-                return None
-            raw = f.get_tensor(key)
+            return f.get_tensor(key) if key in f.keys() else None
     except SafetensorError as e:
         raise InputFileError(p, f"not a readable safetensors file ({e})") from None
     except OSError as e:
         raise InputFileError(p, f"cannot read ({e.strerror or e})") from None
-    ids = _as_ids(str(p), key, raw)
-    _check_ids(str(p), key, ids, n)
-    return ids
 
 
 def read_weights(path: str | os.PathLike[str], key: str, n: int) -> torch.Tensor | None:
@@ -249,23 +250,11 @@ def read_weights(path: str | os.PathLike[str], key: str, n: int) -> torch.Tensor
     float64 (from any float dtype), finite and ≥ 0, or None when the file has no tensor of that
     name. Raises :class:`InputFileError` naming the file otherwise."""
     p = Path(path)
-    if _numpy_kind(p) == "npz":
-        from embeval.data.numpy_io import read_npz_ids
-
-        found = read_npz_ids(p, key)
-        if found is None:
-            return None
-        raw = torch.as_tensor(found) if found.dtype.kind in "biuf" else None
-    else:
-        try:
-            with _open(p) as f:
-                if key not in f.keys():
-                    return None
-                raw = f.get_tensor(key)
-        except SafetensorError as e:
-            raise InputFileError(p, f"not a readable safetensors file ({e})") from None
-        except OSError as e:
-            raise InputFileError(p, f"cannot read ({e.strerror or e})") from None
+    raw = _optional_tensor(p, key)
+    if raw is None:
+        return None
+    if not isinstance(raw, torch.Tensor):  # a numpy array from an .npz
+        raw = torch.as_tensor(raw) if raw.dtype.kind in "biuf" else None
     if raw is None or not raw.is_floating_point():
         raise InputFileError(p, f"{key!r} must be floats (one weight per item)")
     if raw.dim() != 1 or raw.numel() != n:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -43,3 +44,25 @@ def without_time(text: str, *drop: str) -> dict:
     for key in ("elapsed_s", *drop):
         data.pop(key)
     return data
+
+
+HANG_GUARD = 120  # seconds: only a guard against a command that blocks, never a timing assertion
+
+
+def run_installed(*args: object) -> subprocess.CompletedProcess[str]:
+    """The installed ``embeval ARGS`` in a child (one intra-op thread); a hang fails the test."""
+    try:
+        return subprocess.run([shutil.which("embeval") or "embeval", *map(str, args)],
+                              capture_output=True, text=True, timeout=HANG_GUARD,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"embeval {' '.join(map(str, args))} blocked")
+
+
+def one_error_line(res: subprocess.CompletedProcess[str], *words: str) -> str:
+    """The one stderr line of a refused command (exit 2, no traceback), containing ``words``."""
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    for w in words:
+        assert w in lines[0], res.stderr
+    return lines[0]

@@ -5,35 +5,17 @@ are bounded and named by their flags."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
+from helpers.cli import one_error_line, run_installed
 from safetensors.torch import load_file
 
 import embeval
 from embeval.data.safetensors_io import tensor_digest, write_safetensors
 
-EXE = shutil.which("embeval")
-
-
-def run(*args: object) -> subprocess.CompletedProcess[str]:
-    try:
-        return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, timeout=120,
-                              env={**os.environ, "OMP_NUM_THREADS": "1"})
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"embeval {' '.join(map(str, args))} blocked")
-
-
-def one_line(res: subprocess.CompletedProcess[str], *words: str) -> str:
-    lines = res.stderr.strip().splitlines()
-    assert res.returncode == 2 and len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
-    for w in words:
-        assert w in lines[0], res.stderr
-    return lines[0]
+run, one_line = run_installed, one_error_line
 
 
 def resign(src: Path, dst: Path, edit) -> Path:  # noqa: ANN001

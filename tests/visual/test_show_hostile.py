@@ -6,35 +6,17 @@ placeholder; a 12000 x 12000 thumbnail is decoded reduced, with no warning on st
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
+from helpers.cli import one_error_line, run_installed
 from PIL import Image
 
 import embeval
 from embeval.visual.ranked import MAX_PIXELS, PLACEHOLDER, load_tile, resolve_image
 
-EXE = shutil.which("embeval")
-HANG_GUARD = 120  # seconds: only a guard against blocking, never a timing assertion
-
-
-def run(*args: object) -> subprocess.CompletedProcess[str]:
-    try:
-        return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True,
-                              timeout=HANG_GUARD, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"embeval {' '.join(map(str, args))} blocked")
-
-
-def one_line(res: subprocess.CompletedProcess[str], *words: str) -> str:
-    lines = res.stderr.strip().splitlines()
-    assert res.returncode == 2 and len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
-    for w in words:
-        assert w in lines[0], res.stderr
-    return lines[0]
+run, one_line = run_installed, one_error_line
 
 
 @pytest.fixture
