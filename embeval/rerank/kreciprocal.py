@@ -77,6 +77,7 @@ from embeval.rerank.encoding import (
     overlap_work,
     overlaps,
     reciprocal_v,
+    release_freed,
 )
 from embeval.rerank.neighbours import neighbour_graph, pair_scores
 from embeval.rerank.options import RerankOptions
@@ -235,6 +236,7 @@ def reranked_stats(query: EmbeddingSet, gallery: EmbeddingSet, opts: RerankOptio
     for a, b in chunks(work, limit / 64, limit // (8 * max(gn, 1)), align):
         step = None if progress is None else _scaled(progress, a, b, qn)
         parts.append(_chunk_stats(run, a, b, step))
+        release_freed()
     return RankStats.concat(parts)
 
 
