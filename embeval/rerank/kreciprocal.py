@@ -206,8 +206,9 @@ def reranked_stats(query: EmbeddingSet, gallery: EmbeddingSet, opts: RerankOptio
     graph = neighbour_graph(x, metric, max(opts.k1 + 1, opts.k2), memory=budget_cpu,
                             compiled=compiled)
     big_m = distance_sq(graph.lowest, metric)
+    # R*'s candidate triples examined at once: ~64 bytes each, a quarter of the budget
     v = reciprocal_v(graph, x, xa, metric, opts.k1, big_m, compiled=compiled,
-                     limit=max(1 << 20, budget_cpu // 128))
+                     limit=max(1 << 20, budget_cpu // 256))
     limit = max(1 << 20, budget_cpu // 4)  # bytes for one query chunk's sparse work
     if opts.k2 != 1:
         v = local_expansion(v, graph.index.numpy(), opts.k2, limit // 64)
