@@ -77,6 +77,7 @@ from embeval.rerank.encoding import (
     overlap_work,
     overlaps,
     reciprocal_v,
+    release_freed,
 )
 from embeval.rerank.neighbours import neighbour_graph, pair_scores
 from embeval.rerank.options import RerankOptions
@@ -205,8 +206,9 @@ def reranked_stats(query: EmbeddingSet, gallery: EmbeddingSet, opts: RerankOptio
     graph = neighbour_graph(x, metric, max(opts.k1 + 1, opts.k2), memory=budget_cpu,
                             compiled=compiled)
     big_m = distance_sq(graph.lowest, metric)
+    # R*'s candidate triples examined at once: ~64 bytes each, a quarter of the budget
     v = reciprocal_v(graph, x, xa, metric, opts.k1, big_m, compiled=compiled,
-                     limit=max(1 << 20, budget_cpu // 128))
+                     limit=max(1 << 20, budget_cpu // 256))
     limit = max(1 << 20, budget_cpu // 4)  # bytes for one query chunk's sparse work
     if opts.k2 != 1:
         v = local_expansion(v, graph.index.numpy(), opts.k2, limit // 64)
@@ -235,6 +237,7 @@ def reranked_stats(query: EmbeddingSet, gallery: EmbeddingSet, opts: RerankOptio
     for a, b in chunks(work, limit / 64, limit // (8 * max(gn, 1)), align):
         step = None if progress is None else _scaled(progress, a, b, qn)
         parts.append(_chunk_stats(run, a, b, step))
+        release_freed()
     return RankStats.concat(parts)
 
 

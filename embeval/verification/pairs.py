@@ -32,6 +32,7 @@ from embeval.data.concat import ConcatSet, source_files
 from embeval.data.int_csv import BLOCK, IntCsvReader, check_file
 from embeval.data.store import EmbeddingSet, read_ids, read_weights
 from embeval.engine.exact import dot_bound, pair_dots
+from embeval.engine.plan import default_memory, parse_memory
 from embeval.engine.rank import blocks_with_pairs
 from embeval.engine.similarity import aux, check_finite_scores, check_metric, row_norms, transform
 from embeval.errors import InputFileError, OptionError
@@ -245,15 +246,18 @@ def _template_labels(file: str, labels: torch.Tensor, tpl: torch.Tensor,
 
 def pair_scores(query: EmbeddingSet | torch.Tensor, gallery: EmbeddingSet | torch.Tensor,
                 qidx: torch.Tensor, gidx: torch.Tensor, metric: str = "cosine", *,
-                block_rows: int | None = None) -> torch.Tensor:
+                block_rows: int | None = None, memory: int | str | None = None) -> torch.Tensor:
     """Scores of the listed pairs ``(qidx[m], gidx[m])``: [P] float32.
 
     The float32 transform of the correctly rounded dot product (:mod:`embeval.engine.exact`),
     bit-identical to the trial scores of the all-pairs pass (``embeval verify`` without
     ``--pairs``). The query rows are held in memory; the gallery is read in blocks of
-    ``block_rows`` rows (default: 64 MB), each pair scored in the block holding its gallery
-    row, its rows gathered 64 MB at a time (memory: O(P) for the indices and scores, never
-    P × D). Raises :class:`InputFileError` on non-finite scores.
+    ``block_rows`` rows (default: half of ``memory``), each pair scored in the block holding its
+    gallery row, its two rows gathered in steps of the other half of ``memory`` (bytes or text
+    such as ``"256MB"``; None: :func:`~embeval.engine.plan.default_memory` of the CPU). Memory:
+    O(P) for the indices and scores plus about ``memory``, never P × D; the scores do not depend
+    on ``memory`` or ``block_rows`` (each is its pair's own correctly rounded dot product).
+    Raises :class:`InputFileError` on non-finite scores.
     """
     check_metric(metric)
     q = _as_set(query, "query")
@@ -263,8 +267,9 @@ def pair_scores(query: EmbeddingSet | torch.Tensor, gallery: EmbeddingSet | torc
     qnorm = row_norms(qemb)
     qa = aux(qemb, metric, qnorm)
     out = torch.empty(len(qidx), dtype=torch.float32)
-    step = block_rows or max(1, (64 << 20) // (4 * g.dim))
-    pair_step = max(1, (64 << 20) // (8 * max(g.dim, 1)))  # 64 MB of gathered pair rows
+    half = (parse_memory(memory) or default_memory(torch.device("cpu"))) // 2
+    step = block_rows or max(1, half // (4 * max(g.dim, 1)))  # gallery rows read at once
+    pair_step = max(1, half // (8 * max(g.dim, 1)))  # a query row and a gallery row per pair
     for a, block, sel in blocks_with_pairs(g, gidx, step):
         gnorm = row_norms(block)
         ga = aux(block, metric, gnorm)

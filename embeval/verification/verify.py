@@ -103,7 +103,7 @@ def verify(
         spaces = ((P.TemplateIds(q_ids, query.name), P.TemplateIds(g_ids, gallery.name))
                   if templates else (query.n, gallery.n))
         listed = P.read_pairs(pairs, *spaces)
-        s = P.pair_scores(query, gallery, listed.query, listed.gallery, o.metric)
+        s = P.pair_scores(query, gallery, listed.query, listed.gallery, o.metric, memory=o.memory)
         genuine = P.trial_labels(listed, query.labels, gallery.labels)
         scores = (s[genuine], s[~genuine])
         trials = (s, genuine, query.labels[listed.query])
@@ -114,7 +114,7 @@ def verify(
         stats = verification_stats(query, gallery, o, progress=progress)
         if far_rule == "nearest":
             scores = _all_scores(query, gallery, o.metric,
-                                 Protocol(o.exclude_same_camera, o.exclude_self))
+                                 Protocol(o.exclude_same_camera, o.exclude_self), o.memory)
     result = summarize_verification(stats, o, fars=fars, far_rule=far_rule, scores=scores,
                                     folds=fold_result, pairs=pairs, templates=templates,
                                     n_query=query.n, n_gallery=gallery.n, t0=t0)
@@ -185,8 +185,8 @@ def _pool(query: EmbeddingSet,
     return pooled, g_pooled, q_ids, g_ids
 
 
-def _all_scores(query: EmbeddingSet, gallery: EmbeddingSet, metric: str,
-                protocol: Protocol) -> tuple[torch.Tensor, torch.Tensor]:
+def _all_scores(query: EmbeddingSet, gallery: EmbeddingSet, metric: str, protocol: Protocol,
+                memory: int | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(genuine, impostor) scores of every trial: for the ``nearest`` rule on small runs."""
     n = query.n * gallery.n
     if n > NEAREST_LIMIT:
@@ -195,7 +195,7 @@ def _all_scores(query: EmbeddingSet, gallery: EmbeddingSet, metric: str,
                           "default rule (exact at any scale) or listed pairs", param="far_rule")
     qi = torch.arange(query.n).repeat_interleave(gallery.n)
     gi = torch.arange(gallery.n).repeat(query.n)
-    s = P.pair_scores(query, gallery, qi, gi, metric)
+    s = P.pair_scores(query, gallery, qi, gi, metric, memory=memory)
     keep = torch.ones(n, dtype=torch.bool)
     if protocol.exclude_self:
         keep &= qi != gi

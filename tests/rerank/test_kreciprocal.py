@@ -199,3 +199,40 @@ def test_chunks_hold_whole_query_tiles() -> None:
     assert list(chunks(np.ones(1300), 700, 10**9, 512)) == [(0, 512), (512, 1024), (1024, 1300)]
     assert list(chunks(np.ones(10), 3, 100, 512)) == [(0, 3), (3, 6), (6, 9), (9, 10)]
     assert list(chunks(np.ones(10), 100, 4)) == [(0, 4), (4, 8), (8, 10)]
+
+
+def test_dense_lists_at_k1_k2_n_minus_1_are_chunk_invariant_and_the_reference(monkeypatch) -> None:
+    """k1 = k2 = N − 1 (every list holds every item: V dense, its expansion dense), ties from
+    duplicated rows: one item (R*'s candidates, the expansion) and one query per chunk give the
+    statistics of the whole run to the last bit, and both are the dense reference's."""
+    import embeval.rerank.encoding as enc
+    import embeval.rerank.kreciprocal as kr
+
+    q, g, ql, gl = _sets(29, 12, 28, 5, 4)
+    g.embeddings[10:16] = g.embeddings[:6]  # exact ties inside the gallery
+    q.embeddings[:3] = g.embeddings[20:23]  # and across queries and gallery
+    n = 40
+    opts = RerankOptions(method="k-reciprocal", k1=n - 1, k2=n - 1)
+    run = dict(metric="euclid", topk=5, device="cpu")
+    whole = kr.reranked_stats(q, g, opts, **run)
+    seen = {"enc": 0, "kr": 0}
+
+    def one_row_each(key):
+        def gen(weight, limit, max_rows, align=1):
+            for a in range(len(weight)):
+                seen[key] += 1
+                yield a, a + 1
+        return gen
+
+    monkeypatch.setattr(enc, "chunks", one_row_each("enc"))
+    monkeypatch.setattr(kr, "chunks", one_row_each("kr"))
+    chunked = kr.reranked_stats(q, g, opts, **run)
+    assert seen == {"enc": 2 * n, "kr": 12}  # R*'s candidates and the expansion; the queries
+    for name in ("pos_offsets", "pos_scores", "neg_hist", "n_neg", "max_neg", "topk_scores",
+                 "topk_indices"):
+        assert torch.equal(getattr(whole, name), getattr(chunked, name)), name
+    final = reference_final(q.embeddings, g.embeddings, "euclid", n - 1, n - 1, 0.3)
+    aps, first = oracle_metrics(final, ql, gl, np.ones((12, 28), bool))
+    valid = (whole.n_pos > 0).numpy()
+    assert M.average_precision(whole).numpy()[valid] == pytest.approx(aps, abs=1e-12)
+    assert M.first_hit_rank(whole).numpy()[valid].tolist() == first

@@ -325,6 +325,20 @@ def test_pair_scores_are_the_correctly_rounded_scores(tmp_path: Path, metric: st
         assert error.max() < 1e-6
 
 
+def test_pair_scores_follow_the_memory_budget_with_the_same_bits(tmp_path: Path) -> None:
+    """``memory`` sets the gallery block and the gathered pair rows (half each): at 1 MB and
+    D = 4096 that is 32 gallery rows and 16 pairs a step, against the one-step default."""
+    g = torch.Generator().manual_seed(5)
+    q, gal = torch.randn(10, 4096, generator=g), torch.randn(50, 4096, generator=g)
+    qi, gi = torch.randint(0, 10, (200,), generator=g), torch.randint(0, 50, (200,), generator=g)
+    ref = _reference(q, gal, qi, gi, "cosine")
+    lazy = embeval.load(embeval.save(tmp_path / "g.safetensors", gal, torch.zeros(50).long()))
+    for gallery, memory in ((gal, None), (lazy, "1MB"), (lazy, 3 << 20), (gal, "1MB")):
+        assert torch.equal(pair_scores(q, gallery, qi, gi, "cosine", memory=memory), ref)
+    with pytest.raises(OptionError, match="memory"):
+        pair_scores(q, gal, qi, gi, "cosine", memory="lots")
+
+
 def test_pair_scores_refuse_bad_indices() -> None:
     q, g = torch.randn(3, 4), torch.randn(5, 4)
     with pytest.raises(ValueError, match=r"gidx holds indices outside \[0, 5\)"):
