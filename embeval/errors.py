@@ -7,7 +7,7 @@ one line and exits with code 2. Anything else is a bug (exit code 1).
 
 from __future__ import annotations
 
-__all__ = ["EmbevalError", "InputFileError", "OptionError"]
+__all__ = ["EmbevalError", "InputFileError", "OptionError", "EmbevalWarning"]
 
 
 class EmbevalError(ValueError):
@@ -50,3 +50,8 @@ class OptionError(EmbevalError):
     def __init__(self, message: str, *, param: str | tuple[str, ...] | None = None) -> None:
         self.params = _names(param)
         super().__init__(message)
+
+
+class EmbevalWarning(UserWarning):
+    """Something the user should know that changes no number (a slower path taken); the CLI
+    prints it as one line, ``embeval: warning: ...``."""

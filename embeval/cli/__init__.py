@@ -7,17 +7,20 @@ as a Unix tool stopped by SIGPIPE).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
 import signal
 import sys
 import threading
+import warnings
+from collections.abc import Iterator
 
 import typer
 import typer.main
 
-from embeval.errors import EmbevalError, InputFileError
+from embeval.errors import EmbevalError, EmbevalWarning, InputFileError
 
 from . import (
     _help,  # noqa: F401  (click's usage conventions in the help of this Typer version)
@@ -124,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     prog = "embeval"
     interrupted = _Interrupted()
     try:
-        with interrupted:
+        with interrupted, _warnings_as_lines(prog):
             rc = cmd.main(args=args, prog_name=prog, standalone_mode=False)
     except _click_errors.NoArgsIsHelpError:  # `embeval` alone: help (already shown), exit 2
         sys.exit(2)
@@ -162,6 +165,23 @@ def main(argv: list[str] | None = None) -> None:
     if rc == BROKEN_PIPE:  # the reader is gone: nothing to say, and no one to say it to
         _silence_stdout()
     sys.exit(rc if isinstance(rc, int) else 0)
+
+
+@contextlib.contextmanager
+def _warnings_as_lines(prog: str) -> Iterator[None]:
+    """Within the block, an :class:`EmbevalWarning` is printed as one line on stderr
+    (``embeval: warning: ...``, by the leader rank only); other warnings as Python prints them."""
+    with warnings.catch_warnings():
+        python = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None) -> None:
+            if not issubclass(category, EmbevalWarning):
+                python(message, category, filename, lineno, file, line)
+            elif distributed.is_leader():
+                print(f"{prog}: warning: {message}", file=sys.stderr)
+
+        warnings.showwarning = show
+        yield
 
 
 class _Interrupted:

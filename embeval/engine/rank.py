@@ -15,6 +15,7 @@ those of disjoint query shards concatenate.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -97,8 +98,9 @@ def rank_stats(
     ``backend``: ``"numba"`` (CPU fp32: fused compiled pass over fixed tiles, bit-identical
     for any block size, shard split or thread count), ``"torch"`` (CUDA, other precisions),
     ``"triton"`` (one fused GPU kernel, :mod:`embeval.engine.triton_pass`: fp32 without top-k,
-    else the torch pass; named only: it has not yet been timed on a GPU), or ``"auto"``
-    (numba on CPU, torch elsewhere).
+    else the torch pass), or ``"auto"`` (:func:`embeval.engine.plan.auto_backend`: numba on CPU,
+    triton on CUDA GPUs of compute capability 8.0+ where Triton is installed, torch elsewhere;
+    small jobs, top-k and reduced precisions take the torch pass).
     ``relevance``: per-query positives and junk (:class:`~embeval.data.relevance.Relevance`,
     for these query and gallery sets) instead of label equality; junk is invisible to its
     query; the protocol applies on top (:func:`embeval.engine.listed.with_protocol`).
@@ -110,10 +112,10 @@ def rank_stats(
     a, b = gallery_range or (0, gallery.n)
     if not 0 <= a <= b <= gallery.n:
         raise OptionError(f"gallery range [{a}, {b}) is outside the gallery (size {gallery.n})")
-    if backend == "auto":
-        compiled = (dev.type == "cpu" and precision == "fp32" and plan.compiled_available()
-                    and query.n * (b - a) > SMALL_PASS)
-        backend = "numba" if compiled else "torch"  # triton only when named, until timed on a GPU
+    auto = backend == "auto"
+    if auto:
+        backend = plan.auto_backend(dev, precision, big=query.n * (b - a) > SMALL_PASS,
+                                    fused=not topk)
     if backend not in ("numba", "torch", "triton"):
         raise OptionError(f"backend: unknown backend {backend!r} (numba, torch, triton, auto)",
                           param="backend")
@@ -156,19 +158,29 @@ def rank_stats(
         topk_scores=torch.full((query.n, topk), float("-inf")) if topk else None,
         topk_indices=torch.full((query.n, topk), NO_INDEX, dtype=torch.int64) if topk else None,
     )
-    stats.extra["eps"] = tie_tolerance(qemb, metric, gmax)
+    eps = stats.extra["eps"] = tie_tolerance(qemb, metric, gmax)
+    args = (stats, query, gallery, qemb, qa, ga, protocol, (a, b), rows)
+    kw: dict[str, Any] = dict(device=dev, precision=precision, budget=budget,
+                              progress=progress, relevance=relevance)
     if backend == "numba":
         from embeval.engine.cpu import negative_pass
+
+        negative_pass(*args, **kw)
     elif backend == "triton":  # its own bound: tf32x3 products (embeval.engine.fused_bound)
+        from embeval.engine import torch_pass, triton_pass
         from embeval.engine.fused_bound import fused_tolerance
-        from embeval.engine.triton_pass import negative_pass  # type: ignore[assignment]
+
+        def torch_instead() -> None:
+            stats.extra["eps"] = eps
+            torch_pass.negative_pass(*args, **kw)
 
         stats.extra["eps"] = fused_tolerance(qemb, metric, gmax)
+        plan.fused_or_fallback(lambda: triton_pass.negative_pass(*args, **kw), torch_instead,
+                               auto=auto, what="ranking")
     else:
         from embeval.engine.torch_pass import negative_pass  # type: ignore[assignment]
-    negative_pass(stats, query, gallery, qemb, qa, ga, protocol, (a, b), rows,
-                  device=dev, precision=precision, budget=budget, progress=progress,
-                  relevance=relevance)
+
+        negative_pass(*args, **kw)
     # a query that saw a negative has a finite hardest negative (-inf only when it saw none)
     check_finite_scores(torch.where(stats.n_neg > 0, stats.max_neg, 0.0), query.name,
                         gallery.name, "negative ")

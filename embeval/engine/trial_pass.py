@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import queue
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,7 +47,7 @@ from embeval.engine.similarity import (
     transform,
 )
 from embeval.engine.stats import Protocol
-from embeval.engine.trials import KEY_BINS, VerifyStats, ordered_keys, slot_of
+from embeval.engine.trials import KEY_BINS, VerifyStats, ordered_keys, slot_of, slot_table
 from embeval.errors import OptionError
 
 __all__ = ["trial_stats"]
@@ -84,13 +85,12 @@ def trial_stats(
     qa_, qb_ = query_range or (0, query.n)
     if not 0 <= a <= b <= gallery.n or not 0 <= qa_ <= qb_ <= query.n:
         raise OptionError(f"shard range outside the sets ({query.n} queries, {gallery.n} gallery items)")
-    if backend == "auto":
-        compiled = (dev.type == "cpu" and precision == "fp32" and plan.compiled_available()
-                    and (qb_ - qa_) * (b - a) > SMALL_PASS)
-        backend = "numba" if compiled else "torch"
-    if backend == "triton":
-        backend = "torch"  # no fused kernel for the impostor counts (yet): the torch pass
-    if backend not in ("numba", "torch"):
+    auto = backend == "auto"
+    if auto:
+        backend = plan.auto_backend(dev, precision, big=(qb_ - qa_) * (b - a) > SMALL_PASS)
+    if backend == "triton" and precision != "fp32":
+        backend = "torch"  # the fused kernel counts exact (fp32) scores only (README)
+    if backend not in ("numba", "torch", "triton"):
         raise OptionError(f"backend: unknown backend {backend!r} (numba, torch, triton, auto)",
                           param="backend")
     budget = parse_memory(memory) or default_memory(dev)
@@ -107,9 +107,15 @@ def trial_stats(
     bound = dot_bound(qnorm, gmax, query.dim)
     check_finite_scores(genuine, query.name, gallery.name, "genuine ")
     stats = VerifyStats.empty(genuine, metric, query.n, gallery.n)
-    run = _cpu_pass if backend == "numba" else _torch_pass
-    run(stats, query, gallery, qemb, qa, ga, bound, protocol, (qa_, qb_), (a, b), rows,
-        device=dev, precision=precision, budget=budget, progress=progress)
+    args = (stats, query, gallery, qemb, qa, ga, bound, protocol, (qa_, qb_), (a, b), rows)
+    kw: dict[str, Any] = dict(device=dev, precision=precision, budget=budget, progress=progress)
+    if backend == "triton":
+        from embeval.engine.triton_trials import impostor_pass
+
+        plan.fused_or_fallback(lambda: impostor_pass(*args, **kw), lambda: _torch_pass(*args, **kw),
+                               auto=auto, what="verification")
+    else:
+        (_cpu_pass if backend == "numba" else _torch_pass)(*args, **kw)
     return stats
 
 
@@ -173,7 +179,7 @@ def _cpu_pass(stats: VerifyStats, query: EmbeddingSet, gallery: EmbeddingSet, qe
     q_tiles = [q[i * tq:(i + 1) * tq] if i < n_qt - 1 else last for i in range(n_qt)]
     lab_order, lab_lo, lab_hi = label_groups(query.labels, gallery.labels)
     u = stats.gen_values.numpy()
-    table, base, scale = _slot_table(u)
+    table, base, scale = slot_table(u)
     shared = dict(
         qlab=query.labels.numpy(), qa=qa.numpy(), ga=ga.numpy(), mode=METRIC_CODES[stats.metric],
         exclude_self=protocol.exclude_self, lab_order=lab_order, lab_lo=lab_lo, lab_hi=lab_hi,
@@ -225,19 +231,6 @@ def _count_exact(stats: VerifyStats, qemb: torch.Tensor, block: torch.Tensor, qa
     x = transform(_round_compiled(qemb, block, qi, c), qa[qi], ga[start + c], stats.metric) + 0.0
     np.add.at(slots, slot_of(x, stats.gen_values).numpy(), 1)
     np.add.at(keys, (ordered_keys(x) >> 16).numpy(), 1)
-
-
-def _slot_table(u: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """The kernel's slot bounds: bin t of T equal bins over [u_0, u_last] starts at
-    ``base + t / scale``; ``table[t]`` [T + 1] = #u below that edge (``table[T]`` = U)."""
-    if len(u) == 0:
-        return np.zeros(2, np.int64), 0.0, 0.0
-    n = int(min(max(4 * len(u), 16), 1 << 22))
-    base, top = float(u[0]), float(u[-1])
-    scale = n / (top - base) if top > base else 0.0
-    edges = base + np.arange(n, dtype=np.float64) / scale if scale else np.full(1, base)
-    table = np.searchsorted(u.astype(np.float64), edges, side="left").astype(np.int64)
-    return np.append(table, len(u)), base, scale
 
 
 def _torch_pass(stats: VerifyStats, query: EmbeddingSet, gallery: EmbeddingSet,

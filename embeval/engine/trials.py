@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 
-__all__ = ["VerifyStats", "KEY_BINS", "ordered_keys", "slot_of", "genuine_values"]
+__all__ = ["VerifyStats", "KEY_BINS", "ordered_keys", "slot_of", "slot_table", "genuine_values"]
 
 KEY_BINS = 1 << 16
 
@@ -38,6 +39,19 @@ def slot_of(x: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     r = torch.searchsorted(values, x.contiguous(), right=True)
     equal = (r > 0) & (values[(r - 1).clamp_min(0)] == x)
     return 2 * r - equal.long()
+
+
+def slot_table(u: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """The kernel's slot bounds: bin t of T equal bins over [u_0, u_last] starts at
+    ``base + t / scale``; ``table[t]`` [T + 1] = #u below that edge (``table[T]`` = U)."""
+    if len(u) == 0:
+        return np.zeros(2, np.int64), 0.0, 0.0
+    n = int(min(max(4 * len(u), 16), 1 << 22))
+    base, top = float(u[0]), float(u[-1])
+    scale = n / (top - base) if top > base else 0.0
+    edges = base + np.arange(n, dtype=np.float64) / scale if scale else np.full(1, base)
+    table = np.searchsorted(u.astype(np.float64), edges, side="left").astype(np.int64)
+    return np.append(table, len(u)), base, scale
 
 
 def genuine_values(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,4 +1,8 @@
-"""The fused Triton kernel of the ranking pass (imported only by :mod:`embeval.engine.triton_pass`).
+"""The fused Triton kernels: the ranking pass's (:func:`rank_tiles`, imported only by
+:mod:`embeval.engine.triton_pass`) and the verification pass's (:func:`trial_tiles`, imported only
+by :mod:`embeval.engine.triton_trials`).
+
+:func:`rank_tiles`:
 
 One program owns a tile of ``BQ`` queries and walks its share of the launch's gallery tiles
 (``BG`` items each) in order. Per gallery tile it computes the ``BQ × BG`` dot products with
@@ -29,7 +33,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-__all__ = ["rank_tiles", "interpreting"]
+__all__ = ["rank_tiles", "trial_tiles", "interpreting"]
 
 
 def interpreting() -> bool:
@@ -196,4 +200,117 @@ def rank_tiles(q_ptr, g_ptr, qa_ptr, ga_ptr, qlab_ptr, glab_ptr, own_off_ptr, ow
     tl.store(nneg_ptr + out, nneg, mask=rmask)
     tl.store(pmax_ptr + out, run_max, mask=rmask)
     tl.store(parg_ptr + out, run_arg, mask=rmask)
+    tl.atomic_add(bad_ptr, tl.sum(n_bad, axis=0))
+
+
+@triton.jit
+def trial_tiles(q_ptr, g_ptr, qa_ptr, ga_ptr, qlab_ptr, glab_ptr, bound_ptr, u_ptr, table_ptr,
+                slots_ptr, keys_ptr, buf_q_ptr, buf_c_ptr, cnt_ptr, bad_ptr,
+                n_q, n_g, q_start, g_start, dim, n_table, base, scale, tiles_per_split,
+                bin_steps, cap,
+                MODE: tl.constexpr, EXCLUDE_SELF: tl.constexpr, BQ: tl.constexpr,
+                BG: tl.constexpr, BK: tl.constexpr):
+    """Impostor counts of queries ``[pid0·BQ, +BQ)`` × launch gallery tiles
+    ``[pid1·tiles_per_split, +tiles_per_split)``.
+
+    ``q`` [n_q, dim] f32 (queries ``q_start...``), ``g`` [n_g, dim] f32 (gallery items
+    ``g_start...``); ``qa``/``ga``: the metric's aux; ``qlab``/``glab`` int64 labels (-1
+    unknown); ``bound`` [n_q] f64 (:func:`embeval.engine.exact.dot_bound`); ``u`` f32: the
+    distinct genuine scores, ascending; ``table`` [n_table + 1] int64 and ``base``/``scale``:
+    :func:`embeval.engine.trials.slot_table` (bin t of n_table holds ``u[table[t]:table[t + 1]]``,
+    ``bin_steps`` binary-search steps settle any bin); ``slots`` [2U + 1] / ``keys`` [65536]
+    int64: the counts (:class:`embeval.engine.trials.VerifyStats`); ``buf_q``/``buf_c`` [cap]
+    int32: (row, column) of the pairs not counted here; ``cnt`` [1] int64: appends requested;
+    ``bad`` [1] int64: non-finite scores. ``MODE``: 0 inner, 1 cosine, 2 euclid, 3 sq_euclid.
+
+    Every product is float64 (``tl.dot`` of float64 tiles: DMMA tensor cores on sm_80+), within
+    ``bound`` of the exact dot product in any summation order; rounded to float32 where that
+    interval rounds to one float32 (else the pair is *ambiguous* and goes to the buffer), then
+    transformed in float32 with the operations of :func:`embeval.engine.similarity.transform`:
+    the score is the one every other pass computes for the pair, so it is counted here, in its
+    slot among ``u`` (a table guess, then a binary search inside the bin, checked) and in its
+    key bin. A pair whose slot check fails (never expected) is buffered too.
+    """
+    pid_q = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    rows = pid_q * BQ + tl.arange(0, BQ)
+    rmask = rows < n_q
+    rows64 = rows.to(tl.int64)
+    qa = tl.load(qa_ptr + rows64, mask=rmask, other=0.0)
+    qlab = tl.load(qlab_ptr + rows64, mask=rmask, other=-1)
+    e = tl.load(bound_ptr + rows64, mask=rmask, other=0.0)
+    n_u = tl.load(table_ptr + n_table)
+    n_bad = tl.zeros((BQ,), tl.int64)
+    t_first = pid_s * tiles_per_split
+    for t in range(t_first, t_first + tiles_per_split):
+        cols = t * BG + tl.arange(0, BG)
+        cmask = cols < n_g
+        cols64 = cols.to(tl.int64)
+        acc = tl.zeros((BQ, BG), tl.float64)
+        for k0 in range(0, dim, BK):
+            ks = k0 + tl.arange(0, BK)
+            kmask = ks < dim
+            a = tl.load(q_ptr + rows64[:, None] * dim + ks[None, :],
+                        mask=rmask[:, None] & kmask[None, :], other=0.0)
+            b = tl.load(g_ptr + cols64[None, :] * dim + ks[:, None],
+                        mask=kmask[:, None] & cmask[None, :], other=0.0)
+            acc = tl.dot(a.to(tl.float64), b.to(tl.float64), acc)  # float32 products are exact
+        d = acc.to(tl.float32)
+        amb = (acc - e[:, None]).to(tl.float32) != (acc + e[:, None]).to(tl.float32)
+        ga = tl.load(ga_ptr + cols64, mask=cmask, other=0.0)
+        if MODE == 0:
+            s = d
+        elif MODE == 1:
+            s = d * qa[:, None] * ga[None, :]
+        else:
+            d2 = (qa[:, None] + ga[None, :]) - 2.0 * d
+            d2 = tl.where(d2 < 0.0, 0.0, d2)  # clamp_min(0): NaN stays NaN
+            if MODE == 2:
+                s = -tl.sqrt_rn(d2)
+            else:
+                s = -d2
+        s = tl.where(s == 0.0, 0.0, s)  # -0.0 -> +0.0
+        glab = tl.load(glab_ptr + cols64, mask=cmask, other=-1)
+        imp = (rmask[:, None] & cmask[None, :]) & ((qlab[:, None] != glab[None, :]) | (qlab[:, None] < 0))
+        if EXCLUDE_SELF:
+            imp = imp & ((q_start + rows64)[:, None] != (g_start + cols64)[None, :])
+        finite = (acc == acc) & (acc != float("inf")) & (acc != float("-inf")) \
+            & (s == s) & (s != float("inf")) & (s != float("-inf"))
+        n_bad += tl.sum((imp & (finite == 0)).to(tl.int64), axis=1)
+        live = imp & finite
+        amb = live & amb
+        sure = live & (amb == 0)
+        sv = tl.where(sure, s, 0.0)
+        # the slot: how many genuine values are <= s, found inside the table's bin of s
+        f = (sv.to(tl.float64) - base) * scale
+        tb = tl.where(f >= n_table - 1, n_table - 1, tl.where(f > 0.0, f, 0.0)).to(tl.int64)
+        lo = tl.load(table_ptr + tb, mask=sure, other=0)
+        hi = tl.load(table_ptr + tb + 1, mask=sure, other=0)
+        for _ in range(bin_steps):
+            act = lo < hi
+            mid = (lo + hi) // 2
+            v = tl.load(u_ptr + mid, mask=sure & act, other=0.0)
+            go = act & (v <= sv)
+            lo = tl.where(go, mid + 1, lo)
+            hi = tl.where(act & (v > sv), mid, hi)
+        below = tl.load(u_ptr + lo - 1, mask=sure & (lo > 0), other=float("-inf"))
+        above = tl.load(u_ptr + lo, mask=sure & (lo < n_u), other=float("inf"))
+        checked = (below <= sv) & (above > sv)
+        count = sure & checked
+        slot = 2 * lo - (below == sv).to(tl.int64)
+        tl.atomic_add(slots_ptr + slot, tl.full((BQ, BG), 1, tl.int64), mask=count)
+        bits = sv.to(tl.int32, bitcast=True)
+        key = tl.where(bits < 0, (bits ^ -1) >> 16, (bits >> 16) + 32768).to(tl.int64)
+        tl.atomic_add(keys_ptr + key, tl.full((BQ, BG), 1, tl.int64), mask=count)
+        app = amb | (sure & (checked == 0))
+        n_app = tl.sum(app.to(tl.int64), axis=None)
+        if n_app > 0:
+            start = tl.atomic_add(cnt_ptr, n_app)
+            flat = tl.reshape(app, (BQ * BG,))
+            at = start + tl.cumsum(flat.to(tl.int64), axis=0) - 1
+            ok = flat & (at < cap)
+            tl.store(buf_q_ptr + at, tl.reshape(rows[:, None] + 0 * cols[None, :], (BQ * BG,)),
+                     mask=ok)
+            tl.store(buf_c_ptr + at, tl.reshape(cols[None, :] + 0 * rows[:, None], (BQ * BG,)),
+                     mask=ok)
     tl.atomic_add(bad_ptr, tl.sum(n_bad, axis=0))

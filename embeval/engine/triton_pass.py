@@ -35,7 +35,7 @@ from embeval.engine.similarity import METRIC_CODES, canonical_dot, check_finite_
 from embeval.engine.torch_pass import device_blocks
 from embeval.errors import OptionError
 
-__all__ = ["negative_pass", "available", "Tiles"]
+__all__ = ["negative_pass", "available", "kernel_module", "sm_count", "search_steps", "Tiles"]
 
 #: (BQ, BG, BK, num_warps, num_stages): the tile of one program step, on CUDA and in the interpreter
 CUDA_TILES = (128, 64, 32, 8, 3)
@@ -50,7 +50,7 @@ def available() -> bool:
     return plan.triton_available()
 
 
-def _kernel(device: torch.device):
+def kernel_module(device: torch.device):
     """The kernel module, or an :class:`OptionError` saying why the backend cannot run here."""
     if not available():
         raise OptionError("backend triton: Triton is not installed (pip install \"embeval[gpu]\")",
@@ -78,7 +78,7 @@ def negative_pass(stats, query: EmbeddingSet, gallery: EmbeddingSet, qemb: torch
     :func:`embeval.engine.torch_pass.negative_pass`. ``tiles`` / ``splits`` (gallery shares per
     query tile) / ``capacity`` (first buffer size): tuning, and tests; never change a result.
     """
-    kernel = _kernel(device)
+    kernel = kernel_module(device)
     if stats.topk_scores is not None or precision != "fp32":
         raise OptionError("backend triton: fp32 without top-k only (rank_stats gives the rest to "
                           "the torch pass)", param="backend")
@@ -100,7 +100,7 @@ def negative_pass(stats, query: EmbeddingSet, gallery: EmbeddingSet, qemb: torch
     for start, stop, g in device_blocks(gallery, a, b, rows, device):
         n_qt = -(-nq // bq)
         n_gt = -(-(stop - start) // bg)
-        share = splits or (max(1, 4 * _sm_count(device) // n_qt) if device.type == "cuda" else 1)
+        share = splits or (max(1, 4 * sm_count(device) // n_qt) if device.type == "cuda" else 1)
         per = -(-n_gt // min(max(1, share), n_gt))
         # the first buffer: the last launch's appends per item, with a margin
         cap = capacity or max(1 << 12, 4 * nq * -(-n_gt // per),
@@ -122,11 +122,11 @@ def negative_pass(stats, query: EmbeddingSet, gallery: EmbeddingSet, qemb: torch
     torch.maximum(stats.max_neg, best.cpu(), out=stats.max_neg)
 
 
-def _sm_count(device: torch.device) -> int:
+def sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _steps(n: int) -> int:
+def search_steps(n: int) -> int:
     """Binary-search steps that settle any range of up to ``n`` items."""
     return max(1, math.ceil(math.log2(n + 1)) + 1)
 
@@ -150,14 +150,14 @@ class _Launch:
             self.own_off = relevance.offsets.to(device).contiguous()
             self.own = relevance.gallery.to(device).contiguous() if len(relevance.gallery) else one
             lengths = relevance.offsets[1:] - relevance.offsets[:-1]
-            self.own_steps = _steps(int(lengths.max()) if len(lengths) else 0)
+            self.own_steps = search_steps(int(lengths.max()) if len(lengths) else 0)
         else:
             self.own_off, self.own, self.own_steps = one, one, 1
         self.pos_off = stats.pos_offsets.to(device).contiguous()
         pos = stats.pos_scores.to(device).contiguous()
         self.pos = pos if len(pos) else torch.zeros(1, device=device)
         counts = stats.n_pos
-        self.pos_steps = _steps(int(counts.max()) if len(counts) else 0)
+        self.pos_steps = search_steps(int(counts.max()) if len(counts) else 0)
         self.eps = stats.extra["eps"].to(device).contiguous()
         self.n_hist = len(stats.neg_hist)
         self.device = device

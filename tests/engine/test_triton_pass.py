@@ -29,47 +29,25 @@ from embeval.engine import Protocol, rank_stats
 try:
     from helpers.data import assert_same, sets
     from helpers.oracle import Case, int_cases
+    from helpers.triton import interpreted, kernel  # noqa: F401 (a fixture)
     from test_ranking_relevance import draw_lists, to_relevance
 except ImportError:  # tests/ imported as a package
     from tests.engine.test_ranking_relevance import draw_lists, to_relevance
     from tests.helpers.data import assert_same, sets
     from tests.helpers.oracle import Case, int_cases
+    from tests.helpers.triton import interpreted, kernel  # noqa: F401 (a fixture)
 
 FEW = dict(deadline=None, max_examples=4, suppress_health_check=list(HealthCheck))
 MANY = dict(FEW, max_examples=60)
 TILES = [(16, 16, 16, 1, 1), (32, 16, 16, 1, 1), (16, 32, 16, 1, 1)]
 
 
-@pytest.fixture(scope="module")
-def kernel():
-    """The kernel module imported under TRITON_INTERPRET=1 (the variable is set only while
-    Triton is imported, and around each launch: :func:`fused`)."""
-    if importlib.util.find_spec("triton") is None:
-        pytest.skip("triton is not installed: pip install \"embeval[test]\" (or [gpu])")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TRITON_INTERPRET", "1")
-        from embeval.engine import triton_kernel
-    if not triton_kernel.interpreting():
-        pytest.skip("triton was imported without TRITON_INTERPRET=1 earlier in this process")
-    return triton_kernel
-
-
 def fused(q, g, *, tiles=TILES[0], splits=None, capacity=None, **kw):
     """rank_stats through the fused pass, with the kernel's tuning knobs set."""
     from embeval.engine import triton_pass
 
-    run = triton_pass.negative_pass
-
-    def tuned(*args, **kwargs):
-        return run(*args, **kwargs, tiles=tiles, splits=splits, capacity=capacity)
-
-    mp = pytest.MonkeyPatch()
-    mp.setattr(triton_pass, "negative_pass", tuned)
-    mp.setenv("TRITON_INTERPRET", "1")  # read again at each launch
-    try:
+    with interpreted(triton_pass, "negative_pass", tiles=tiles, splits=splits, capacity=capacity):
         return rank_stats(q, g, device="cpu", backend="triton", **kw)
-    finally:
-        mp.undo()
 
 
 def check(case: Case, data, *, relevance=None, **kw) -> None:
@@ -282,27 +260,14 @@ def test_the_compiled_kernel_on_cuda_equals_the_cpu_engine(metric) -> None:
                 rank_stats(q, g, metric=metric, device="cpu", backend="numba", relevance=rel))
 
 
-def test_auto_never_takes_triton(monkeypatch) -> None:
-    """backend="auto": never the fused pass (named only until it is timed on a GPU), whatever is
-    installed; "triton" with a top-k or a reduced precision runs the torch pass."""
-    from embeval.engine import plan, torch_pass
+def test_triton_with_a_top_k_runs_the_torch_pass(monkeypatch) -> None:
+    """"triton" with a top-k (which the fused kernel does not keep) runs the torch pass."""
+    from embeval.engine import torch_pass
 
-    monkeypatch.setattr(plan, "triton_available", lambda: True)
     used = []
     run = torch_pass.negative_pass
     monkeypatch.setattr(torch_pass, "negative_pass", lambda *a, **k: used.append(1) or run(*a, **k))
     q, g = sets(nq=20, ng=40, d=4, classes=3)
     ref = rank_stats(q, g, metric="inner", device="cpu", backend="numba", topk=3)
-    assert_same(rank_stats(q, g, metric="inner", device="cpu", backend="auto", topk=3), ref)
     assert_same(rank_stats(q, g, metric="inner", device="cpu", backend="triton", topk=3), ref)
-    assert used == [1]  # auto took numba (SMALL_PASS is 0 in tests), triton + top-k the torch pass
-
-
-def test_verify_with_backend_triton_counts_on_the_torch_pass() -> None:
-    """verify has no fused kernel: "triton" gives the torch pass's exact counts."""
-    from embeval.engine.trial_pass import trial_stats
-
-    q, g = sets(nq=20, ng=40, d=4, classes=3)
-    a = trial_stats(q, g, metric="cosine", device="cpu", backend="numba")
-    b = trial_stats(q, g, metric="cosine", device="cpu", backend="triton")
-    assert torch.equal(a.imp_slots, b.imp_slots) and torch.equal(a.imp_keys, b.imp_keys)
+    assert used == [1]

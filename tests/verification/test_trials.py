@@ -147,12 +147,16 @@ def dense_stats(scores: list[float], genuine: list[bool]) -> tuple[list, list, l
     return values, counts, slots
 
 
+#: rows whose dot products lie on float32 midpoints, or 2^-80 beside one (float64 cannot tell)
+MIDPOINT_ROWS = [[1.0, 2**-12, 0.0, 0.0], [1.0, 2**-12, 2**-40, 0.0], [1.0, 2**-12, -(2**-40), 0.0],
+                 [1.0, 2**-11, 2**-12, 0.0], [1.0, 2**-12, 2**-12, 2**-40], [1.0, 0.0, 2**-12, 0.0],
+                 [1.0, 2**-12, 0.0, 2**-40], [1.0, 0.0, 0.0, 0.0]]
+
+
 def test_pass_on_midpoint_scores_equals_the_correctly_rounded_count() -> None:
     """Scores on float32 midpoints that float64 cannot resolve: genuine and impostor scores
     1, 1 + 2^-23, 1 + 2^-22 interleave, so one wrong rounding moves a count to another slot."""
-    rows = [[1.0, 2**-12, 0.0, 0.0], [1.0, 2**-12, 2**-40, 0.0], [1.0, 2**-12, -(2**-40), 0.0],
-            [1.0, 2**-11, 2**-12, 0.0], [1.0, 2**-12, 2**-12, 2**-40], [1.0, 0.0, 2**-12, 0.0],
-            [1.0, 2**-12, 0.0, 2**-40], [1.0, 0.0, 0.0, 0.0]]
+    rows = MIDPOINT_ROWS
     emb = torch.tensor(rows, dtype=torch.float32)
     labels = [2, 2, 2, 0, 0, 1, -1, 1]  # item 6 (unknown) is an impostor even to itself
     s = embeval.EmbeddingSet(emb, torch.tensor(labels))
