@@ -73,8 +73,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object ins
 BlockOpt = Annotated[int | None, typer.Option(hidden=True, min=1, help="Gallery rows per block.")]
 BackendOpt = Annotated[Backend, typer.Option(
     "--backend", metavar="ENGINE",
-    help="Ranking pass: auto, numba (CPU), torch, or triton (one fused GPU kernel, fp32 "
-         "without top-k; the gpu extra; not yet timed on a GPU, so auto does not take it).")]
+    help="Pass: auto (numba on CPU; triton on CUDA GPUs of compute capability 8.0+ with the "
+         "gpu extra, else torch), numba (CPU), torch, or triton (one fused GPU kernel: fp32 "
+         "without top-k).")]
 ShardOpt = Annotated[str | None, typer.Option(
     "--shard", metavar="I/N",
     help="Array jobs: evaluate gallery shard I of N (0 <= I < N) and write its partial "

@@ -185,7 +185,8 @@ class _Launch:
         cnt = torch.zeros(1, dtype=torch.int64, device=dev)
         bad = torch.zeros(1, dtype=torch.int64, device=dev)
         g = g.float().contiguous()
-        extra = dict(num_warps=warps, num_stages=stages) if dev.type == "cuda" else {}
+        extra = (dict(num_warps=warps, num_stages=stages, enable_fp_fusion=False)
+                 if dev.type == "cuda" else {})  # IEEE operations: no contraction into FMAs
         kernel.rank_tiles[(n_qt, n_split)](
             self.q, g, self.qa, self.ga[start:start + n_g], self.qlab,
             self.glab[start:start + n_g], self.own_off, self.own, self.pos_off, self.pos,

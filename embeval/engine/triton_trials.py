@@ -66,7 +66,8 @@ def impostor_pass(stats: VerifyStats, query: EmbeddingSet, gallery: EmbeddingSet
     slots = torch.zeros_like(stats.imp_slots, device=device)
     keys = torch.zeros_like(stats.imp_keys, device=device)
     n_qt = -(-(q1 - q0) // bq)
-    options = dict(num_warps=warps, num_stages=stages) if device.type == "cuda" else {}
+    options = (dict(num_warps=warps, num_stages=stages, enable_fp_fusion=False)
+               if device.type == "cuda" else {})  # IEEE operations: no contraction into FMAs
     for start, stop, g in device_blocks(gallery, a, b, rows, device):
         n_gt = -(-(stop - start) // bg)
         share = splits or (max(1, 4 * sm_count(device) // n_qt) if device.type == "cuda" else 1)

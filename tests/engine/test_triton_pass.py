@@ -218,7 +218,8 @@ names = rank_tiles.arg_names
 sig = {n: "constexpr" if n in const else types.get(n, "*fp32" if n.endswith("_ptr") else "i32")
        for n in names}
 src = ASTSource(rank_tiles, sig, constexprs={(names.index(k),): v for k, v in const.items()})
-k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8, "num_stages": 3})
+k = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                   options={"num_warps": 8, "num_stages": 3, "enable_fp_fusion": False})
 ptx = k.asm["ptx"]
 print("wgmma" if "wgmma.mma_async" in ptx and "tf32" in ptx else "no tensor cores")
 """

@@ -271,7 +271,7 @@ sig = {n: "constexpr" if n in const else types.get(n, "*fp32" if n.endswith("_pt
        for n in names}
 src = ASTSource(trial_tiles, sig, constexprs={(names.index(k),): v for k, v in const.items()})
 k = triton.compile(src, target=GPUTarget("cuda", int(sys.argv[2]), 32),
-                   options={"num_warps": warps, "num_stages": stages})
+                   options={"num_warps": warps, "num_stages": stages, "enable_fp_fusion": False})
 ptx = k.asm["ptx"]
 dmma = "mma.sync.aligned.m8n8k4.row.col.f64.f64.f64.f64" in ptx
 print("dmma" if dmma else "no fp64 tensor cores", "local" if ".local" in ptx else "registers")
