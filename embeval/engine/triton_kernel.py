@@ -205,9 +205,8 @@ def rank_tiles(q_ptr, g_ptr, qa_ptr, ga_ptr, qlab_ptr, glab_ptr, own_off_ptr, ow
 
 @triton.jit
 def trial_tiles(q_ptr, g_ptr, qa_ptr, ga_ptr, qlab_ptr, glab_ptr, bound_ptr, u_ptr, table_ptr,
-                slots_ptr, keys_ptr, buf_q_ptr, buf_c_ptr, cnt_ptr, bad_ptr,
-                n_q, n_g, q_start, g_start, dim, n_table, base, scale, tiles_per_split,
-                bin_steps, cap,
+                span_ptr, slots_ptr, keys_ptr, buf_q_ptr, buf_c_ptr, cnt_ptr, bad_ptr,
+                n_q, n_g, q_start, g_start, dim, n_table, tiles_per_split, bin_steps, cap,
                 MODE: tl.constexpr, EXCLUDE_SELF: tl.constexpr, BQ: tl.constexpr,
                 BG: tl.constexpr, BK: tl.constexpr):
     """Impostor counts of queries ``[pid0·BQ, +BQ)`` × launch gallery tiles
@@ -216,9 +215,10 @@ def trial_tiles(q_ptr, g_ptr, qa_ptr, ga_ptr, qlab_ptr, glab_ptr, bound_ptr, u_p
     ``q`` [n_q, dim] f32 (queries ``q_start...``), ``g`` [n_g, dim] f32 (gallery items
     ``g_start...``); ``qa``/``ga``: the metric's aux; ``qlab``/``glab`` int64 labels (-1
     unknown); ``bound`` [n_q] f64 (:func:`embeval.engine.exact.dot_bound`); ``u`` f32: the
-    distinct genuine scores, ascending; ``table`` [n_table + 1] int64 and ``base``/``scale``:
-    :func:`embeval.engine.trials.slot_table` (bin t of n_table holds ``u[table[t]:table[t + 1]]``,
-    ``bin_steps`` binary-search steps settle any bin); ``slots`` [2U + 1] / ``keys`` [65536]
+    distinct genuine scores, ascending; ``table`` [n_table + 1] int64 and ``span`` [2] f64
+    (base, scale): :func:`embeval.engine.trials.slot_table` (bin t of n_table holds
+    ``u[table[t]:table[t + 1]]``, ``bin_steps`` binary-search steps settle any bin; float64 in
+    memory because a Python float argument would reach the kernel as float32); ``slots`` [2U + 1] / ``keys`` [65536]
     int64: the counts (:class:`embeval.engine.trials.VerifyStats`); ``buf_q``/``buf_c`` [cap]
     int32: (row, column) of the pairs not counted here; ``cnt`` [1] int64: appends requested;
     ``bad`` [1] int64: non-finite scores. ``MODE``: 0 inner, 1 cosine, 2 euclid, 3 sq_euclid.
@@ -240,6 +240,8 @@ def trial_tiles(q_ptr, g_ptr, qa_ptr, ga_ptr, qlab_ptr, glab_ptr, bound_ptr, u_p
     qlab = tl.load(qlab_ptr + rows64, mask=rmask, other=-1)
     e = tl.load(bound_ptr + rows64, mask=rmask, other=0.0)
     n_u = tl.load(table_ptr + n_table)
+    base = tl.load(span_ptr)
+    scale = tl.load(span_ptr + 1)
     n_bad = tl.zeros((BQ,), tl.int64)
     t_first = pid_s * tiles_per_split
     for t in range(t_first, t_first + tiles_per_split):

@@ -97,8 +97,9 @@ class _Launch:
         self.qlab = query.labels[q0:q0 + len(qemb)].to(device, torch.int64).contiguous()
         self.glab = gallery.labels.to(device, torch.int64)
         u = stats.gen_values
-        table, self.base, self.scale = slot_table(u.numpy())
+        table, base, scale = slot_table(u.numpy())
         self.table = torch.from_numpy(table).to(device)
+        self.span = torch.tensor([base, scale], dtype=torch.float64, device=device)
         self.bin_steps = search_steps(int((table[1:] - table[:-1]).max()))
         self.u = (u if len(u) else torch.zeros(1)).to(device).contiguous()
         self.device = device
@@ -121,9 +122,9 @@ class _Launch:
         g = g.float().contiguous()
         kernel.trial_tiles[(-(-nq // bq), n_split)](
             self.q, g, self.qa, self.ga[start:start + n_g].contiguous(), self.qlab,
-            self.glab[start:start + n_g].contiguous(), self.bound, self.u, self.table, s, k,
-            buf_q, buf_c, cnt, bad, nq, n_g, self.q0, start, g.shape[1], len(self.table) - 1,
-            self.base, self.scale, per, self.bin_steps, cap,
+            self.glab[start:start + n_g].contiguous(), self.bound, self.u, self.table, self.span,
+            s, k, buf_q, buf_c, cnt, bad, nq, n_g, self.q0, start, g.shape[1],
+            len(self.table) - 1, per, self.bin_steps, cap,
             MODE=METRIC_CODES[self.stats.metric], EXCLUDE_SELF=self.exclude_self,
             BQ=bq, BG=bg, BK=bk, **options)
         if int(bad.item()):
