@@ -217,11 +217,12 @@ def trial_tiles(q_ptr, g_ptr, qa_ptr, ga_ptr, qlab_ptr, glab_ptr, bound_ptr, u_p
     unknown); ``bound`` [n_q] f64 (:func:`embeval.engine.exact.dot_bound`); ``u`` f32: the
     distinct genuine scores, ascending; ``table`` [n_table + 1] int64 and ``span`` [2] f64
     (base, scale): :func:`embeval.engine.trials.slot_table` (bin t of n_table holds
-    ``u[table[t]:table[t + 1]]``, ``bin_steps`` binary-search steps settle any bin; float64 in
-    memory because a Python float argument would reach the kernel as float32); ``slots`` [2U + 1] / ``keys`` [65536]
-    int64: the counts (:class:`embeval.engine.trials.VerifyStats`); ``buf_q``/``buf_c`` [cap]
-    int32: (row, column) of the pairs not counted here; ``cnt`` [1] int64: appends requested;
-    ``bad`` [1] int64: non-finite scores. ``MODE``: 0 inner, 1 cosine, 2 euclid, 3 sq_euclid.
+    ``u[table[t]:table[t + 1]]``; ``bin_steps`` binary-search steps settle any bin; in memory
+    because a Python float argument reaches a compiled kernel as float32); ``slots`` [2U + 1]
+    and ``keys`` [65536] int64: the counts (:class:`embeval.engine.trials.VerifyStats`);
+    ``buf_q``/``buf_c`` [cap] int32: (row, column) of the pairs not counted here; ``cnt`` [1]
+    int64: appends requested; ``bad`` [1] int64: non-finite scores. ``MODE``: 0 inner,
+    1 cosine, 2 euclid, 3 sq_euclid.
 
     Every product is float64 (``tl.dot`` of float64 tiles: DMMA tensor cores on sm_80+), within
     ``bound`` of the exact dot product in any summation order; rounded to float32 where that
