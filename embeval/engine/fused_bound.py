@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import torch
 
-from embeval.engine.similarity import LANES
+from embeval.engine.similarity import LANES, score_tolerance
 
 __all__ = ["KERNEL_PRECISION", "CHUNK", "kernel_dot_error", "fused_tolerance"]
 
@@ -67,18 +67,6 @@ def fused_tolerance(qemb: torch.Tensor, metric: str, gallery_max_norm: float) ->
     dim = qemb.shape[1]
     depth = -(-dim // LANES) + 5  # canonical order vs exact: roundings on a product's path
     gamma_c = depth * _U / (1 - depth * _U)
-    rel = kernel_dot_error(dim) + gamma_c + 4 * _U  # + rounding of the norms behind m
-    qn = torch.linalg.vector_norm(qemb.double(), dim=1)
-    gn = float(gallery_max_norm) * (1 + 4 * _U)
-    m = qn * gn  # bounds |q·g| and Σ|q_i g_i|
-    dot_err = rel * m
-    if metric == "cosine":  # scaled by 1/(|q||g|), rounded three more times on each side
-        eps = torch.full_like(qn, rel + 16 * _U)
-    elif metric in ("euclid", "sq_euclid"):
-        big = qn * qn + gn * gn + 2 * m
-        eps = 2 * dot_err + 8 * _U * big
-        if metric == "euclid":
-            eps = eps.sqrt() + 8 * _U * big.sqrt()
-    else:
-        eps = dot_err
-    return (2 * eps).float().nextafter(torch.tensor(float("inf")))
+    rel = kernel_dot_error(dim) + gamma_c + 4 * _U  # + rounding of the norms behind |q||g|
+    # the cosine: scaled by 1/(|q||g|), rounded three more times on each side
+    return score_tolerance(qemb, metric, gallery_max_norm, dot_rel=rel, cos_rel=rel + 16 * _U)

@@ -33,6 +33,7 @@ from embeval.engine.similarity import (
     overflow_rule,
     resolve_device,
     row_norms,
+    score_tolerance,
     transform,
 )
 from embeval.engine.stats import NO_INDEX, Protocol, RankStats
@@ -298,23 +299,12 @@ def tie_tolerance(qemb: torch.Tensor, metric: str, gallery_max_norm: float) -> t
 
     Any order of summing D float32 products is within ``γ_D·|q|·|g|`` of the exact dot
     product (γ_D = D·u / (1 - D·u), u = 2^-24; Higham, *Accuracy and Stability of Numerical
-    Algorithms*, section 3.1), so two orders are within twice that; the metric transform
-    adds a few roundings of its operands. Doubled again for margin.
+    Algorithms*, section 3.1), so two orders are within twice that, plus the rounding of the
+    norms behind |q|·|g|; the cosine's scaling rounds three more times
+    (:func:`embeval.engine.similarity.score_tolerance`).
     """
     u = 2.0 ** -24
     dim = qemb.shape[1]
     gamma = dim * u / (1 - dim * u)
-    qn = torch.linalg.vector_norm(qemb.double(), dim=1)
-    gn = float(gallery_max_norm) * (1 + 4 * u)
-    m = qn * gn  # bounds |q·g| and Σ|q_i g_i|
-    dot_err = 2 * gamma * m + 4 * u * m
-    if metric == "cosine":  # scaled by 1/(|q||g|), rounded three more times
-        eps = torch.full_like(qn, 2 * gamma + 16 * u)
-    elif metric in ("euclid", "sq_euclid"):
-        big = qn * qn + gn * gn + 2 * m
-        eps = 2 * dot_err + 8 * u * big
-        if metric == "euclid":
-            eps = eps.sqrt() + 8 * u * big.sqrt()
-    else:
-        eps = dot_err
-    return (2 * eps).float().nextafter(torch.tensor(float("inf")))
+    return score_tolerance(qemb, metric, gallery_max_norm, dot_rel=2 * gamma + 4 * u,
+                           cos_rel=2 * gamma + 16 * u)

@@ -36,7 +36,7 @@ from embeval.options import METRICS, PRECISIONS
 
 __all__ = [
     "METRICS", "PRECISIONS", "METRIC_CODES", "LANES", "aux", "row_norms", "overflow_rule",
-    "check_finite_scores", "transform", "canonical_dot",
+    "check_finite_scores", "transform", "score_tolerance", "canonical_dot",
     "scores", "resolve_device", "matmul_dtype", "precision_context",
 ]
 
@@ -132,6 +132,29 @@ def transform(dot: torch.Tensor, qa: torch.Tensor, ga: torch.Tensor, metric: str
         return dot * qa * ga
     d2 = ((qa + ga) - 2.0 * dot).clamp_min(0.0)
     return -_sqrt(d2) if metric == "euclid" else -d2
+
+
+def score_tolerance(qemb: torch.Tensor, metric: str, gallery_max_norm: float, *, dot_rel: float,
+                    cos_rel: float) -> torch.Tensor:
+    """[Q] float32: a bound on |score - canonical score| for any pair of query i, from a bound on
+    the dot products' error, ``dot_rel`` · |q|·|g|, and on the cosine's, ``cos_rel`` (the scaling
+    by 1/(|q||g|) included). The metric transform adds the roundings of its operands; the sum is
+    doubled for margin. ``qemb`` [Q, D]; ``gallery_max_norm``: the largest gallery row norm."""
+    u = 2.0 ** -24
+    qn = torch.linalg.vector_norm(qemb.double(), dim=1)
+    gn = float(gallery_max_norm) * (1 + 4 * u)
+    m = qn * gn  # bounds |q·g| and Σ|q_i g_i|
+    dot_err = dot_rel * m
+    if metric == "cosine":
+        eps = torch.full_like(qn, cos_rel)
+    elif metric in ("euclid", "sq_euclid"):
+        big = qn * qn + gn * gn + 2 * m
+        eps = 2 * dot_err + 8 * u * big
+        if metric == "euclid":
+            eps = eps.sqrt() + 8 * u * big.sqrt()
+    else:
+        eps = dot_err
+    return (2 * eps).float().nextafter(torch.tensor(float("inf")))
 
 
 def canonical_dot(q: torch.Tensor, g: torch.Tensor, chunk: int = 1 << 14) -> torch.Tensor:
