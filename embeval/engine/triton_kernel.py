@@ -88,27 +88,9 @@ def rank_tiles(q_ptr, g_ptr, qa_ptr, ga_ptr, qlab_ptr, glab_ptr, own_off_ptr, ow
         cols = t * BG + tl.arange(0, BG)
         cmask = cols < n_g
         cols64 = cols.to(tl.int64)
-        acc = tl.zeros((BQ, BG), tl.float32)
-        for k0 in range(0, dim, BK):
-            ks = k0 + tl.arange(0, BK)
-            kmask = ks < dim
-            a = tl.load(q_ptr + rows64[:, None] * dim + ks[None, :],
-                        mask=rmask[:, None] & kmask[None, :], other=0.0)
-            b = tl.load(g_ptr + cols64[None, :] * dim + ks[:, None],
-                        mask=kmask[:, None] & cmask[None, :], other=0.0)
-            acc += tl.dot(a, b, input_precision=PRECISION)  # a fresh sum per chunk: short chains
+        acc = _products(q_ptr, g_ptr, rows64, rmask, cols64, cmask, dim, BQ, BG, BK, PRECISION)
         ga = tl.load(ga_ptr + cols64, mask=cmask, other=0.0)
-        if MODE == 0:
-            s = acc
-        elif MODE == 1:
-            s = acc * qa[:, None] * ga[None, :]
-        else:
-            d2 = (qa[:, None] + ga[None, :]) - 2.0 * acc
-            d2 = tl.where(d2 > 0.0, d2, 0.0)
-            if MODE == 2:
-                s = -tl.sqrt_rn(d2)
-            else:
-                s = -d2
+        s = _transform(acc, qa, ga, MODE)
         valid = rmask[:, None] & cmask[None, :]
         gidx = g_start + cols64
         if LISTED:  # the row's listed items in this tile: [lo, hi) of its ascending list
@@ -184,18 +166,12 @@ def rank_tiles(q_ptr, g_ptr, qa_ptr, ga_ptr, qlab_ptr, glab_ptr, own_off_ptr, ow
             tl.atomic_add(hist_ptr + (p0 + rows64)[:, None] + blo, tl.full((BQ, BG), 1, tl.int64),
                           mask=count)
         app = amb | near
-        n_app = tl.sum(app.to(tl.int64), axis=None)
-        if n_app > 0:
-            base = tl.atomic_add(cnt_ptr, n_app)
-            flat = tl.reshape(app, (BQ * BG,))
-            slot = base + tl.cumsum(flat.to(tl.int64), axis=0) - 1
-            ok = flat & (slot < cap)
-            tl.store(buf_q_ptr + slot, tl.reshape(rows[:, None] + 0 * cols[None, :], (BQ * BG,)),
-                     mask=ok)
-            tl.store(buf_c_ptr + slot,
-                     tl.reshape(2 * cols[None, :] + amb.to(tl.int32) + 0 * rows[:, None],
-                                (BQ * BG,)), mask=ok)
-            tl.store(buf_s_ptr + slot, tl.reshape(sm, (BQ * BG,)), mask=ok)
+        if tl.sum(app.to(tl.int64), axis=None) > 0:
+            at, ok = _reserve(app, cnt_ptr, cap, BQ, BG)
+            tl.store(buf_q_ptr + at, _flat(rows[:, None] + 0 * cols[None, :], BQ, BG), mask=ok)
+            tl.store(buf_c_ptr + at, _flat(2 * cols[None, :] + amb.to(tl.int32) + 0 * rows[:, None],
+                                           BQ, BG), mask=ok)
+            tl.store(buf_s_ptr + at, _flat(sm, BQ, BG), mask=ok)
     out = pid_s.to(tl.int64) * n_q + rows64
     tl.store(nneg_ptr + out, nneg, mask=rmask)
     tl.store(pmax_ptr + out, run_max, mask=rmask)
@@ -249,29 +225,10 @@ def trial_tiles(q_ptr, g_ptr, qa_ptr, ga_ptr, qlab_ptr, glab_ptr, bound_ptr, u_p
         cols = t * BG + tl.arange(0, BG)
         cmask = cols < n_g
         cols64 = cols.to(tl.int64)
-        acc = tl.zeros((BQ, BG), tl.float64)
-        for k0 in range(0, dim, BK):
-            ks = k0 + tl.arange(0, BK)
-            kmask = ks < dim
-            a = tl.load(q_ptr + rows64[:, None] * dim + ks[None, :],
-                        mask=rmask[:, None] & kmask[None, :], other=0.0)
-            b = tl.load(g_ptr + cols64[None, :] * dim + ks[:, None],
-                        mask=kmask[:, None] & cmask[None, :], other=0.0)
-            acc = tl.dot(a.to(tl.float64), b.to(tl.float64), acc)  # float32 products are exact
-        d = acc.to(tl.float32)
+        acc = _products(q_ptr, g_ptr, rows64, rmask, cols64, cmask, dim, BQ, BG, BK, "fp64")
         amb = (acc - e[:, None]).to(tl.float32) != (acc + e[:, None]).to(tl.float32)
         ga = tl.load(ga_ptr + cols64, mask=cmask, other=0.0)
-        if MODE == 0:
-            s = d
-        elif MODE == 1:
-            s = d * qa[:, None] * ga[None, :]
-        else:
-            d2 = (qa[:, None] + ga[None, :]) - 2.0 * d
-            d2 = tl.where(d2 < 0.0, 0.0, d2)  # clamp_min(0): NaN stays NaN
-            if MODE == 2:
-                s = -tl.sqrt_rn(d2)
-            else:
-                s = -d2
+        s = _transform(acc.to(tl.float32), qa, ga, MODE)
         s = tl.where(s == 0.0, 0.0, s)  # -0.0 -> +0.0
         glab = tl.load(glab_ptr + cols64, mask=cmask, other=-1)
         imp = (rmask[:, None] & cmask[None, :]) & ((qlab[:, None] != glab[None, :]) | (qlab[:, None] < 0))
@@ -306,14 +263,66 @@ def trial_tiles(q_ptr, g_ptr, qa_ptr, ga_ptr, qlab_ptr, glab_ptr, bound_ptr, u_p
         key = tl.where(bits < 0, (bits ^ -1) >> 16, (bits >> 16) + 32768).to(tl.int64)
         tl.atomic_add(keys_ptr + key, tl.full((BQ, BG), 1, tl.int64), mask=count)
         app = amb | (sure & (checked == 0))
-        n_app = tl.sum(app.to(tl.int64), axis=None)
-        if n_app > 0:
-            start = tl.atomic_add(cnt_ptr, n_app)
-            flat = tl.reshape(app, (BQ * BG,))
-            at = start + tl.cumsum(flat.to(tl.int64), axis=0) - 1
-            ok = flat & (at < cap)
-            tl.store(buf_q_ptr + at, tl.reshape(rows[:, None] + 0 * cols[None, :], (BQ * BG,)),
-                     mask=ok)
-            tl.store(buf_c_ptr + at, tl.reshape(cols[None, :] + 0 * rows[:, None], (BQ * BG,)),
-                     mask=ok)
+        if tl.sum(app.to(tl.int64), axis=None) > 0:
+            at, ok = _reserve(app, cnt_ptr, cap, BQ, BG)
+            tl.store(buf_q_ptr + at, _flat(rows[:, None] + 0 * cols[None, :], BQ, BG), mask=ok)
+            tl.store(buf_c_ptr + at, _flat(cols[None, :] + 0 * rows[:, None], BQ, BG), mask=ok)
     tl.atomic_add(bad_ptr, tl.sum(n_bad, axis=0))
+
+
+@triton.jit
+def _products(q_ptr, g_ptr, rows64, rmask, cols64, cmask, dim, BQ: tl.constexpr, BG: tl.constexpr,
+              BK: tl.constexpr, PRECISION: tl.constexpr):
+    """[BQ, BG] dot products of query rows ``rows64`` and gallery rows ``cols64`` (masked rows
+    give 0), ``BK`` dimensions per ``tl.dot``. ``PRECISION`` "fp64": float64 tiles, one float64
+    sum (float32 products are exact in it); else float32 with that ``input_precision``, each
+    chunk summed from zero and added to the running sum (short chains:
+    :mod:`embeval.engine.fused_bound`)."""
+    acc = tl.zeros((BQ, BG), tl.float64 if PRECISION == "fp64" else tl.float32)
+    for k0 in range(0, dim, BK):
+        ks = k0 + tl.arange(0, BK)
+        kmask = ks < dim
+        a = tl.load(q_ptr + rows64[:, None] * dim + ks[None, :],
+                    mask=rmask[:, None] & kmask[None, :], other=0.0)
+        b = tl.load(g_ptr + cols64[None, :] * dim + ks[:, None],
+                    mask=kmask[:, None] & cmask[None, :], other=0.0)
+        if PRECISION == "fp64":
+            acc = tl.dot(a.to(tl.float64), b.to(tl.float64), acc)
+        else:
+            acc += tl.dot(a, b, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
+def _transform(d, qa, ga, MODE: tl.constexpr):
+    """Scores [BQ, BG] f32 from dot products ``d`` and the aux ``qa`` [BQ] / ``ga`` [BG], with
+    the float32 operations of :func:`embeval.engine.similarity.transform` (clamp_min(0) keeps a
+    NaN). ``MODE``: 0 inner, 1 cosine, 2 euclid, 3 sq_euclid."""
+    if MODE == 0:
+        s = d
+    elif MODE == 1:
+        s = d * qa[:, None] * ga[None, :]
+    else:
+        d2 = (qa[:, None] + ga[None, :]) - 2.0 * d
+        d2 = tl.where(d2 < 0.0, 0.0, d2)
+        if MODE == 2:
+            s = -tl.sqrt_rn(d2)
+        else:
+            s = -d2
+    return s
+
+
+@triton.jit
+def _reserve(app, cnt_ptr, cap, BQ: tl.constexpr, BG: tl.constexpr):
+    """Buffer slots of the [BQ, BG] pairs ``app``, row-major, reserved by one atomic add on the
+    launch's count (requests past ``cap`` are counted, not written): ([BQ·BG] slot, writable)."""
+    flat = tl.reshape(app, (BQ * BG,)).to(tl.int64)
+    base = tl.atomic_add(cnt_ptr, tl.sum(flat, axis=0))
+    at = base + tl.cumsum(flat, axis=0) - 1
+    return at, (flat > 0) & (at < cap)
+
+
+@triton.jit
+def _flat(x, BQ: tl.constexpr, BG: tl.constexpr):
+    """A [BQ, BG] tile as [BQ·BG], row-major (the order of :func:`_reserve`'s slots)."""
+    return tl.reshape(x, (BQ * BG,))

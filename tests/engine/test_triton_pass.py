@@ -16,11 +16,10 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import embeval
@@ -29,18 +28,13 @@ from embeval.engine import Protocol, rank_stats
 try:
     from helpers.data import assert_same, sets
     from helpers.oracle import Case, int_cases
-    from helpers.triton import interpreted, kernel  # noqa: F401 (a fixture)
+    from helpers.triton import FEW, MANY, TILES, installed_runner, interpreted, kernel  # noqa: F401 (a fixture)
     from test_ranking_relevance import draw_lists, to_relevance
 except ImportError:  # tests/ imported as a package
     from tests.engine.test_ranking_relevance import draw_lists, to_relevance
     from tests.helpers.data import assert_same, sets
     from tests.helpers.oracle import Case, int_cases
-    from tests.helpers.triton import interpreted, kernel  # noqa: F401 (a fixture)
-
-FEW = dict(deadline=None, max_examples=4, suppress_health_check=list(HealthCheck))
-MANY = dict(FEW, max_examples=60)
-TILES = [(16, 16, 16, 1, 1), (32, 16, 16, 1, 1), (16, 32, 16, 1, 1)]
-
+    from tests.helpers.triton import FEW, MANY, TILES, installed_runner, interpreted, kernel  # noqa: F401 (a fixture)
 
 def fused(q, g, *, tiles=TILES[0], splits=None, capacity=None, **kw):
     """rank_stats through the fused pass, with the kernel's tuning knobs set."""
@@ -152,7 +146,8 @@ def test_a_query_without_positives_and_a_tiny_gallery(kernel) -> None:
         assert got.n_neg.tolist() == [3, 3, 1]
 
 
-def test_non_finite_scores_are_refused(kernel, monkeypatch) -> None:
+@pytest.mark.parametrize("metric", embeval.METRICS)
+def test_non_finite_scores_are_refused(kernel, monkeypatch, metric) -> None:
     """Defence in depth behind the overflow rule: a NaN score in the kernel is refused, not
     ranked (the loader refuses NaN rows, so one is slipped in after it)."""
     from embeval.engine import triton_pass
@@ -166,29 +161,12 @@ def test_non_finite_scores_are_refused(kernel, monkeypatch) -> None:
     monkeypatch.setattr(triton_pass._Launch, "__init__", poisoned)
     q, g = sets(nq=5, ng=8, d=3, classes=2)
     with pytest.raises(embeval.errors.InputFileError, match="not finite"):
-        fused(q, g, metric="inner")
-
-
-def _cli(tmp_path: Path):
-    """``run(backend, **env)``: ``embeval cmc`` on small files, TRITON_INTERPRET unset unless given."""
-    if importlib.util.find_spec("triton") is None:
-        pytest.skip("triton is not installed")
-    q, g = sets(nq=30, ng=50, d=5, classes=4, seed=1)
-    qf = embeval.save(tmp_path / "q.safetensors", q.embeddings, q.labels)
-    gf = embeval.save(tmp_path / "g.safetensors", g.embeddings, g.labels)
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    exe = Path(sys.executable).with_name("embeval")
-
-    def run(backend: str, **extra: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(exe), "cmc", str(qf), str(gf), "--device", "cpu", "--json",
-                               "--backend", backend], capture_output=True, text=True,
-                              env={**env, **extra}, timeout=300)
-    return run
+        fused(q, g, metric=metric)
 
 
 def test_the_cli_refuses_triton_on_cpu_without_the_interpreter(tmp_path) -> None:
     """Exit 2 and one line naming the way out, no traceback."""
-    refused = _cli(tmp_path)("triton")
+    refused = installed_runner(tmp_path, "cmc")("triton")
     assert refused.returncode == 2, refused.stderr
     assert "TRITON_INTERPRET" in refused.stderr and "Traceback" not in refused.stderr
 
@@ -197,7 +175,7 @@ def test_the_cli_refuses_triton_on_cpu_without_the_interpreter(tmp_path) -> None
 def test_the_cli_runs_it_under_the_interpreter(tmp_path) -> None:
     """``--backend triton`` through the installed command under TRITON_INTERPRET=1: the same
     metrics as ``--backend numba``."""
-    run = _cli(tmp_path)
+    run = installed_runner(tmp_path, "cmc")
     ref, got = run("numba"), run("triton", TRITON_INTERPRET="1")
     assert ref.returncode == 0 and got.returncode == 0, got.stderr
     assert json.loads(ref.stdout)["metrics"] == json.loads(got.stdout)["metrics"]

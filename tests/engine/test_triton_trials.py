@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import embeval
@@ -31,12 +31,12 @@ from embeval.engine.trial_pass import trial_stats
 try:
     from helpers.data import sets
     from helpers.oracle import int_cases
-    from helpers.triton import interpreted, kernel  # noqa: F401 (a fixture)
+    from helpers.triton import FEW, MANY, TILES, installed_runner, interpreted, kernel  # noqa: F401 (a fixture)
     from test_trials import MIDPOINT_ROWS, dense_stats, exact_dot, float_cases, round_f32, same_stats
 except ImportError:  # tests/ imported as a package
     from tests.helpers.data import sets
     from tests.helpers.oracle import int_cases
-    from tests.helpers.triton import interpreted, kernel  # noqa: F401 (a fixture)
+    from tests.helpers.triton import FEW, MANY, TILES, installed_runner, interpreted, kernel  # noqa: F401 (a fixture)
     from tests.verification.test_trials import (
         MIDPOINT_ROWS,
         dense_stats,
@@ -45,11 +45,6 @@ except ImportError:  # tests/ imported as a package
         round_f32,
         same_stats,
     )
-
-FEW = dict(deadline=None, max_examples=4, suppress_health_check=list(HealthCheck))
-MANY = dict(FEW, max_examples=50)
-TILES = [(16, 16, 16, 1, 1), (32, 16, 16, 1, 1), (16, 32, 16, 1, 1)]
-
 
 def fused(q, g, *, tiles=TILES[0], splits=None, capacity=None, **kw):
     """trial_stats through the fused kernel, with its tuning knobs set."""
@@ -219,7 +214,8 @@ def test_no_genuine_pair_and_a_tiny_gallery(kernel) -> None:
             got, trial_stats(q, g, metric=metric, device="cpu", backend="numba"))
 
 
-def test_non_finite_scores_are_refused(kernel, monkeypatch) -> None:
+@pytest.mark.parametrize("metric", embeval.METRICS)
+def test_non_finite_scores_are_refused(kernel, monkeypatch, metric) -> None:
     """A NaN score in the kernel is refused, not counted (the loader refuses NaN rows, so one is
     slipped in after it)."""
     def poison(x):
@@ -230,7 +226,7 @@ def test_non_finite_scores_are_refused(kernel, monkeypatch) -> None:
     _tamper(monkeypatch, q=poison)
     q, g = sets(nq=5, ng=8, d=3, classes=2)
     with pytest.raises(embeval.errors.InputFileError, match="not finite"):
-        fused(q, g, metric="inner")
+        fused(q, g, metric=metric)
 
 
 def test_reduced_precisions_count_on_the_torch_pass() -> None:
@@ -247,22 +243,10 @@ def test_reduced_precisions_count_on_the_torch_pass() -> None:
 def test_verify_cli_under_the_interpreter(tmp_path: Path) -> None:
     """``embeval verify --backend triton`` through the installed command under
     TRITON_INTERPRET=1: the same JSON as ``--backend numba``."""
-    if importlib.util.find_spec("triton") is None:
-        pytest.skip("triton is not installed")
-    q, g = sets(nq=30, ng=50, d=5, classes=4, seed=1)
-    qf = embeval.save(tmp_path / "q.safetensors", q.embeddings, q.labels)
-    gf = embeval.save(tmp_path / "g.safetensors", g.embeddings, g.labels)
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    exe = Path(sys.executable).with_name("embeval")
-
-    def run(backend: str, **extra: str) -> dict:
-        r = subprocess.run([str(exe), "verify", str(qf), str(gf), "--device", "cpu", "--json",
-                            "--backend", backend], capture_output=True, text=True,
-                           env={**env, **extra}, timeout=300)
-        assert r.returncode == 0, r.stderr
-        return json.loads(r.stdout)
-
-    assert run("triton", TRITON_INTERPRET="1")["metrics"] == run("numba")["metrics"]
+    run = installed_runner(tmp_path, "verify")
+    ref, got = run("numba"), run("triton", TRITON_INTERPRET="1")
+    assert ref.returncode == 0 and got.returncode == 0, got.stderr
+    assert json.loads(ref.stdout)["metrics"] == json.loads(got.stdout)["metrics"]
 
 
 COMPILE = """

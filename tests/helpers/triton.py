@@ -5,9 +5,20 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-from collections.abc import Iterator
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck
+
+#: hypothesis settings of the interpreter tests (a case costs about a second): few, and many (slow)
+FEW = dict(deadline=None, max_examples=4, suppress_health_check=list(HealthCheck))
+MANY = dict(FEW, max_examples=50)
+#: (BQ, BG, BK, num_warps, num_stages) drawn by the interpreter tests: odd shapes, small tiles
+TILES = [(16, 16, 16, 1, 1), (32, 16, 16, 1, 1), (16, 32, 16, 1, 1)]
 
 
 @pytest.fixture(scope="module")
@@ -37,3 +48,24 @@ def interpreted(module, name: str, **knobs) -> Iterator[None]:
         mp.setattr(module, name, tuned)
         mp.setenv("TRITON_INTERPRET", "1")
         yield
+
+
+def installed_runner(tmp_path: Path, command: str) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``run(backend, **env)``: the installed ``embeval COMMAND`` (``cmc``, ``verify``) on small
+    files with ``--json``, TRITON_INTERPRET unset unless given in ``env``."""
+    import embeval
+    from helpers.data import sets
+
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("triton is not installed")
+    q, g = sets(nq=30, ng=50, d=5, classes=4, seed=1)
+    qf = embeval.save(tmp_path / "q.safetensors", q.embeddings, q.labels)
+    gf = embeval.save(tmp_path / "g.safetensors", g.embeddings, g.labels)
+    base = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    exe = Path(sys.executable).with_name("embeval")
+
+    def run(backend: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(exe), command, str(qf), str(gf), "--device", "cpu", "--json",
+                               "--backend", backend], capture_output=True, text=True,
+                              env={**base, **env}, timeout=300)
+    return run
