@@ -14,8 +14,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -28,13 +26,13 @@ from embeval.engine import Protocol, rank_stats
 try:
     from helpers.data import assert_same, sets
     from helpers.oracle import Case, int_cases
-    from helpers.triton import FEW, MANY, TILES, installed_runner, interpreted, kernel  # noqa: F401 (a fixture)
+    from helpers.triton import FEW, MANY, TILES, cuda_ptx, installed_runner, interpreted, kernel  # noqa: F401 (a fixture)
     from test_ranking_relevance import draw_lists, to_relevance
 except ImportError:  # tests/ imported as a package
     from tests.engine.test_ranking_relevance import draw_lists, to_relevance
     from tests.helpers.data import assert_same, sets
     from tests.helpers.oracle import Case, int_cases
-    from tests.helpers.triton import FEW, MANY, TILES, installed_runner, interpreted, kernel  # noqa: F401 (a fixture)
+    from tests.helpers.triton import FEW, MANY, TILES, cuda_ptx, installed_runner, interpreted, kernel  # noqa: F401 (a fixture)
 
 def fused(q, g, *, tiles=TILES[0], splits=None, capacity=None, **kw):
     """rank_stats through the fused pass, with the kernel's tuning knobs set."""
@@ -180,43 +178,24 @@ def test_the_cli_runs_it_under_the_interpreter(tmp_path) -> None:
     assert ref.returncode == 0 and got.returncode == 0, got.stderr
     assert json.loads(ref.stdout)["metrics"] == json.loads(got.stdout)["metrics"]
 
-COMPILE = """
-import sys
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-from embeval.engine.fused_bound import KERNEL_PRECISION
-from embeval.engine.triton_kernel import rank_tiles
-types = {"qlab_ptr": "*i64", "glab_ptr": "*i64", "own_off_ptr": "*i64", "own_ptr": "*i64",
-         "pos_off_ptr": "*i64", "hist_ptr": "*i64", "nneg_ptr": "*i64", "parg_ptr": "*i32",
-         "buf_q_ptr": "*i32", "buf_c_ptr": "*i32", "cnt_ptr": "*i64", "bad_ptr": "*i64"}
-const = dict(MODE=int(sys.argv[1]), EXCLUDE_SELF=True, LISTED=sys.argv[2] == "1",
-             PRECISION=KERNEL_PRECISION, BQ=128, BG=64, BK=32)
-names = rank_tiles.arg_names
-sig = {n: "constexpr" if n in const else types.get(n, "*fp32" if n.endswith("_ptr") else "i32")
-       for n in names}
-src = ASTSource(rank_tiles, sig, constexprs={(names.index(k),): v for k, v in const.items()})
-k = triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                   options={"num_warps": 8, "num_stages": 3, "enable_fp_fusion": False})
-ptx = k.asm["ptx"]
-print("wgmma" if "wgmma.mma_async" in ptx and "tf32" in ptx else "no tensor cores")
-"""
+RANK_TYPES = {"qlab_ptr": "*i64", "glab_ptr": "*i64", "own_off_ptr": "*i64", "own_ptr": "*i64",
+              "pos_off_ptr": "*i64", "hist_ptr": "*i64", "nneg_ptr": "*i64", "parg_ptr": "*i32",
+              "buf_q_ptr": "*i32", "buf_c_ptr": "*i32", "cnt_ptr": "*i64", "bad_ptr": "*i64"}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode,listed", [(1, "0"), (2, "1")])
-def test_the_kernel_compiles_for_hopper_with_tf32_tensor_cores(mode: int, listed: str) -> None:
+@pytest.mark.parametrize("mode,listed", [(1, False), (2, True)])
+def test_the_kernel_compiles_for_hopper_with_tf32_tensor_cores(mode: int, listed: bool) -> None:
     """No GPU needed: Triton compiles the kernel to sm_90 PTX and cubin (ptxas ships with it),
     which the interpreter never does; the product runs on tf32 tensor cores (wgmma)."""
-    if importlib.util.find_spec("triton") is None:
-        pytest.skip("triton is not installed")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    r = subprocess.run([sys.executable, "-c", COMPILE, str(mode), listed], capture_output=True,
-                       text=True, env={**env, "TRITON_DEFAULT_FP_FUSION": "0"}, timeout=600)
-    if r.returncode and "backend" in r.stderr.lower() and "cuda" not in r.stderr.lower():
-        pytest.skip(f"this Triton cannot compile for CUDA here: {r.stderr.strip()[-200:]}")
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.strip() == "wgmma"
+    from embeval.engine.fused_bound import KERNEL_PRECISION
+    from embeval.engine.triton_pass import CUDA_TILES
+
+    bq, bg, bk, warps, stages = CUDA_TILES
+    const = dict(MODE=mode, EXCLUDE_SELF=True, LISTED=listed, PRECISION=KERNEL_PRECISION,
+                 BQ=bq, BG=bg, BK=bk)
+    ptx = cuda_ptx("rank_tiles", RANK_TYPES, const, arch=90, warps=warps, stages=stages)
+    assert "wgmma.mma_async" in ptx and "tf32" in ptx
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

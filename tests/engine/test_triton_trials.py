@@ -15,8 +15,6 @@ import importlib.util
 import itertools
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -31,12 +29,12 @@ from embeval.engine.trial_pass import trial_stats
 try:
     from helpers.data import sets
     from helpers.oracle import int_cases
-    from helpers.triton import FEW, MANY, TILES, installed_runner, interpreted, kernel  # noqa: F401 (a fixture)
+    from helpers.triton import FEW, MANY, TILES, cuda_ptx, installed_runner, interpreted, kernel  # noqa: F401 (a fixture)
     from test_trials import MIDPOINT_ROWS, dense_stats, exact_dot, float_cases, round_f32, same_stats
 except ImportError:  # tests/ imported as a package
     from tests.helpers.data import sets
     from tests.helpers.oracle import int_cases
-    from tests.helpers.triton import FEW, MANY, TILES, installed_runner, interpreted, kernel  # noqa: F401 (a fixture)
+    from tests.helpers.triton import FEW, MANY, TILES, cuda_ptx, installed_runner, interpreted, kernel  # noqa: F401 (a fixture)
     from tests.verification.test_trials import (
         MIDPOINT_ROWS,
         dense_stats,
@@ -249,28 +247,9 @@ def test_verify_cli_under_the_interpreter(tmp_path: Path) -> None:
     assert json.loads(ref.stdout)["metrics"] == json.loads(got.stdout)["metrics"]
 
 
-COMPILE = """
-import sys
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-from embeval.engine.triton_kernel import trial_tiles
-from embeval.engine.triton_trials import CUDA_TILES
-types = {"qlab_ptr": "*i64", "glab_ptr": "*i64", "bound_ptr": "*fp64", "table_ptr": "*i64",
-         "slots_ptr": "*i64", "keys_ptr": "*i64", "buf_q_ptr": "*i32", "buf_c_ptr": "*i32",
-         "cnt_ptr": "*i64", "bad_ptr": "*i64", "span_ptr": "*fp64"}
-bq, bg, bk, warps, stages = CUDA_TILES
-const = dict(MODE=int(sys.argv[1]), EXCLUDE_SELF=True, BQ=bq, BG=bg, BK=bk)
-names = trial_tiles.arg_names
-sig = {n: "constexpr" if n in const else types.get(n, "*fp32" if n.endswith("_ptr") else "i32")
-       for n in names}
-src = ASTSource(trial_tiles, sig, constexprs={(names.index(k),): v for k, v in const.items()})
-k = triton.compile(src, target=GPUTarget("cuda", int(sys.argv[2]), 32),
-                   options={"num_warps": warps, "num_stages": stages, "enable_fp_fusion": False})
-ptx = k.asm["ptx"]
-dmma = "mma.sync.aligned.m8n8k4.row.col.f64.f64.f64.f64" in ptx
-print("dmma" if dmma else "no fp64 tensor cores", "local" if ".local" in ptx else "registers")
-"""
+TRIAL_TYPES = {"qlab_ptr": "*i64", "glab_ptr": "*i64", "bound_ptr": "*fp64", "table_ptr": "*i64",
+               "slots_ptr": "*i64", "keys_ptr": "*i64", "buf_q_ptr": "*i32", "buf_c_ptr": "*i32",
+               "cnt_ptr": "*i64", "bad_ptr": "*i64", "span_ptr": "*fp64"}
 
 
 @pytest.mark.slow
@@ -278,15 +257,12 @@ print("dmma" if dmma else "no fp64 tensor cores", "local" if ".local" in ptx els
 def test_the_kernel_compiles_to_fp64_tensor_cores(mode: int, arch: int) -> None:
     """No GPU needed: Triton compiles the kernel to sm_80 / sm_90 PTX and cubin; the float64
     products run on DMMA tensor cores (``mma.sync...f64``), and nothing spills to local memory."""
-    if importlib.util.find_spec("triton") is None:
-        pytest.skip("triton is not installed")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    r = subprocess.run([sys.executable, "-c", COMPILE, str(mode), str(arch)], capture_output=True,
-                       text=True, env={**env, "TRITON_DEFAULT_FP_FUSION": "0"}, timeout=600)
-    if r.returncode and "backend" in r.stderr.lower() and "cuda" not in r.stderr.lower():
-        pytest.skip(f"this Triton cannot compile for CUDA here: {r.stderr.strip()[-200:]}")
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.split() == ["dmma", "registers"]
+    from embeval.engine.triton_trials import CUDA_TILES
+
+    bq, bg, bk, warps, stages = CUDA_TILES
+    const = dict(MODE=mode, EXCLUDE_SELF=True, BQ=bq, BG=bg, BK=bk)
+    ptx = cuda_ptx("trial_tiles", TRIAL_TYPES, const, arch=arch, warps=warps, stages=stages)
+    assert "mma.sync.aligned.m8n8k4.row.col.f64.f64.f64.f64" in ptx and ".local" not in ptx
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

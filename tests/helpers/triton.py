@@ -69,3 +69,41 @@ def installed_runner(tmp_path: Path, command: str) -> Callable[..., subprocess.C
                                "--backend", backend], capture_output=True, text=True,
                               env={**base, **env}, timeout=300)
     return run
+
+
+_COMPILE = """
+import json, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from embeval.engine import triton_kernel
+name, types, const, arch, warps, stages = json.loads(sys.argv[1])
+fn = getattr(triton_kernel, name)
+names = fn.arg_names
+sig = {n: "constexpr" if n in const else types.get(n, "*fp32" if n.endswith("_ptr") else "i32")
+       for n in names}
+src = ASTSource(fn, sig, constexprs={(names.index(k),): v for k, v in const.items()})
+k = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                   options={"num_warps": warps, "num_stages": stages, "enable_fp_fusion": False})
+print(k.asm["ptx"])
+"""
+
+
+def cuda_ptx(kernel: str, types: dict[str, str], const: dict, *, arch: int, warps: int,
+             stages: int) -> str:
+    """The PTX of ``embeval.engine.triton_kernel.KERNEL`` compiled for sm_ARCH in a child (no GPU
+    needed: Triton ships ptxas, and the cubin is built too). ``types``: the arguments that are
+    not ``*fp32`` pointers or ``i32``; ``const``: the constexpr arguments. Skips when this
+    Triton cannot compile for CUDA here."""
+    import json
+
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("triton is not installed")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-c", _COMPILE,
+                        json.dumps([kernel, types, const, arch, warps, stages])],
+                       capture_output=True, text=True, env=env, timeout=600)
+    if r.returncode and "backend" in r.stderr.lower() and "cuda" not in r.stderr.lower():
+        pytest.skip(f"this Triton cannot compile for CUDA here: {r.stderr.strip()[-200:]}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout
