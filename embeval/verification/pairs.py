@@ -37,7 +37,8 @@ from embeval.engine.rank import blocks_with_pairs
 from embeval.engine.similarity import aux, check_finite_scores, check_metric, row_norms, transform
 from embeval.errors import InputFileError, OptionError
 
-__all__ = ["Pairs", "TemplateIds", "FoldAccuracy", "read_pairs", "pool_templates", "pair_scores",
+__all__ = ["Pairs", "TemplateIds", "FoldAccuracy", "FOLD_THRESHOLDS", "read_pairs", "pool_templates",
+           "pair_scores",
            "trial_labels", "fold_accuracy", "fold_bounds", "COLUMNS"]
 
 COLUMNS = ("query", "gallery", "same")
@@ -321,38 +322,95 @@ class FoldAccuracy(NamedTuple):
     thresholds: list[float]
 
 
-def fold_accuracy(scores: torch.Tensor, genuine: torch.Tensor, folds: int = 10) -> FoldAccuracy:
+#: how ``fold_accuracy`` picks a fold's threshold: among the scores, or on insightface's grid
+FOLD_THRESHOLDS = ("scores", "grid")
+#: insightface's and facenet's threshold grid on the squared L2 distance of unit vectors:
+#: ``np.arange(0, 4, 0.01)`` (the values ``i · 0.01``), accept iff distance < threshold
+GRID = torch.arange(400, dtype=torch.float64) * 0.01
+
+
+def fold_accuracy(scores: torch.Tensor, genuine: torch.Tensor, folds: int = 10, *,
+                  thresholds: str = "scores", metric: str = "cosine") -> FoldAccuracy:
     """Accuracy of listed trials by ``folds``-fold cross-validation of the threshold (LFW).
 
     The trials, as listed, form consecutive folds as scikit-learn's ``KFold(folds,
     shuffle=False)`` splits them (insightface's and facenet's LFW evaluation): the first
     ``P % folds`` folds hold ``P // folds + 1`` trials, the others ``P // folds``
-    (:func:`fold_bounds`). Fold i's threshold is
-    the one most accurate on the other folds (accept iff score ≥ threshold; candidates: every
-    distinct score of those folds, and +inf; among equally accurate candidates the highest);
-    its accuracy is (genuine accepted + impostors rejected) / fold size. ``scores`` [P]
-    float (finite), ``genuine`` [P] bool. Exact counts; one sort, then O(P) per fold.
+    (:func:`fold_bounds`). Fold i's threshold is the one most accurate on the other folds; its
+    accuracy is (genuine accepted + impostors rejected) / fold size. ``thresholds``:
+
+    - ``"scores"``: accept iff score ≥ threshold; candidates: every distinct score of the other
+      folds, and +inf; among equally accurate candidates the highest. Exact counts; one sort,
+      then O(P) per fold.
+    - ``"grid"``: insightface's ``calculate_roc`` (and facenet's): accept iff the squared L2
+      distance is below a threshold of :data:`GRID` (0, 0.01, ..., 3.99); among equally
+      accurate ones the lowest (``np.argmax``). The distance of a ``metric`` score is
+      ``-s`` (sq_euclid), ``s²`` (euclid) or ``2 - 2s`` (cosine, inner: unit vectors), in
+      float64; the thresholds reported are distances.
+
+    ``scores`` [P] float (finite), ``genuine`` [P] bool.
     """
     n = len(scores)
     if isinstance(folds, bool) or not isinstance(folds, int) or not 2 <= folds <= n:
         raise OptionError(f"folds: need an integer from 2 to the number of pairs ({n}), got "
                           f"{folds!r}", param="folds")
+    if thresholds not in FOLD_THRESHOLDS:
+        raise OptionError(f"fold_thresholds: unknown rule {thresholds!r} "
+                          f"({', '.join(FOLD_THRESHOLDS)})", param="fold_thresholds")
     if len(genuine) != n:
         raise ValueError(f"scores ({n}) and genuine ({len(genuine)}) differ in length")
     if not bool(torch.isfinite(scores).all()):
         raise ValueError("scores must be finite")
     genuine = genuine.bool()
+    if thresholds == "grid":
+        return _grid_folds(_squared_distance(scores, metric), genuine, folds)
     order = torch.argsort(scores)  # once: each fold's training trials in score order
-    accs, thresholds = [], []
+    accs, chosen = [], []
     for lo, hi in fold_bounds(n, folds):
         train = order[(order < lo) | (order >= hi)]
         t = _best_threshold(scores[train], genuine[train])
         s, gen = scores[lo:hi], genuine[lo:hi]
         right = int(((s >= t) & gen).sum()) + int(((s < t) & ~gen).sum())
         accs.append(right / (hi - lo))
-        thresholds.append(float(t))
+        chosen.append(float(t))
+    return _folds(accs, chosen)
+
+
+def _folds(accs: list[float], thresholds: list[float]) -> FoldAccuracy:
     acc = torch.tensor(accs, dtype=torch.float64)
     return FoldAccuracy(float(acc.mean()), float(acc.std(correction=0)), accs, thresholds)
+
+
+def _squared_distance(scores: torch.Tensor, metric: str) -> torch.Tensor:
+    """[P] float64 squared L2 distances behind ``metric`` scores (unit vectors for cosine/inner)."""
+    s = scores.double()
+    if metric == "sq_euclid":
+        return -s
+    if metric == "euclid":
+        return s * s
+    check_metric(metric)
+    return 2.0 - 2.0 * s
+
+
+def _grid_folds(dist: torch.Tensor, genuine: torch.Tensor, folds: int) -> FoldAccuracy:
+    """:func:`fold_accuracy` with ``thresholds="grid"`` on squared distances ``dist`` [P]."""
+    def right(d: torch.Tensor, gen: torch.Tensor) -> torch.Tensor:
+        """[len(GRID)] right decisions at each grid threshold (accept iff d < t)."""
+        gd, idist = torch.sort(d[gen]).values, torch.sort(d[~gen]).values
+        accepted_gen = torch.searchsorted(gd, GRID, side="left")
+        accepted_imp = torch.searchsorted(idist, GRID, side="left")
+        return accepted_gen + (len(idist) - accepted_imp)
+
+    accs, chosen = [], []
+    for lo, hi in fold_bounds(len(dist), folds):
+        train = torch.ones(len(dist), dtype=torch.bool)
+        train[lo:hi] = False
+        best = int(torch.argmax(right(dist[train], genuine[train])))  # the first of the best
+        t = GRID[best:best + 1]
+        d, gen = dist[lo:hi], genuine[lo:hi]
+        accs.append(int(((d < t) == gen).sum()) / (hi - lo))
+        chosen.append(float(t))
+    return _folds(accs, chosen)
 
 
 def fold_bounds(n: int, folds: int) -> list[tuple[int, int]]:

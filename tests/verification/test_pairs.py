@@ -409,6 +409,68 @@ def test_fold_accuracy_against_brute_force(data: list[tuple[int, bool]], folds: 
     assert got.std == pytest.approx(np.std(accs), abs=1e-12)
 
 
+def _insightface_folds(dist: np.ndarray, same: np.ndarray, folds: int) -> list[float]:
+    """Each fold's accuracy as insightface's ``recognition/arcface_torch/eval/verification.py``
+    computes it (``calculate_roc`` with ``calculate_accuracy``, written here from its formulas):
+    thresholds ``np.arange(0, 4, 0.01)``, predict same iff ``dist < threshold``, the training
+    folds' best by ``np.argmax`` (the first), then the held-out fold's accuracy at it."""
+    from sklearn.model_selection import KFold
+
+    grid = np.arange(0, 4, 0.01)
+
+    def accuracy(t: float, d: np.ndarray, y: np.ndarray) -> float:
+        predict = np.less(d, t)
+        tp = np.sum(predict & y)
+        tn = np.sum(~predict & ~y)
+        return float(tp + tn) / d.size
+
+    out = []
+    for train, test in KFold(folds, shuffle=False).split(np.arange(len(dist))):
+        best = int(np.argmax([accuracy(t, dist[train], same[train]) for t in grid]))
+        out.append(accuracy(grid[best], dist[test], same[test]))
+    return out
+
+
+@settings(max_examples=examples(60), deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 120), folds=st.integers(2, 10),
+       dim=st.integers(2, 8), metric=st.sampled_from(["cosine", "sq_euclid"]),
+       snap=st.booleans())
+def test_grid_fold_accuracy_equals_insightface(seed: int, n: int, folds: int, dim: int,
+                                               metric: str, snap: bool) -> None:
+    """``thresholds="grid"`` against insightface's fold loop on the same float64 distances of
+    unit vectors (``snap``: distances moved onto grid points, where ``<`` decides)."""
+    folds = min(folds, n)
+    rng = np.random.default_rng(seed)
+    e1, e2 = (rng.normal(size=(n, dim)) for _ in range(2))
+    e1 /= np.linalg.norm(e1, axis=1, keepdims=True)
+    e2 /= np.linalg.norm(e2, axis=1, keepdims=True)
+    same = rng.random(n) < 0.5
+    e2[same] = e1[same] + 0.7 * e2[same]  # genuine pairs closer
+    e2 /= np.linalg.norm(e2, axis=1, keepdims=True)
+    dist = np.sum(np.square(np.subtract(e1, e2)), 1)
+    if snap:
+        dist = np.round(dist * 100) * 0.01  # on the grid (and its float64 values)
+    scores = -dist if metric == "sq_euclid" else (2.0 - dist) / 2.0
+    if metric == "cosine":  # the distance embeval derives must be the one given to insightface
+        dist = 2.0 - 2.0 * scores
+    got = fold_accuracy(torch.tensor(scores), torch.tensor(same), folds, thresholds="grid",
+                        metric=metric)
+    assert got.accuracies == _insightface_folds(dist, same, folds)
+
+
+def test_grid_takes_the_lowest_of_equally_good_thresholds() -> None:
+    """Distances 0.5 (genuine) and 1.5 (impostor) in every fold: every threshold in (0.5, 1.5]
+    is perfect; insightface's np.argmax takes the first, 0.51 (embeval's own rule would keep the
+    highest)."""
+    dist = torch.tensor([0.5, 1.5, 0.5, 1.5], dtype=torch.float64)
+    got = fold_accuracy(-dist, torch.tensor([True, False, True, False]), 2, thresholds="grid",
+                        metric="sq_euclid")
+    assert got.accuracies == [1.0, 1.0] and got.thresholds == [0.51, 0.51]
+    with pytest.raises(OptionError, match="fold_thresholds: unknown rule 'nearest'") as e:
+        fold_accuracy(-dist, torch.tensor([True, False, True, False]), 2, thresholds="nearest")
+    assert e.value.param == "fold_thresholds"
+
+
 @pytest.mark.parametrize(("n", "folds"), [(5997, 10), (6000, 10), (7001, 10), (13, 4), (2, 2)])
 def test_fold_bounds_are_sklearn_kfold(n: int, folds: int) -> None:
     """The first n % folds folds get the extra trials (a cleaned LFW list of 5,997 pairs: 7
