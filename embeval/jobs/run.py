@@ -151,7 +151,7 @@ def _revisited(job: Job, q: EmbeddingSet, g: EmbeddingSet, hooks: Hooks) -> JobR
     with hooks.progress("ranking (easy, medium, hard)", True) as update:
         result = revisited(q, g, truth, job.options, ks=job.ks, progress=update,
                            rerank=job.rerank)
-    return finish(job, result, g.label_names, None,  # type: ignore[arg-type]
+    return finish(job, result, g.label_names, None,
                   inputs=fingerprints(job.query, source_files(q), source_files(g), job.relevance))
 
 
