@@ -24,7 +24,7 @@ from embeval.results.partials import changed
 from embeval.verification.plot import impostor_histogram, thin_roc, write_roc_csv
 from embeval.verification.roc import far_count
 
-__all__ = ["finish", "identification", "save_result", "unchanged"]
+__all__ = ["finish", "identification", "save_result"]
 
 
 def finish(job: Job, result: Any, label_names: list[str] | None, knn_k: int | None, *,
@@ -74,7 +74,7 @@ def save_result(job: Job, result: Any, inputs: dict, ci: Any) -> None:
     ci_json = None if ci is None else {"ci": ci.to_json(), "options": ci.options.to_dict()}
     labels = result.stats.query_labels if hasattr(result.stats, "query_labels") else None
     items: dict[str, Any] | None = None
-    if unchanged({"query": inputs["query"]}):
+    if _unchanged({"query": inputs["query"]}):
         q = load(job.query)
         items = query_items(q.labels, q.cameras, q.paths)
     elif labels is not None:  # merged from parts whose query file is gone: labels only
@@ -162,7 +162,7 @@ def _hard_neg_items(job: Job, result: EvalResult, inputs: dict) -> dict[str, lis
     """Index, label and path of each query's hardest negative (one more pass over the gallery),
     when the scores are exact (fp32) and the input files are the ones ranked."""
     c = job.options
-    if c.precision != "fp32" or not unchanged(inputs) or job.rerank is not None:
+    if c.precision != "fp32" or not _unchanged(inputs) or job.rerank is not None:
         return None
     q, g = load(job.query), load_many(job.gallery)
     if c.aggregate == "mean":
@@ -178,7 +178,8 @@ def _hard_neg_items(job: Job, result: EvalResult, inputs: dict) -> dict[str, lis
                if paths is not None else {})}
 
 
-def unchanged(inputs: dict) -> bool:
+def _unchanged(inputs: dict) -> bool:
+    """True when every fingerprinted input file is still the one that was read."""
     return not any(changed(fp) for files in inputs.values() for fp in files)
 
 
