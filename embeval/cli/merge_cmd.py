@@ -133,10 +133,10 @@ def _check_inputs_unchanged(job: dict) -> None:
 def _finish_verify(merged, job: dict, options, given: dict, as_json: bool, t0: float,  # noqa: ANN001
                    intervals) -> None:  # noqa: ANN001
     """Sum verification parts' trial counts and print what the whole run prints."""
-    from embeval.jobs import Job
+    from embeval.jobs import Job, finish
     from embeval.verification.verify import summarize_verification
 
-    from .verify_cmd import finish_verify
+    from .report import render_job
 
     inputs = job["inputs"]
     run = Job("verify", Path(inputs["query"][0]["file"]), [Path(f["file"]) for f in inputs["gallery"]],
@@ -145,4 +145,4 @@ def _finish_verify(merged, job: dict, options, given: dict, as_json: bool, t0: f
     result = summarize_verification(merged.stats, options, fars=job["extra"]["fars"],
                                     far_rule=job["extra"]["far_rule"],
                                     templates=job["extra"]["templates"], t0=t0)
-    finish_verify(run, result, _files(inputs))
+    render_job(finish(run, result, None, None, inputs=_files(inputs)))

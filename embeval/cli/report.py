@@ -157,6 +157,13 @@ def render_job(run: JobResult) -> None:
     provenance = {"embeval": __version__, "inputs": run.inputs} if job.as_json else {}
     if job.command == "identify":
         render_identification(job, result, job.as_json, provenance, ci)
+    elif job.command == "verify":
+        m = result.metrics
+        note = (f"{m['n_genuine']:,} genuine and {m['n_impostor']:,} impostor trials · accept iff "
+                f"score >= threshold · {result.elapsed_s:.2f}s")
+        render("verify", result, [], as_json=job.as_json,
+               extra={"far_rule": job.extra["far_rule"], **provenance}, keys=list(m), note=note,
+               ci=ci)
     elif job.extra.get("protocol"):
         n_valid = ", ".join(f"{s} {n}" for s, n in result.n_valid.items())
         note = (f"{job.extra['protocol']}: {result.n_query} queries × {result.n_gallery} gallery "

@@ -166,7 +166,7 @@ def _evaluate(query: Path, gallery: list[Path], out: Path, options: EvalOptions,
     from embeval.data.concat import load_many, source_files
     from embeval.data.store import load
     from embeval.evaluation import evaluate
-    from embeval.jobs.run import _inputs
+    from embeval.jobs.job import fingerprints
     from embeval.uncertainty import intervals as compute_intervals
     from embeval.uncertainty import saved_result
     from embeval.uncertainty.saved import query_items
@@ -181,7 +181,7 @@ def _evaluate(query: Path, gallery: list[Path], out: Path, options: EvalOptions,
     with progress_bar("ranking", "items") as update:
         result = evaluate(q, g, options, ks=chosen, pr=True, progress=update)
     ci = compute_intervals(result, intervals) if intervals is not None else None
-    inputs = _inputs(query, source_files(q), source_files(g))
+    inputs = fingerprints(query, source_files(q), source_files(g))
     saved = saved_result("cmc", result, inputs={**inputs, "query_items": query_items(
         q.labels, q.cameras, q.paths)}, extra={"ks": chosen, "knn_k": None, "pr": True},
         intervals=None if ci is None else {"ci": ci.to_json(), "options": ci.options.to_dict()})

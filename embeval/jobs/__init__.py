@@ -1,7 +1,11 @@
 """A whole evaluation run as the command line does it, from Python: :func:`run_job` takes a
 :class:`Job` (the command, the files, the options, the output files) through statistics and
-result to the output files, and returns a :class:`JobResult` (:mod:`.run`)."""
+result to the output files, and returns a :class:`JobResult` (:mod:`.run`; verify: :mod:`.verify`).
 
-from embeval.jobs.run import Hooks, Job, JobResult, finish, run_job
+The names, listed once in ``__init__.pyi``, load on first use (``lazy_loader``): the command
+line builds and checks a :class:`Job` (:mod:`.job`, torch-free) before the core loads.
+"""
 
-__all__ = ["Job", "JobResult", "Hooks", "run_job", "finish"]
+import lazy_loader
+
+__getattr__, __dir__, __all__ = lazy_loader.attach_stub(__name__, __file__)

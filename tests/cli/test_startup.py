@@ -71,6 +71,11 @@ def test_a_typo_is_exit_2_without_torch(tmp_path):
      "embeval: error: .: is a folder, expected a .safetensors embedding file"),
     (["merge", "cmc.part-*-of-4.safetensors"],
      "embeval: error: cmc.part-*-of-4.safetensors: no file matches this pattern"),
+    # verify builds and checks its Job (embeval.jobs.job, .verify: torch-free) before the files
+    (["verify", "missing.safetensors", str(SAMPLE / "gallery.safetensors"), "--folds", "3"],
+     "embeval: error: --folds: the LFW protocol splits listed pairs: give --pairs too"),
+    (["verify", "missing.safetensors", str(SAMPLE / "gallery.safetensors")],
+     "embeval: error: missing.safetensors: no such file"),
 ])
 def test_a_wrong_path_is_one_line_exit_2_without_torch(tmp_path, args, line):
     result, r = probe(tmp_path, *args)
