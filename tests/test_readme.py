@@ -159,12 +159,22 @@ def _commands(text: str) -> list[str]:
     return out
 
 
+#: appended to each command: it fails when any stage of its last pipeline failed (as pipefail),
+#: except a stage stopped by SIGPIPE (141) because a later one stopped reading (``sort | head
+#: -4``: whether sort is still writing when head exits depends on the machine's load)
+PIPE_STATUS = """
+st=("${PIPESTATUS[@]}"); n=${#st[@]}
+for ((i = 0; i < n; i++)); do
+  if (( st[i] != 0 )) && ! (( st[i] == 141 && i < n - 1 )); then exit "${st[i]}"; fi
+done"""
+
+
 def _shell(command: str, cwd: Path) -> subprocess.CompletedProcess:
     for key, why in SKIP_COMMAND.items():
         if key in command:
             print(f"skipped ({why}): {command}")
             return subprocess.CompletedProcess(command, 0, "", "")
-    return subprocess.run(["bash", "-o", "pipefail", "-c", command], cwd=cwd, env=_env(cwd),
+    return subprocess.run(["bash", "-c", command + PIPE_STATUS], cwd=cwd, env=_env(cwd),
                           capture_output=True, text=True, timeout=1800)
 
 

@@ -6,6 +6,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -66,6 +67,16 @@ def results_off_stdout(outputs: Iterable[object]) -> None:
     it back after the command."""
     if any(p is not None and _is_stdout(p) for p in outputs):
         stdout.file = sys.stderr
+
+
+def check_plot(plot: Path | None) -> None:
+    """Before any work: ``--plot``'s suffix names a format (.png, .svg, .pdf) and matplotlib
+    loads (one line saying why not)."""
+    if plot is not None:
+        from embeval.visual.figures import plot_format, require_matplotlib
+
+        plot_format(plot)
+        require_matplotlib()
 
 
 def interactive() -> bool:

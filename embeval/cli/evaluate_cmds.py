@@ -35,7 +35,7 @@ from embeval.options import (
 )
 from embeval.rerank.options import QeMethod, RerankMethod, RerankOptions
 
-from ._app import app, results_off_stdout
+from ._app import app, check_plot, results_off_stdout
 
 QueryArg = Annotated[Path, typer.Argument(
     metavar="QUERY", help="Query embeddings (.safetensors).", show_default=False)]
@@ -345,15 +345,9 @@ def cmc(query: QueryArg, gallery: GalleryArg, ks: KsOpt = None,
         relevance: Path | None, intervals: IntervalOptions | None, save_result: Path | None,
         unset: frozenset[str] = frozenset(), rerank: RerankOptions | None = None) -> None:
     """CMC rank-k, mAP, mINP, MRR, MAP@R, R-precision, P@k, nDCG@k (retrieval / re-identification)."""
-    if plot:
-        if protocol is not None:
-            raise OptionError("--plot: not with --protocol (three settings, no single CMC curve)")
-        if plot.suffix.lower() not in ("", ".png", ".svg", ".pdf"):
-            raise OptionError(f"--plot {plot}: the file's suffix chooses the format: .png, .svg "
-                              "or .pdf")
-        from embeval.visual.figures import require_matplotlib
-
-        require_matplotlib()
+    if plot and protocol is not None:
+        raise OptionError("--plot: not with --protocol (three settings, no single CMC curve)")
+    check_plot(plot)
     if protocol is not None:
         options = _protocol_options(protocol, options, relevance, shard, per_query)
         if "ap" in unset:
@@ -442,10 +436,7 @@ def pr(query: QueryArg, gallery: GalleryArg,
        relevance: Path | None, intervals: IntervalOptions | None,
        save_result: Path | None, rerank: RerankOptions | None = None) -> None:
     """Precision-recall: mAP and the best F1 with its precision, recall and threshold."""
-    if plot:
-        from embeval.visual.figures import require_matplotlib
-
-        require_matplotlib()
+    check_plot(plot)
     _execute("pr", query, gallery, options, [1], shard, out_part, pr=True,
              outputs={"--curves": curves, "--plot": plot, "--per-query": per_query}, as_json=json,
              relevance=relevance, intervals=intervals, save_result=save_result, rerank=rerank)

@@ -11,7 +11,7 @@ import typer
 from embeval.errors import InputFileError, OptionError
 from embeval.outputs import check_outputs
 
-from ._app import app, results_off_stdout
+from ._app import app, check_plot, results_off_stdout
 from .evaluate_cmds import (
     BootstrapOpt,
     CiByOpt,
@@ -65,7 +65,6 @@ def merge(
     from embeval.jobs import Job, finish
     from embeval.options import RESULT_OPTIONS, EvalOptions
     from embeval.results.partials import load_parts, summarize_parts
-    from embeval.visual.figures import require_matplotlib
 
     from .report import render_job
 
@@ -82,8 +81,7 @@ def merge(
     inputs = merged.job["inputs"]
     results_off_stdout(given.values())
     check_outputs(given, inputs=[*part_files, *(f["file"] for f in inputs["query"] + inputs["gallery"])])
-    if plot:
-        require_matplotlib()
+    check_plot(plot)
     if command == "score" and out is not None and getattr(merged.stats, "topk_scores", None) is None:
         _check_inputs_unchanged(job)
     options = EvalOptions(**{k: job["options"][k] for k in RESULT_OPTIONS if k in job["options"]},

@@ -14,7 +14,7 @@ import typer
 
 from embeval.options import EvalOptions, IntervalOptions
 
-from ._app import results_off_stdout
+from ._app import check_plot, results_off_stdout
 from .evaluate_cmds import (
     QueryArg,
     examples,
@@ -86,10 +86,7 @@ def verify(query: QueryArg, gallery: OneFileGalleryArg = None,
         from embeval.data.int_csv import check_file
 
         check_file(job.pairs, "a CSV pairs file")
-    if plot:
-        from embeval.visual.figures import require_matplotlib
-
-        require_matplotlib()
+    check_plot(plot)
     from embeval.jobs import run_job
 
     from .report import cli_hooks, render_job

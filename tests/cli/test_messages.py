@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers.cli import cli_run
+from helpers.cli import cli_run, one_error_line
 
 from embeval.cli._app import _Update
 
@@ -96,3 +96,19 @@ def test_projector_samples_is_a_train_flag(capsys: pytest.CaptureFixture[str], t
     r = cli_run(capsys, "train", tmp_path, "--query", tmp_path, "--gallery", tmp_path, "--out-dir",
                 tmp_path / "run", "--projector-samples", "-1")
     assert r.returncode == 2 and "projector" in r.stderr.lower() and len(r.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", ["cmc", "pr", "verify", "merge"])
+def test_a_plot_suffix_that_names_no_format_is_refused_first(
+        command: str, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """``--plot roc.txt``: one line before any work, nothing written (verify and pr used to
+    compute everything, then fail in matplotlib with a traceback)."""
+    args: list[object] = [Q, G]
+    if command == "merge":
+        part = tmp_path / "p0.part"
+        assert cli_run(capsys, "verify", Q, G, "--shard", "0/1", "--out-part", part).returncode == 0
+        args = [part]
+    plot = tmp_path / "roc.txt"
+    r = cli_run(capsys, command, *args, "--plot", plot)
+    one_error_line(r, f"--plot {plot}: the file's suffix chooses the format: .png, .svg or .pdf")
+    assert not plot.exists()

@@ -11,7 +11,7 @@ Pure: each figure function returns a ``Figure`` (no pyplot state); the ``write_*
 one through :func:`embeval.outputs.atomic_path` (complete or absent).
 """
 
-from embeval.visual.figures.base import FORMATS, require_matplotlib, save_figure
+from embeval.visual.figures.base import FORMATS, plot_format, require_matplotlib, save_figure
 from embeval.visual.figures.ranking import cmc_curve, cmc_figure, pr_figure, write_cmc_plot, write_pr_plot
 from embeval.visual.figures.verification import (
     PANELS,
@@ -20,6 +20,6 @@ from embeval.visual.figures.verification import (
     write_verification_plot,
 )
 
-__all__ = ["require_matplotlib", "save_figure", "FORMATS", "cmc_curve", "cmc_figure",
+__all__ = ["require_matplotlib", "plot_format", "save_figure", "FORMATS", "cmc_curve", "cmc_figure",
            "write_cmc_plot", "pr_figure", "write_pr_plot", "verification_figure",
            "score_histogram_figure", "write_verification_plot", "PANELS"]

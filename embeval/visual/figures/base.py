@@ -16,7 +16,8 @@ from typing import Any
 from embeval.errors import OptionError
 from embeval.outputs import atomic_path
 
-__all__ = ["require_matplotlib", "new_figure", "save_figure", "svg_uri", "FORMATS", "Figure"]
+__all__ = ["require_matplotlib", "new_figure", "plot_format", "save_figure", "svg_uri", "FORMATS",
+           "Figure"]
 
 Figure = Any  # matplotlib.figure.Figure (imported lazily)
 FORMATS = ("png", "svg", "pdf")
@@ -45,12 +46,19 @@ def new_figure(width: float, height: float, dpi: int = 100) -> Figure:
     return _Figure(figsize=(width, height), dpi=dpi)
 
 
-def save_figure(fig: Figure, path: str | os.PathLike[str]) -> None:
-    """Write ``fig`` to ``path`` (complete or absent) in the format of its suffix (png, svg, pdf)."""
+def plot_format(path: str | os.PathLike[str], param: str = "plot") -> str:
+    """The format a plot file's suffix chooses (png, svg, pdf; no suffix: png), or an
+    :class:`OptionError` naming ``param``: commands call it before any work."""
     fmt = Path(os.fspath(path)).suffix.lstrip(".").lower() or "png"
     if fmt not in FORMATS:
-        raise OptionError(f"{os.fspath(path)}: plot format {fmt!r} is not one of "
-                          f"{', '.join(FORMATS)} (by the file's suffix)", param="plot")
+        raise OptionError(f"{param} {os.fspath(path)}: the file's suffix chooses the format: "
+                          ".png, .svg or .pdf", param=param)
+    return fmt
+
+
+def save_figure(fig: Figure, path: str | os.PathLike[str]) -> None:
+    """Write ``fig`` to ``path`` (complete or absent) in the format of its suffix (png, svg, pdf)."""
+    fmt = plot_format(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=fmt)
 

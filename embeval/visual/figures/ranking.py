@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 
 from embeval import metrics as M
 from embeval.errors import OptionError
 from embeval.evaluation import EvalResult
-from embeval.outputs import atomic_path
 from embeval.results.writers import interpolated_precision
 from embeval.visual.figures.base import Figure, require_matplotlib, save_figure
 
@@ -113,6 +111,4 @@ def write_pr_plot(path: str | os.PathLike[str], result: EvalResult,
     """The mean interpolated precision-recall curve of a ``pr=True`` result, in the format of
     ``path``'s suffix (``.png``, ``.svg``, ``.pdf``)."""
     fig = pr_figure(result, title)
-    suffix = Path(path).suffix.lstrip(".") or "png"
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=suffix)
+    save_figure(fig, path)

@@ -11,17 +11,14 @@ The data come from :mod:`embeval.verification.plot`: the ROC thinned to the poin
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from embeval.outputs import atomic_path
 from embeval.verification.plot import ArrayLike, PathLike, _np, impostor_histogram, rebin, thin_roc
-from embeval.visual.figures.base import Figure, require_matplotlib
+from embeval.visual.figures.base import Figure, require_matplotlib, save_figure
 
 __all__ = ["verification_figure", "score_histogram_figure", "trials_figure",
            "write_verification_plot", "PANELS"]
@@ -83,9 +80,7 @@ def write_verification_plot(path: PathLike, *, fpr: ArrayLike, tpr: ArrayLike,
     fig = trials_figure(fpr=fpr, tpr=tpr, gen_values=gen_values, gen_counts=gen_counts,
                               imp_edges=imp_edges, imp_counts=imp_counts, far_points=far_points,
                               title=title, n_bins=n_bins)
-    suffix = Path(os.fspath(path)).suffix.lstrip(".") or "png"
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=suffix)
+    save_figure(fig, path)
 
 
 def _marks(far_points: Mapping[float, tuple[float, float]]) -> list[tuple[float, float, str]]:
