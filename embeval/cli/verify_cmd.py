@@ -25,6 +25,7 @@ from .evaluate_cmds import (
 )
 
 FarRule = Literal["step", "nearest"]
+FoldRule = Literal["scores", "grid"]
 
 VERIFY_EXAMPLES = examples(
     "embeval verify faces.safetensors faces.safetensors --exclude-self --far 1e-4 1e-3",
@@ -61,6 +62,11 @@ def verify(query: QueryArg, gallery: OneFileGalleryArg = None,
                "--folds", metavar="N", min=2,
                help="LFW protocol on --pairs: N consecutive folds, threshold chosen on the "
                     "others; accuracy and its standard deviation.")] = None,
+           fold_thresholds: Annotated[FoldRule, typer.Option(
+               "--fold-thresholds", metavar="RULE",
+               help="--folds: each fold's threshold among the other folds' scores (scores), or "
+                    "on insightface's and facenet's grid, squared L2 < 0, 0.01, ..., 3.99 "
+                    "(grid: reproduces their LFW accuracy).")] = "scores",
            roc: Annotated[Path | None, file_option(
                "CSV of ROC points (fpr, tpr, threshold), at most ~2000.", "--roc")] = None,
            plot: Annotated[Path | None, file_option(
@@ -78,7 +84,8 @@ def verify(query: QueryArg, gallery: OneFileGalleryArg = None,
         require_files([query])
     job = verify_job(Job("verify", query, gallery or [], options, [1],
                          outputs={"--roc": roc, "--plot": plot, "--save-result": save_result},
-                         extra={"fars": fars, "far_rule": far_rule, "templates": templates},
+                         extra={"fars": fars, "far_rule": far_rule, "templates": templates,
+                                "fold_thresholds": fold_thresholds},
                          as_json=json, intervals=intervals, pairs=pairs, folds=folds))
     check_verify(job, shard, out_part)
     require_files([query, *job.gallery])

@@ -31,10 +31,11 @@ def verify_job(job: Job) -> Job:
     (step), ``templates`` (False); an empty gallery is the query file, with the pairs file its
     metadata names when ``job.pairs`` is None (:func:`named_pairs`, which loads the file)."""
     extra = job.extra
-    if not {"fars", "far_rule", "templates"} <= extra.keys():
+    if not {"fars", "far_rule", "templates", "fold_thresholds"} <= extra.keys():
         from embeval.verification.roc import DEFAULT_FARS
 
-        extra = {"fars": list(DEFAULT_FARS), "far_rule": "step", "templates": False, **extra}
+        extra = {"fars": list(DEFAULT_FARS), "far_rule": "step", "templates": False,
+                 "fold_thresholds": "scores", **extra}
     if job.gallery:
         return dataclasses.replace(job, extra=extra) if extra is not job.extra else job
     return dataclasses.replace(job, gallery=[job.query], extra=extra,
@@ -62,6 +63,9 @@ def check_verify(job: Job, shard: str | None = None, out_part: Path | None = Non
     files are not read. ``job``: after :func:`verify_job`."""
     if job.folds is not None and job.pairs is None:  # flags written out: "pairs" is said twice
         raise OptionError("--folds: the LFW protocol splits listed pairs: give --pairs too")
+    if job.folds is None and job.extra["fold_thresholds"] != "scores":
+        raise OptionError("fold_thresholds: needs folds (it picks each fold's threshold)",
+                          param=("fold_thresholds", "folds"))
     if job.pairs is not None and (job.options.exclude_self or job.options.exclude_same_camera):
         raise OptionError("exclude_self/exclude_same_camera: with pairs the trials are the listed "
                           "ones", param=("exclude_self", "exclude_same_camera", "pairs"))
@@ -134,7 +138,7 @@ def _whole(job: Job, hooks: Hooks) -> JobResult:
     with hooks.progress("counting trials", job.pairs is None) as update:
         result = verify(q, g, job.options, fars=job.extra["fars"], far_rule=job.extra["far_rule"],
                         pairs=job.pairs, templates=job.extra["templates"], folds=job.folds,
-                        progress=update)
+                        fold_thresholds=job.extra["fold_thresholds"], progress=update)
     return finish(job, result, None, None,
                   inputs=fingerprints(job.query, source_files(q), source_files(g)))
 

@@ -76,6 +76,7 @@ def verify(
     pairs: str | Path | None = None,
     templates: bool = False,
     folds: int | None = None,
+    fold_thresholds: str = "scores",
     progress: Progress | None = None,
     **overrides: Any,
 ) -> VerifyResult:
@@ -86,7 +87,9 @@ def verify(
     counted in one streamed pass. ``pairs``: a CSV file of listed trials
     (:func:`embeval.verification.pairs.read_pairs`). ``templates``: pool items by their file's
     ``templates`` (and ``media``) tensors first; pairs then name template ids. ``folds``: the
-    LFW protocol on the listed pairs (``accuracy``, ``accuracy_std``). ``far_rule``: ``step``
+    LFW protocol on the listed pairs (``accuracy``, ``accuracy_std``); ``fold_thresholds``: how
+    each fold's threshold is picked, ``scores`` (every distinct score) or ``grid`` (insightface's
+    grid, :func:`embeval.verification.pairs.fold_accuracy`). ``far_rule``: ``step``
     or ``nearest`` (insightface; needs every score: listed pairs, or up to
     :data:`NEAREST_LIMIT` trials). ``options`` / ``overrides``: :class:`EvalOptions` fields.
     """
@@ -94,6 +97,9 @@ def verify(
     o = EvalOptions.build(options, **overrides)
     fars = check_fars(fars)
     _check(o, far_rule, pairs, folds)
+    if fold_thresholds not in P.FOLD_THRESHOLDS:
+        raise OptionError(f"fold_thresholds: unknown rule {fold_thresholds!r} "
+                          f"({', '.join(P.FOLD_THRESHOLDS)})", param="fold_thresholds")
     if templates:
         query, gallery, q_ids, g_ids = _pool(query, gallery)
     fold_result = None
@@ -109,14 +115,16 @@ def verify(
         trials = (s, genuine, query.labels[listed.query])
         stats = VerifyStats.from_scores(*scores, o.metric)
         if folds is not None:
-            fold_result = P.fold_accuracy(s, genuine, folds)
+            fold_result = P.fold_accuracy(s, genuine, folds, thresholds=fold_thresholds,
+                                          metric=o.metric)
     else:
         stats = verification_stats(query, gallery, o, progress=progress)
         if far_rule == "nearest":
             scores = _all_scores(query, gallery, o.metric,
                                  Protocol(o.exclude_same_camera, o.exclude_self), o.memory)
     result = summarize_verification(stats, o, fars=fars, far_rule=far_rule, scores=scores,
-                                    folds=fold_result, pairs=pairs, templates=templates,
+                                    folds=fold_result, fold_thresholds=fold_thresholds,
+                                    pairs=pairs, templates=templates,
                                     n_query=query.n, n_gallery=gallery.n, t0=t0)
     result.listed = trials
     return result
@@ -141,7 +149,8 @@ def verification_stats(query: EmbeddingSet, gallery: EmbeddingSet,
 def summarize_verification(stats: VerifyStats, options: EvalOptions, *,
                            fars: Sequence[float] = DEFAULT_FARS, far_rule: str = "step",
                            scores: tuple[torch.Tensor, torch.Tensor] | None = None,
-                           folds: P.FoldAccuracy | None = None, pairs: str | Path | None = None,
+                           folds: P.FoldAccuracy | None = None, fold_thresholds: str = "scores",
+                           pairs: str | Path | None = None,
                            templates: bool = False, n_query: int | None = None,
                            n_gallery: int | None = None, t0: float | None = None) -> VerifyResult:
     """The :class:`VerifyResult` of (possibly merged) trial statistics."""
@@ -152,7 +161,8 @@ def summarize_verification(stats: VerifyStats, options: EvalOptions, *,
     opts: dict[str, object] = {**options.result_options(), "far_rule": far_rule,
                                "templates": templates,
                                "pairs": str(pairs) if pairs is not None else None,
-                               "folds": len(folds.accuracies) if folds is not None else None}
+                               "folds": len(folds.accuracies) if folds is not None else None,
+                               "fold_thresholds": fold_thresholds if folds is not None else None}
     opts.pop("aggregate")
     opts.pop("no_positive")
     return VerifyResult(metrics, stats, stats.n_query if n_query is None else n_query,

@@ -52,7 +52,8 @@ def test_run_job_is_what_verify_prints_and_writes(tmp_path: Path) -> None:
     assert want["metrics"]["accuracy"] > 0.5 and want["far_rule"] == "nearest"
     notes: list[str] = []
     job = Job("verify", Q, [G], embeval.EvalOptions(), [1], pairs=pairs, folds=5,
-              extra={"fars": [0.01, 0.1], "far_rule": "nearest", "templates": False},
+              extra={"fars": [0.01, 0.1], "far_rule": "nearest", "templates": False,
+                     "fold_thresholds": "scores"},
               outputs={"--roc": tmp_path / "roc.csv"})
     run = run_job(job, hooks=Hooks(note=notes.append))
     same_as_printed(run, want)

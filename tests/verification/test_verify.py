@@ -311,6 +311,43 @@ def test_cli_pairs_with_folds(files: dict, capsys: pytest.CaptureFixture[str]) -
     assert 0 <= m["accuracy_std"] and 0 < m["accuracy"] <= 1
 
 
+def test_cli_grid_folds_reproduce_insightface(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """``verify FILE --folds 10 --fold-thresholds grid`` on unit vectors (an insightface .bin's
+    layout: pairs 2p, 2p + 1): the fold accuracies of insightface's own loop on the float64
+    distances (tests/verification/test_pairs.py), for the sq_euclid and cosine metrics."""
+    from helpers.cli import cli_run
+    from test_pairs import _insightface_folds
+
+    gen = torch.Generator().manual_seed(16)  # a case where the two rules differ
+    n = 300  # pairs
+    same = torch.rand(n, generator=gen) < 0.5
+    a = torch.nn.functional.normalize(torch.randn(n, 16, generator=gen), dim=1)
+    b = torch.nn.functional.normalize(torch.randn(n, 16, generator=gen), dim=1)
+    b[same] = torch.nn.functional.normalize(a[same] + 1.5 * b[same], dim=1)
+    emb = torch.stack([a, b], 1).reshape(2 * n, 16)
+    labels = torch.arange(2 * n) // 2 * 2
+    labels[1::2] = torch.where(same, labels[0::2], labels[1::2] + 1)
+    f = embeval.save(tmp_path / "pairs_file.safetensors", emb, labels)
+    pairs = write(tmp_path / "pairs.csv", "query,gallery,same\n" + "".join(
+        f"{2 * p},{2 * p + 1},{int(y)}\n" for p, y in enumerate(same.tolist())))
+    e = emb.double().numpy()
+    dist = np.sum(np.square(e[0::2] - e[1::2]), 1)
+    want = _insightface_folds(dist, same.numpy(), 10)
+    for metric in ("sq_euclid", "cosine"):
+        res = cli_run(capsys, "verify", f, f, "--pairs", pairs, "--folds", "10", "--metric",
+                      metric, "--fold-thresholds", "grid", "--device", "cpu", "--json")
+        assert res.returncode == 0, res.stderr
+        data = json.loads(res.stdout)
+        assert data["options"]["fold_thresholds"] == "grid"
+        assert data["metrics"]["accuracy"] == pytest.approx(float(np.mean(want)), abs=1e-12)
+        assert data["metrics"]["accuracy_std"] == pytest.approx(float(np.std(want)), abs=1e-12)
+    res = cli_run(capsys, "verify", f, f, "--pairs", pairs, "--folds", "10", "--json")
+    data = json.loads(res.stdout)  # embeval's own rule picks other thresholds here
+    assert data["options"]["fold_thresholds"] == "scores"
+    assert data["metrics"]["accuracy"] != pytest.approx(float(np.mean(want)), abs=1e-12)
+
+
 def test_cli_templates(files: dict, capsys: pytest.CaptureFixture[str]) -> None:
     from helpers.cli import cli_run
 
@@ -421,6 +458,8 @@ def bad_inputs(files: dict, d: Path) -> list[tuple[list, str]]:
         ([q, g, "--far", "0"], "--far 0: must be between 0 and 1 (exclusive)"),
         ([q, g, "--far", "0.1", "1.5"], "--far 1.5: must be between 0 and 1 (exclusive)"),
         ([q, g, "--folds", "10"], "--folds: the LFW protocol splits listed pairs"),
+        ([q, g, "--pairs", files["pairs"], "--fold-thresholds", "grid"],
+         "--fold-thresholds: needs --folds (it picks each fold's threshold)"),
         ([q, g, "--pairs", oob, "--shard", "0/2"], "--pairs: not with --shard"),
         ([q, g, "--shard", "0/2", "--roc", d / "roc.csv"], "--roc: a --shard run writes only"),
         ([q, g, "--far-rule", "nearest"], "--far-rule nearest: insightface's rule reads every "
