@@ -45,7 +45,7 @@ LAYOUTS: tuple[LayoutInfo, ...] = (
     LayoutInfo("insightface-bin", "faces", "insightface_bin",
                "BENCH_ROOT is the .bin file (lfw, cfp_fp, cfp_ff, agedb_30, calfw, cplfw): a "
                "pickle of (JPEG bytes list, issame list), pairs consecutive",
-               ("images",), "embeval verify {images} --folds 10",
+               ("images",), "embeval verify {images} --folds 10 --fold-thresholds grid",
                (), ("pairs",), f"extract with --flip-sum {_FACE}"),
     LayoutInfo("lfw-pairs", "faces", "lfw",
                "pairs.txt (a 'folds count' header, 'name n1 n2' same and 'name1 n1 name2 n2' "

@@ -116,7 +116,7 @@ def test_flip_sum_embeddings_pairs_and_the_folds_protocol(tmp_path, capsys):
     rows = list(csv.reader(pairs_file.open()))
     assert rows[0] == ["query", "gallery", "same"]
     assert rows[1:] == [[str(2 * p), str(2 * p + 1), str(int(s_))] for p, s_ in enumerate(issame)]
-    assert f"protocol: embeval verify {out} --folds 10" in stdout
+    assert f"protocol: embeval verify {out} --folds 10 --fold-thresholds grid" in stdout
     # genuine pairs are one image twice (cosine 1), impostors two images (< 1): every fold's
     # threshold separates them, so the 10-fold accuracy is 1 and TAR = 1 at every FAR
     rc, text, err = cli(capsys, "verify", out, out, "--pairs", pairs_file, "--folds", "10",
