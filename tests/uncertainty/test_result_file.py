@@ -44,6 +44,7 @@ def results(data):
         "identify": saved_result("identify", identify(q, g, fpirs=[0.1, 0.5], ks=[1, 3],
                                                       device="cpu"), inputs={}),
         "verify": saved_result("verify", verify(q, g, device="cpu"), inputs={}),
+        "nearest": saved_result("verify", verify(q, g, far_rule="nearest", device="cpu"), inputs={}),
     }
 
 
@@ -160,6 +161,39 @@ def test_an_edited_tpir_with_a_new_digest_is_refused(tmp_path, results):
 
     rewrite(path, edit, new_digest=True)
     refused(path, "TPIR@FPIR=0.5 .* per-query records")
+
+
+def test_the_nearest_rule_file_loads_with_its_tar_values(tmp_path, results):
+    back = load_result(written(tmp_path, results, "nearest"))
+    assert back.options["far_rule"] == "nearest" and back.metrics == results["nearest"].metrics
+    assert not [k for k in back.metrics if k.startswith("threshold@FAR=")]
+
+
+@pytest.mark.parametrize("key", ["TAR@FAR=0.1", "TAR@FAR=0.01"])
+def test_an_edited_nearest_tar_with_a_new_digest_is_refused(tmp_path, results, key):
+    """The counts do not fix the nearest point, but they fix the TPRs it can have: k / n_genuine
+    for some k; a value half a genuine trial away is none of them."""
+    path = written(tmp_path, results, "nearest")
+    ng = results["nearest"].metrics["n_genuine"]
+
+    def edit(h):
+        v = h["metrics"][key]
+        h["metrics"][key] = v - 0.5 / ng if v > 0.5 else v + 0.5 / ng
+
+    rewrite(path, edit, new_digest=True)
+    refused(path, f"metric {key} = .* does not follow from its trial counts")
+
+
+@pytest.mark.parametrize(("kind", "key"), [("nearest", "threshold@FAR=0.1"),
+                                           ("verify", "TAR@FAR=1e-06"), ("nearest", "TAR@FAR=1e-06")])
+def test_a_far_key_the_counts_do_not_give_is_refused(tmp_path, results, kind, key):
+    path = written(tmp_path, results, kind)
+
+    def edit(h):
+        h["metrics"][key] = 0.5
+
+    rewrite(path, edit, new_digest=True)
+    refused(path, f"metric {key} is not one its trial counts give")
 
 
 def test_nan_in_the_values_is_refused(tmp_path, results):
