@@ -221,6 +221,8 @@ def _check_counts(p: Path, s: SavedResult) -> None:
                                         f"{name} (up to {float(finite.max()):g}): the file was "
                                         "edited or is damaged")
     if s.trials is None:
+        if s.listed is None:
+            _check_gallery_size(p, s)
         return
     from embeval.engine.trials import VerifyStats
     from embeval.verification.roc import nearest_far_candidates, verification_metrics
@@ -266,6 +268,29 @@ def _check_counts(p: Path, s: SavedResult) -> None:
     if step and set(got) - set(s.metrics) - {"AUC", "EER", "EER_threshold"} == set() and \
             {"AUC", "EER"} - set(s.metrics):
         raise InputFileError(p, "damaged result file: AUC or EER missing")
+
+
+def _check_gallery_size(p: Path, s: SavedResult) -> None:
+    """What pins a ranking's ``n_gallery`` beyond its ranks (which only bound it from below):
+    ``exclude_self`` ranks the query set against itself, so ``n_gallery = n_query``; a query
+    without a negative (empty ``hard_neg``) in a run that drops no item (no exclusion, relevance
+    lists or revisited protocol) had every gallery item as a positive: ``n_gallery`` is its
+    ``n_pos``. Otherwise nothing in the file counts the negatives, and a larger value passes."""
+    if s.options.get("exclude_self"):
+        if s.n_gallery != s.n_query:
+            raise InputFileError(p, f"n_gallery {s.n_gallery} does not agree with exclude_self, "
+                                    f"which ranks its {s.n_query} queries against themselves: the "
+                                    "file was edited or is damaged")
+        return
+    hard_neg, n_pos = s.per_query.get("hard_neg"), s.per_query.get("n_pos")
+    if s.options.get("exclude_same_camera") or "relevance" in s.inputs or s.extra.get("protocol") \
+            or hard_neg is None or n_pos is None or hard_neg.shape != n_pos.shape:
+        return
+    alone = n_pos[torch.isnan(hard_neg.double())].unique()
+    if len(alone) and (len(alone) > 1 or int(alone[0]) != s.n_gallery):
+        raise InputFileError(p, f"n_gallery {s.n_gallery} does not agree with a query that has no "
+                                f"negative and {int(alone[-1])} positives (it saw every gallery "
+                                "item): the file was edited or is damaged")
 
 
 def _check_intervals(p: Path, s: SavedResult) -> None:

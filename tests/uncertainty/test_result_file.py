@@ -196,6 +196,41 @@ def test_a_far_key_the_counts_do_not_give_is_refused(tmp_path, results, kind, ke
     refused(path, f"metric {key} is not one its trial counts give")
 
 
+def ranking_file(tmp_path, q, g, **options):
+    ev = embeval.evaluate(q, g, ks=(1,), device="cpu", **options)
+    return save_result(tmp_path / "ranking.result", saved_result("cmc", ev, inputs={}))
+
+
+def set_gallery(n: int):  # noqa: ANN201
+    def edit(h):
+        h["n_gallery"] = n
+    return edit
+
+
+def test_exclude_self_pins_n_gallery_to_the_query_count(tmp_path, data):
+    """The ranks bound n_gallery from below only; leave-one-out ranks the query set against
+    itself, so a larger n_gallery cannot be right."""
+    q, _ = data
+    path = ranking_file(tmp_path, q, q, exclude_self=True)
+    assert load_result(path).n_gallery == q.n
+    rewrite(path, set_gallery(q.n + 1), new_digest=True)
+    refused(path, f"n_gallery {q.n + 1} does not agree with exclude_self")
+
+
+def test_a_query_without_negatives_pins_n_gallery_to_its_positives(tmp_path):
+    g = embeval.EmbeddingSet(torch.randn(5, 4, generator=torch.Generator().manual_seed(0)),
+                             [0, 0, 0, 0, 0], [0, 0, 1, 1, 1])
+    q = embeval.EmbeddingSet(g.embeddings[:3] + 0.1, [0, 1, -1], [0, 1, 0])
+    path = ranking_file(tmp_path, q, g)
+    assert load_result(path).n_gallery == 5
+    rewrite(path, set_gallery(6), new_digest=True)
+    refused(path, "n_gallery 6 does not agree with a query that has no negative and 5 positives")
+    # the camera rule drops 2 of query 0's positives: it has no negative and 3 positives of 5
+    dropped = ranking_file(tmp_path, q, g, exclude_same_camera=True)
+    assert load_result(dropped).per_query["n_pos"].tolist() == [3, 0, 0]
+    assert load_result(dropped).n_gallery == 5
+
+
 def test_nan_in_the_values_is_refused(tmp_path, results):
     path = written(tmp_path, results)
 
