@@ -30,7 +30,8 @@ from embeval.engine.trials import VerifyStats
 from embeval.errors import OptionError
 
 __all__ = ["Curve", "curve", "far_count", "tar_at_far", "eer", "auc", "nearest_far",
-           "nearest_far_candidates", "verification_metrics", "DEFAULT_FARS", "FAR_RULES", "check_fars", "far_key"]
+           "nearest_far_candidates", "verification_metrics", "DEFAULT_FARS", "FAR_RULES",
+           "check_fars", "far_key"]
 
 DEFAULT_FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 FAR_RULES = ("step", "nearest")
