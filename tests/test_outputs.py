@@ -306,3 +306,69 @@ def test_append_text_never_follows_a_link_nor_blocks_on_a_fifo(tmp_path):
     with pytest.raises(InputFileError, match="not a regular file"):
         append_text(tmp_path / "fifo.jsonl", "x\n")  # nobody reads it: refused, not blocked
     assert victim.read_text() == "keep me\n"
+
+
+@pytest.fixture
+def fifo_with_reader(tmp_path):  # noqa: ANN201
+    """A FIFO whose read end is held open: a writer that wrongly writes into it does not block
+    (the pipe buffers it), so the old code fails the test instead of hanging it."""
+    made: list[int] = []
+
+    def make(path: Path) -> Path:
+        os.mkfifo(path)
+        made.append(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+        return path
+    yield make
+    for fd in made:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device link"])
+@pytest.mark.parametrize("writer", ["state.pt", "last.safetensors", "config.yaml", "metrics.jsonl"])
+def test_train_run_files_are_members_refusing_a_fifo_or_a_device(tmp_path, fifo_with_reader, kind, writer):
+    from embeval.extract.checkpoint import save_checkpoint
+    from embeval.extract.models import build_backbone
+    from embeval.train import state as S
+    from embeval.train.config import config_from, save_config
+
+    path = tmp_path / writer
+    if kind == "fifo":
+        fifo_with_reader(path)
+    else:
+        path.symlink_to(os.devnull)  # a device behind a link: written into by a plain output name
+    arch = {"backbone": "embeval-small", "embedding_dim": 8, "widths": [4, 8], "num_classes": 3}
+    write = {
+        "state.pt": lambda: S.save_state(path, {"epoch": 1}),
+        "last.safetensors": lambda: save_checkpoint(
+            path, build_backbone(arch), architecture=arch, member=True,
+            preprocessing={"size": [8, 8], "mean": [0.5] * 3, "std": [0.5] * 3}),
+        "config.yaml": lambda: save_config(path, config_from(("cli", {"out_dir": str(tmp_path)}))),
+        "metrics.jsonl": lambda: S.check_run_files(tmp_path, option="resume"),
+    }[writer]
+    with pytest.raises(InputFileError, match="not a regular file" if kind == "fifo" else "symbolic link"):
+        write()
+    assert [p.name for p in tmp_path.iterdir()] == [writer]  # nothing staged left behind
+
+
+def test_train_resume_refuses_a_fifo_or_device_at_a_run_file_before_training(capsys, tmp_path,
+                                                                             fifo_with_reader):
+    data = tmp_path / "data"
+    for part, n in (("train", 3), ("query", 1), ("gallery", 2)):
+        image_folder(data / part, {"a": n, "b": n, "c": n}, size=(12, 12), seed=len(part))
+    run_dir = tmp_path / "run"
+    args = ["--size", "12", "12", "--widths", "4,8", "--embedding-dim", "8", "--batch-size", "9",
+            "--workers", "0", "-k", "1", "--device", "cpu"]
+    rc, _, err = cli(capsys, "train", data / "train", "--query", data / "query", "--gallery",
+                     data / "gallery", "--out-dir", run_dir, "--epochs", "1", *args)
+    assert rc == 0, err
+    state = (run_dir / "state.pt").read_bytes()
+    (run_dir / "best.safetensors").unlink()
+    (run_dir / "last.safetensors").unlink()
+    (run_dir / "last.safetensors").symlink_to(os.devnull)
+    fifo_with_reader(run_dir / "best.safetensors")
+    for name in ("last.safetensors", "best.safetensors"):
+        rc, _, err = cli(capsys, "train", "--resume", run_dir, "--epochs", "2")
+        line = one_line_error(rc, err, str(run_dir / name), "resume")
+        assert "symbolic link" in line if name.startswith("last") else "not a regular file" in line
+        assert (run_dir / "state.pt").read_bytes() == state  # refused before any epoch
+        (run_dir / name).unlink()

@@ -51,8 +51,11 @@ class Checkpoint:
 def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, *,
                     architecture: Mapping[str, Any],
                     preprocessing: Preprocessing | Mapping[str, Any],
-                    extra_metadata: Mapping[str, Any] | None = None) -> Path:
+                    extra_metadata: Mapping[str, Any] | None = None, member: bool = False) -> Path:
     """Write ``model``'s weights + architecture + preprocessing as a checkpoint, atomically.
+
+    ``member``: ``path`` is a name embeval chose in an output folder (a regular file or nothing,
+    :func:`embeval.outputs.check_members`).
 
     ``architecture`` must rebuild ``model`` through :func:`build_backbone` (checked
     here). DataParallel / DDP / ``torch.compile`` wrappers are unwrapped.
@@ -81,7 +84,7 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, *,
                  "architecture": json.dumps(dict(architecture), sort_keys=True),
                  "preprocessing": json.dumps(dict(prep), sort_keys=True)})
     p = Path(path)
-    with atomic_path(p) as tmp, open(tmp, "wb") as f:
+    with atomic_path(p, member=member) as tmp, open(tmp, "wb") as f:
         write_safetensors(f, state, meta)
     return p
 

@@ -256,6 +256,6 @@ def save_config(path: Path, config: TrainConfig) -> None:
     for key in ("train", "query", "gallery", "out_dir"):
         if values[key] is not None:
             values[key] = str(Path(values[key]).absolute())
-    with atomic_path(path) as tmp:
+    with atomic_path(path, member=True) as tmp:  # a name in the run folder
         tmp.write_text("# embeval train: the effective configuration of this run\n"
                        + yaml.safe_dump(values, sort_keys=False), encoding="utf-8")

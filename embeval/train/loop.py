@@ -94,6 +94,8 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         raise OptionError("no run folder: give out_dir RUN", param="out_dir")
     run_dir = Path(c.out_dir)
     state = S.load_state(run_dir) if resume else None
+    if resume or not overwrite:  # overwrite removes what is there
+        S.check_run_files(run_dir, option="resume" if resume else "out_dir")
     device = resolve_device(c.device)
     if c.precision != "fp32" and device.type != "cuda":
         raise OptionError(f"precision {c.precision}: mixed precision needs a CUDA device "
@@ -266,11 +268,11 @@ class _Run:
         meta = {"epoch": epoch, "metrics": json.dumps(metrics), "source": str(self.data.train.source),
                 "label_names": json.dumps(self.data.classes), "model": f"embeval train {run}"}
         save_checkpoint(run / "last.safetensors", self.model.embedder, architecture=self.arch,
-                        preprocessing=self.prep, extra_metadata=meta)
+                        preprocessing=self.prep, extra_metadata=meta, member=True)
         if record["best"]:
             self.best = {"metric": c.best_metric, "value": value, "epoch": epoch}
             save_checkpoint(run / "best.safetensors", self.model.embedder, architecture=self.arch,
-                            preprocessing=self.prep, extra_metadata=meta)
+                            preprocessing=self.prep, extra_metadata=meta, member=True)
         # metrics before state: a kill in between redoes this epoch and rewrites its line
         S.append_metrics(run / "metrics.jsonl", record)
         self.epoch, self.step, self.accum = epoch, 0, _new_accum()

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 from embeval.errors import InputFileError, OptionError
-from embeval.outputs import append_text, atomic_path
+from embeval.outputs import append_text, atomic_path, check_members
 from embeval.safe_load import load_tensors
 
-__all__ = ["RUN_FILES", "STATE_VERSION", "check_new_run", "save_state", "load_state",
+__all__ = ["RUN_FILES", "STATE_VERSION", "check_new_run", "check_run_files", "save_state", "load_state",
            "rng_states", "restore_rng_states", "append_metrics", "truncate_metrics"]
 
 STATE_VERSION = 1
@@ -51,6 +51,13 @@ def check_new_run(out_dir: Path, *, overwrite: bool) -> None:
                              param="out_dir") from None
     if not os.access(out_dir, os.W_OK):
         raise InputFileError(out_dir, "out_dir: folder is not writable", param="out_dir")
+
+
+def check_run_files(run_dir: Path, *, option: str) -> None:
+    """Refuse, before any work, a run file name (:data:`RUN_FILES`) that is not a regular file
+    or nothing: a link, a FIFO, a device or a folder (:func:`embeval.outputs.check_members`)."""
+    if run_dir.is_dir():
+        check_members(run_dir, RUN_FILES, option=option)
 
 
 def rng_states(**generators: torch.Generator) -> dict[str, Any]:
@@ -81,7 +88,8 @@ def restore_rng_states(states: dict[str, Any], **generators: torch.Generator) ->
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
+    """``state.pt`` (a name in the run folder: a regular file or nothing)."""
+    with atomic_path(path, member=True) as tmp:
         torch.save({"version": STATE_VERSION, **state}, str(tmp))
 
 
@@ -121,6 +129,6 @@ def truncate_metrics(path: Path, epochs_done: int) -> list[dict[str, Any]]:
             continue  # a line cut short by a hard kill
         if isinstance(rec, dict) and isinstance(rec.get("epoch"), int) and rec["epoch"] <= epochs_done:
             kept.append(rec)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, member=True) as tmp:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
     return kept

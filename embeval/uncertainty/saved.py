@@ -209,7 +209,9 @@ def _check_header(p: Path, h: Any) -> None:
 def _check_counts(p: Path, s: SavedResult) -> None:
     """Counts and trial-count metrics that the file's tensors fix: every finite rank of a query
     is at most ``n_gallery``; an all-pairs verification's metrics are recomputed from its trial
-    counts, which number at most ``n_query × n_gallery`` (exactly that without exclusions)."""
+    counts, which number at most ``n_query × n_gallery`` (exactly that without exclusions).
+    With the ``nearest`` rule a TAR@FAR must be one of the values that the counts allow (the
+    impostor scores inside a run between two genuine scores are not kept)."""
     for name in ("first_rank", "last_rank", "n_pos"):
         v = s.per_query.get(name)
         if v is not None and v.numel():
@@ -219,9 +221,11 @@ def _check_counts(p: Path, s: SavedResult) -> None:
                                         f"{name} (up to {float(finite.max()):g}): the file was "
                                         "edited or is damaged")
     if s.trials is None:
+        if s.listed is None:
+            _check_gallery_size(p, s)
         return
     from embeval.engine.trials import VerifyStats
-    from embeval.verification.roc import verification_metrics
+    from embeval.verification.roc import nearest_far_candidates, verification_metrics
 
     t = s.trials
     u = len(t["gen_values"])
@@ -246,14 +250,47 @@ def _check_counts(p: Path, s: SavedResult) -> None:
     fars = [float(k.split("=", 1)[1]) for k in s.metrics if k.startswith("TAR@FAR=")]
     step = str(o.get("far_rule", "step")) == "step"
     got = verification_metrics(stats, fars)
+    near = None if step else nearest_far_candidates(stats, fars)
     for k, want in s.metrics.items():
-        if k in got and (step or not k.startswith(("TAR@FAR=", "threshold@FAR="))) and \
-                not _same(want, float(got[k]), 1e-9):
+        if k.startswith(("TAR@FAR=", "threshold@FAR=")) and \
+                (k not in got or (not step and k.startswith("threshold@FAR="))):
+            raise InputFileError(p, f"damaged result file: metric {k} is not one its trial counts "
+                                    f"give under the {o.get('far_rule', 'step')} rule")
+        if near is not None and k.startswith("TAR@FAR="):  # the scores inside a run are not kept
+            values = near.get(float(k.split("=", 1)[1]), [math.nan])
+            if not any(_same(want, v, 1e-9) for v in values):
+                raise InputFileError(p, f"metric {k} = {want} does not follow from its trial counts "
+                                        f"({' or '.join(f'{v:g}' for v in values)}): the file was "
+                                        "edited or is damaged")
+        elif k in got and not _same(want, float(got[k]), 1e-9):
             raise InputFileError(p, f"metric {k} = {want} does not follow from its trial counts "
                                     f"({got[k]}): the file was edited or is damaged")
     if step and set(got) - set(s.metrics) - {"AUC", "EER", "EER_threshold"} == set() and \
             {"AUC", "EER"} - set(s.metrics):
         raise InputFileError(p, "damaged result file: AUC or EER missing")
+
+
+def _check_gallery_size(p: Path, s: SavedResult) -> None:
+    """What pins a ranking's ``n_gallery`` beyond its ranks (which only bound it from below):
+    ``exclude_self`` ranks the query set against itself, so ``n_gallery = n_query``; a query
+    without a negative (empty ``hard_neg``) in a run that drops no item (no exclusion, relevance
+    lists or revisited protocol) had every gallery item as a positive: ``n_gallery`` is its
+    ``n_pos``. Otherwise nothing in the file counts the negatives, and a larger value passes."""
+    if s.options.get("exclude_self"):
+        if s.n_gallery != s.n_query:
+            raise InputFileError(p, f"n_gallery {s.n_gallery} does not agree with exclude_self, "
+                                    f"which ranks its {s.n_query} queries against themselves: the "
+                                    "file was edited or is damaged")
+        return
+    hard_neg, n_pos = s.per_query.get("hard_neg"), s.per_query.get("n_pos")
+    if s.options.get("exclude_same_camera") or "relevance" in s.inputs or s.extra.get("protocol") \
+            or hard_neg is None or n_pos is None or hard_neg.shape != n_pos.shape:
+        return
+    alone = n_pos[torch.isnan(hard_neg.double())].unique()
+    if len(alone) and (len(alone) > 1 or int(alone[0]) != s.n_gallery):
+        raise InputFileError(p, f"n_gallery {s.n_gallery} does not agree with a query that has no "
+                                f"negative and {int(alone[-1])} positives (it saw every gallery "
+                                "item): the file was edited or is damaged")
 
 
 def _check_intervals(p: Path, s: SavedResult) -> None:

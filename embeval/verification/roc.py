@@ -30,7 +30,8 @@ from embeval.engine.trials import VerifyStats
 from embeval.errors import OptionError
 
 __all__ = ["Curve", "curve", "far_count", "tar_at_far", "eer", "auc", "nearest_far",
-           "verification_metrics", "DEFAULT_FARS", "FAR_RULES", "check_fars", "far_key"]
+           "nearest_far_candidates", "verification_metrics", "DEFAULT_FARS", "FAR_RULES",
+           "check_fars", "far_key"]
 
 DEFAULT_FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 FAR_RULES = ("step", "nearest")
@@ -179,8 +180,15 @@ def nearest_far(genuine: torch.Tensor, impostor: torch.Tensor,
     s, y = scores[order], is_gen[order]
     last = torch.ones(len(s), dtype=torch.bool)  # the last of each run of equal scores
     last[:-1] = s[1:] != s[:-1]
-    tps = torch.cumsum(y, 0)[last]
-    fps = torch.cumsum(1 - y, 0)[last]
+    near = _nearest(torch.cumsum(1 - y, 0)[last], torch.cumsum(y, 0)[last], ng, ni, fars)
+    return {f: tpr for f, (tpr, _) in near.items()}
+
+
+def _nearest(fps: torch.Tensor, tps: torch.Tensor, ng: int, ni: int,
+             fars: Sequence[float]) -> dict[float, tuple[float, float]]:
+    """For each f: (TPR, distance |FPR - f|) of :func:`nearest_far`'s point, from the ROC points
+    ``fps`` / ``tps`` [V] int64 (accepted impostor / genuine trials at each distinct score, in
+    order of decreasing score; before scikit-learn drops collinear points)."""
     if len(fps) > 2:  # scikit-learn's drop_intermediate: drop points collinear with both neighbours
         bend = ((fps[2:] - 2 * fps[1:-1] + fps[:-2]) != 0) | ((tps[2:] - 2 * tps[1:-1] + tps[:-2]) != 0)
         keep = torch.cat([torch.tensor([True]), bend, torch.tensor([True])])
@@ -191,7 +199,31 @@ def nearest_far(genuine: torch.Tensor, impostor: torch.Tensor,
     for f in fars:
         d = (fpr - f).abs()
         best = torch.nonzero(d == d.min()).flatten()
-        out[f] = float(tpr[best[-1]])
+        out[f] = (float(tpr[best[-1]]), float(d.min()))
+    return out
+
+
+def nearest_far_candidates(stats: VerifyStats, fars: Sequence[float]) -> dict[float, list[float]]:
+    """Every value :func:`nearest_far` can give on scores with these trial counts, for each f
+    (none without genuine or impostor trials), so that a saved one can be checked.
+
+    The counts fix every ROC point (:func:`curve`) except those inside an impostor-only run,
+    whose scores are not kept; such points share the run's TPR. The first value is the one of
+    scores whose impostors tie within each run (the curve's points alone); the others are the
+    TPRs of the runs with room for a point at most as near f (a superset, exact but for ties).
+    """
+    ng, ni = stats.n_genuine, stats.n_impostor
+    if ng == 0 or ni == 0:
+        return {}
+    c = curve(stats)
+    base = _nearest(c.fp[1:], c.tp[1:], ng, ni, fars)
+    run = (c.tp[1:] == c.tp[:-1]) & (c.fp[1:] - c.fp[:-1] >= 2)  # an impostor run with an inside
+    lo, hi, tpr = c.fp[:-1][run] + 1, c.fp[1:][run] - 1, c.tp[1:][run].double() / ng
+    out = {}
+    for f, (value, dist) in base.items():
+        k = torch.minimum(torch.maximum(torch.full_like(lo, round(f * ni)), lo), hi)  # nearest f
+        room = tpr[(k.double() / ni - f).abs() <= dist].tolist()
+        out[f] = [value, *sorted(set(room) - {value})]
     return out
 
 

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers.benchmarks import similarity, write_ijb
 from helpers.cli import cli
 from helpers.models import tiny_net
 from PIL import Image
@@ -18,11 +19,6 @@ from embeval.extract.images import Preprocessing
 pytestmark = pytest.mark.usefixtures("one_thread")
 MODEL = "helpers.models:tiny_net"
 FAST = ["--size", "8", "8", "--workers", "0", "--device", "cpu"]
-
-
-def similarity(scale, angle, tx, ty):
-    c, s = scale * np.cos(angle), scale * np.sin(angle)
-    return np.array([[c, -s, tx], [s, c, ty]])
 
 
 def test_similarity_transform_is_the_least_squares_solution():
@@ -61,31 +57,6 @@ def test_align_face_samples_where_the_inverse_transform_points():
         np.testing.assert_allclose(out[y, x], want, atol=1.01)
         checked += 1
     assert checked >= 4
-
-
-def write_ijb(root, t="ijbc"):
-    """4 templates: t1 (2 images, one medium), t2 (1), t3 (2 images, two media), t4 (1)."""
-    rng = np.random.default_rng(2)
-    (root / "meta").mkdir(parents=True)
-    (root / "loose_crop").mkdir()
-    images = [("1.jpg", 1, 100), ("2.jpg", 1, 100), ("3.jpg", 2, 200), ("4.jpg", 3, 300),
-              ("5.jpg", 3, 301), ("6.jpg", 4, 400)]
-    lmk_lines, tid_lines, truth = [], [], []
-    for k, (name, tid, mid) in enumerate(images):
-        Image.fromarray(rng.integers(0, 256, (90, 80, 3)).astype(np.uint8)).save(
-            root / "loose_crop" / name, quality=95)
-        m = similarity(1.0 + 0.1 * k, 0.05 * k, 3 + k, 2)
-        lmk = (ARCFACE_112 - m[:, 2]) @ np.linalg.inv(m[:, :2]).T
-        score = 0.5 + 0.1 * k
-        lmk_lines.append(" ".join([name, *(f"{v:.4f}" for v in lmk.ravel()), f"{score:.3f}"]))
-        tid_lines.append(f"{name} {tid} {mid}")
-        truth.append((lmk.round(4), score))
-    (root / "meta" / f"{t}_name_5pts_score.txt").write_text("\n".join(lmk_lines) + "\n")
-    (root / "meta" / f"{t}_face_tid_mid.txt").write_text("\n".join(tid_lines) + "\n")
-    pairs = [(1, 2, 1), (1, 3, 0), (2, 4, 0), (3, 4, 1), (1, 4, 0)]
-    (root / "meta" / f"{t}_template_pair_label.txt").write_text(
-        "".join(f"{a} {b} {s}\n" for a, b, s in pairs))
-    return images, truth, pairs
 
 
 def test_templates_faceness_alignment_and_the_pairs(tmp_path, capsys):

@@ -10,7 +10,7 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-from helpers.benchmarks import jpeg_bytes, py2_bin_pickle
+from helpers.benchmarks import fixture_bin, jpeg_bytes, py2_bin_pickle
 from helpers.cli import cli, run_extract
 from helpers.models import tiny_net
 from PIL import Image
@@ -34,17 +34,6 @@ class Payload:
 
     def __reduce__(self):
         return (os.system, (f"touch {self.marker}",))
-
-
-def fixture_bin(tmp_path, issame=(True, False, True, False, False, True)):
-    """Genuine pairs are one image twice (score 1), impostors two different images."""
-    bins = []
-    for p, same in enumerate(issame):
-        a = jpeg_bytes(10 * p)
-        bins += [a, a if same else jpeg_bytes(10 * p + 1)]
-    path = tmp_path / "lfw.bin"
-    path.write_bytes(py2_bin_pickle(bins, list(issame)))
-    return path, bins, list(issame)
 
 
 def test_a_python2_bin_is_read_as_bytes_and_flags(tmp_path):

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers.benchmarks import write_jpeg
+from helpers.benchmarks import lfw_root
 from helpers.cli import cli
 
 from embeval.data import store
@@ -16,27 +16,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 MODEL = "helpers.models:tiny_net"
 FAST = ["--size", "8", "8", "--workers", "0", "--device", "cpu"]
 SAMPLE = Path(__file__).resolve().parents[2] / "sample_data" / "digits"
-
-
-def lfw_root(tmp_path, folds=2, count=2):
-    """``folds`` folds of ``count`` genuine then ``count`` impostor lines (tabs, as shipped)."""
-    root = tmp_path / "LFW"
-    people = ["Aaron_Peirsol", "Abel_Pacheco", "Zico", "Zoe_Ball"]
-    seed = 0
-    for p in people:
-        for k in (1, 2, 3):
-            write_jpeg(root / "lfw" / p / f"{p}_{k:04d}.jpg", seed)
-            seed += 1
-    lines = [f"{folds}\t{count}"]
-    for f in range(folds):
-        for c in range(count):
-            p = people[(f + c) % 4]
-            lines.append(f"{p}\t1\t{2 + c % 2}")
-        for c in range(count):
-            a, b = people[(f + c) % 4], people[(f + c + 1) % 4]
-            lines.append(f"{a}\t{1 + c % 3}\t{b}\t3")
-    (root / "pairs.txt").write_text("\n".join(lines) + "\n")
-    return root, lines
 
 
 def test_pairs_items_labels_and_the_recipe(tmp_path, capsys):

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers.benchmarks import write_jpeg
+from helpers.benchmarks import write_jpeg, write_sop
 from helpers.cli import cli
 
 from embeval.data import store
@@ -15,17 +15,6 @@ from embeval.errors import InputFileError
 pytestmark = pytest.mark.usefixtures("one_thread")
 MODEL = "helpers.models:tiny_net"
 FAST = ["--size", "8", "8", "--workers", "0", "--device", "cpu"]
-
-
-def write_sop(root):
-    lines = ["image_id class_id super_class_id path"]
-    labels = [11319, 11319, 11319, 11320, 11320, 11321, 11321, 11321]
-    for i, c in enumerate(labels):
-        rel = f"bicycle_final/{c}{i:05d}_{i % 3}.JPG"
-        write_jpeg(root / rel, seed=i)
-        lines.append(f"{i + 1} {c} 1 {rel}")
-    (root / "Ebay_test.txt").write_text("\n".join(lines) + "\n")
-    return root, labels
 
 
 def write_inshop(root):

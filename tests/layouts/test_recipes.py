@@ -14,13 +14,8 @@ import shlex
 from pathlib import Path
 
 import pytest
+from helpers.benchmarks import fixture_bin, lfw_root, write_ijb, write_market, write_roxford, write_sop
 from helpers.cli import cli
-from test_ijb import write_ijb
-from test_insightface_bin import fixture_bin
-from test_lfw import lfw_root
-from test_metric_learning import write_sop
-from test_reid import write_market
-from test_revisited_gnd import write_roxford
 
 from embeval.layouts import LAYOUTS, detect_layouts
 

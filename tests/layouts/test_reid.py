@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers.benchmarks import write_jpeg
+from helpers.benchmarks import GALLERY, QUERY, write_jpeg, write_market
 from helpers.cli import cli
 
 from embeval.data import store
@@ -14,25 +14,6 @@ from embeval.data import store
 pytestmark = pytest.mark.usefixtures("one_thread")
 MODEL = "helpers.models:tiny_net"
 FAST = ["--size", "8", "8", "--workers", "0", "--device", "cpu"]
-
-#: (label, camera) of the query and gallery images of every fixture
-QUERY = [(1, 1), (1, 2), (2, 1), (3, 3)]
-GALLERY = [(1, 1), (1, 3), (2, 1), (2, 2), (3, 3), (0, 2), (4, 1), (1, 2)]
-
-
-def market_names(items, duke=False):
-    return [f"{pid:04d}_c{cam}_f{i:07d}.jpg" if duke else f"{pid:04d}_c{cam}s1_{i:06d}_01.jpg"
-            for i, (pid, cam) in enumerate(items)]
-
-
-def write_market(root, duke=False):
-    for folder, items in (("query", QUERY), ("bounding_box_test", GALLERY)):
-        for i, name in enumerate(market_names(items, duke)):
-            write_jpeg(root / folder / name, seed=hash((folder, i)) % 1000)
-    if not duke:  # junk (-1) is skipped as torchreid does
-        write_jpeg(root / "bounding_box_test" / "-1_c1s1_000000_00.jpg", seed=5)
-    return root
-
 
 def write_msmt(root):
     lines = {}

@@ -9,7 +9,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from helpers.benchmarks import write_jpeg
+from helpers.benchmarks import GND, write_roxford
 from helpers.cli import cli
 from helpers.models import tiny_net
 from PIL import Image
@@ -20,9 +20,6 @@ from embeval.extract.images import Preprocessing
 pytestmark = pytest.mark.usefixtures("one_thread")
 MODEL = "helpers.models:tiny_net"
 FAST = ["--size", "8", "8", "--workers", "0", "--device", "cpu"]
-GND = [{"bbx": [1.4, 2.6, 9.5, 11.2], "easy": [0, 3], "hard": [5], "junk": [1]},
-       {"bbx": [0, 0, 12, 12], "easy": [], "hard": [2, 6], "junk": [4, 7]},
-       {"bbx": [3, 3, 10, 9], "easy": [7], "hard": [], "junk": []}]
 
 
 class Payload:
@@ -31,20 +28,6 @@ class Payload:
 
     def __reduce__(self):
         return (os.system, (f"touch {self.marker}",))
-
-
-def write_roxford(root, as_numpy=False, gnd=GND):
-    imlist = [f"all_souls_{i:06d}" for i in range(8)]
-    qimlist = ["all_souls_q1", "ashmolean_q2", "bodleian_q3"]
-    for i, n in enumerate(imlist + qimlist):
-        write_jpeg(root / "jpg" / f"{n}.jpg", seed=i, size=(14, 16))
-    if as_numpy:
-        gnd = [{"bbx": np.array(g["bbx"], dtype=np.float64),
-                **{k: np.array(g[k], dtype=np.int64) for k in ("easy", "hard", "junk")}}
-               for g in gnd]
-    (root / "gnd_roxford5k.pkl").write_bytes(
-        pickle.dumps({"gnd": gnd, "imlist": imlist, "qimlist": qimlist}))
-    return root, imlist, qimlist
 
 
 def revisitop_map(q, g, positives, junk):

@@ -44,6 +44,7 @@ def results(data):
         "identify": saved_result("identify", identify(q, g, fpirs=[0.1, 0.5], ks=[1, 3],
                                                       device="cpu"), inputs={}),
         "verify": saved_result("verify", verify(q, g, device="cpu"), inputs={}),
+        "nearest": saved_result("verify", verify(q, g, far_rule="nearest", device="cpu"), inputs={}),
     }
 
 
@@ -160,6 +161,74 @@ def test_an_edited_tpir_with_a_new_digest_is_refused(tmp_path, results):
 
     rewrite(path, edit, new_digest=True)
     refused(path, "TPIR@FPIR=0.5 .* per-query records")
+
+
+def test_the_nearest_rule_file_loads_with_its_tar_values(tmp_path, results):
+    back = load_result(written(tmp_path, results, "nearest"))
+    assert back.options["far_rule"] == "nearest" and back.metrics == results["nearest"].metrics
+    assert not [k for k in back.metrics if k.startswith("threshold@FAR=")]
+
+
+@pytest.mark.parametrize("key", ["TAR@FAR=0.1", "TAR@FAR=0.01"])
+def test_an_edited_nearest_tar_with_a_new_digest_is_refused(tmp_path, results, key):
+    """The counts do not fix the nearest point, but they fix the TPRs it can have: k / n_genuine
+    for some k; a value half a genuine trial away is none of them."""
+    path = written(tmp_path, results, "nearest")
+    ng = results["nearest"].metrics["n_genuine"]
+
+    def edit(h):
+        v = h["metrics"][key]
+        h["metrics"][key] = v - 0.5 / ng if v > 0.5 else v + 0.5 / ng
+
+    rewrite(path, edit, new_digest=True)
+    refused(path, f"metric {key} = .* does not follow from its trial counts")
+
+
+@pytest.mark.parametrize(("kind", "key"), [("nearest", "threshold@FAR=0.1"),
+                                           ("verify", "TAR@FAR=1e-06"), ("nearest", "TAR@FAR=1e-06")])
+def test_a_far_key_the_counts_do_not_give_is_refused(tmp_path, results, kind, key):
+    path = written(tmp_path, results, kind)
+
+    def edit(h):
+        h["metrics"][key] = 0.5
+
+    rewrite(path, edit, new_digest=True)
+    refused(path, f"metric {key} is not one its trial counts give")
+
+
+def ranking_file(tmp_path, q, g, **options):
+    ev = embeval.evaluate(q, g, ks=(1,), device="cpu", **options)
+    return save_result(tmp_path / "ranking.result", saved_result("cmc", ev, inputs={}))
+
+
+def set_gallery(n: int):  # noqa: ANN201
+    def edit(h):
+        h["n_gallery"] = n
+    return edit
+
+
+def test_exclude_self_pins_n_gallery_to_the_query_count(tmp_path, data):
+    """The ranks bound n_gallery from below only; leave-one-out ranks the query set against
+    itself, so a larger n_gallery cannot be right."""
+    q, _ = data
+    path = ranking_file(tmp_path, q, q, exclude_self=True)
+    assert load_result(path).n_gallery == q.n
+    rewrite(path, set_gallery(q.n + 1), new_digest=True)
+    refused(path, f"n_gallery {q.n + 1} does not agree with exclude_self")
+
+
+def test_a_query_without_negatives_pins_n_gallery_to_its_positives(tmp_path):
+    g = embeval.EmbeddingSet(torch.randn(5, 4, generator=torch.Generator().manual_seed(0)),
+                             [0, 0, 0, 0, 0], [0, 0, 1, 1, 1])
+    q = embeval.EmbeddingSet(g.embeddings[:3] + 0.1, [0, 1, -1], [0, 1, 0])
+    path = ranking_file(tmp_path, q, g)
+    assert load_result(path).n_gallery == 5
+    rewrite(path, set_gallery(6), new_digest=True)
+    refused(path, "n_gallery 6 does not agree with a query that has no negative and 5 positives")
+    # the camera rule drops 2 of query 0's positives: it has no negative and 3 positives of 5
+    dropped = ranking_file(tmp_path, q, g, exclude_same_camera=True)
+    assert load_result(dropped).per_query["n_pos"].tolist() == [3, 0, 0]
+    assert load_result(dropped).n_gallery == 5
 
 
 def test_nan_in_the_values_is_refused(tmp_path, results):

@@ -121,3 +121,13 @@ def test_cmc_ci_bootstrap_beyond_the_limit_is_refused(saved):
     line = one_line(run("cmc", d / "q.safetensors", d / "g.safetensors", "--ci", "0.95",
                         "--bootstrap", str(10**9)), "--bootstrap", "1,000,000")
     assert len(line) < 300
+
+
+@pytest.mark.slow
+def test_a_larger_n_gallery_under_exclude_self_is_refused_in_one_line(saved, tmp_path):
+    q = saved["dir"] / "q.safetensors"
+    good = tmp_path / "self.result"
+    assert run("cmc", q, q, "--exclude-self", "--save-result", good).returncode == 0
+    bad = resign(good, tmp_path / "edited.result", set_("n_gallery", 25))
+    line = one_line(run("compare", bad, good), "n_gallery 25", "exclude_self")
+    assert line.count(str(bad)) == 1, line

@@ -215,6 +215,30 @@ def test_listed_pairs_equal_scikit_learn(tmp_path_factory: pytest.TempPathFactor
     same(got.metrics, reference(scores, genuine, fars, rule))
 
 
+@settings(max_examples=examples(300), deadline=None)
+@given(gen=st.lists(st.integers(0, 9), min_size=1, max_size=12),
+       imp=st.lists(st.integers(-1, 10), min_size=1, max_size=40),
+       fars=st.lists(st.sampled_from(FARS), min_size=1, max_size=4, unique=True))
+@example(gen=[5, 5, 1], imp=[0, 2, 3, 3, 4, 6, 7, 8, 8, 8], fars=[0.25, 0.5])
+def test_nearest_candidates_hold_the_nearest_reading_of_any_scores_with_those_counts(gen, imp, fars):
+    """Saved all-pairs files keep counts, not impostor scores: ``nearest_far_candidates`` must
+    hold insightface's reading (scikit-learn's points) of the scores, and its first value must be
+    the reading of the scores whose impostors tie inside each run between genuine scores."""
+    from embeval.engine.trials import VerifyStats
+    from embeval.verification.roc import nearest_far_candidates
+
+    g, i = np.array(gen, dtype=np.float64), np.array(imp, dtype=np.float64)
+    got = nearest_far_candidates(VerifyStats.from_scores(torch.tensor(g), torch.tensor(i)), fars)
+    tied = np.array([g[g < x].max(initial=-2.0) + 0.5 if not (g == x).any() else x for x in i])
+    for scores, first in ((i, False), (tied, True)):
+        want = reference(np.concatenate([g, scores]), np.arange(len(g) + len(i)) < len(g), fars,
+                         "nearest")
+        for f in fars:
+            if f"TAR@FAR={f:g}" in want:
+                value = want[f"TAR@FAR={f:g}"]
+                assert (got[f][0] == value) if first else value in got[f], (f, value, got[f])
+
+
 def test_nearest_rule_refused_above_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     q = embeval.EmbeddingSet(torch.eye(3), [0, 1, 2])
     monkeypatch.setattr(verify_module, "NEAREST_LIMIT", 8)
