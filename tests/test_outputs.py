@@ -47,7 +47,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                      torch.randint(0, 5, (30,), generator=g))
     gal = embeval.save(d / "g.safetensors", torch.randn(60, 8, generator=g),
                        torch.randint(0, 5, (60,), generator=g))
-    return {"q": q, "g": gal, "dir": d}
+    png = d / "g.png"  # an embedding file whose name a plot could take (files are read by content)
+    png.write_bytes(gal.read_bytes())
+    return {"q": q, "g": gal, "png": png, "dir": d}
 
 
 def one_line_error(rc: int, err: str, *names: str) -> str:
@@ -61,11 +63,13 @@ def one_line_error(rc: int, err: str, *names: str) -> str:
 
 @pytest.mark.parametrize(("command", "option", "victim"), [
     ("cmc", "--per-query", "q"), ("pr", "--per-query", "g"), ("pr", "--curves", "q"),
-    ("knn", "--predictions", "g"), ("score", "--out", "q"), ("pr", "--plot", "g"),
+    ("knn", "--predictions", "g"), ("score", "--out", "q"), ("pr", "--plot", "png"),
+    ("cmc", "--plot", "png"),
 ])
 def test_an_output_never_overwrites_an_input(capsys, files, command, option, victim):
     before = files[victim].read_bytes()
-    rc, out, err = cli(capsys, command, files["q"], files["g"], option, files[victim])
+    gallery = files["png"] if victim == "png" else files["g"]
+    rc, out, err = cli(capsys, command, files["q"], gallery, option, files[victim])
     assert "refusing to overwrite an input" in one_line_error(rc, err, option, files[victim].name)
     assert files[victim].read_bytes() == before and out == ""
 

@@ -207,6 +207,10 @@ MAX_DEFLATE_RATIO = 1040
 
 def _check_member(info: zipfile.ZipInfo, where: str, file_size: int) -> None:
     """A member's declared sizes against its compressed bytes and the file, before reading."""
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise _Bad(f"{where}: compression method {info.compress_type} is not one numpy writes "
+                   "(stored or deflated: np.savez, np.savez_compressed); its expansion is not "
+                   "bounded before reading")
     if info.compress_size > file_size:
         raise _Bad(f"{where}: the member declares {info.compress_size} compressed bytes in a "
                    f"{file_size}-byte file (truncated or corrupt)")

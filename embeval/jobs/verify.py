@@ -49,20 +49,21 @@ def named_pairs(query: Path) -> Path:
 
     name = load(query).metadata.get("pairs_file")
     if not name:
-        raise OptionError(f"GALLERY: missing, and {query} names no pairs file: give the gallery "
-                          "file(s), or --pairs CSV")
+        raise OptionError(f"GALLERY: missing; give the gallery file(s), or pairs CSV: {query} names "
+                          "no file of listed trials", param="pairs")
     pairs = query.parent / Path(name).name
     if not pairs.is_file():
-        raise InputFileError(query, f"names its pairs file {Path(name).name!r}, which is not beside "
-                                    "it: give --pairs CSV")
+        raise InputFileError(query, "the file of listed trials it names is not beside it: give "
+                                    f"pairs CSV (it names {Path(name).name!r})", param="pairs")
     return pairs
 
 
 def check_verify(job: Job, shard: str | None = None, out_part: Path | None = None) -> None:
     """What a verify job does not combine with (``OptionError``, naming the parameters); the
     files are not read. ``job``: after :func:`verify_job`."""
-    if job.folds is not None and job.pairs is None:  # flags written out: "pairs" is said twice
-        raise OptionError("--folds: the LFW protocol splits listed pairs: give --pairs too")
+    if job.folds is not None and job.pairs is None:
+        raise OptionError("folds: the LFW protocol splits listed trials: give pairs too",
+                          param=("folds", "pairs"))
     if job.folds is None and job.extra["fold_thresholds"] != "scores":
         raise OptionError("fold_thresholds: needs folds (it picks each fold's threshold)",
                           param=("fold_thresholds", "folds"))

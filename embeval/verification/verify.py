@@ -178,8 +178,8 @@ def _check(o: EvalOptions, far_rule: str, pairs: str | Path | None, folds: int |
         raise OptionError("aggregate: verification compares items (or templates), not class "
                           "means", param="aggregate")
     if folds is not None and pairs is None:
-        raise OptionError("folds: the LFW protocol splits listed pairs: give pairs too",
-                          param="folds")
+        raise OptionError("folds: the LFW protocol splits listed trials: give pairs too",
+                          param=("folds", "pairs"))
     if pairs is not None and (o.exclude_self or o.exclude_same_camera):
         raise OptionError("exclude_self / exclude_same_camera: listed pairs are the trials "
                           "as listed", param=("exclude_self", "exclude_same_camera"))

@@ -73,7 +73,7 @@ def test_a_typo_is_exit_2_without_torch(tmp_path):
      "embeval: error: cmc.part-*-of-4.safetensors: no file matches this pattern"),
     # verify builds and checks its Job (embeval.jobs.job, .verify: torch-free) before the files
     (["verify", "missing.safetensors", str(SAMPLE / "gallery.safetensors"), "--folds", "3"],
-     "embeval: error: --folds: the LFW protocol splits listed pairs: give --pairs too"),
+     "embeval: error: --folds: the LFW protocol splits listed trials: give --pairs too"),
     (["verify", "missing.safetensors", str(SAMPLE / "gallery.safetensors")],
      "embeval: error: missing.safetensors: no such file"),
 ])

@@ -139,6 +139,18 @@ def test_zip_member_declaring_far_more_than_its_bytes(tmp_path: Path) -> None:
     one_line_error(run("cmc", f, f), f, "more than deflate can expand")
 
 
+@pytest.mark.parametrize("method", [zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
+def test_zip_members_numpy_never_writes_are_refused(tmp_path: Path, method: int) -> None:
+    """bzip2 and lzma expand far beyond deflate's 1032:1, so a declared size cannot be checked
+    against the compressed bytes: such members are refused before any decompression."""
+    f = tmp_path / "other.npz"
+    with zipfile.ZipFile(f, "w", method) as z:
+        z.writestr("embeddings.npy", _header("<f4", (2, 3)) + bytes(24))
+        z.writestr("labels.npy", _header("<i8", (2,)) + bytes(16))
+    one_line_error(run("cmc", f, f), f, "array 'embeddings'", f"compression method {method}",
+                   "np.savez_compressed")
+
+
 def _zip(entries: list[tuple[str, bytes, int, int]]) -> bytes:
     """A zip of deflated members (name, deflated bytes, uncompressed size, crc32)."""
     body, central = b"", b""

@@ -117,8 +117,8 @@ def test_shards_merge_into_the_whole_run(tmp_path: Path) -> None:
     (Job("verify", Q, [G], embeval.EvalOptions(), [1], outputs={"--roc": Path("r.csv")}), "0/2",
      "--roc: a shard run writes only", "--roc: a --shard run writes only"),
     (Job("verify", Q, [G], embeval.EvalOptions(), [1], folds=10), None,
-     "--folds: the LFW protocol splits listed pairs: give --pairs too",
-     "--folds: the LFW protocol splits listed pairs: give --pairs too"),
+     "folds: the LFW protocol splits listed trials: give pairs too",
+     "--folds: the LFW protocol splits listed trials: give --pairs too"),
 ])
 def test_a_wrong_combination_is_refused_before_any_file_is_read(
         job: Job, shard: str | None, message: str, flags: str, tmp_path: Path) -> None:

@@ -59,16 +59,17 @@ def test_pairs_items_labels_and_the_recipe(tmp_path, capsys):
     assert json.loads(text)["metrics"] == listed
     pairs.rename(tmp_path / "moved.csv")
     rc, _, err = cli(capsys, "verify", out, "--folds", "2")
-    assert rc == 2 and err.strip() == (f"embeval: error: {out}: names its pairs file 'lfw.pairs.csv', "
-                                       "which is not beside it: give --pairs CSV")
+    assert rc == 2 and err.strip() == (f"embeval: error: {out}: the file of listed trials it names "
+                                       "is not beside it: give --pairs CSV (it names "
+                                       "'lfw.pairs.csv')")
 
 
 def test_one_file_without_a_named_pairs_file_asks_for_the_gallery(tmp_path, capsys):
     sample = tmp_path / "q.safetensors"
     store.save(sample, store.load(SAMPLE / "query.safetensors").embeddings[:4], [0, 0, 1, 1])
     rc, _, err = cli(capsys, "verify", sample)
-    assert rc == 2 and err.strip() == (f"embeval: error: GALLERY: missing, and {sample} names no "
-                                       "pairs file: give the gallery file(s), or --pairs CSV")
+    assert rc == 2 and err.strip() == ("embeval: error: GALLERY: missing; give the gallery file(s), "
+                                       f"or --pairs CSV: {sample} names no file of listed trials")
 
 
 @pytest.mark.parametrize("edit, problem", [

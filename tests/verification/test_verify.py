@@ -481,7 +481,7 @@ def bad_inputs(files: dict, d: Path) -> list[tuple[list, str]]:
          f"{unknown}: line 3: template id 14 (gallery column) is not in"),
         ([q, g, "--far", "0"], "--far 0: must be between 0 and 1 (exclusive)"),
         ([q, g, "--far", "0.1", "1.5"], "--far 1.5: must be between 0 and 1 (exclusive)"),
-        ([q, g, "--folds", "10"], "--folds: the LFW protocol splits listed pairs"),
+        ([q, g, "--folds", "10"], "--folds: the LFW protocol splits listed trials: give --pairs too"),
         ([q, g, "--pairs", files["pairs"], "--fold-thresholds", "grid"],
          "--fold-thresholds: needs --folds (it picks each fold's threshold)"),
         ([q, g, "--pairs", oob, "--shard", "0/2"], "--pairs: not with --shard"),
