@@ -21,7 +21,7 @@ from embeval.jobs.job import Job, JobResult
 from embeval.outputs import transaction
 from embeval.results import writers as exports
 from embeval.results.partials import changed
-from embeval.verification.plot import impostor_histogram, thin_roc, write_roc_csv
+from embeval.verification.plot import impostor_histogram, operating_points, thin_roc, write_roc_csv
 from embeval.verification.roc import far_count
 
 __all__ = ["finish", "identification", "save_result"]
@@ -195,7 +195,7 @@ def _write_verify_outputs(job: Job, result: Any) -> None:
     roc, plot = job.outputs.get("--roc"), job.outputs.get("--plot")
     if roc is None and plot is None:
         return
-    c, points = result.curve(), _operating_points(result)
+    c, points = result.curve(), operating_points(result)
     if roc is not None:
         keep = []  # the TAR@FAR points: the last ROC point with FAR <= F, for each requested F
         for f in points:
@@ -212,10 +212,3 @@ def _write_verify_outputs(job: Job, result: Any) -> None:
                                 gen_values=result.stats.gen_values.numpy(),
                                 gen_counts=result.stats.gen_counts.numpy(), imp_edges=edges,
                                 imp_counts=counts, far_points=points, title=_title(job))
-
-
-def _operating_points(result: Any) -> dict[float, tuple[float, float]]:
-    """{FAR: (TAR, threshold)} of the requested FARs that were computed."""
-    m = result.metrics
-    return {float(k.split("=", 1)[1]): (m[k], m.get(k.replace("TAR@", "threshold@"), float("nan")))
-            for k in m if k.startswith("TAR@FAR=")}

@@ -15,13 +15,14 @@ import csv
 import math
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from embeval.outputs import atomic_path
 
-__all__ = ["impostor_histogram", "rebin", "write_roc_csv", "thin_roc"]
+__all__ = ["impostor_histogram", "rebin", "write_roc_csv", "thin_roc", "operating_points"]
 
 ArrayLike = torch.Tensor | np.ndarray | Sequence[float]
 PathLike = str | os.PathLike[str]
@@ -163,3 +164,11 @@ def _reach(x: np.ndarray, levels: np.ndarray) -> np.ndarray:
     """For sorted ``x``: the first index with x >= each level, and the index before it."""
     i = np.searchsorted(x, levels, side="left")
     return np.concatenate([i, i - 1])
+
+
+def operating_points(result: Any) -> dict[float, tuple[float, float]]:
+    """{FAR: (TAR, threshold)} of the FARs a verification result reports (its ``TAR@FAR=`` keys;
+    the threshold is NaN where the result has none, as under the nearest rule)."""
+    m = result.metrics
+    return {float(k.split("=", 1)[1]): (m[k], m.get(k.replace("TAR@", "threshold@"), float("nan")))
+            for k in m if k.startswith("TAR@FAR=")}

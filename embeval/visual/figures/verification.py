@@ -17,7 +17,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from embeval.verification.plot import ArrayLike, PathLike, _np, impostor_histogram, rebin, thin_roc
+from embeval.verification.plot import (
+    ArrayLike,
+    PathLike,
+    _np,
+    impostor_histogram,
+    operating_points,
+    rebin,
+    thin_roc,
+)
 from embeval.visual.figures.base import Figure, require_matplotlib, save_figure
 
 __all__ = ["verification_figure", "score_histogram_figure", "trials_figure",
@@ -148,13 +156,6 @@ def _hist_panel(ax, gen_values: np.ndarray, gen_counts: np.ndarray,  # noqa: ANN
         ax.legend(fontsize=8)
 
 
-def _operating_points(result: Any) -> dict[float, tuple[float, float]]:
-    """{FAR: (TAR, threshold)} of the FARs the verification result reports."""
-    m = result.metrics
-    return {float(k.split("=", 1)[1]): (m[k], m.get(k.replace("TAR@", "threshold@"), float("nan")))
-            for k in m if k.startswith("TAR@FAR=")}
-
-
 def verification_figure(result: Any, *, title: str = "",
                         panels: Sequence[str] = PANELS) -> Figure:
     """ROC (TAR vs log FAR), DET (probit axes) and the genuine / impostor score densities of a
@@ -164,7 +165,7 @@ def verification_figure(result: Any, *, title: str = "",
     return trials_figure(
         fpr=c.fpr.numpy(), tpr=c.tpr.numpy(), gen_values=result.stats.gen_values.numpy(),
         gen_counts=result.stats.gen_counts.numpy(), imp_edges=edges, imp_counts=counts,
-        far_points=_operating_points(result), title=title, panels=panels)
+        far_points=operating_points(result), title=title, panels=panels)
 
 
 def score_histogram_figure(result: Any, *, title: str = "") -> Figure:
