@@ -87,8 +87,10 @@ def test_one_file_finds_the_pairs_its_metadata_names(tmp_path: Path) -> None:
     same_as_printed(run, want)
     assert run is not None and run.job.gallery == [lfw] and run.job.pairs == tmp_path / "lfw_pairs.csv"
     (tmp_path / "lfw_pairs.csv").unlink()
-    with pytest.raises(embeval.InputFileError, match="names its pairs file 'lfw_pairs.csv'"):
+    with pytest.raises(embeval.InputFileError) as e:
         run_job(Job("verify", lfw, [], embeval.EvalOptions(), [1]))
+    assert e.value.problem == ("the file of listed trials it names is not beside it: give pairs "
+                               "CSV (it names 'lfw_pairs.csv')") and e.value.param == "pairs"
 
 
 @pytest.mark.slow
